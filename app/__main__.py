@@ -1,0 +1,98 @@
+"""Command line: `python -m app serve|migrate|cleanup`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from app.core.config import Settings
+
+logger = logging.getLogger("app.cli")
+
+
+def _database_url(settings: Settings) -> str:
+    """DATABASE_URL, or the embedded PostgreSQL of this checkout (started here)."""
+    if settings.database_url:
+        return settings.database_url
+    from app.core.embedded import start_embedded
+
+    url = start_embedded(settings.data_dir)
+    print(f"DATABASE_URL is not set: using embedded PostgreSQL in {settings.data_dir} ({url})", flush=True)
+    return url
+
+
+def _migrated(settings: Settings) -> Settings:
+    from app.core import migrate
+    from app.core.db import make_engine
+
+    settings = settings.model_copy(update={"database_url": _database_url(settings)})
+    engine = make_engine(settings, serverless=True)
+    try:
+        migrate.upgrade(engine)
+    finally:
+        engine.dispose()
+    return settings
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    settings = _migrated(settings)
+    # Workers re-read Settings from the environment: hand them the resolved URL.
+    os.environ["DATABASE_URL"] = settings.database_url or ""
+    print(f"serving on http://{args.host or settings.host}:{args.port or settings.port}", flush=True)
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        workers=args.workers,
+        log_level=settings.log_level.lower(),
+    )
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from app.core.migrate import head_revision
+
+    _migrated(settings)
+    print(f"database is at migration {head_revision()}")
+    return 0
+
+
+def cmd_cleanup(args: argparse.Namespace, settings: Settings) -> int:
+    from app.cleanup import run_cleanup
+    from app.core.db import make_engine
+
+    settings = _migrated(settings)
+    engine = make_engine(settings, serverless=True)
+    try:
+        result = run_cleanup(engine, settings)
+    finally:
+        engine.dispose()
+    print(json.dumps(result.as_dict()))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve the HTTP API with uvicorn")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.set_defaults(run=cmd_serve)
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(run=cmd_migrate)
+    sub.add_parser("cleanup", help="release expired locks now").set_defaults(run=cmd_cleanup)
+    args = parser.parse_args(argv)
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    return args.run(args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""Typed dependencies: routes ask for what they need, tests swap it with dependency_overrides."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.core.config import Settings
+from app.core.db import Database
+from app.sessions import SessionService
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_database(request: Request) -> Database:
+    return request.app.state.database
+
+
+AppSettings = Annotated[Settings, Depends(get_settings)]
+Db = Annotated[Database, Depends(get_database)]
+
+
+def get_sessions(database: Db, settings: AppSettings) -> SessionService:
+    return SessionService(database.engine, default_ttl=settings.default_session_ttl)
+
+
+Sessions = Annotated[SessionService, Depends(get_sessions)]
