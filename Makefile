@@ -22,3 +22,11 @@ test: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+bench: install
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+bench-quick: install
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	$(BIN)/python -m bench --quick $(BENCH_ARGS)
