@@ -5,7 +5,9 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from app.api import errors
-from app.api.routes import health
+from app.agents import load_registry
+from app.api.limits import KIB, BodyLimit
+from app.api.routes import chat, cron, health
 from app.core.config import Settings
 from app.core.db import Database
 
@@ -18,6 +20,10 @@ def create_app(
     app = FastAPI(title="agent-sessions", version="0.1.0")
     app.state.settings = settings
     app.state.database = database or Database(settings, serverless=serverless)
+    app.state.registry = load_registry(settings.agents)
     errors.install(app)
+    app.add_middleware(BodyLimit, limits={"/api/chat": 64 * KIB, "/api/webhooks/": 1024 * KIB}, default=256 * KIB)
     app.include_router(health.router)
+    app.include_router(chat.router)
+    app.include_router(cron.router)
     return app

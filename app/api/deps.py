@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 
 from app.core.config import Settings
 from app.core.db import Database
+from app.pipeline import Pipeline
 from app.sessions import SessionService
 
 
@@ -27,4 +28,9 @@ def get_sessions(database: Db, settings: AppSettings) -> SessionService:
     return SessionService(database.engine, default_ttl=settings.default_session_ttl)
 
 
+def get_pipeline(request: Request, database: Db, settings: AppSettings) -> Pipeline:
+    return Pipeline(database.engine, request.app.state.registry, settings)
+
+
 Sessions = Annotated[SessionService, Depends(get_sessions)]
+Pipe = Annotated[Pipeline, Depends(get_pipeline)]

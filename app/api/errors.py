@@ -57,7 +57,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, err: HTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "http_error")
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(err.status_code, "http_error")
         return error_response(err.status_code, code, str(err.detail), getattr(err, "headers", None))
 
     @app.exception_handler(Exception)

@@ -1,0 +1,145 @@
+"""A deterministic, offline demo registry: manager, scheduling and billing."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+from app.agents import AgentInput, AgentReply, Handoff, Keep, Release
+
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+CANCEL = re.compile(r"\b(cancel|stop)\b")
+YES = re.compile(r"^\s*(yes|y|yep|yeah|confirm|ok|okay|sure)\b")
+NO = re.compile(r"^\s*(no|n|nope)\b")
+
+
+def _words(text: str) -> str:
+    return text.lower()
+
+
+class Manager:
+    """Greets and routes; holds no lock of its own."""
+
+    def handle(self, message: AgentInput) -> AgentReply:
+        text = _words(message.text)
+        if re.search(r"\b(appointment|schedul|book)", text):
+            return AgentReply("Sure, let me get you to scheduling.", lock=Handoff("scheduling"))
+        if re.search(r"\b(bill|invoice|payment)", text):
+            return AgentReply("Sure, let me get you to billing.", lock=Handoff("billing"))
+        return AgentReply(
+            "Hi! I can book an appointment or help with a bill. What would you like to do?", lock=Release()
+        )
+
+
+def parse_day(text: str) -> str | None:
+    """A weekday name, "today", "tomorrow" or an ISO date, as written."""
+    text = _words(text)
+    for word in ("today", "tomorrow", *WEEKDAYS):
+        if re.search(rf"\b{word}\b", text):
+            return word
+    found = re.search(r"\b(\d{4}-\d{2}-\d{2})\b", text)
+    if found:
+        try:
+            return dt.date.fromisoformat(found.group(1)).isoformat()
+        except ValueError:
+            return None
+    return None
+
+
+def parse_time(text: str) -> str | None:
+    """ "HH:MM", "10am", "3pm", "3:30pm" as HH:MM."""
+    text = _words(text)
+    found = re.search(r"\b(\d{1,2})(?::(\d{2}))?\s*(am|pm)\b", text)
+    if found:
+        hour, minute = int(found.group(1)), int(found.group(2) or 0)
+        if 1 <= hour <= 12 and minute < 60:
+            hour = hour % 12 + (12 if found.group(3) == "pm" else 0)
+            return f"{hour:02d}:{minute:02d}"
+        return None
+    found = re.search(r"\b(\d{1,2}):(\d{2})\b", text)
+    if found and int(found.group(1)) < 24 and int(found.group(2)) < 60:
+        return f"{int(found.group(1)):02d}:{found.group(2)}"
+    return None
+
+
+FLOW_RESET = {"flow": None, "step": None, "day": None, "time": None, "invoice": None}
+
+
+class Scheduling:
+    """Asks for a day, then a time, then confirmation; holds the lock for the whole flow."""
+
+    def handle(self, message: AgentInput) -> AgentReply:
+        state = message.context.get("conversation_state", {})
+        text = message.text
+        if CANCEL.search(_words(text)):
+            return AgentReply("No problem, I've cancelled that booking.", lock=Release(), context=_reset())
+        in_flow = state.get("flow") == "scheduling"
+        day = state.get("day") if in_flow else None
+        time = state.get("time") if in_flow else None
+        if in_flow and state.get("step") == "confirm":
+            if YES.search(_words(text)):
+                booked = {"type": "appointment", "day": day, "time": time}
+                return AgentReply(
+                    f"You're booked for {day} at {time}. See you then!",
+                    lock=Release(),
+                    context={**_reset(), "recent_interactions": [booked]},
+                )
+            if NO.search(_words(text)):
+                day = time = None
+            else:
+                return self._ask(day, time, "confirm")
+        day = day or parse_day(text)
+        if day and not time:
+            time = parse_time(text)
+        if not day:
+            return self._ask(None, None, "day")
+        if not time:
+            return self._ask(day, None, "time")
+        return self._ask(day, time, "confirm")
+
+    def _ask(self, day: str | None, time: str | None, step: str) -> AgentReply:
+        question = {
+            "day": "What day would you like? (a weekday, today, tomorrow or YYYY-MM-DD)",
+            "time": f"What time on {day}? (for example 10am, 3pm or 14:30)",
+            "confirm": f"Book {day} at {time}, confirm? (yes/no)",
+        }[step]
+        state = {"flow": "scheduling", "step": step, "day": day, "time": time}
+        return AgentReply(question, lock=Keep(), context={"conversation_state": state})
+
+
+class Billing:
+    """Asks for an invoice number, then offers a payment link; releases the lock at the end."""
+
+    def handle(self, message: AgentInput) -> AgentReply:
+        state = message.context.get("conversation_state", {})
+        text = _words(message.text)
+        if CANCEL.search(text):
+            return AgentReply("Okay, billing request cancelled.", lock=Release(), context=_reset())
+        if state.get("flow") == "billing" and state.get("step") == "link":
+            invoice = state.get("invoice")
+            if YES.search(text):
+                reply = f"Here is your payment link: https://pay.example.com/invoices/{invoice}"
+            elif NO.search(text):
+                reply = f"Alright, invoice {invoice} stays open. Anything else?"
+            else:
+                return AgentReply("Would you like a payment link? (yes/no)")
+            done = {"type": "billing", "invoice": invoice}
+            return AgentReply(reply, lock=Release(), context={**_reset(), "recent_interactions": [done]})
+        found = re.search(r"\b(?:inv-?)?(\d{3,10})\b", text)
+        if not found:
+            state = {"flow": "billing", "step": "invoice"}
+            return AgentReply("What is your invoice number?", context={"conversation_state": state})
+        invoice = found.group(1)
+        amount = sum(int(d) for d in invoice) * 7 + 20
+        state = {"flow": "billing", "step": "link", "invoice": invoice}
+        return AgentReply(
+            f"Invoice {invoice} has ${amount}.00 due. Would you like a payment link? (yes/no)",
+            context={"conversation_state": state},
+        )
+
+
+def _reset() -> dict:
+    return {"conversation_state": dict(FLOW_RESET)}
+
+
+registry = {"manager": Manager(), "scheduling": Scheduling(), "billing": Billing()}

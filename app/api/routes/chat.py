@@ -1,0 +1,106 @@
+"""POST /api/chat: the web chat endpoint."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Header
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from app import validation
+from app.api.deps import Pipe
+from app.api.errors import ApiError
+from app.errors import InvalidInput
+from app.pipeline import Inbound, Result
+
+router = APIRouter(tags=["chat"])
+
+
+class ChatRequest(BaseModel):
+    message: str = Field(min_length=1, max_length=4096)
+
+
+class LockState(BaseModel):
+    agent: str | None
+    expires_at: datetime | None
+
+
+class ChatResponse(BaseModel):
+    reply: str
+    agent: str
+    device_id: str
+    degraded: bool
+    lock: LockState
+
+
+class Queued(BaseModel):
+    status: str = "queued"
+    device_id: str
+    message: str
+
+
+def web_device_id(value: str | None) -> str:
+    """The X-Device-ID header as a canonical UUID; 400 when missing or malformed."""
+    if value is None or not value.strip():
+        raise ApiError(400, "missing_device_id", "the X-Device-ID header is required")
+    try:
+        return str(uuid.UUID(value.strip()))
+    except ValueError:
+        raise ApiError(400, "invalid_device_id", "X-Device-ID must be a UUID") from None
+
+
+def request_tenant(value: str | None) -> str:
+    if value is None:
+        return "default"
+    try:
+        return validation.tenant_id(value)
+    except InvalidInput as err:
+        raise ApiError(400, err.code, str(err)) from None
+
+
+def idempotency_external_id(device_id: str, key: str | None) -> str | None:
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255 or not key.isprintable():
+        raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key must be 1-255 printable characters")
+    return f"web:{device_id}:{key}"
+
+
+def chat_response(device_id: str, result: Result) -> ChatResponse:
+    return ChatResponse(
+        reply=result.reply or "",
+        agent=result.agent or "manager",
+        device_id=device_id,
+        degraded=result.degraded,
+        lock=LockState(agent=result.lock_agent, expires_at=result.lock_expires_at),
+    )
+
+
+@router.post(
+    "/api/chat",
+    response_model=ChatResponse,
+    responses={202: {"model": Queued}, 400: {}, 413: {}, 422: {}},
+)
+def chat(
+    body: ChatRequest,
+    pipeline: Pipe,
+    x_device_id: Annotated[str | None, Header()] = None,
+    x_tenant_id: Annotated[str | None, Header()] = None,
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> ChatResponse | JSONResponse:
+    device_id = web_device_id(x_device_id)
+    tenant_id = request_tenant(x_tenant_id)
+    external_id = idempotency_external_id(device_id, idempotency_key)
+    inbound = Inbound(tenant_id, device_id, body.message, external_id, {"channel": "web"})
+    result = pipeline.handle(inbound)
+    if result.status == "queued":
+        queued = Queued(
+            device_id=device_id,
+            message="your message is stored and will be answered in order; "
+            "retry with the same Idempotency-Key to get the reply",
+        )
+        return JSONResponse(queued.model_dump(), status_code=202)
+    return chat_response(device_id, result)

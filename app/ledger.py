@@ -1,0 +1,282 @@
+"""The message ledger and the per-device lease: claim, poll and finish, one statement each.
+
+A worker claims a device's lease in a short statement, runs its agents with no
+transaction open, and writes everything back in one finish statement that is
+fenced by the lease epoch: a worker that outlived its lease cannot write.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from app.core.db import store_errors
+from app.errors import LeaseLost
+
+LIVE_AGENT = "CASE WHEN s.active_agent IS NOT NULL AND s.expires_at > now() THEN s.active_agent END"
+
+OLDEST_PENDING = """
+    SELECT id, content, metadata FROM conversation_messages
+    WHERE tenant_id = %(tenant)s AND device_id = %(device)s AND status = 'pending'
+    ORDER BY id LIMIT 1
+"""
+
+# The reply to an inbound message and the device's lock, for duplicates and waiters.
+MINE = f"""
+    SELECT m.id, m.status, r.content AS reply, r.agent AS reply_agent,
+           {LIVE_AGENT.replace("s.", "st.")} AS lock_agent,
+           CASE WHEN st.expires_at > now() THEN st.expires_at END AS lock_expires_at
+    FROM conversation_messages m
+    LEFT JOIN conversation_messages r ON r.reply_to = m.id AND r.role = 'assistant'
+    LEFT JOIN conversation_states st ON st.tenant_id = m.tenant_id AND st.device_id = m.device_id
+"""
+
+TAKE_LEASE = f"""
+    INSERT INTO conversation_states AS s (tenant_id, device_id, session_ttl, lease_epoch, lease_expires_at)
+    SELECT %(tenant)s, %(device)s, %(default_ttl)s, 1, now() + make_interval(secs => %(lease)s)
+    WHERE {{when}}
+    ON CONFLICT (tenant_id, device_id) DO UPDATE SET
+        lease_epoch = s.lease_epoch + 1,
+        lease_expires_at = EXCLUDED.lease_expires_at,
+        version = s.version + 1,
+        updated_at = now()
+    WHERE s.lease_expires_at IS NULL OR s.lease_expires_at <= now()
+    RETURNING s.lease_epoch, {LIVE_AGENT} AS lock_agent, s.context
+"""
+
+# Record the message (a known external id is a no-op) and take the lease if it is
+# free, in one statement. The new row is invisible to the rest of this statement,
+# so "older" only finds messages that were pending before it.
+CLAIM = f"""
+WITH new AS (
+    INSERT INTO conversation_messages (tenant_id, device_id, role, content, external_id, status, metadata)
+    VALUES (%(tenant)s, %(device)s, 'user', %(content)s, %(external_id)s::text, 'pending', %(metadata)s::jsonb)
+    ON CONFLICT (tenant_id, external_id) DO NOTHING
+    RETURNING id
+), older AS ({OLDEST_PENDING}),
+lease AS ({TAKE_LEASE.format(when="EXISTS (SELECT 1 FROM new) OR EXISTS (SELECT 1 FROM older)")}),
+dup AS ({MINE} WHERE m.tenant_id = %(tenant)s AND m.external_id = %(external_id)s::text
+        AND NOT EXISTS (SELECT 1 FROM new))
+SELECT (SELECT id FROM new) AS new_id,
+       lease.lease_epoch, lease.lock_agent, lease.context,
+       older.id AS older_id, older.content AS older_content, older.metadata AS older_metadata,
+       dup.id AS dup_id, dup.status AS dup_status, dup.reply AS dup_reply, dup.reply_agent AS dup_agent,
+       dup.lock_agent AS dup_lock_agent, dup.lock_expires_at AS dup_lock_expires_at
+FROM (SELECT 1) one
+LEFT JOIN lease ON true LEFT JOIN older ON true LEFT JOIN dup ON true
+"""
+
+# A waiter's poll: is my message answered yet, else take the lease if it came free.
+POLL = f"""
+WITH older AS ({OLDEST_PENDING}),
+lease AS ({TAKE_LEASE.format(when="EXISTS (SELECT 1 FROM older)")}),
+mine AS ({MINE} WHERE m.id = %(message_id)s)
+SELECT mine.status, mine.reply, mine.reply_agent, mine.lock_agent, mine.lock_expires_at,
+       lease.lease_epoch, lease.lock_agent AS lease_lock_agent, lease.context,
+       older.id AS older_id, older.content AS older_content, older.metadata AS older_metadata
+FROM (SELECT 1) one LEFT JOIN mine ON true LEFT JOIN lease ON true LEFT JOIN older ON true
+"""
+
+# Store the reply, apply the lock change (compare-and-set against the lock the
+# agents saw) and the context patch (merged in SQL, so concurrent patches keep each
+# other's keys), mark the message done, and keep the lease only if more messages
+# wait. Nothing happens unless the lease epoch still matches.
+LIVE = f"({LIVE_AGENT})"
+OK = f"({LIVE} IS NOT DISTINCT FROM %(agent_before)s::text)"
+
+FINISH = f"""
+WITH nxt AS (
+    SELECT id, content, metadata FROM conversation_messages
+    WHERE tenant_id = %(tenant)s AND device_id = %(device)s AND status = 'pending' AND id <> %(message_id)s
+    ORDER BY id LIMIT 1
+), st AS (
+    UPDATE conversation_states s SET
+        active_agent = CASE WHEN {OK} THEN %(agent_after)s::text ELSE s.active_agent END,
+        locked_at = CASE WHEN NOT {OK} THEN s.locked_at
+                         WHEN %(agent_after)s::text IS NULL THEN NULL
+                         WHEN %(agent_after)s::text = {LIVE} THEN s.locked_at
+                         ELSE now() END,
+        session_ttl = CASE WHEN {OK} THEN COALESCE(%(ttl)s::integer, s.session_ttl) ELSE s.session_ttl END,
+        expires_at = CASE WHEN NOT {OK} THEN s.expires_at
+                          WHEN %(agent_after)s::text IS NULL THEN NULL
+                          ELSE now() + make_interval(secs => COALESCE(%(ttl)s::integer, s.session_ttl)) END,
+        context = cs_merge_context(s.context, %(patch)s::jsonb, %(cap)s),
+        lease_expires_at = CASE WHEN EXISTS (SELECT 1 FROM nxt)
+                                THEN now() + make_interval(secs => %(lease)s) END,
+        version = s.version + 1,
+        updated_at = now()
+    WHERE s.tenant_id = %(tenant)s AND s.device_id = %(device)s
+      AND s.lease_epoch = %(epoch)s AND s.lease_expires_at > now()
+    RETURNING s.active_agent, s.expires_at, s.context
+), inbound AS (
+    UPDATE conversation_messages m SET status = %(status)s, agent = %(agent)s,
+        processing_time_ms = %(elapsed_ms)s, has_error = %(has_error)s, error_message = %(error)s::text
+    FROM st WHERE m.id = %(message_id)s
+    RETURNING m.id
+), outbound AS (
+    INSERT INTO conversation_messages
+        (tenant_id, device_id, role, content, agent, reply_to, tools_used, processing_time_ms, metadata)
+    SELECT %(tenant)s, %(device)s, 'assistant', %(reply)s, %(agent)s, %(message_id)s,
+           %(tools)s::jsonb, %(elapsed_ms)s, %(metadata)s::jsonb
+    FROM st
+    RETURNING id
+)
+SELECT st.active_agent, st.expires_at, st.context, outbound.id AS reply_id,
+       nxt.id AS next_id, nxt.content AS next_content, nxt.metadata AS next_metadata
+FROM st CROSS JOIN outbound LEFT JOIN nxt ON true
+"""
+
+
+@dataclass(frozen=True)
+class Pending:
+    """An inbound message waiting to be handled."""
+
+    id: int
+    text: str
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A device claimed by this worker: the fencing epoch and the session it saw."""
+
+    epoch: int
+    lock: str | None
+    context: dict[str, Any]
+    first: Pending
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A stored reply and the device's lock as it stands after it."""
+
+    reply: str
+    agent: str | None
+    lock_agent: str | None
+    lock_expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Claim:
+    message_id: int | None  # None: a duplicate external id
+    lease: Lease | None  # set when this worker now holds the device
+    duplicate: Answer | None  # the first reply, for a duplicate that was already answered
+    duplicate_of: int | None = None
+
+
+@dataclass(frozen=True)
+class Poll:
+    answer: Answer | None
+    lease: Lease | None
+
+
+@dataclass(frozen=True)
+class Finished:
+    answer: Answer
+    context: dict[str, Any]
+    reply_id: int
+    next: Pending | None  # the lease is still ours while this is set
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the agents decided for one message, ready to be written."""
+
+    reply: str
+    agent: str
+    agent_before: str | None
+    agent_after: str | None
+    ttl: int | None
+    patch: dict[str, Any]
+    tools_used: list[str]
+    elapsed_ms: int
+    status: str = "done"
+    error: str | None = None
+
+
+def _pending(row: Any, prefix: str) -> Pending | None:
+    ident = row[f"{prefix}_id"]
+    if ident is None:
+        return None
+    return Pending(ident, row[f"{prefix}_content"], row[f"{prefix}_metadata"] or {})
+
+
+class Ledger:
+    """SQL for the pipeline; every method is one round trip."""
+
+    def __init__(self, engine: Engine, *, lease_seconds: int, default_ttl: int, context_cap: int):
+        self.engine = engine
+        self.lease_seconds = lease_seconds
+        self.default_ttl = default_ttl
+        self.context_cap = context_cap
+
+    def _row(self, sql: str, params: dict[str, Any]) -> Any:
+        params |= {"lease": self.lease_seconds, "default_ttl": self.default_ttl}
+        with store_errors(), self.engine.begin() as conn:
+            return conn.exec_driver_sql(sql, params).mappings().first()
+
+    def claim(
+        self, tenant: str, device: str, text: str, *, external_id: str | None, metadata: dict[str, Any]
+    ) -> Claim:
+        row = self._row(
+            CLAIM,
+            {
+                "tenant": tenant,
+                "device": device,
+                "content": text,
+                "external_id": external_id,
+                "metadata": json.dumps(metadata),
+            },
+        )
+        new_id = row["new_id"]
+        lease = None
+        if row["lease_epoch"] is not None:
+            first = _pending(row, "older") or Pending(new_id, text, metadata)
+            lease = Lease(row["lease_epoch"], row["lock_agent"], row["context"], first)
+        duplicate = None
+        if new_id is None and row["dup_status"] == "done":
+            duplicate = Answer(row["dup_reply"], row["dup_agent"], row["dup_lock_agent"], row["dup_lock_expires_at"])
+        return Claim(new_id, lease, duplicate, row["dup_id"])
+
+    def poll(self, tenant: str, device: str, message_id: int) -> Poll:
+        row = self._row(POLL, {"tenant": tenant, "device": device, "message_id": message_id})
+        answer = None
+        if row["status"] == "done":
+            answer = Answer(row["reply"], row["reply_agent"], row["lock_agent"], row["lock_expires_at"])
+        lease = None
+        if row["lease_epoch"] is not None and _pending(row, "older") is not None:
+            lease = Lease(row["lease_epoch"], row["lease_lock_agent"], row["context"], _pending(row, "older"))
+        return Poll(answer, lease)
+
+    def finish(self, tenant: str, device: str, epoch: int, message: Pending, outcome: Outcome) -> Finished:
+        row = self._row(
+            FINISH,
+            {
+                "tenant": tenant,
+                "device": device,
+                "epoch": epoch,
+                "message_id": message.id,
+                "reply": outcome.reply,
+                "agent": outcome.agent,
+                "agent_before": outcome.agent_before,
+                "agent_after": outcome.agent_after,
+                "ttl": outcome.ttl,
+                "patch": json.dumps(outcome.patch),
+                "cap": self.context_cap,
+                "tools": json.dumps(outcome.tools_used),
+                "elapsed_ms": outcome.elapsed_ms,
+                "status": outcome.status,
+                "has_error": outcome.error is not None,
+                "error": outcome.error,
+                "metadata": json.dumps(message.metadata),
+            },
+        )
+        if row is None:
+            raise LeaseLost(f"lease epoch {epoch} on device is no longer held; reply discarded")
+        lock_expires = row["expires_at"] if row["active_agent"] else None
+        answer = Answer(outcome.reply, outcome.agent, row["active_agent"], lock_expires)
+        return Finished(answer, row["context"], row["reply_id"], _pending(row, "next"))

@@ -1,0 +1,194 @@
+"""The message pipeline: route each message to the agent that owns the conversation.
+
+Exactly once and in order per device: a message is recorded and the device's
+lease taken in one statement, agents run with no transaction open, and the
+result is written in one fenced statement. A message that finds the lease taken
+waits for the holder, who drains the device's pending messages in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from app import validation
+from app.agents import MANAGER, AgentInput, AgentReply, Handoff, Registry, Release
+from app.context import ContextPatch, normalized
+from app.core.config import Settings
+from app.errors import LeaseLost, StoreUnavailable
+from app.ledger import Answer, Lease, Ledger, Outcome, Pending
+
+logger = logging.getLogger(__name__)
+
+MAX_HANDOFFS = 3
+FAILURE_REPLY = "Sorry, something went wrong on our side. Please try again."
+
+OnReply = Callable[[Pending, Answer], None]
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """A message as a channel hands it over."""
+
+    tenant_id: str
+    device_id: str
+    text: str
+    external_id: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Result:
+    """What became of one inbound message."""
+
+    status: str  # "answered", "queued" (stored, answer pending) or "degraded" (store unreachable)
+    reply: str | None = None
+    agent: str | None = None
+    lock_agent: str | None = None
+    lock_expires_at: datetime | None = None
+    message_id: int | None = None
+    duplicate: bool = False
+
+    @property
+    def degraded(self) -> bool:
+        return self.status == "degraded"
+
+
+def _answered(answer: Answer, message_id: int | None, *, duplicate: bool = False) -> Result:
+    return Result(
+        "answered", answer.reply, answer.agent, answer.lock_agent, answer.lock_expires_at, message_id, duplicate
+    )
+
+
+class Pipeline:
+    """Runs inbound messages through the ledger and the agents."""
+
+    def __init__(self, engine: Engine, registry: Registry, settings: Settings):
+        self.registry = registry
+        self.settings = settings
+        self.ledger = Ledger(
+            engine,
+            lease_seconds=settings.lease_seconds,
+            default_ttl=settings.default_session_ttl,
+            context_cap=settings.context_list_cap,
+        )
+
+    def handle(self, inbound: Inbound, *, wait: bool = True, on_reply: OnReply | None = None) -> Result:
+        """Record and answer one message; with wait, block (bounded) until it is answered."""
+        tenant = validation.tenant_id(inbound.tenant_id)
+        device = validation.device_id(inbound.device_id)
+        try:
+            claim = self.ledger.claim(
+                tenant, device, inbound.text, external_id=inbound.external_id, metadata=inbound.metadata
+            )
+            if claim.duplicate is not None:
+                return _answered(claim.duplicate, claim.duplicate_of, duplicate=True)
+            message_id = claim.message_id or claim.duplicate_of
+            if claim.lease is not None:
+                answer = self._drain(tenant, device, claim.lease, on_reply).get(message_id)
+                if answer is not None:
+                    return _answered(answer, message_id, duplicate=claim.message_id is None)
+            if not wait or message_id is None:
+                return Result("queued", message_id=message_id, duplicate=claim.message_id is None)
+            return self._wait(tenant, device, message_id, on_reply, duplicate=claim.message_id is None)
+        except StoreUnavailable as err:
+            logger.warning("session store unavailable, answering statelessly: %s", err)
+            return self.stateless(inbound)
+
+    def _wait(self, tenant: str, device: str, message_id: int, on_reply: OnReply | None, *, duplicate: bool) -> Result:
+        deadline = time.monotonic() + self.settings.chat_wait_seconds
+        delay = 0.01
+        while time.monotonic() < deadline:
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 0.25)
+            poll = self.ledger.poll(tenant, device, message_id)
+            if poll.answer is not None:
+                return _answered(poll.answer, message_id, duplicate=duplicate)
+            if poll.lease is not None:
+                answer = self._drain(tenant, device, poll.lease, on_reply).get(message_id)
+                if answer is not None:
+                    return _answered(answer, message_id, duplicate=duplicate)
+        logger.info("message %s still queued after %ss", message_id, self.settings.chat_wait_seconds)
+        return Result("queued", message_id=message_id, duplicate=duplicate)
+
+    def drain(self, tenant: str, device: str, on_reply: OnReply | None = None) -> int:
+        """Handle a device's pending messages if its lease is free (crash recovery); returns how many."""
+        poll = self.ledger.poll(tenant, device, message_id=0)
+        return 0 if poll.lease is None else len(self._drain(tenant, device, poll.lease, on_reply))
+
+    def _drain(self, tenant: str, device: str, lease: Lease, on_reply: OnReply | None) -> dict[int, Answer]:
+        """Handle pending messages in order while holding the lease; the last finish frees it."""
+        answers: dict[int, Answer] = {}
+        current: Pending | None = lease.first
+        lock, context = lease.lock, lease.context
+        while current is not None:
+            outcome = self.decide(current.text, tenant, device, context, lock)
+            try:
+                finished = self.ledger.finish(tenant, device, lease.epoch, current, outcome)
+            except LeaseLost:
+                logger.warning("lease lost on message %s; the new holder will handle it", current.id)
+                break
+            answers[current.id] = finished.answer
+            if on_reply is not None:
+                on_reply(current, finished.answer)
+            lock, context, current = finished.answer.lock_agent, finished.context, finished.next
+        return answers
+
+    def decide(
+        self, text: str, tenant: str, device: str, context: dict[str, Any], lock: str | None
+    ) -> Outcome:
+        """Run the lock holder (or the manager) and any agents it hands off to; no database work."""
+        started = time.perf_counter()
+        agent_before = lock
+        if lock is not None and lock not in self.registry:
+            logger.warning("lock names unknown agent %s; the manager takes over and the lock is released", lock)
+            lock = None
+        key, patch, replies, tools, ttl = lock or MANAGER, ContextPatch(), [], [], None
+        view = normalized(context)
+        for _ in range(MAX_HANDOFFS + 1):
+            try:
+                answer = self.registry[key].handle(AgentInput(text, tenant, device, view, lock))
+                if not isinstance(answer, AgentReply):
+                    raise TypeError(f"agent {key} returned {type(answer).__name__}, not AgentReply")
+                patch = patch.then(ContextPatch.parse(answer.context))
+            except Exception as err:  # noqa: BLE001 - an agent's failure must not fail the request
+                logger.exception("agent %s failed", key)
+                return Outcome(
+                    FAILURE_REPLY, key, agent_before, agent_before, None, {}, tools,
+                    _ms(started), status="failed", error=f"{type(err).__name__}: {err}"[:500],
+                )
+            replies.append(answer.reply)
+            tools.extend(answer.tools_used)
+            action = answer.lock
+            if isinstance(action, Handoff) and action.to in self.registry and action.to != key:
+                lock, key, ttl = action.to, action.to, validation.ttl(action.ttl)
+                continue
+            if isinstance(action, Handoff):
+                logger.error("agent %s handed off to unknown agent %s; lock unchanged", key, action.to)
+            elif isinstance(action, Release):
+                lock = None
+            break
+        reply = " ".join(part for part in replies if part) or "…"
+        return Outcome(reply, key, agent_before, lock, ttl, patch.as_json(), tools, _ms(started))
+
+    def stateless(self, inbound: Inbound) -> Result:
+        """Answer without the store: the manager replies and nothing is kept."""
+        try:
+            answer = self.registry[MANAGER].handle(
+                AgentInput(inbound.text, inbound.tenant_id, inbound.device_id, normalized({}), None)
+            )
+            reply = answer.reply
+        except Exception:  # noqa: BLE001
+            logger.exception("manager failed in stateless mode")
+            reply = FAILURE_REPLY
+        return Result("degraded", reply, MANAGER)
+
+
+def _ms(started: float) -> int:
+    return round((time.perf_counter() - started) * 1000)
