@@ -1,0 +1,70 @@
+"""Agents for tests: scripted answers, a gate to hold an agent mid-message, a failing one."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from app.agents import AgentInput, AgentReply, Handoff, Keep, Release
+from app.agents.demo import registry as demo_registry
+
+
+class Scripted:
+    """Answers with a fixed reply and lock action, and records what it saw."""
+
+    def __init__(self, name: str, action=None, context=None, reply: str | None = None):
+        self.name, self.action, self.context = name, action or Keep(), context
+        self.reply = reply
+        self.seen: list[AgentInput] = []
+        self._lock = threading.Lock()
+
+    def handle(self, message: AgentInput) -> AgentReply:
+        with self._lock:
+            self.seen.append(message)
+        action = self.action(message) if callable(self.action) else self.action
+        return AgentReply(self.reply or f"{self.name}: {message.text}", lock=action, context=self.context)
+
+
+class Gate:
+    """Blocks inside handle() until released, so a test can act while an agent 'thinks'."""
+
+    def __init__(self, inner, *, when: Callable[[AgentInput], bool] = lambda message: True):
+        self.inner, self.when = inner, when
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def handle(self, message: AgentInput) -> AgentReply:
+        if self.when(message):
+            self.entered.set()
+            if not self.release.wait(30):
+                raise TimeoutError("gate was never released")
+        return self.inner.handle(message)
+
+
+class Boom:
+    """Always raises, like an LLM call that fails."""
+
+    def handle(self, message: AgentInput) -> AgentReply:
+        raise RuntimeError("model endpoint returned 500")
+
+
+def routing_registry() -> dict:
+    """manager hands 'sched*' to scheduling and 'bill*' to billing; others echo."""
+    def route(message: AgentInput):
+        if message.text.startswith("sched"):
+            return Handoff("scheduling")
+        if message.text.startswith("bill"):
+            return Handoff("billing", ttl=120)
+        return Keep()
+
+    def scheduling_action(message: AgentInput):
+        return Release() if message.text == "done" else Keep()
+
+    return {
+        "manager": Scripted("manager", route),
+        "scheduling": Scripted("scheduling", scheduling_action),
+        "billing": Scripted("billing", Keep()),
+    }
+
+
+__all__ = ["Boom", "Gate", "Scripted", "demo_registry", "routing_registry"]
