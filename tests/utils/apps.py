@@ -1,0 +1,21 @@
+"""Build the real app for a test, and dispose of its engine afterwards."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from fastapi.testclient import TestClient
+
+from app.core.config import Settings
+from app.main import create_app
+
+
+@contextlib.contextmanager
+def app_client(settings: Settings, **kwargs) -> Iterator[TestClient]:
+    app = create_app(settings, **kwargs)
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            yield client
+    finally:
+        app.state.database.dispose()
