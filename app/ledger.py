@@ -158,6 +158,7 @@ class Answer:
     agent: str | None
     lock_agent: str | None
     lock_expires_at: datetime | None
+    reply_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -278,5 +279,28 @@ class Ledger:
         if row is None:
             raise LeaseLost(f"lease epoch {epoch} on device is no longer held; reply discarded")
         lock_expires = row["expires_at"] if row["active_agent"] else None
-        answer = Answer(outcome.reply, outcome.agent, row["active_agent"], lock_expires)
+        answer = Answer(outcome.reply, outcome.agent, row["active_agent"], lock_expires, row["reply_id"])
         return Finished(answer, row["context"], row["reply_id"], _pending(row, "next"))
+
+    def record_delivery(self, reply_id: int, error: str | None) -> None:
+        """Note on an outbound message whether the channel accepted it."""
+        with store_errors(), self.engine.begin() as conn:
+            conn.exec_driver_sql(
+                "UPDATE conversation_messages SET has_error = %(failed)s, error_message = %(error)s::text, "
+                "metadata = metadata || jsonb_build_object('delivered', NOT %(failed)s) WHERE id = %(id)s",
+                {"id": reply_id, "failed": error is not None, "error": error},
+            )
+
+    def stale_devices(self, limit: int) -> list[tuple[str, str]]:
+        """Devices with pending messages and no live lease: a crashed worker's leftovers."""
+        with store_errors(), self.engine.begin() as conn:
+            return [
+                (tenant, device)
+                for tenant, device in conn.exec_driver_sql(
+                    "SELECT DISTINCT m.tenant_id, m.device_id FROM conversation_messages m "
+                    "JOIN conversation_states s USING (tenant_id, device_id) "
+                    "WHERE m.status = 'pending' AND (s.lease_expires_at IS NULL OR s.lease_expires_at <= now()) "
+                    "LIMIT %(limit)s",
+                    {"limit": limit},
+                ).all()
+            ]

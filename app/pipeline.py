@@ -79,8 +79,14 @@ class Pipeline:
             context_cap=settings.context_list_cap,
         )
 
-    def handle(self, inbound: Inbound, *, wait: bool = True, on_reply: OnReply | None = None) -> Result:
-        """Record and answer one message; with wait, block (bounded) until it is answered."""
+    def handle(
+        self, inbound: Inbound, *, wait: bool = True, on_reply: OnReply | None = None, stateless: bool = True
+    ) -> Result:
+        """Record and answer one message; with wait, block (bounded) until it is answered.
+
+        When the store is unreachable the manager answers statelessly, or with
+        stateless=False StoreUnavailable propagates (a webhook asks for redelivery).
+        """
         tenant = validation.tenant_id(inbound.tenant_id)
         device = validation.device_id(inbound.device_id)
         try:
@@ -98,6 +104,8 @@ class Pipeline:
                 return Result("queued", message_id=message_id, duplicate=claim.message_id is None)
             return self._wait(tenant, device, message_id, on_reply, duplicate=claim.message_id is None)
         except StoreUnavailable as err:
+            if not stateless:
+                raise
             logger.warning("session store unavailable, answering statelessly: %s", err)
             return self.stateless(inbound)
 
@@ -122,6 +130,10 @@ class Pipeline:
         poll = self.ledger.poll(tenant, device, message_id=0)
         return 0 if poll.lease is None else len(self._drain(tenant, device, poll.lease, on_reply))
 
+    def recover(self, on_reply: OnReply | None = None, *, limit: int = 100) -> int:
+        """Handle messages a crashed worker left pending once their lease expired; returns how many."""
+        return sum(self.drain(tenant, device, on_reply) for tenant, device in self.ledger.stale_devices(limit))
+
     def _drain(self, tenant: str, device: str, lease: Lease, on_reply: OnReply | None) -> dict[int, Answer]:
         """Handle pending messages in order while holding the lease; the last finish frees it."""
         answers: dict[int, Answer] = {}
@@ -136,7 +148,10 @@ class Pipeline:
                 break
             answers[current.id] = finished.answer
             if on_reply is not None:
-                on_reply(current, finished.answer)
+                try:
+                    on_reply(current, finished.answer)
+                except Exception:  # noqa: BLE001 - delivery problems are the channel's to record
+                    logger.exception("delivering the reply to message %s failed", current.id)
             lock, context, current = finished.answer.lock_agent, finished.context, finished.next
         return answers
 
