@@ -8,6 +8,7 @@ fenced by the lease epoch: a worker that outlived its lease cannot write.
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -16,6 +17,7 @@ from sqlalchemy.engine import Engine
 
 from app.core.db import store_errors
 from app.errors import LeaseLost
+from app.sessions import new_session_id
 
 LIVE_AGENT = "CASE WHEN s.active_agent IS NOT NULL AND s.expires_at > now() THEN s.active_agent END"
 
@@ -42,15 +44,22 @@ TAKE_LEASE = f"""
     ON CONFLICT (tenant_id, device_id) DO UPDATE SET
         lease_epoch = s.lease_epoch + 1,
         lease_expires_at = EXCLUDED.lease_expires_at,
+        lease_token = NULL,
         version = s.version + 1,
         updated_at = now()
     WHERE s.lease_expires_at IS NULL OR s.lease_expires_at <= now()
     RETURNING s.lease_epoch, {LIVE_AGENT} AS lock_agent, s.context
 """
 
-# Record the message (a known external id is a no-op) and take the lease if it is
-# free, in one statement. The new row is invisible to the rest of this statement,
-# so "older" only finds messages that were pending before it.
+# Record the message (a known external id is a no-op), note the activity (a device
+# quiet for longer than its session_ttl starts a new session: fresh context, user
+# preferences kept) and take the lease if it is free, in one statement. The lease
+# test runs on the latest row version, so two claims never both win; the random
+# token tells the winner. The new message is invisible to the rest of this
+# statement, so "older" only finds messages that were pending before it.
+ROTATE = "(s.session_id IS NULL OR s.last_activity_at <= now() - make_interval(secs => s.session_ttl))"
+FREE = "(s.lease_expires_at IS NULL OR s.lease_expires_at <= now())"
+
 CLAIM = f"""
 WITH new AS (
     INSERT INTO conversation_messages (tenant_id, device_id, role, content, external_id, status, metadata)
@@ -58,11 +67,31 @@ WITH new AS (
     ON CONFLICT (tenant_id, external_id) DO NOTHING
     RETURNING id
 ), older AS ({OLDEST_PENDING}),
-lease AS ({TAKE_LEASE.format(when="EXISTS (SELECT 1 FROM new) OR EXISTS (SELECT 1 FROM older)")}),
+lease AS (
+    INSERT INTO conversation_states AS s
+        (tenant_id, device_id, session_ttl, lease_epoch, lease_expires_at, lease_token,
+         session_id, session_started_at, last_activity_at)
+    SELECT %(tenant)s, %(device)s, %(default_ttl)s, 1, now() + make_interval(secs => %(lease)s), %(token)s,
+           %(new_session)s, now(), now()
+    WHERE EXISTS (SELECT 1 FROM new) OR EXISTS (SELECT 1 FROM older)
+    ON CONFLICT (tenant_id, device_id) DO UPDATE SET
+        lease_epoch = CASE WHEN {FREE} THEN s.lease_epoch + 1 ELSE s.lease_epoch END,
+        lease_expires_at = CASE WHEN {FREE} THEN EXCLUDED.lease_expires_at ELSE s.lease_expires_at END,
+        lease_token = CASE WHEN {FREE} THEN EXCLUDED.lease_token ELSE s.lease_token END,
+        session_id = CASE WHEN {ROTATE} THEN EXCLUDED.session_id ELSE s.session_id END,
+        session_started_at = CASE WHEN {ROTATE} THEN now() ELSE s.session_started_at END,
+        context = CASE WHEN {ROTATE}
+                       THEN jsonb_build_object('user_preferences', COALESCE(s.context -> 'user_preferences', '{{}}'))
+                       ELSE s.context END,
+        last_activity_at = CASE WHEN EXISTS (SELECT 1 FROM new) THEN now() ELSE s.last_activity_at END,
+        version = s.version + 1,
+        updated_at = now()
+    RETURNING s.lease_token = %(token)s AS won, s.lease_epoch, {LIVE_AGENT} AS lock_agent, s.context
+),
 dup AS ({MINE} WHERE m.tenant_id = %(tenant)s AND m.external_id = %(external_id)s::text
         AND NOT EXISTS (SELECT 1 FROM new))
 SELECT (SELECT id FROM new) AS new_id,
-       lease.lease_epoch, lease.lock_agent, lease.context,
+       CASE WHEN lease.won THEN lease.lease_epoch END AS lease_epoch, lease.lock_agent, lease.context,
        older.id AS older_id, older.content AS older_content, older.metadata AS older_metadata,
        dup.id AS dup_id, dup.status AS dup_status, dup.reply AS dup_reply, dup.reply_agent AS dup_agent,
        dup.lock_agent AS dup_lock_agent, dup.lock_expires_at AS dup_lock_expires_at
@@ -111,21 +140,27 @@ WITH nxt AS (
         updated_at = now()
     WHERE s.tenant_id = %(tenant)s AND s.device_id = %(device)s
       AND s.lease_epoch = %(epoch)s AND s.lease_expires_at > now()
-    RETURNING s.active_agent, s.expires_at, s.context
+    RETURNING s.active_agent, s.expires_at, s.context, s.session_id
 ), inbound AS (
-    UPDATE conversation_messages m SET status = %(status)s, agent = %(agent)s,
+    UPDATE conversation_messages m SET status = %(status)s, agent = %(agent)s, session_id = st.session_id,
         processing_time_ms = %(elapsed_ms)s, has_error = %(has_error)s, error_message = %(error)s::text
     FROM st WHERE m.id = %(message_id)s
     RETURNING m.id
 ), outbound AS (
     INSERT INTO conversation_messages
-        (tenant_id, device_id, role, content, agent, reply_to, tools_used, processing_time_ms, metadata)
+        (tenant_id, device_id, role, content, agent, reply_to, tools_used, processing_time_ms, metadata, session_id)
     SELECT %(tenant)s, %(device)s, 'assistant', %(reply)s, %(agent)s, %(message_id)s,
-           %(tools)s::jsonb, %(elapsed_ms)s, %(metadata)s::jsonb
+           %(tools)s::jsonb, %(elapsed_ms)s, %(metadata)s::jsonb, st.session_id
     FROM st
     RETURNING id
+), audit AS (
+    INSERT INTO conversation_audit
+        (tenant_id, device_id, session_id, event, from_agent, to_agent, message_id, db_ms, agent_ms, total_ms)
+    SELECT %(tenant)s, %(device)s, st.session_id, %(event)s::text, %(agent_before)s::text, %(agent_after)s::text,
+           %(message_id)s, %(db_ms)s, %(elapsed_ms)s, %(total_ms)s
+    FROM st WHERE %(event)s::text IS NOT NULL
 )
-SELECT st.active_agent, st.expires_at, st.context, outbound.id AS reply_id,
+SELECT st.active_agent, st.expires_at, st.context, st.session_id, outbound.id AS reply_id,
        nxt.id AS next_id, nxt.content AS next_content, nxt.metadata AS next_metadata
 FROM st CROSS JOIN outbound LEFT JOIN nxt ON true
 """
@@ -179,7 +214,7 @@ class Poll:
 class Finished:
     answer: Answer
     context: dict[str, Any]
-    reply_id: int
+    session_id: str | None
     next: Pending | None  # the lease is still ours while this is set
 
 
@@ -197,6 +232,16 @@ class Outcome:
     elapsed_ms: int
     status: str = "done"
     error: str | None = None
+
+    @property
+    def event(self) -> str | None:
+        """The audit event this outcome makes of the lock."""
+        before, after = self.agent_before, self.agent_after
+        if before == after:
+            return "refresh" if after else None
+        if before is None:
+            return "set"
+        return "release" if after is None else "handoff"
 
 
 def _pending(row: Any, prefix: str) -> Pending | None:
@@ -226,6 +271,8 @@ class Ledger:
         row = self._row(
             CLAIM,
             {
+                "token": uuid.uuid4().hex,
+                "new_session": new_session_id(),
                 "tenant": tenant,
                 "device": device,
                 "content": text,
@@ -253,7 +300,10 @@ class Ledger:
             lease = Lease(row["lease_epoch"], row["lease_lock_agent"], row["context"], _pending(row, "older"))
         return Poll(answer, lease)
 
-    def finish(self, tenant: str, device: str, epoch: int, message: Pending, outcome: Outcome) -> Finished:
+    def finish(
+        self, tenant: str, device: str, epoch: int, message: Pending, outcome: Outcome, *, db_ms: int = 0,
+        total_ms: int = 0,
+    ) -> Finished:
         row = self._row(
             FINISH,
             {
@@ -274,13 +324,16 @@ class Ledger:
                 "has_error": outcome.error is not None,
                 "error": outcome.error,
                 "metadata": json.dumps(message.metadata),
+                "event": outcome.event,
+                "db_ms": db_ms,
+                "total_ms": total_ms,
             },
         )
         if row is None:
             raise LeaseLost(f"lease epoch {epoch} on device is no longer held; reply discarded")
         lock_expires = row["expires_at"] if row["active_agent"] else None
         answer = Answer(outcome.reply, outcome.agent, row["active_agent"], lock_expires, row["reply_id"])
-        return Finished(answer, row["context"], row["reply_id"], _pending(row, "next"))
+        return Finished(answer, row["context"], row["session_id"], _pending(row, "next"))
 
     def record_delivery(self, reply_id: int, error: str | None) -> None:
         """Note on an outbound message whether the channel accepted it."""

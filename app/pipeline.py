@@ -89,15 +89,18 @@ class Pipeline:
         """
         tenant = validation.tenant_id(inbound.tenant_id)
         device = validation.device_id(inbound.device_id)
+        started = time.perf_counter()
         try:
             claim = self.ledger.claim(
                 tenant, device, inbound.text, external_id=inbound.external_id, metadata=inbound.metadata
             )
+            claim_ms = _ms(started)
             if claim.duplicate is not None:
                 return _answered(claim.duplicate, claim.duplicate_of, duplicate=True)
             message_id = claim.message_id or claim.duplicate_of
             if claim.lease is not None:
-                answer = self._drain(tenant, device, claim.lease, on_reply).get(message_id)
+                drained = self._drain(tenant, device, claim.lease, on_reply, db_ms=claim_ms, started=started)
+                answer = drained.get(message_id)
                 if answer is not None:
                     return _answered(answer, message_id, duplicate=claim.message_id is None)
             if not wait or message_id is None:
@@ -134,15 +137,28 @@ class Pipeline:
         """Handle messages a crashed worker left pending once their lease expired; returns how many."""
         return sum(self.drain(tenant, device, on_reply) for tenant, device in self.ledger.stale_devices(limit))
 
-    def _drain(self, tenant: str, device: str, lease: Lease, on_reply: OnReply | None) -> dict[int, Answer]:
+    def _drain(
+        self,
+        tenant: str,
+        device: str,
+        lease: Lease,
+        on_reply: OnReply | None,
+        *,
+        db_ms: int = 0,
+        started: float | None = None,
+    ) -> dict[int, Answer]:
         """Handle pending messages in order while holding the lease; the last finish frees it."""
         answers: dict[int, Answer] = {}
         current: Pending | None = lease.first
         lock, context = lease.lock, lease.context
         while current is not None:
+            started = started or time.perf_counter()
             outcome = self.decide(current.text, tenant, device, context, lock)
+            finish_started = time.perf_counter()
             try:
-                finished = self.ledger.finish(tenant, device, lease.epoch, current, outcome)
+                finished = self.ledger.finish(
+                    tenant, device, lease.epoch, current, outcome, db_ms=db_ms, total_ms=_ms(started)
+                )
             except LeaseLost:
                 logger.warning("lease lost on message %s; the new holder will handle it", current.id)
                 break
@@ -153,6 +169,7 @@ class Pipeline:
                 except Exception:  # noqa: BLE001 - delivery problems are the channel's to record
                     logger.exception("delivering the reply to message %s failed", current.id)
             lock, context, current = finished.answer.lock_agent, finished.context, finished.next
+            db_ms, started = _ms(finish_started), None
         return answers
 
     def decide(

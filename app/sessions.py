@@ -7,14 +7,18 @@ an expired lock is never returned, whether or not cleanup has run.
 
 from __future__ import annotations
 
+import json
 import logging
+import secrets
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.engine import Engine
 
 from app import validation
-from app.core.db import store_errors
+from app.context import ContextPatch, normalized
+from app.core.db import run_batches, store_errors
 from app.errors import InvalidInput
 
 logger = logging.getLogger(__name__)
@@ -84,27 +88,68 @@ RETURNING s.version
 
 # One bounded batch: SKIP LOCKED leaves rows that live traffic is writing to the
 # next run, so cleanup never waits on (or blocks) a request.
+# Housekeeping is not activity: updated_at stays, so idle rows still age towards retention.
 RELEASE_EXPIRED = """
 WITH batch AS (
-    SELECT tenant_id, device_id FROM conversation_states
+    SELECT tenant_id, device_id, session_id, active_agent FROM conversation_states
     WHERE active_agent IS NOT NULL AND expires_at <= now()
     ORDER BY expires_at
     LIMIT %(batch)s
     FOR UPDATE SKIP LOCKED
+), released AS (
+    UPDATE conversation_states s
+    SET active_agent = NULL, locked_at = NULL, expires_at = NULL, version = s.version + 1
+    FROM batch
+    WHERE s.tenant_id = batch.tenant_id AND s.device_id = batch.device_id
+    RETURNING 1
+), audit AS (
+    INSERT INTO conversation_audit (tenant_id, device_id, session_id, event, from_agent)
+    SELECT tenant_id, device_id, session_id, 'expired', active_agent FROM batch
 )
-UPDATE conversation_states s
-SET active_agent = NULL, locked_at = NULL, expires_at = NULL, version = s.version + 1, updated_at = now()
-FROM batch
-WHERE s.tenant_id = batch.tenant_id AND s.device_id = batch.device_id
+SELECT count(*) FROM released
 """
+
+GET_CONTEXT = f"SELECT s.context FROM conversation_states s WHERE {KEY}"
+
+UPDATE_CONTEXT = """
+INSERT INTO conversation_states AS s (tenant_id, device_id, session_ttl, context)
+VALUES (%(tenant)s, %(device)s, %(default_ttl)s, cs_merge_context('{}'::jsonb, %(patch)s::jsonb, %(cap)s))
+ON CONFLICT (tenant_id, device_id) DO UPDATE SET
+    context = cs_merge_context(s.context, %(patch)s::jsonb, %(cap)s),
+    version = s.version + 1,
+    updated_at = now()
+RETURNING s.context
+"""
+
+# A new conversation: new session id, the lock released, the context fresh but for
+# the user's preferences.
+NEW_SESSION = """
+INSERT INTO conversation_states AS s (tenant_id, device_id, session_ttl, session_id, session_started_at)
+VALUES (%(tenant)s, %(device)s, %(default_ttl)s, %(session)s, now())
+ON CONFLICT (tenant_id, device_id) DO UPDATE SET
+    session_id = EXCLUDED.session_id,
+    session_started_at = now(),
+    last_activity_at = now(),
+    active_agent = NULL, locked_at = NULL, expires_at = NULL,
+    context = jsonb_build_object('user_preferences', COALESCE(s.context -> 'user_preferences', '{}')),
+    version = s.version + 1,
+    updated_at = now()
+RETURNING s.session_id
+"""
+
+
+def new_session_id() -> str:
+    """A sortable, human-readable session id: sess_YYYYMMDD_HHMMSS_<6 hex>, UTC."""
+    return f"sess_{datetime.now(UTC):%Y%m%d_%H%M%S}_{secrets.token_hex(3)}"
 
 
 class SessionService:
     """Gets, sets, hands off and releases the active-agent lock of a device."""
 
-    def __init__(self, engine: Engine, *, default_ttl: int = 86400):
+    def __init__(self, engine: Engine, *, default_ttl: int = 86400, context_cap: int = 20):
         self.engine = engine
         self.default_ttl = validation.ttl(default_ttl)
+        self.context_cap = context_cap
 
     def _one(self, sql: str, params: dict[str, Any]) -> Any:
         with store_errors(), self.engine.begin() as conn:
@@ -157,13 +202,26 @@ class SessionService:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidInput("batch_size must be a positive integer")
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
-        released = 0
-        while True:
-            with store_errors(), self.engine.begin() as conn:
-                count = conn.exec_driver_sql(RELEASE_EXPIRED, {"batch": batch_size}).rowcount
-            released += count
-            if count < batch_size or (deadline is not None and time.monotonic() >= deadline):
-                break
+        released = run_batches(self.engine, RELEASE_EXPIRED, {}, batch_size=batch_size, deadline=deadline)
         if released:
             logger.info("released %s expired locks", released)
         return released
+
+    def get_session_context(self, device_id: str, *, tenant_id: str = "default") -> dict[str, Any]:
+        """The device's session context, with all four parts (empty for an unknown device)."""
+        return normalized(self._one(GET_CONTEXT, self._key(device_id, tenant_id)))
+
+    def update_session_context(
+        self, device_id: str, patch: ContextPatch | dict[str, Any], *, tenant_id: str = "default"
+    ) -> dict[str, Any]:
+        """Merge a patch into the context in SQL (concurrent patches keep each other's keys)."""
+        params = self._key(device_id, tenant_id)
+        patch_json = json.dumps(ContextPatch.parse(patch).as_json())
+        params.update(patch=patch_json, cap=self.context_cap, default_ttl=self.default_ttl)
+        return normalized(self._one(UPDATE_CONTEXT, params))
+
+    def start_new_session(self, device_id: str, *, tenant_id: str = "default") -> str:
+        """Start a new conversation for the device and return its session id."""
+        params = self._key(device_id, tenant_id)
+        params.update(session=new_session_id(), default_ttl=self.default_ttl)
+        return self._one(NEW_SESSION, params)

@@ -25,7 +25,9 @@ Db = Annotated[Database, Depends(get_database)]
 
 
 def get_sessions(database: Db, settings: AppSettings) -> SessionService:
-    return SessionService(database.engine, default_ttl=settings.default_session_ttl)
+    return SessionService(
+        database.engine, default_ttl=settings.default_session_ttl, context_cap=settings.context_list_cap
+    )
 
 
 def get_pipeline(request: Request, database: Db, settings: AppSettings) -> Pipeline:

@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     cleanup_batch_size: int = Field(5000, ge=1, le=100_000)
     cleanup_max_seconds: float | None = Field(50.0, gt=0)
     cron_secret: SecretStr | None = None
+    message_retention_days: int = Field(0, ge=0)  # 0: keep messages forever
+    orphan_after_hours: int = Field(48, ge=0)  # 0: never delete idle state rows
 
     # WhatsApp Cloud API.
     whatsapp_verify_token: SecretStr | None = None
@@ -53,6 +55,9 @@ class Settings(BaseSettings):
     # phone_number_id -> tenant, as JSON ({"1234": "acme"}) or "1234:acme,5678:globex".
     whatsapp_tenants: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     webhook_max_age_seconds: int = Field(7 * 24 * 3600, ge=60)
+
+    # Session admin API: "tenant:key,tenant:key"; each key sees only its tenant.
+    admin_api_keys: SecretStr | None = None
 
     # Serverless entry points.
     api_gateway_base_path: str = "/"

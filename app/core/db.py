@@ -6,6 +6,7 @@ import contextlib
 import logging
 import select
 import threading
+import time
 from collections.abc import Iterator
 
 import sqlalchemy as sa
@@ -93,6 +94,17 @@ def store_errors() -> Iterator[None]:
         if err.connection_invalidated:
             raise StoreUnavailable(_describe(err)) from err
         raise StoreError(_describe(err)) from err
+
+
+def run_batches(engine: Engine, sql: str, params: dict, *, batch_size: int, deadline: float | None) -> int:
+    """Run a one-batch statement (returning its row count as a scalar) until a short batch or the deadline."""
+    total = 0
+    while True:
+        with store_errors(), engine.begin() as conn:
+            count = conn.exec_driver_sql(sql, {**params, "batch": batch_size}).scalar() or 0
+        total += count
+        if count < batch_size or (deadline is not None and time.monotonic() >= deadline):
+            return total
 
 
 def _describe(err: Exception) -> str:

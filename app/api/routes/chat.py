@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from app import validation
-from app.api.deps import Pipe
+from app.api.deps import Pipe, Sessions
 from app.api.errors import ApiError
 from app.errors import InvalidInput
 from app.pipeline import Inbound, Result
@@ -77,6 +77,21 @@ def chat_response(device_id: str, result: Result) -> ChatResponse:
         degraded=result.degraded,
         lock=LockState(agent=result.lock_agent, expires_at=result.lock_expires_at),
     )
+
+
+class NewSession(BaseModel):
+    session_id: str
+
+
+@router.post("/api/chat/new", status_code=201, response_model=NewSession, responses={400: {}})
+def new_chat(
+    sessions: Sessions,
+    x_device_id: Annotated[str | None, Header()] = None,
+    x_tenant_id: Annotated[str | None, Header()] = None,
+) -> NewSession:
+    """Start a new conversation (the "New conversation" button): fresh context, lock released."""
+    device_id = web_device_id(x_device_id)
+    return NewSession(session_id=sessions.start_new_session(device_id, tenant_id=request_tenant(x_tenant_id)))
 
 
 @router.post(
