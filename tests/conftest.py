@@ -1,8 +1,13 @@
-"""Fixtures: one real PostgreSQL per test run, one fresh database per run, truncated per test."""
+"""Fixtures: one real PostgreSQL per test run, one fresh database per run, truncated per test.
+
+Tests under POOLED_SUITES run twice: straight to PostgreSQL, and through a real
+PgBouncer in transaction pooling mode with the settings a pooler needs.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -13,9 +18,23 @@ from app.core import migrate
 from app.core.config import Settings
 from app.core.db import make_engine
 from app.sessions import SessionService
+from tests.utils import pgbouncer
 from tests.utils.postgres import postgres_server, scratch_database
 
 logger = logging.getLogger(__name__)
+
+POOLED_SUITES = ("core", "pipeline", "api", "channels", "sessions")
+POOLER_SETTINGS = {"db_prepare": False, "db_statement_timeout_mode": "local"}
+# Which backend the session-scoped database_url currently points at (pytest runs
+# one backend's tests as a group), so make_settings can add the pooler settings.
+ACTIVE = {"pooler": False}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames:
+        suite = metafunc.definition.path.parent.name
+        backends = ["postgres", "pgbouncer"] if suite in POOLED_SUITES else ["postgres"]
+        metafunc.parametrize("backend", backends, indirect=True, scope="session")
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +45,7 @@ def pg_server() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def database_url(pg_server: str) -> Iterator[str]:
+def direct_url(pg_server: str) -> Iterator[str]:
     with scratch_database(pg_server) as url:
         engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
         migrate.upgrade(engine)
@@ -34,10 +53,44 @@ def database_url(pg_server: str) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="session")
+def pooled_url(direct_url: str) -> Iterator[str]:
+    if pgbouncer.BINARY is None:
+        pytest.skip("PgBouncer is not installed (Debian package pgbouncer); .ci/run installs it")
+    with pgbouncer.pgbouncer(direct_url) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def backend(request: pytest.FixtureRequest) -> str:
+    return getattr(request, "param", "postgres")
+
+
+@pytest.fixture(scope="session")
+def database_url(request: pytest.FixtureRequest, backend: str, direct_url: str) -> Iterator[str]:
+    if backend == "postgres":
+        yield direct_url
+        return
+    url = request.getfixturevalue("pooled_url")
+    ACTIVE["pooler"] = True
+    yield url
+    ACTIVE["pooler"] = False
+
+
 def make_settings(database_url: str, **overrides) -> Settings:
     """Settings for tests: never read from the developer's environment or .env."""
-    values = {"database_url": database_url, "_env_file": None} | overrides
+    pooler = POOLER_SETTINGS if ACTIVE["pooler"] else {}
+    values = {"database_url": database_url, "_env_file": None} | pooler | overrides
     return Settings(**values)
+
+
+def subprocess_env(database_url: str) -> dict[str, str]:
+    """The environment for a child process that should use database_url as the tests do."""
+    env = {**os.environ, "DATABASE_URL": database_url}
+    if ACTIVE["pooler"]:
+        env |= {key.upper(): str(value).lower() for key, value in POOLER_SETTINGS.items()}
+    return env
+
 
 
 @pytest.fixture

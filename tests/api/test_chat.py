@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import uuid
 
 import pytest
 
-from tests.conftest import make_settings
+from tests.conftest import make_settings, subprocess_env
 from tests.utils.apps import app_client
 from tests.utils.proxy import outage_proxy
 from tests.utils.states import row
@@ -63,7 +62,7 @@ class TestConversation:
             "r = client.post('/api/chat', json={'message': sys.argv[1]}, headers={'X-Device-ID': sys.argv[2]})\n"
             "print(json.dumps([r.status_code, r.json()]))\n"
         )
-        env = {**os.environ, "DATABASE_URL": database_url}
+        env = subprocess_env(database_url)
         for text, agent, lock in CONVERSATION:
             done = subprocess.run(
                 [sys.executable, "-c", script, text, DEVICE], env=env, capture_output=True, text=True, timeout=60

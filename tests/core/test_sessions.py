@@ -19,7 +19,7 @@ from app import (
 )
 from app.core.db import make_engine
 from tests.conftest import make_settings
-from tests.utils.counting import count_statements
+from tests.utils.counting import count_statements, work
 from tests.utils.states import expire, insert_locks, row
 
 DEVICE = "3f2b8c1e-9d4a-4c7e-8b1a-2f6d5e4c3b2a"
@@ -251,7 +251,7 @@ class TestValidation:
 
 
 class TestRoundTrips:
-    def test_every_method_is_one_statement(self, sessions: SessionService, engine):
+    def test_every_method_is_one_statement(self, sessions: SessionService, engine, backend):
         calls = [
             lambda: sessions.get_session_lock(DEVICE),
             lambda: sessions.set_session_lock(DEVICE, "manager", ttl=60),
@@ -265,9 +265,12 @@ class TestRoundTrips:
         for call in calls:
             with count_statements(engine) as statements:
                 call()
-            assert len(statements) == 1, statements
+            assert len(work(statements)) == 1, statements
+            # Behind a pooler the timeout is set per transaction: that is the only extra.
+            assert len(statements) == (2 if backend == "pgbouncer" else 1)
 
     def test_local_timeout_mode_adds_only_set_local(self, database_url):
+        """One statement plus the SET LOCAL that carries the timeout through a pooler."""
         engine = make_engine(make_settings(database_url, db_statement_timeout_mode="local"))
         service = SessionService(engine)
         try:
@@ -286,7 +289,7 @@ class TestCleanup:
         with count_statements(engine) as statements:
             released = sessions.cleanup_expired_sessions(batch_size=1000)
         assert released == 2345
-        assert len(statements) == 3  # 1000 + 1000 + 345
+        assert len(work(statements)) == 3  # 1000 + 1000 + 345
         with engine.begin() as conn:
             counts = conn.exec_driver_sql(
                 "SELECT count(*) FILTER (WHERE active_agent IS NOT NULL),"
@@ -301,7 +304,7 @@ class TestCleanup:
         insert_locks(engine, 2000, expired=True)
         with count_statements(engine) as statements:
             assert sessions.cleanup_expired_sessions(batch_size=1000) == 2000
-        assert len(statements) == math.ceil(2000 / 1000) + 1
+        assert len(work(statements)) == math.ceil(2000 / 1000) + 1
 
     def test_max_seconds_bounds_the_run(self, sessions: SessionService, engine):
         insert_locks(engine, 500, expired=True)
@@ -373,7 +376,9 @@ class TestStoreUnavailable:
         assert isinstance(caught.value.__cause__, sa.exc.OperationalError)
 
     @pytest.mark.parametrize("mode", ["startup", "local"])
-    def test_statement_timeout_surfaces_as_store_unavailable(self, database_url, engine, mode):
+    def test_statement_timeout_surfaces_as_store_unavailable(self, database_url, engine, mode, backend):
+        if backend == "pgbouncer" and mode == "startup":
+            pytest.skip("PgBouncer refuses startup options: behind it the timeout is set with SET LOCAL")
         SessionService(engine).set_session_lock(DEVICE, "billing")
         slow = make_engine(make_settings(database_url, db_statement_timeout_ms=300, db_statement_timeout_mode=mode))
         blocker = sa.create_engine(database_url, poolclass=sa.pool.NullPool)

@@ -21,3 +21,8 @@ def count_statements(engine: Engine) -> Iterator[list[str]]:
         yield statements
     finally:
         event.remove(engine, "before_cursor_execute", before)
+
+
+def work(statements: list[str]) -> list[str]:
+    """The statements that do the work: without the transaction-scoped SET LOCAL timeout a pooler needs."""
+    return [s for s in statements if not s.startswith("SET LOCAL statement_timeout")]
