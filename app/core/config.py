@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     # Session admin API: "tenant:key,tenant:key"; each key sees only its tenant.
     admin_api_keys: SecretStr | None = None
 
+    # Signed web chat device ids (<uuid>.<tag>); unset keeps plain UUIDs.
+    device_id_secret: SecretStr | None = None
+    # Key of the hash that stands for device ids in logs; unset: a random key per process.
+    log_hash_key: SecretStr | None = None
+    log_format: Literal["auto", "json", "text"] = "auto"
+
     # Serverless entry points.
     api_gateway_base_path: str = "/"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+import logging
 from datetime import datetime
 from typing import Annotated
 
@@ -10,13 +10,15 @@ from fastapi import APIRouter, Header
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from app import validation
-from app.api.deps import Pipe, Sessions
+from app import devices, validation
+from app.api.deps import AppSettings, Pipe, Sessions
 from app.api.errors import ApiError
+from app.core.config import Settings
 from app.errors import InvalidInput
 from app.pipeline import Inbound, Result
 
 router = APIRouter(tags=["chat"])
+security = logging.getLogger("app.security")
 
 
 class ChatRequest(BaseModel):
@@ -42,14 +44,22 @@ class Queued(BaseModel):
     message: str
 
 
-def web_device_id(value: str | None) -> str:
-    """The X-Device-ID header as a canonical UUID; 400 when missing or malformed."""
+def web_device_id(value: str | None, settings: Settings) -> str:
+    """The X-Device-ID header as a canonical UUID; 400 when missing or malformed, 401 when unsigned."""
     if value is None or not value.strip():
         raise ApiError(400, "missing_device_id", "the X-Device-ID header is required")
-    try:
-        return str(uuid.UUID(value.strip()))
-    except ValueError:
-        raise ApiError(400, "invalid_device_id", "X-Device-ID must be a UUID") from None
+    value = value.strip()
+    secret = settings.device_id_secret.get_secret_value() if settings.device_id_secret else ""
+    if not secret:
+        device_uuid = devices.parse_uuid(value)
+        if device_uuid is None:
+            raise ApiError(400, "invalid_device_id", "X-Device-ID must be a UUID")
+        return device_uuid
+    device_uuid = devices.verify(secret, value)
+    if device_uuid is None:
+        security.warning("refused a device id with a missing or wrong signature")
+        raise ApiError(401, "invalid_device_signature", "X-Device-ID must be a device id issued by POST /api/devices")
+    return device_uuid
 
 
 def request_tenant(value: str | None) -> str:
@@ -83,30 +93,43 @@ class NewSession(BaseModel):
     session_id: str
 
 
-@router.post("/api/chat/new", status_code=201, response_model=NewSession, responses={400: {}})
+class Device(BaseModel):
+    device_id: str
+
+
+@router.post("/api/devices", status_code=201, response_model=Device)
+def new_device(settings: AppSettings) -> Device:
+    """Issue a device id for a new web chat client (signed when DEVICE_ID_SECRET is set)."""
+    secret = settings.device_id_secret.get_secret_value() if settings.device_id_secret else None
+    return Device(device_id=devices.issue(secret))
+
+
+@router.post("/api/chat/new", status_code=201, response_model=NewSession, responses={400: {}, 401: {}})
 def new_chat(
     sessions: Sessions,
+    settings: AppSettings,
     x_device_id: Annotated[str | None, Header()] = None,
     x_tenant_id: Annotated[str | None, Header()] = None,
 ) -> NewSession:
     """Start a new conversation (the "New conversation" button): fresh context, lock released."""
-    device_id = web_device_id(x_device_id)
+    device_id = web_device_id(x_device_id, settings)
     return NewSession(session_id=sessions.start_new_session(device_id, tenant_id=request_tenant(x_tenant_id)))
 
 
 @router.post(
     "/api/chat",
     response_model=ChatResponse,
-    responses={202: {"model": Queued}, 400: {}, 413: {}, 422: {}},
+    responses={202: {"model": Queued}, 400: {}, 401: {}, 413: {}, 422: {}},
 )
 def chat(
     body: ChatRequest,
     pipeline: Pipe,
+    settings: AppSettings,
     x_device_id: Annotated[str | None, Header()] = None,
     x_tenant_id: Annotated[str | None, Header()] = None,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> ChatResponse | JSONResponse:
-    device_id = web_device_id(x_device_id)
+    device_id = web_device_id(x_device_id, settings)
     tenant_id = request_tenant(x_tenant_id)
     external_id = idempotency_external_id(device_id, idempotency_key)
     inbound = Inbound(tenant_id, device_id, body.message, external_id, {"channel": "web"})
