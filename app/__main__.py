@@ -1,4 +1,4 @@
-"""Command line: `python -m app serve|migrate|cleanup`."""
+"""Command line: `python -m app serve|migrate|cleanup|stats`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 import sys
 
 from app.core.config import Settings
+from app.core.logging import configure_logging
 
 logger = logging.getLogger("app.cli")
 
@@ -77,6 +78,30 @@ def cmd_cleanup(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
+    from app.admin import AdminStore, stats_table
+    from app.core.db import make_engine
+    from app.errors import InvalidInput
+
+    settings = _migrated(settings)
+    engine = make_engine(settings, serverless=True)
+    try:
+        figures = AdminStore(engine).stats(args.tenant)
+    except InvalidInput as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+    print(stats_table(figures, args.tenant))
+    return 0
+
+
+def cmd_invoke(args: argparse.Namespace, settings: Settings) -> int:
+    from app.invoke import main as invoke
+
+    return invoke(args.event)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -87,9 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     serve.set_defaults(run=cmd_serve)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(run=cmd_migrate)
     sub.add_parser("cleanup", help="release expired locks now").set_defaults(run=cmd_cleanup)
+    invoke = sub.add_parser("invoke", help="run the Lambda handler on an event file (see events/)")
+    invoke.add_argument("event", help="path to an API Gateway v1/v2 or scheduled event JSON")
+    invoke.set_defaults(run=cmd_invoke)
+    stats = sub.add_parser("stats", help="print the figures of GET /api/stats as a table")
+    stats.add_argument("--tenant", help="one tenant (default: all tenants)")
+    stats.set_defaults(run=cmd_stats)
     args = parser.parse_args(argv)
     settings = Settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(settings, serverless=False)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     return args.run(args, settings)
 

@@ -24,7 +24,7 @@ class InvalidEvent(InvalidInput):
 
 
 def event_kind(event: Any) -> Kind:
-    """"http" for API Gateway v2/v1 events, "schedule" for EventBridge rule or Scheduler events."""
+    """Which handler an event is for: "http" (API Gateway v2 or v1) or "schedule" (EventBridge)."""
     if not isinstance(event, dict):
         raise InvalidEvent("an event must be a JSON object")
     context = event.get("requestContext")

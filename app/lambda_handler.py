@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from mangum import Mangum
 
 from app.cleanup import run_cleanup
+from app.core.logging import configure_logging
 from app.main import create_app
 
 
@@ -25,6 +26,7 @@ def cleanup(app: FastAPI) -> dict[str, int]:
 # connects: the engine is created on first use, so a missing DATABASE_URL is reported there
 # (ConfigurationError, HTTP 500 configuration_error) instead of failing every cold start.
 app = create_app(serverless=True)
+configure_logging(app.state.settings, serverless=True)
 handler = http_handler(app)
 
 

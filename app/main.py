@@ -10,6 +10,7 @@ from app.api.limits import KIB, BodyLimit
 from app.api.routes import chat, cron, health
 from app.core.config import Settings
 from app.core.db import Database
+from app.core.logging import RequestContext
 
 
 def create_app(
@@ -23,6 +24,7 @@ def create_app(
     app.state.registry = load_registry(settings.agents)
     errors.install(app)
     app.add_middleware(BodyLimit, limits={"/api/chat": 64 * KIB, "/api/webhooks/": 1024 * KIB}, default=256 * KIB)
+    app.add_middleware(RequestContext)  # outermost: every response and log line gets the request id
     app.include_router(health.router)
     app.include_router(chat.router)
     app.include_router(cron.router)

@@ -21,6 +21,7 @@ from app import validation
 from app.agents import MANAGER, AgentInput, AgentReply, Handoff, Registry, Release
 from app.context import ContextPatch, normalized
 from app.core.config import Settings
+from app.core.logging import device_hash
 from app.errors import LeaseLost, StoreUnavailable
 from app.ledger import Answer, Lease, Ledger, Outcome, Pending
 
@@ -163,6 +164,14 @@ class Pipeline:
                 logger.warning("lease lost on message %s; the new holder will handle it", current.id)
                 break
             answers[current.id] = finished.answer
+            logger.info(
+                "message handled",
+                extra={
+                    "device": device_hash(self.settings, device), "tenant": tenant, "agent": outcome.agent,
+                    "event": outcome.event, "outcome": outcome.status, "db_ms": db_ms,
+                    "agent_ms": outcome.elapsed_ms, "total_ms": _ms(started),
+                },
+            )
             if on_reply is not None:
                 try:
                     on_reply(current, finished.answer)
