@@ -1,0 +1,39 @@
+"""A connection the server kills between requests costs the user nothing."""
+
+from __future__ import annotations
+
+import time
+
+import sqlalchemy as sa
+
+from tests.utils.apps import app_client
+
+DEVICE = "1d4f6a8c-0b2e-4c6d-8e0f-1a2b3c4d5e6f"
+
+
+def terminate_app_connections(database_url: str) -> int:
+    """pg_terminate_backend on every connection of the app, as a DBA or a failover would."""
+    killer = sa.create_engine(database_url, poolclass=sa.pool.NullPool, connect_args={"application_name": "killer"})
+    try:
+        with killer.connect() as conn:
+            return conn.exec_driver_sql(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = 'agent-sessions' AND datname = current_database()"
+            ).scalar()
+    finally:
+        killer.dispose()
+
+
+def test_killed_pooled_connections_are_replaced_without_errors(settings, engine, database_url):
+    with app_client(settings) as client:
+        headers = {"X-Device-ID": DEVICE}
+        assert client.post("/api/chat", json={"message": "book"}, headers=headers).status_code == 200
+        assert client.app.state.database.engine.pool.checkedin() >= 1  # idle, waiting for reuse
+        assert terminate_app_connections(database_url) >= 1
+        time.sleep(0.2)  # let the server's goodbye reach the client sockets
+        for text in ("monday", "3pm"):
+            response = client.post("/api/chat", json={"message": text}, headers=headers)
+            assert response.status_code == 200
+            body = response.json()
+            assert body["degraded"] is False and body["agent"] == "scheduling"
+        assert client.get("/api/health").json()["status"] == "ok"
