@@ -65,34 +65,16 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_cleanup(args: argparse.Namespace, settings: Settings) -> int:
-    from app.cleanup import run_cleanup
-    from app.core.db import make_engine
+    from app.cleanup import cleanup_app
+    from app.main import create_app
 
-    settings = _migrated(settings)
-    engine = make_engine(settings, serverless=True)
+    app = create_app(_migrated(settings), serverless=True)
     try:
-        result = run_cleanup(engine, settings)
+        result = cleanup_app(app.state)
     finally:
-        engine.dispose()
+        app.state.database.dispose()
+        app.state.whatsapp.close()
     print(json.dumps(result.as_dict()))
-    return 0
-
-
-def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
-    from app.admin import AdminStore, stats_table
-    from app.core.db import make_engine
-    from app.errors import InvalidInput
-
-    settings = _migrated(settings)
-    engine = make_engine(settings, serverless=True)
-    try:
-        figures = AdminStore(engine).stats(args.tenant)
-    except InvalidInput as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    finally:
-        engine.dispose()
-    print(stats_table(figures, args.tenant))
     return 0
 
 

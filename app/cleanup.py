@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from app.channels.whatsapp import replier
 from app.core.config import Settings
 from app.core.db import run_batches, store_errors
 from app.pipeline import OnReply, Pipeline
@@ -131,3 +133,10 @@ def run_cleanup(
         released, messages, states, recovered, duration_ms,
     )
     return result
+
+
+def cleanup_app(state: Any) -> CleanupResult:
+    """The scheduled run for an app (its state): its engine, settings, agents and WhatsApp sender."""
+    engine = state.database.engine
+    pipeline = Pipeline(engine, state.registry, state.settings)
+    return run_cleanup(engine, state.settings, pipeline=pipeline, on_reply=replier(state.whatsapp, pipeline.ledger))

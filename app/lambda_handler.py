@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import FastAPI
 from mangum import Mangum
 
-from app.cleanup import run_cleanup
+from app.cleanup import cleanup_app
 from app.core.logging import configure_logging
 from app.main import create_app
 
@@ -19,7 +19,7 @@ def http_handler(app: FastAPI) -> Mangum:
 
 def cleanup(app: FastAPI) -> dict[str, int]:
     """One cleanup run on app's own (lazily created) engine, as a JSON-ready dict."""
-    return run_cleanup(app.state.database.engine, app.state.settings).as_dict()
+    return cleanup_app(app.state).as_dict()
 
 
 # Built once per execution environment, from the environment's Settings. Importing never

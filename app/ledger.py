@@ -166,6 +166,25 @@ FROM st CROSS JOIN outbound LEFT JOIN nxt ON true
 """
 
 
+# A message answered without the agents (a channel's canned reply): both sides
+# stored at once, once per external id, leaving the lock and lease alone.
+RECORD_EXCHANGE = """
+WITH st AS (
+    SELECT session_id FROM conversation_states WHERE tenant_id = %(tenant)s AND device_id = %(device)s
+), inbound AS (
+    INSERT INTO conversation_messages (tenant_id, device_id, role, content, external_id, status, metadata, session_id)
+    SELECT %(tenant)s, %(device)s, 'user', %(content)s, %(external_id)s::text, 'done', %(metadata)s::jsonb,
+           (SELECT session_id FROM st)
+    ON CONFLICT (tenant_id, external_id) DO NOTHING
+    RETURNING id, session_id
+)
+INSERT INTO conversation_messages (tenant_id, device_id, role, content, reply_to, metadata, session_id)
+SELECT %(tenant)s, %(device)s, 'assistant', %(reply)s, inbound.id, %(metadata)s::jsonb, inbound.session_id
+FROM inbound
+RETURNING reply_to, id
+"""
+
+
 @dataclass(frozen=True)
 class Pending:
     """An inbound message waiting to be handled."""
@@ -334,6 +353,18 @@ class Ledger:
         lock_expires = row["expires_at"] if row["active_agent"] else None
         answer = Answer(outcome.reply, outcome.agent, row["active_agent"], lock_expires, row["reply_id"])
         return Finished(answer, row["context"], row["session_id"], _pending(row, "next"))
+
+    def record_exchange(
+        self, tenant: str, device: str, content: str, reply: str, *, external_id: str, metadata: dict[str, Any]
+    ) -> tuple[int, int] | None:
+        """Store a message and its canned reply; (inbound id, reply id), or None for a known external id."""
+        params = {
+            "tenant": tenant, "device": device, "content": content, "reply": reply,
+            "external_id": external_id, "metadata": json.dumps(metadata),
+        }
+        with store_errors(), self.engine.begin() as conn:
+            row = conn.exec_driver_sql(RECORD_EXCHANGE, params).first()
+        return None if row is None else (row[0], row[1])
 
     def record_delivery(self, reply_id: int, error: str | None) -> None:
         """Note on an outbound message whether the channel accepted it."""

@@ -30,7 +30,7 @@ GET_LOCK = f"SELECT s.active_agent FROM conversation_states s WHERE {KEY} AND {L
 
 # A new row starts at version 0; every later change adds 1. Re-setting the agent
 # that already holds a live lock keeps its locked_at (the lock continues).
-SET_LOCK = f"""
+SET_LOCK = """
 INSERT INTO conversation_states AS s
     (tenant_id, device_id, active_agent, locked_at, session_ttl, expires_at)
 VALUES (%(tenant)s, %(device)s, %(agent)s, now(), %(new_ttl)s, now() + make_interval(secs => %(new_ttl)s))

@@ -6,12 +6,12 @@ import hmac
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel, SecretStr
 
-from app.api.deps import AppSettings, Db
+from app.api.deps import AppSettings
 from app.api.errors import ApiError
-from app.cleanup import run_cleanup
+from app.cleanup import cleanup_app
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["cron"])
@@ -36,8 +36,8 @@ def _authorized(header: str | None, secret: SecretStr | None) -> bool:
 
 @router.get("/api/cron/cleanup", response_model=CleanupReport)
 def cron_cleanup(
-    database: Db, settings: AppSettings, authorization: Annotated[str | None, Header()] = None
+    request: Request, settings: AppSettings, authorization: Annotated[str | None, Header()] = None
 ) -> CleanupReport:
     if not _authorized(authorization, settings.cron_secret):
         raise ApiError(401, "unauthorized", "missing or invalid bearer token", {"WWW-Authenticate": "Bearer"})
-    return CleanupReport(**run_cleanup(database.engine, settings).as_dict())
+    return CleanupReport(**cleanup_app(request.app.state).as_dict())

@@ -1,0 +1,114 @@
+"""GET and POST /api/webhooks/whatsapp: the WhatsApp Cloud API webhook."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import threading
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel
+
+from app.api.deps import AppSettings, Pipe
+from app.api.errors import ApiError
+from app.channels.whatsapp import WhatsAppSender, handle_delivery
+
+# Refused webhook calls go to their own logger, so they can be routed to security monitoring.
+security = logging.getLogger("app.security")
+router = APIRouter(tags=["whatsapp"])
+PATH = "/api/webhooks/whatsapp"
+MAX_CHALLENGE = 256
+_sender_lock = threading.Lock()
+
+
+class Ack(BaseModel):
+    status: str = "ok"
+    stored: int
+    duplicates: int
+    ignored: int
+
+
+def get_sender(request: Request, settings: AppSettings) -> WhatsAppSender:
+    """The app's one Graph API sender (made by create_app; made here for apps built without it)."""
+    sender = getattr(request.app.state, "whatsapp", None)
+    if sender is None:
+        with _sender_lock:
+            sender = getattr(request.app.state, "whatsapp", None)
+            if sender is None:
+                sender = request.app.state.whatsapp = WhatsAppSender(settings)
+    return sender
+
+
+Sender = Annotated[WhatsAppSender, Depends(get_sender)]
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+@router.get(PATH, response_class=PlainTextResponse, responses={400: {}, 403: {}})
+def verify_subscription(
+    request: Request,
+    settings: AppSettings,
+    mode: Annotated[str | None, Query(alias="hub.mode")] = None,
+    token: Annotated[str | None, Query(alias="hub.verify_token")] = None,
+    challenge: Annotated[str | None, Query(alias="hub.challenge")] = None,
+) -> PlainTextResponse:
+    expected = settings.whatsapp_verify_token.get_secret_value() if settings.whatsapp_verify_token else ""
+    if not expected.strip():
+        security.warning("whatsapp verification from %s refused: WHATSAPP_VERIFY_TOKEN is not set", _client(request))
+        raise ApiError(403, "forbidden", "webhook verification failed")
+    # Compare whatever arrived in constant time, whatever the mode: no timing hint about the token.
+    token_ok = hmac.compare_digest((token or "").encode(), expected.encode())
+    if mode != "subscribe" or not token_ok:
+        reason = "wrong hub.mode" if mode != "subscribe" else "wrong hub.verify_token"
+        security.warning("whatsapp verification from %s refused: %s", _client(request), reason)
+        raise ApiError(403, "forbidden", "webhook verification failed")
+    if not challenge or len(challenge) > MAX_CHALLENGE:
+        raise ApiError(400, "invalid_challenge", f"hub.challenge must be 1-{MAX_CHALLENGE} characters")
+    return PlainTextResponse(challenge)
+
+
+async def signed_body(
+    request: Request,
+    settings: AppSettings,
+    x_hub_signature_256: Annotated[str | None, Header()] = None,
+) -> bytes:
+    """The raw request body, once its X-Hub-Signature-256 proves it came from Meta; else 401."""
+    # The HMAC covers the bytes as sent: Meta escapes non-ASCII as \uXXXX, so a
+    # re-serialised body would not verify. Read them once and never re-encode.
+    body = await request.body()
+    secret = settings.whatsapp_app_secret.get_secret_value() if settings.whatsapp_app_secret else ""
+    if not secret.strip():
+        security.error("whatsapp webhook from %s refused: WHATSAPP_APP_SECRET is not set", _client(request))
+        raise ApiError(401, "invalid_signature", "the request signature cannot be verified")
+    if not x_hub_signature_256:
+        security.warning("whatsapp webhook from %s refused: no X-Hub-Signature-256 header", _client(request))
+        raise ApiError(401, "invalid_signature", "the X-Hub-Signature-256 header is required")
+    expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(x_hub_signature_256.strip().lower().encode(), expected.encode()):
+        security.warning(
+            "whatsapp webhook from %s refused: X-Hub-Signature-256 does not match the body (%s bytes)",
+            _client(request), len(body),
+        )
+        raise ApiError(401, "invalid_signature", "the request signature does not match")
+    return body
+
+
+@router.post(PATH, response_model=Ack, responses={400: {}, 401: {}, 413: {}, 503: {}})
+def receive(
+    body: Annotated[bytes, Depends(signed_body)], pipeline: Pipe, settings: AppSettings, sender: Sender
+) -> Ack:
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise ApiError(400, "invalid_payload", "the body must be a JSON object")
+    # Each message is stored before it is answered; a store outage raises StoreUnavailable,
+    # which the app answers with 503 and Retry-After, so Meta delivers the batch again.
+    return Ack(**handle_delivery(payload, pipeline, sender, settings).as_dict())

@@ -1,0 +1,1 @@
+"""Messaging channels: turn a platform's webhook into pipeline messages and send the replies back."""

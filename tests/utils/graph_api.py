@@ -1,0 +1,133 @@
+"""A real HTTP server on 127.0.0.1 standing in for the Graph API: it records requests and answers as scripted."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Captured:
+    """One request as the server received it; header names are lower case."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    status: int = 200
+    hang: float = 0.0  # seconds to wait before answering (released early when the server closes)
+
+
+class GraphApi:
+    """Answers 200 with a message id unless told to fail or hang for the next requests."""
+
+    def __init__(self) -> None:
+        self.requests: list[Captured] = []
+        self._script: list[Behaviour] = []
+        self._always: Behaviour | None = None
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._ids = itertools.count(1)
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    @property
+    def sent(self) -> list[Any]:
+        """The JSON bodies of every POST so far, in arrival order."""
+        with self._lock:
+            return [r.json for r in self.requests if r.method == "POST"]
+
+    def fail(self, status: int, times: int | None = None) -> None:
+        """Answer status to the next `times` requests, or to all of them."""
+        self._plan(Behaviour(status=status), times)
+
+    def hang(self, seconds: float, times: int | None = None) -> None:
+        """Wait seconds before answering the next `times` requests, or all of them."""
+        self._plan(Behaviour(hang=seconds), times)
+
+    def _plan(self, behaviour: Behaviour, times: int | None) -> None:
+        with self._lock:
+            if times is None:
+                self._always = behaviour
+            else:
+                self._script.extend([behaviour] * times)
+
+    def _next(self) -> Behaviour:
+        with self._lock:
+            if self._script:
+                return self._script.pop(0)
+            return self._always or Behaviour()
+
+    def close(self) -> None:
+        self._closing.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _serve(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                captured = Captured(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                with api._lock:
+                    api.requests.append(captured)
+                behaviour = api._next()
+                if behaviour.hang and api._closing.wait(behaviour.hang):
+                    return
+                if behaviour.status < 400:
+                    recipient = (captured.json or {}).get("to") if body else None
+                    answer: dict[str, Any] = {
+                        "messaging_product": "whatsapp",
+                        "contacts": [{"input": recipient, "wa_id": recipient}],
+                        "messages": [{"id": f"wamid.OUT{next(api._ids)}"}],
+                    }
+                else:
+                    answer = {"error": {"message": f"scripted failure {behaviour.status}", "type": "OAuthException",
+                                        "code": 131000, "fbtrace_id": "AbCdEf"}}
+                data = json.dumps(answer).encode()
+                with contextlib.suppress(OSError):  # the client may have given up (timeout)
+                    self.send_response(behaviour.status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+
+            do_GET = do_POST = _serve
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep test output quiet
+                pass
+
+        return Handler
+
+
+@contextlib.contextmanager
+def graph_api() -> Iterator[GraphApi]:
+    api = GraphApi()
+    try:
+        yield api
+    finally:
+        api.close()
