@@ -78,6 +78,24 @@ def cmd_cleanup(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
+    from app.admin import AdminStore, stats_table
+    from app.core.db import make_engine
+    from app.errors import InvalidInput
+
+    settings = _migrated(settings)
+    engine = make_engine(settings, serverless=True)
+    try:
+        figures = AdminStore(engine).stats(args.tenant)
+    except InvalidInput as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+    print(stats_table(figures, args.tenant))
+    return 0
+
+
 def cmd_invoke(args: argparse.Namespace, settings: Settings) -> int:
     from app.invoke import main as invoke
 

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 
 from app.channels.whatsapp import replier
 from app.core.config import Settings
-from app.core.db import run_batches, store_errors
+from app.core.db import run, run_batches
 from app.pipeline import OnReply, Pipeline
 from app.sessions import SessionService
 
@@ -122,12 +122,12 @@ def run_cleanup(
     recovered = pipeline.recover(on_reply) if pipeline is not None else 0
     duration_ms = round((time.perf_counter() - started) * 1000)
     result = CleanupResult(released, messages + states, duration_ms, recovered)
-    with store_errors(), engine.begin() as conn:
-        conn.exec_driver_sql(
-            RECORD_RUN,
-            {"released": released, "messages": messages, "states": states, "recovered": recovered,
-             "duration_ms": duration_ms},
-        )
+    run(
+        engine,
+        RECORD_RUN,
+        {"released": released, "messages": messages, "states": states, "recovered": recovered,
+         "duration_ms": duration_ms},
+    )
     logger.info(
         "cleanup released=%s deleted_messages=%s deleted_states=%s recovered=%s duration_ms=%s",
         released, messages, states, recovered, duration_ms,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from app import validation
 
 from app.errors import InvalidInput
 
@@ -26,6 +28,11 @@ class ContextPatch(BaseModel):
     user_preferences: dict[str, Any] | None = None
     interrupted_queries: list[Any] | None = None
     recent_interactions: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _storable(self) -> ContextPatch:
+        validation.storable_json(self.model_dump(exclude_none=True))
+        return self
 
     @classmethod
     def parse(cls, value: ContextPatch | dict[str, Any] | None) -> ContextPatch:

@@ -39,6 +39,12 @@ class InvalidTTL(InvalidInput):
     code = "invalid_ttl"
 
 
+class InvalidMessage(InvalidInput):
+    """Message text is empty or holds characters the store cannot keep (NUL)."""
+
+    code = "invalid_message"
+
+
 class ConfigurationError(SessionError):
     """The deployment is missing a required setting."""
 

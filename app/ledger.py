@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from app.core.db import store_errors
+from app.core.db import run
 from app.errors import LeaseLost
 from app.sessions import new_session_id
 
@@ -166,6 +166,20 @@ FROM st CROSS JOIN outbound LEFT JOIN nxt ON true
 """
 
 
+# The oldest pending message, read afresh once a lease is won: the claim that won
+# it saw older messages in its own snapshot, and a holder that finished just
+# before may have answered them since. With none left the lease is freed.
+NEXT_PENDING = f"""
+WITH nxt AS ({OLDEST_PENDING}),
+freed AS (
+    UPDATE conversation_states s SET lease_expires_at = NULL, version = s.version + 1
+    WHERE s.tenant_id = %(tenant)s AND s.device_id = %(device)s AND s.lease_epoch = %(epoch)s
+      AND NOT EXISTS (SELECT 1 FROM nxt)
+)
+SELECT nxt.id AS next_id, nxt.content AS next_content, nxt.metadata AS next_metadata
+FROM (SELECT 1) one LEFT JOIN nxt ON true
+"""
+
 # A message answered without the agents (a channel's canned reply): both sides
 # stored at once, once per external id, leaving the lock and lease alone.
 RECORD_EXCHANGE = """
@@ -201,7 +215,7 @@ class Lease:
     epoch: int
     lock: str | None
     context: dict[str, Any]
-    first: Pending
+    first: Pending | None  # None: read the oldest pending message afresh (Ledger.next_pending)
 
 
 @dataclass(frozen=True)
@@ -281,8 +295,7 @@ class Ledger:
 
     def _row(self, sql: str, params: dict[str, Any]) -> Any:
         params |= {"lease": self.lease_seconds, "default_ttl": self.default_ttl}
-        with store_errors(), self.engine.begin() as conn:
-            return conn.exec_driver_sql(sql, params).mappings().first()
+        return run(self.engine, sql, params)
 
     def claim(
         self, tenant: str, device: str, text: str, *, external_id: str | None, metadata: dict[str, Any]
@@ -302,7 +315,8 @@ class Ledger:
         new_id = row["new_id"]
         lease = None
         if row["lease_epoch"] is not None:
-            first = _pending(row, "older") or Pending(new_id, text, metadata)
+            # Our own new message cannot have been answered by anyone; older ones may have.
+            first = Pending(new_id, text, metadata) if row["older_id"] is None else None
             lease = Lease(row["lease_epoch"], row["lock_agent"], row["context"], first)
         duplicate = None
         if new_id is None and row["dup_status"] == "done":
@@ -315,9 +329,13 @@ class Ledger:
         if row["status"] == "done":
             answer = Answer(row["reply"], row["reply_agent"], row["lock_agent"], row["lock_expires_at"])
         lease = None
-        if row["lease_epoch"] is not None and _pending(row, "older") is not None:
-            lease = Lease(row["lease_epoch"], row["lease_lock_agent"], row["context"], _pending(row, "older"))
+        if row["lease_epoch"] is not None:
+            lease = Lease(row["lease_epoch"], row["lease_lock_agent"], row["context"], None)
         return Poll(answer, lease)
+
+    def next_pending(self, tenant: str, device: str, epoch: int) -> Pending | None:
+        """The device's oldest pending message for the lease holder; frees the lease when there is none."""
+        return _pending(self._row(NEXT_PENDING, {"tenant": tenant, "device": device, "epoch": epoch}), "next")
 
     def finish(
         self, tenant: str, device: str, epoch: int, message: Pending, outcome: Outcome, *, db_ms: int = 0,
@@ -362,29 +380,27 @@ class Ledger:
             "tenant": tenant, "device": device, "content": content, "reply": reply,
             "external_id": external_id, "metadata": json.dumps(metadata),
         }
-        with store_errors(), self.engine.begin() as conn:
-            row = conn.exec_driver_sql(RECORD_EXCHANGE, params).first()
-        return None if row is None else (row[0], row[1])
+        row = run(self.engine, RECORD_EXCHANGE, params)
+        return None if row is None else (row["reply_to"], row["id"])
 
     def record_delivery(self, reply_id: int, error: str | None) -> None:
         """Note on an outbound message whether the channel accepted it."""
-        with store_errors(), self.engine.begin() as conn:
-            conn.exec_driver_sql(
-                "UPDATE conversation_messages SET has_error = %(failed)s, error_message = %(error)s::text, "
-                "metadata = metadata || jsonb_build_object('delivered', NOT %(failed)s) WHERE id = %(id)s",
-                {"id": reply_id, "failed": error is not None, "error": error},
-            )
+        run(
+            self.engine,
+            "UPDATE conversation_messages SET has_error = %(failed)s, error_message = %(error)s::text, "
+            "metadata = metadata || jsonb_build_object('delivered', NOT %(failed)s) WHERE id = %(id)s",
+            {"id": reply_id, "failed": error is not None, "error": error},
+        )
 
     def stale_devices(self, limit: int) -> list[tuple[str, str]]:
         """Devices with pending messages and no live lease: a crashed worker's leftovers."""
-        with store_errors(), self.engine.begin() as conn:
-            return [
-                (tenant, device)
-                for tenant, device in conn.exec_driver_sql(
-                    "SELECT DISTINCT m.tenant_id, m.device_id FROM conversation_messages m "
-                    "JOIN conversation_states s USING (tenant_id, device_id) "
-                    "WHERE m.status = 'pending' AND (s.lease_expires_at IS NULL OR s.lease_expires_at <= now()) "
-                    "LIMIT %(limit)s",
-                    {"limit": limit},
-                ).all()
-            ]
+        rows = run(
+            self.engine,
+            "SELECT DISTINCT m.tenant_id, m.device_id FROM conversation_messages m "
+            "JOIN conversation_states s USING (tenant_id, device_id) "
+            "WHERE m.status = 'pending' AND (s.lease_expires_at IS NULL OR s.lease_expires_at <= now()) "
+            "LIMIT %(limit)s",
+            {"limit": limit},
+            rows="all",
+        )
+        return [(row["tenant_id"], row["device_id"]) for row in rows]

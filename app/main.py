@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from app.api import errors
 from app.agents import load_registry
 from app.api.limits import KIB, BodyLimit
-from app.api.routes import chat, cron, health, whatsapp
+from app.api.routes import chat, cron, health, sessions, stats, whatsapp
 from app.core.config import Settings
 from app.core.db import Database
 from app.core.logging import RequestContext
@@ -24,10 +24,13 @@ def create_app(
     app.state.registry = load_registry(settings.agents)
     app.state.whatsapp = whatsapp.WhatsAppSender(settings)  # one Graph API client per app; connects on first send
     errors.install(app)
-    app.add_middleware(BodyLimit, limits={"/api/chat": 64 * KIB, "/api/webhooks/": 1024 * KIB}, default=256 * KIB)
+    limits = {"/api/chat": 64 * KIB, "/api/webhooks/": 1024 * KIB, "/api/sessions/import": 16 * 1024 * KIB}
+    app.add_middleware(BodyLimit, limits=limits, default=256 * KIB)
     app.add_middleware(RequestContext)  # outermost: every response and log line gets the request id
     app.include_router(health.router)
     app.include_router(chat.router)
     app.include_router(cron.router)
     app.include_router(whatsapp.router)
+    app.include_router(sessions.router)
+    app.include_router(stats.router)
     return app

@@ -90,6 +90,7 @@ class Pipeline:
         """
         tenant = validation.tenant_id(inbound.tenant_id)
         device = validation.device_id(inbound.device_id)
+        validation.message_text(inbound.text)
         started = time.perf_counter()
         try:
             claim = self.ledger.claim(
@@ -120,12 +121,11 @@ class Pipeline:
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 0.25)
             poll = self.ledger.poll(tenant, device, message_id)
-            if poll.answer is not None:
-                return _answered(poll.answer, message_id, duplicate=duplicate)
-            if poll.lease is not None:
-                answer = self._drain(tenant, device, poll.lease, on_reply).get(message_id)
-                if answer is not None:
-                    return _answered(answer, message_id, duplicate=duplicate)
+            answer = poll.answer
+            if poll.lease is not None:  # a lease we won must be drained (and so freed) before we leave
+                answer = self._drain(tenant, device, poll.lease, on_reply).get(message_id) or answer
+            if answer is not None:
+                return _answered(answer, message_id, duplicate=duplicate)
         logger.info("message %s still queued after %ss", message_id, self.settings.chat_wait_seconds)
         return Result("queued", message_id=message_id, duplicate=duplicate)
 
@@ -150,7 +150,7 @@ class Pipeline:
     ) -> dict[int, Answer]:
         """Handle pending messages in order while holding the lease; the last finish frees it."""
         answers: dict[int, Answer] = {}
-        current: Pending | None = lease.first
+        current = lease.first or self.ledger.next_pending(tenant, device, lease.epoch)
         lock, context = lease.lock, lease.context
         while current is not None:
             started = started or time.perf_counter()

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 
 from app import validation
 from app.context import ContextPatch, normalized
-from app.core.db import run_batches, store_errors
+from app.core.db import run, run_batches
 from app.errors import InvalidInput
 
 logger = logging.getLogger(__name__)
@@ -152,8 +152,7 @@ class SessionService:
         self.context_cap = context_cap
 
     def _one(self, sql: str, params: dict[str, Any]) -> Any:
-        with store_errors(), self.engine.begin() as conn:
-            return conn.exec_driver_sql(sql, params).scalar()
+        return run(self.engine, sql, params, rows="scalar")
 
     def _key(self, device_id: str, tenant_id: str) -> dict[str, Any]:
         return {"device": validation.device_id(device_id), "tenant": validation.tenant_id(tenant_id)}

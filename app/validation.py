@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from app.core.config import MAX_TTL_SECONDS
-from app.errors import InvalidAgentKey, InvalidDeviceId, InvalidTenantId, InvalidTTL
+from app.errors import InvalidAgentKey, InvalidDeviceId, InvalidMessage, InvalidTenantId, InvalidTTL
 
 AGENT_KEY = re.compile(r"[a-z][a-z0-9_-]{0,49}")
 MAX_ID_LENGTH = 128
@@ -47,3 +48,34 @@ def ttl(value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TTL_SECONDS:
         raise InvalidTTL(f"ttl must be a whole number of seconds from 1 to {MAX_TTL_SECONDS}")
     return value
+
+
+MAX_JSON_DEPTH = 64
+
+
+def _unstorable(text: str) -> bool:
+    # PostgreSQL text holds neither NUL nor a lone UTF-16 surrogate.
+    return "\x00" in text or any("\ud800" <= c <= "\udfff" for c in text)
+
+
+def message_text(value: object) -> str:
+    """Return value if it is message text PostgreSQL can store, else raise InvalidMessage."""
+    if not isinstance(value, str) or not value or _unstorable(value):
+        raise InvalidMessage("message text must be non-empty, without NUL characters or lone surrogates")
+    return value
+
+
+def storable_json(value: Any, where: str = "", depth: int = 0) -> None:
+    """Raise ValueError if a JSON value nests deeper than MAX_JSON_DEPTH or holds text PostgreSQL cannot store."""
+    if depth > MAX_JSON_DEPTH:
+        raise ValueError(f"{where or 'value'}: nested deeper than {MAX_JSON_DEPTH} levels")
+    if isinstance(value, str):
+        if _unstorable(value):
+            raise ValueError(f"{where or 'value'}: text must not contain NUL characters or lone surrogates")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            storable_json(key, where, depth + 1)
+            storable_json(item, f"{where}.{key}" if where else str(key), depth + 1)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            storable_json(item, f"{where}[{index}]", depth + 1)

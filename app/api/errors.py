@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from app.errors import ConfigurationError, InvalidInput, LeaseLost, SessionError, StoreUnavailable
@@ -20,6 +21,17 @@ STATUS = [
     (ConfigurationError, 500),
     (SessionError, 500),
 ]
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """The shape of every error response."""
+
+    error: ErrorDetail
 
 
 class ApiError(Exception):

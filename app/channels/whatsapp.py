@@ -19,7 +19,7 @@ import httpx
 
 from app import validation
 from app.core.config import Settings
-from app.errors import InvalidInput, StoreError
+from app.errors import InvalidInput, StoreError, StoreUnavailable
 from app.ledger import Answer, Ledger, Pending
 from app.pipeline import Inbound, OnReply, Pipeline
 
@@ -128,8 +128,14 @@ def user_messages(payload: Any) -> Iterator[UserMessage]:
             contacts = list(_dicts(value.get("contacts")))
             for message in _dicts(value.get("messages")):
                 parsed = _parse(message, contacts, phone_number_id)
-                if parsed is not None:
-                    yield parsed
+                if parsed is None:
+                    continue
+                try:  # a redelivery would carry the same unstorable text: skip it, keep the batch going
+                    validation.storable_json([parsed.id, parsed.device_id, parsed.text])
+                except ValueError as err:
+                    logger.warning("whatsapp message skipped: %s", err)
+                    continue
+                yield parsed
 
 
 class WhatsAppSender:
@@ -249,7 +255,11 @@ def handle_delivery(payload: Any, pipeline: Pipeline, sender: WhatsAppSender, se
                 stored = not pipeline.handle(inbound, wait=False, on_reply=on_reply, stateless=False).duplicate
             else:
                 stored = answer_unsupported(pipeline.ledger, sender, tenant, message)
-        except InvalidInput as err:  # a redelivery would carry the same value: acknowledge and move on
+        except StoreUnavailable:
+            raise  # 503: Meta delivers again once the store is back
+        except (InvalidInput, StoreError) as err:
+            # A redelivery would carry the same value, and a statement the database
+            # refuses would fail again: acknowledge and keep the batch going.
             logger.error("whatsapp message %s ignored: %s", message.id, err)
             report.ignored += 1
             continue

@@ -8,8 +8,11 @@ import select
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
+import psycopg
 import sqlalchemy as sa
+from psycopg.rows import dict_row, tuple_row
 from sqlalchemy import event, exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool, QueuePool
@@ -18,6 +21,11 @@ from app.core.config import Settings
 from app.errors import ConfigurationError, StoreError, StoreUnavailable
 
 logger = logging.getLogger(__name__)
+
+
+# Engines made here in autocommit mode carry this execution option: their
+# one-statement operations may take the direct path in `run` below.
+AUTOCOMMIT_STATEMENTS = "agent_sessions_autocommit"
 
 
 def make_engine(settings: Settings, *, serverless: bool = False, url: str | None = None) -> Engine:
@@ -49,6 +57,7 @@ def make_engine(settings: Settings, *, serverless: bool = False, url: str | None
     engine = sa.create_engine(
         url,
         connect_args=connect_args,
+        execution_options={AUTOCOMMIT_STATEMENTS: not local_timeout},
         pool_pre_ping=settings.db_pre_ping,
         # Every lock operation is one statement: autocommit makes it one round trip
         # (no BEGIN/COMMIT). SET LOCAL needs a transaction, so "local" mode keeps one.
@@ -83,25 +92,74 @@ def _discard_dead_connection(dbapi_conn, record, proxy) -> None:  # noqa: ANN001
         raise exc.DisconnectionError("server closed the connection")
 
 
+# Raised when the server is down, gone or too slow; connect errors from the pool
+# come unwrapped from the driver.
+UNAVAILABLE = (
+    exc.OperationalError, exc.InterfaceError, exc.TimeoutError, exc.DisconnectionError,
+    psycopg.OperationalError, psycopg.InterfaceError,
+)
+
+
 @contextlib.contextmanager
 def store_errors() -> Iterator[None]:
     """Turn driver and pool errors into StoreUnavailable / StoreError."""
     try:
         yield
-    except (exc.OperationalError, exc.InterfaceError, exc.TimeoutError) as err:
+    except UNAVAILABLE as err:
         raise StoreUnavailable(_describe(err)) from err
+    except psycopg.Error as err:
+        raise StoreError(_describe(err)) from err
     except exc.DBAPIError as err:
         if err.connection_invalidated:
             raise StoreUnavailable(_describe(err)) from err
         raise StoreError(_describe(err)) from err
 
 
+def run(engine: Engine, sql: str, params: dict[str, Any], *, rows: str = "first") -> Any:
+    """Run one statement; return its first row (a dict), its first value ("scalar") or all rows ("all").
+
+    On an autocommit engine from make_engine this checks a pooled connection out
+    and uses its psycopg cursor directly: SQLAlchemy's Connection layer would cost
+    more than the round trip itself. Engine-level before/after_cursor_execute
+    listeners still see every statement. Other engines take the ordinary path.
+    """
+    if not engine.get_execution_options().get(AUTOCOMMIT_STATEMENTS):
+        with store_errors(), engine.begin() as conn:
+            result = conn.exec_driver_sql(sql, params)
+            if not result.returns_rows:
+                return [] if rows == "all" else None
+            if rows == "scalar":
+                return result.scalar()
+            mapped = result.mappings()
+            return [dict(r) for r in mapped] if rows == "all" else (dict(r) if (r := mapped.first()) else None)
+    with store_errors():
+        fairy = engine.raw_connection()
+    try:
+        cursor = fairy.cursor(row_factory=tuple_row if rows == "scalar" else dict_row)
+        dispatch = engine.dispatch
+        if dispatch.before_cursor_execute:
+            dispatch.before_cursor_execute(None, cursor, sql, params, None, False)
+        cursor.execute(sql, params)
+        if dispatch.after_cursor_execute:
+            dispatch.after_cursor_execute(None, cursor, sql, params, None, False)
+        if rows == "all":
+            return cursor.fetchall() if cursor.description else []
+        row = cursor.fetchone() if cursor.description else None
+        return row[0] if rows == "scalar" and row is not None else row
+    except psycopg.Error as err:
+        if isinstance(err, psycopg.OperationalError | psycopg.InterfaceError) or fairy.dbapi_connection.broken:
+            fairy.invalidate(err)  # a fresh connection next time
+            raise StoreUnavailable(_describe(err)) from err
+        raise StoreError(_describe(err)) from err
+    finally:
+        fairy.close()
+
+
 def run_batches(engine: Engine, sql: str, params: dict, *, batch_size: int, deadline: float | None) -> int:
     """Run a one-batch statement (returning its row count as a scalar) until a short batch or the deadline."""
     total = 0
     while True:
-        with store_errors(), engine.begin() as conn:
-            count = conn.exec_driver_sql(sql, {**params, "batch": batch_size}).scalar() or 0
+        count = run(engine, sql, {**params, "batch": batch_size}, rows="scalar") or 0
         total += count
         if count < batch_size or (deadline is not None and time.monotonic() >= deadline):
             return total

@@ -135,7 +135,8 @@ class TestBadInput:
 
     @pytest.mark.parametrize(
         "body",
-        [{}, {"message": ""}, {"message": "x" * 4097}, {"message": 5}, {"message": None}, [], "hi"],
+        [{}, {"message": ""}, {"message": "x" * 4097}, {"message": 5}, {"message": None}, [], "hi",
+         {"message": "nul \u0000 inside"}],
     )
     def test_bad_body_is_422(self, client, engine, body):
         response = client.post("/api/chat", json=body, headers={"X-Device-ID": DEVICE})

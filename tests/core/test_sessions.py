@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import threading
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 
@@ -373,7 +374,7 @@ class TestStoreUnavailable:
         engine = make_engine(settings)
         with pytest.raises(StoreUnavailable) as caught:
             SessionService(engine).get_session_lock(DEVICE)
-        assert isinstance(caught.value.__cause__, sa.exc.OperationalError)
+        assert isinstance(caught.value.__cause__, sa.exc.OperationalError | psycopg.OperationalError)
 
     @pytest.mark.parametrize("mode", ["startup", "local"])
     def test_statement_timeout_surfaces_as_store_unavailable(self, database_url, engine, mode, backend):

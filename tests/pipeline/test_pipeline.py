@@ -201,7 +201,10 @@ class TestLease:
         with pytest.raises(LeaseLost):
             ledger.finish("default", DEVICE, stale.lease.epoch, stale.lease.first, self.outcome())
         assert [r.status for r in messages(engine)] == ["pending"]
-        finished = ledger.finish("default", DEVICE, fresh.lease.epoch, fresh.lease.first, self.outcome("fresh"))
+        assert fresh.lease.first is None  # a poll re-reads what is pending once it holds the lease
+        first = ledger.next_pending("default", DEVICE, fresh.lease.epoch)
+        assert first.text == "first"
+        finished = ledger.finish("default", DEVICE, fresh.lease.epoch, first, self.outcome("fresh"))
         assert finished.answer.reply == "fresh"
         assert [(r.role, r.content) for r in messages(engine)] == [("user", "first"), ("assistant", "fresh")]
 

@@ -56,6 +56,7 @@ def pgbouncer(server_url: str) -> Iterator[str]:
             "auth_type = any\npool_mode = transaction\n"
             "max_client_conn = 500\ndefault_pool_size = 20\n"
             "ignore_startup_parameters = extra_float_digits\n"
+            "log_connections = 0\nlog_disconnections = 0\n"
             f"logfile = {folder / 'pgbouncer.log'}\npidfile = {folder / 'pgbouncer.pid'}\n"
         )
         if user:
@@ -63,9 +64,10 @@ def pgbouncer(server_url: str) -> Iterator[str]:
             for path in folder.iterdir():
                 shutil.chown(path, user)
         command = [BINARY, str(config)] + (["-u", user] if user else [])
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # Its log goes to the logfile; an unread pipe would fill up and stall PgBouncer.
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            _wait_for(port, process)
+            _wait_for(port, process, folder / "pgbouncer.log")
             yield target.set(host="127.0.0.1", port=port, query={}).render_as_string(hide_password=False)
         finally:
             process.terminate()
@@ -75,11 +77,12 @@ def pgbouncer(server_url: str) -> Iterator[str]:
                 process.kill()
 
 
-def _wait_for(port: int, process: subprocess.Popen) -> None:
+def _wait_for(port: int, process: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"pgbouncer exited: {process.stderr.read().decode(errors='replace')}")
+            text = log.read_text(errors="replace") if log.exists() else "no log"
+            raise RuntimeError(f"pgbouncer exited: {text[-2000:]}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
             return
         time.sleep(0.05)

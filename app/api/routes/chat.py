@@ -22,7 +22,8 @@ security = logging.getLogger("app.security")
 
 
 class ChatRequest(BaseModel):
-    message: str = Field(min_length=1, max_length=4096)
+    # No NUL: PostgreSQL text cannot hold it.
+    message: str = Field(min_length=1, max_length=4096, pattern=r"^[^\x00]*$")
 
 
 class LockState(BaseModel):

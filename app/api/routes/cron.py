@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel, SecretStr
 
 from app.api.deps import AppSettings
-from app.api.errors import ApiError
+from app.api.errors import ApiError, ErrorBody
 from app.cleanup import cleanup_app
 
 logger = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def _authorized(header: str | None, secret: SecretStr | None) -> bool:
     return hmac.compare_digest((header or "").encode(), f"Bearer {expected}".encode())
 
 
-@router.get("/api/cron/cleanup", response_model=CleanupReport)
+@router.get("/api/cron/cleanup", response_model=CleanupReport, responses={401: {"model": ErrorBody}, 503: {"model": ErrorBody}})
 def cron_cleanup(
     request: Request, settings: AppSettings, authorization: Annotated[str | None, Header()] = None
 ) -> CleanupReport:

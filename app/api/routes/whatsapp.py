@@ -105,7 +105,7 @@ def receive(
 ) -> Ack:
     try:
         payload = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
         raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
     if not isinstance(payload, dict):
         raise ApiError(400, "invalid_payload", "the body must be a JSON object")

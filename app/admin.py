@@ -1,0 +1,353 @@
+"""SQL of the session admin API: listing, inspecting, patching, overriding and erasing sessions.
+
+Each method is one statement, always filtered by the caller's tenant, so a key
+never reads or changes another tenant's rows. Lock overrides write their audit
+row in the same statement as the lock change.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from app import validation
+from app.context import ContextPatch, normalized
+from app.core.db import store_errors
+
+logger = logging.getLogger(__name__)
+
+KEY = "s.tenant_id = %(tenant)s AND s.device_id = %(device)s"
+LIVE = "(s.active_agent IS NOT NULL AND s.expires_at > now())"
+STATUS = f"""CASE WHEN {LIVE} THEN 'active'
+     WHEN s.last_activity_at + make_interval(secs => s.session_ttl) > now() THEN 'idle'
+     ELSE 'ended' END"""
+LOCK_COLUMNS = f"""CASE WHEN {LIVE} THEN s.active_agent END AS active_agent,
+       CASE WHEN {LIVE} THEN s.locked_at END AS locked_at,
+       CASE WHEN {LIVE} THEN s.expires_at END AS expires_at"""
+
+# A device is known while any row of it is left: its state, a message or an audit row.
+KNOWN = """(EXISTS (SELECT 1 FROM conversation_states WHERE tenant_id = %(tenant)s AND device_id = %(device)s)
+    OR EXISTS (SELECT 1 FROM conversation_messages WHERE tenant_id = %(tenant)s AND device_id = %(device)s)
+    OR EXISTS (SELECT 1 FROM conversation_audit WHERE tenant_id = %(tenant)s AND device_id = %(device)s))"""
+
+# A message still waiting for its answer gets its session id when it is answered;
+# until then it belongs to the current session.
+CURRENT_COUNT = """(SELECT count(*) FROM conversation_messages m
+        WHERE m.tenant_id = s.tenant_id AND m.device_id = s.device_id
+          AND (m.session_id = s.session_id OR (m.session_id IS NULL AND m.status = 'pending')))"""
+
+# One row even for an empty page, so the total is always there.
+LIST_SESSIONS = f"""
+WITH sel AS (
+    SELECT * FROM (
+        SELECT s.tenant_id, s.device_id, s.session_id, s.last_activity_at, {LOCK_COLUMNS}, {STATUS} AS status
+        FROM conversation_states s
+        WHERE s.tenant_id = %(tenant)s
+    ) f
+    WHERE (%(status)s::text IS NULL OR f.status = %(status)s::text)
+      AND (%(agent)s::text IS NULL OR f.active_agent = %(agent)s::text)
+), page AS (
+    SELECT * FROM sel ORDER BY last_activity_at DESC, device_id LIMIT %(limit)s OFFSET %(offset)s
+)
+SELECT (SELECT count(*) FROM sel) AS total, s.device_id, s.session_id, s.status, s.active_agent,
+       s.locked_at, s.expires_at, s.last_activity_at,
+       CASE WHEN s.device_id IS NOT NULL THEN {CURRENT_COUNT} END AS message_count
+FROM (SELECT 1) one LEFT JOIN page s ON true
+ORDER BY s.last_activity_at DESC, s.device_id
+"""
+
+GET_STATE = f"""
+SELECT s.device_id, s.session_id, s.session_started_at, s.last_activity_at, s.session_ttl, s.context,
+       s.version, s.created_at, s.updated_at, {LOCK_COLUMNS}, {STATUS} AS status,
+       {CURRENT_COUNT} AS message_count
+FROM conversation_states s WHERE {KEY}
+"""
+
+# The current session comes from the state (it may have no messages yet); the
+# others only from the ledger, grouped by session id.
+HISTORY = f"""
+WITH cur AS (
+    SELECT s.session_id, s.session_started_at, s.last_activity_at, {STATUS} AS status
+    FROM conversation_states s WHERE {KEY} AND s.session_id IS NOT NULL
+), grouped AS (
+    SELECT COALESCE(m.session_id, CASE WHEN m.status = 'pending' THEN (SELECT session_id FROM cur) END) AS session_id,
+           min(m.created_at) AS first_at, max(m.created_at) AS last_at, count(*) AS message_count
+    FROM conversation_messages m WHERE m.tenant_id = %(tenant)s AND m.device_id = %(device)s
+    GROUP BY 1
+)
+SELECT k.known, h.* FROM (SELECT {KNOWN} AS known) k
+LEFT JOIN LATERAL (
+    SELECT COALESCE(cur.session_id, g.session_id) AS session_id,
+           COALESCE(cur.status, 'ended') AS status,
+           COALESCE(cur.session_started_at, g.first_at) AS started_at,
+           GREATEST(cur.last_activity_at, g.last_at) AS last_activity_at,
+           COALESCE(g.message_count, 0) AS message_count
+    FROM grouped g FULL JOIN cur ON g.session_id = cur.session_id
+) h ON k.known
+ORDER BY h.started_at DESC NULLS LAST, h.last_activity_at DESC NULLS LAST
+"""
+
+MESSAGES = f"""
+SELECT k.known, p.* FROM (SELECT {KNOWN} AS known) k
+LEFT JOIN LATERAL (
+    SELECT m.id, m.role, m.content, m.agent, m.created_at, m.session_id, m.status, m.has_error,
+           m.error_message, m.reply_to, m.processing_time_ms, m.tools_used
+    FROM conversation_messages m
+    WHERE m.tenant_id = %(tenant)s AND m.device_id = %(device)s
+      AND (%(before)s::bigint IS NULL OR m.id < %(before)s::bigint)
+      AND (%(session)s::text IS NULL OR m.session_id = %(session)s::text)
+    ORDER BY m.id DESC
+    LIMIT %(limit)s
+) p ON k.known
+ORDER BY p.id DESC
+"""
+
+AUDIT = f"""
+SELECT k.known, a.* FROM (SELECT {KNOWN} AS known) k
+LEFT JOIN LATERAL (
+    SELECT id, event, at, from_agent, to_agent, session_id, message_id, db_ms, agent_ms, total_ms
+    FROM conversation_audit
+    WHERE tenant_id = %(tenant)s AND device_id = %(device)s AND (%(after)s::bigint IS NULL OR id > %(after)s::bigint)
+    ORDER BY id
+    LIMIT %(limit)s
+) a ON k.known
+ORDER BY a.id
+"""
+
+# Unlike SessionService.update_session_context this never creates a row: an
+# unknown device stays unknown (404), even if it is erased while the patch runs.
+PATCH_CONTEXT = f"""
+UPDATE conversation_states s
+SET context = cs_merge_context(s.context, %(patch)s::jsonb, %(cap)s), version = s.version + 1, updated_at = now()
+WHERE {KEY}
+RETURNING s.context
+"""
+
+# FOR UPDATE makes "old" the row as it stands when we hold it, so the audit names
+# the agent the operator really displaced.
+OVERRIDE_SET = f"""
+WITH old AS (
+    SELECT s.tenant_id, s.device_id, CASE WHEN {LIVE} THEN s.active_agent END AS agent
+    FROM conversation_states s WHERE {KEY}
+    FOR UPDATE
+), changed AS (
+    UPDATE conversation_states s SET
+        active_agent = %(agent)s::text,
+        locked_at = CASE WHEN old.agent = %(agent)s::text THEN s.locked_at ELSE now() END,
+        session_ttl = COALESCE(%(ttl)s::integer, s.session_ttl),
+        expires_at = now() + make_interval(secs => COALESCE(%(ttl)s::integer, s.session_ttl)),
+        version = s.version + 1,
+        updated_at = now()
+    FROM old
+    WHERE s.tenant_id = old.tenant_id AND s.device_id = old.device_id
+    RETURNING s.session_id, s.active_agent, s.locked_at, s.expires_at, s.session_ttl, s.version,
+              old.agent AS previous_agent
+), audit AS (
+    INSERT INTO conversation_audit (tenant_id, device_id, session_id, event, from_agent, to_agent)
+    SELECT %(tenant)s, %(device)s, session_id, 'override', previous_agent, active_agent FROM changed
+)
+SELECT active_agent, locked_at, expires_at, session_ttl, version, previous_agent FROM changed
+"""
+
+# A live lock released by the operator is an "override"; a leftover expired one is
+# tidied and recorded as "expired", as the cleanup run would have.
+OVERRIDE_CLEAR = f"""
+WITH old AS (
+    SELECT s.tenant_id, s.device_id, s.session_id, s.session_ttl, s.version, s.active_agent AS held,
+           CASE WHEN {LIVE} THEN s.active_agent END AS agent
+    FROM conversation_states s WHERE {KEY}
+    FOR UPDATE
+), changed AS (
+    UPDATE conversation_states s
+    SET active_agent = NULL, locked_at = NULL, expires_at = NULL, version = s.version + 1, updated_at = now()
+    FROM old
+    WHERE s.tenant_id = old.tenant_id AND s.device_id = old.device_id AND old.held IS NOT NULL
+    RETURNING s.version
+), audit AS (
+    INSERT INTO conversation_audit (tenant_id, device_id, session_id, event, from_agent, to_agent)
+    SELECT tenant_id, device_id, session_id, CASE WHEN agent IS NOT NULL THEN 'override' ELSE 'expired' END, held, NULL
+    FROM old WHERE held IS NOT NULL
+)
+SELECT NULL::text AS active_agent, NULL::timestamptz AS locked_at, NULL::timestamptz AS expires_at,
+       old.session_ttl, COALESCE((SELECT version FROM changed), old.version) AS version, old.agent AS previous_agent
+FROM old
+"""
+
+# One statement, so the erasure is all or nothing; the channel ids kept for
+# deduplication go with the messages.
+ERASE = """
+WITH st AS (
+    DELETE FROM conversation_states WHERE tenant_id = %(tenant)s AND device_id = %(device)s RETURNING 1
+), msg AS (
+    DELETE FROM conversation_messages WHERE tenant_id = %(tenant)s AND device_id = %(device)s RETURNING 1
+), aud AS (
+    DELETE FROM conversation_audit WHERE tenant_id = %(tenant)s AND device_id = %(device)s RETURNING 1
+)
+SELECT (SELECT count(*) FROM st) AS states, (SELECT count(*) FROM msg) AS messages,
+       (SELECT count(*) FROM aud) AS audit
+"""
+
+# tenant NULL (the command line without --tenant): all tenants, the averages
+# weighted by each tenant's number of locks.
+TENANT = "(%(tenant)s::text IS NULL OR {alias}.tenant_id = %(tenant)s::text)"
+STATS = f"""
+SELECT
+    (SELECT COALESCE(jsonb_object_agg(active_agent, n), '{{}}') FROM (
+        SELECT a.active_agent, sum(a.active_locks) AS n FROM active_locks_by_agent a
+        WHERE {TENANT.format(alias="a")} GROUP BY a.active_agent) x) AS active_locks_by_agent,
+    (SELECT COALESCE(sum(e.expired_pending), 0) FROM expired_locks_pending e
+        WHERE {TENANT.format(alias="e")}) AS expired_pending,
+    (SELECT COALESCE(jsonb_object_agg(active_agent, seconds), '{{}}') FROM (
+        SELECT d.active_agent,
+               round(sum(d.avg_lock_age_seconds * a.active_locks) / sum(a.active_locks), 3) AS seconds
+        FROM lock_duration_by_agent d JOIN active_locks_by_agent a USING (tenant_id, active_agent)
+        WHERE {TENANT.format(alias="d")} GROUP BY d.active_agent) y) AS avg_lock_age_seconds_by_agent,
+    (SELECT count(*) FROM conversation_messages m
+        WHERE {TENANT.format(alias="m")} AND m.created_at > now() - interval '1 hour') AS messages_last_hour,
+    c.finished_at AS cleanup_at, c.released AS cleanup_released, c.deleted AS cleanup_deleted,
+    c.duration_ms AS cleanup_duration_ms
+FROM (SELECT 1) one LEFT JOIN LATERAL (SELECT * FROM cleanup_history LIMIT 1) c ON true
+"""
+
+
+class AdminStore:
+    """The admin API's queries; every method takes the caller's tenant first."""
+
+    def __init__(self, engine: Engine, *, context_cap: int = 20):
+        self.engine = engine
+        self.context_cap = context_cap
+
+    def _rows(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        with store_errors(), self.engine.begin() as conn:
+            return [dict(row) for row in conn.exec_driver_sql(sql, params).mappings()]
+
+    def _first(self, sql: str, params: dict[str, Any]) -> dict[str, Any] | None:
+        rows = self._rows(sql, params)
+        return rows[0] if rows else None
+
+    @staticmethod
+    def _key(tenant: str, device: str) -> dict[str, Any]:
+        return {"tenant": validation.tenant_id(tenant), "device": validation.device_id(device)}
+
+    def list_sessions(
+        self, tenant: str, *, limit: int, offset: int, agent: str | None = None, status: str | None = None
+    ) -> tuple[list[dict[str, Any]], int]:
+        """One row per device of the tenant, newest activity first, and the number matching."""
+        params = {
+            "tenant": validation.tenant_id(tenant),
+            "limit": limit,
+            "offset": offset,
+            "agent": None if agent is None else validation.agent_key(agent),
+            "status": status,
+        }
+        rows = self._rows(LIST_SESSIONS, params)
+        total = rows[0]["total"] if rows else 0
+        return [row for row in rows if row["device_id"] is not None], total
+
+    def get_state(self, tenant: str, device: str) -> dict[str, Any] | None:
+        """The device's state with its normalized context, or None."""
+        row = self._first(GET_STATE, self._key(tenant, device))
+        if row is not None:
+            row["context"] = normalized(row["context"])
+        return row
+
+    def history(self, tenant: str, device: str) -> list[dict[str, Any]] | None:
+        """The device's sessions, newest first; None for an unknown device."""
+        rows = self._rows(HISTORY, self._key(tenant, device))
+        if not rows or not rows[0]["known"]:
+            return None
+        return [row for row in rows if row["status"] is not None]
+
+    def messages(
+        self, tenant: str, device: str, *, limit: int, before: int | None = None, session_id: str | None = None
+    ) -> list[dict[str, Any]] | None:
+        """Up to limit messages with id < before, newest first; None for an unknown device."""
+        params = self._key(tenant, device) | {"limit": limit, "before": before, "session": session_id}
+        rows = self._rows(MESSAGES, params)
+        if not rows or not rows[0]["known"]:
+            return None
+        return [row for row in rows if row["id"] is not None]
+
+    def audit(self, tenant: str, device: str, *, limit: int, after: int | None = None) -> list[dict[str, Any]] | None:
+        """Up to limit audit rows with id > after, oldest first; None for an unknown device."""
+        rows = self._rows(AUDIT, self._key(tenant, device) | {"limit": limit, "after": after})
+        if not rows or not rows[0]["known"]:
+            return None
+        return [row for row in rows if row["id"] is not None]
+
+    def patch_context(self, tenant: str, device: str, patch: ContextPatch | dict[str, Any]) -> dict[str, Any] | None:
+        """Merge a patch into an existing state's context in SQL; None if the device has no state."""
+        params = self._key(tenant, device)
+        params |= {"patch": json.dumps(ContextPatch.parse(patch).as_json()), "cap": self.context_cap}
+        row = self._first(PATCH_CONTEXT, params)
+        return None if row is None else normalized(row["context"])
+
+    def override_lock(self, tenant: str, device: str, agent: str, ttl: int | None = None) -> dict[str, Any] | None:
+        """Give the lock to agent (ttl also becomes the session_ttl), audited; None if no state."""
+        params = self._key(tenant, device) | {"agent": validation.agent_key(agent), "ttl": validation.ttl(ttl)}
+        row = self._first(OVERRIDE_SET, params)
+        if row is not None:
+            logger.info("operator gave the lock to %s (was %s)", agent, row["previous_agent"])
+        return row
+
+    def release_lock(self, tenant: str, device: str) -> dict[str, Any] | None:
+        """Release any lock, audited; None if the device has no state."""
+        row = self._first(OVERRIDE_CLEAR, self._key(tenant, device))
+        if row is not None and row["previous_agent"] is not None:
+            logger.info("operator released the lock of %s", row["previous_agent"])
+        return row
+
+    def erase(self, tenant: str, device: str) -> bool:
+        """Delete the device's state, messages and audit rows at once; False if there were none."""
+        row = self._first(ERASE, self._key(tenant, device))
+        erased = row is not None and any(row.values())
+        if erased:
+            logger.info("erased a device: %s state, %s messages, %s audit rows", *row.values())
+        return erased
+
+    def stats(self, tenant: str | None) -> dict[str, Any]:
+        """Lock, message and cleanup figures of one tenant (None: all tenants)."""
+        tenant = None if tenant is None else validation.tenant_id(tenant)
+        row = self._rows(STATS, {"tenant": tenant})[0]  # the statement always returns one row
+        last = None
+        if row["cleanup_at"] is not None:
+            last = {
+                "at": row["cleanup_at"],
+                "released": row["cleanup_released"],
+                "deleted": row["cleanup_deleted"],
+                "duration_ms": row["cleanup_duration_ms"],
+            }
+        return {
+            "active_locks_by_agent": {k: int(v) for k, v in row["active_locks_by_agent"].items()},
+            "expired_pending": int(row["expired_pending"]),
+            "avg_lock_age_seconds_by_agent": {k: float(v) for k, v in row["avg_lock_age_seconds_by_agent"].items()},
+            "messages_last_hour": int(row["messages_last_hour"]),
+            "last_cleanup": last,
+        }
+
+
+def stats_table(figures: dict[str, Any], tenant: str | None) -> str:
+    """The figures of stats() as a two-column terminal table, keys named as in GET /api/stats."""
+    lines: list[tuple[str, str]] = []
+    for name, value in figures.items():
+        if isinstance(value, dict) and value:
+            lines += [(f"{name}.{key}", _cell(item)) for key, item in sorted(value.items())]
+        elif isinstance(value, dict):
+            lines.append((name, "-"))
+        elif value is None:
+            lines.append((name, "never"))
+        else:
+            lines.append((name, _cell(value)))
+    width = max(len(name) for name, _ in [("figure", ""), *lines])
+    title = f"stats for tenant {tenant}" if tenant is not None else "stats for all tenants"
+    rows = [f"{'figure':<{width}}  value", f"{'-' * width}  {'-' * 5}"]
+    rows += [f"{name:<{width}}  {value}" for name, value in lines]
+    return "\n".join([title, *rows])
+
+
+def _cell(value: Any) -> str:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
