@@ -13,7 +13,6 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from app.channels.whatsapp import replier
 from app.core.config import Settings
 from app.core.db import run, run_batches
 from app.pipeline import OnReply, Pipeline
@@ -62,10 +61,11 @@ SELECT count(*) FROM gone
 """
 
 # Rows without a lock, lease or pending message that saw no activity for the
-# configured time; the user's preferences go with them.
+# configured time; the user's preferences go with them. Batches are joined back by
+# ctid (the rows are locked, so it cannot change), which stays a TID scan at any size.
 DELETE_ORPHANS = """
 WITH batch AS (
-    SELECT tenant_id, device_id FROM conversation_states s
+    SELECT s.ctid FROM conversation_states s
     WHERE s.active_agent IS NULL
       AND GREATEST(s.last_activity_at, s.updated_at) < now() - make_interval(hours => %(hours)s)
       AND (s.lease_expires_at IS NULL OR s.lease_expires_at <= now())
@@ -75,9 +75,7 @@ WITH batch AS (
     LIMIT %(batch)s
     FOR UPDATE SKIP LOCKED
 ), gone AS (
-    DELETE FROM conversation_states s USING batch
-    WHERE s.tenant_id = batch.tenant_id AND s.device_id = batch.device_id
-    RETURNING 1
+    DELETE FROM conversation_states s USING batch WHERE s.ctid = batch.ctid RETURNING 1
 )
 SELECT count(*) FROM gone
 """
@@ -137,6 +135,10 @@ def run_cleanup(
 
 def cleanup_app(state: Any) -> CleanupResult:
     """The scheduled run for an app (its state): its engine, settings, agents and WhatsApp sender."""
+    from app.channels.whatsapp import (
+        replier,  # httpx: only when a cleanup actually runs
+    )
+
     engine = state.database.engine
     pipeline = Pipeline(engine, state.registry, state.settings)
     return run_cleanup(engine, state.settings, pipeline=pipeline, on_reply=replier(state.whatsapp, pipeline.ledger))

@@ -7,7 +7,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from app import validation
-
 from app.errors import InvalidInput
 
 PARTS = ("conversation_state", "user_preferences", "interrupted_queries", "recent_interactions")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from app.api import errors
 from app.agents import load_registry
+from app.api import errors
 from app.api.limits import KIB, BodyLimit
 from app.api.routes import chat, cron, health, sessions, stats, whatsapp
 from app.core.config import Settings

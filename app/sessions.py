@@ -91,16 +91,17 @@ RETURNING s.version
 # Housekeeping is not activity: updated_at stays, so idle rows still age towards retention.
 RELEASE_EXPIRED = """
 WITH batch AS (
-    SELECT tenant_id, device_id, session_id, active_agent FROM conversation_states
+    SELECT ctid, tenant_id, device_id, session_id, active_agent FROM conversation_states
     WHERE active_agent IS NOT NULL AND expires_at <= now()
-    ORDER BY expires_at
     LIMIT %(batch)s
     FOR UPDATE SKIP LOCKED
 ), released AS (
+    -- By ctid: the rows are locked, so they cannot move; a join on the key would
+    -- make the planner hash the whole table for large batches.
     UPDATE conversation_states s
     SET active_agent = NULL, locked_at = NULL, expires_at = NULL, version = s.version + 1
     FROM batch
-    WHERE s.tenant_id = batch.tenant_id AND s.device_id = batch.device_id
+    WHERE s.ctid = batch.ctid
     RETURNING 1
 ), audit AS (
     INSERT INTO conversation_audit (tenant_id, device_id, session_id, event, from_agent)

@@ -6,18 +6,22 @@ import re
 from typing import Any
 
 from app.core.config import MAX_TTL_SECONDS
-from app.errors import InvalidAgentKey, InvalidDeviceId, InvalidMessage, InvalidTenantId, InvalidTTL
+from app.errors import (
+    InvalidAgentKey,
+    InvalidDeviceId,
+    InvalidMessage,
+    InvalidTenantId,
+    InvalidTTL,
+)
 
 AGENT_KEY = re.compile(r"[a-z][a-z0-9_-]{0,49}")
 MAX_ID_LENGTH = 128
 
 
 def _is_id(value: object) -> bool:
-    return (
-        isinstance(value, str)
-        and 1 <= len(value) <= MAX_ID_LENGTH
-        and all(c.isprintable() and not c.isspace() for c in value)
-    )
+    # isprintable() refuses every control and whitespace character but the plain
+    # space, which is refused separately.
+    return isinstance(value, str) and 1 <= len(value) <= MAX_ID_LENGTH and value.isprintable() and " " not in value
 
 
 def device_id(value: object) -> str:

@@ -10,7 +10,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
-from app.errors import ConfigurationError, InvalidInput, LeaseLost, SessionError, StoreUnavailable
+from app.errors import (
+    ConfigurationError,
+    InvalidInput,
+    LeaseLost,
+    SessionError,
+    StoreUnavailable,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
 
 from app import validation
 from app.core.config import Settings
@@ -143,10 +145,24 @@ class WhatsAppSender:
 
     def __init__(self, settings: Settings, client: httpx.Client | None = None):
         self.settings = settings
-        self.client = client or httpx.Client(timeout=settings.whatsapp_timeout_seconds)
+        self._client = client
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> httpx.Client:
+        # Made on first send: importing httpx and building its TLS context would
+        # otherwise lengthen every cold start, including those that never reply.
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    import httpx
+
+                    self._client = httpx.Client(timeout=self.settings.whatsapp_timeout_seconds)
+        return self._client
 
     def close(self) -> None:
-        self.client.close()
+        if self._client is not None:
+            self._client.close()
 
     def send_text(self, metadata: dict[str, Any], body: str) -> str | None:
         """Send body to the sender named in a message's metadata; None when accepted, else the reason."""
@@ -180,6 +196,8 @@ class WhatsAppSender:
 
     def _attempt(self, url: str, payload: dict[str, Any], headers: dict[str, str]) -> tuple[bool, str | None]:
         """One POST: (worth retrying, error or None)."""
+        import httpx
+
         try:
             response = self.client.post(url, json=payload, headers=headers)
         except httpx.TimeoutException as err:

@@ -62,6 +62,8 @@ def make_engine(settings: Settings, *, serverless: bool = False, url: str | None
         # Every lock operation is one statement: autocommit makes it one round trip
         # (no BEGIN/COMMIT). SET LOCAL needs a transaction, so "local" mode keeps one.
         isolation_level="READ COMMITTED" if local_timeout else "AUTOCOMMIT",
+        # An autocommit connection never holds a transaction to roll back on return.
+        pool_reset_on_return="rollback" if local_timeout else None,
         **pool_args,
     )
     event.listen(engine, "checkout", _discard_dead_connection)
