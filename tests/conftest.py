@@ -19,6 +19,7 @@ from app.core.config import Settings
 from app.core.db import make_engine
 from app.sessions import SessionService
 from tests.utils import pgbouncer
+from tests.utils.graph_api import graph_api
 from tests.utils.postgres import postgres_server, scratch_database
 
 logger = logging.getLogger(__name__)
@@ -124,3 +125,10 @@ def engine(_shared_engine: Engine) -> Engine:
 @pytest.fixture
 def sessions(engine: Engine) -> SessionService:
     return SessionService(engine)
+
+
+@pytest.fixture
+def graph():
+    """A local HTTP server standing in for the WhatsApp Graph API."""
+    with graph_api() as api:
+        yield api

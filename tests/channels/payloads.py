@@ -98,3 +98,17 @@ def rows(engine: Engine) -> list[dict[str, Any]]:
 def state_count(engine: Engine) -> int:
     with engine.begin() as conn:
         return conn.exec_driver_sql("SELECT count(*) FROM conversation_states").scalar()
+
+
+def whatsapp_settings(database_url: str, graph_url: str, **overrides):
+    """Test settings with the WhatsApp secrets set and every outbound call sent to graph_url."""
+    from tests.conftest import make_settings
+
+    values = {
+        "whatsapp_verify_token": VERIFY_TOKEN,
+        "whatsapp_app_secret": SECRET,
+        "whatsapp_access_token": ACCESS_TOKEN,
+        "whatsapp_api_base_url": f"{graph_url}/v21.0",
+        "whatsapp_timeout_seconds": 2,
+    }
+    return make_settings(database_url, **(values | overrides))

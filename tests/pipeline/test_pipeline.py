@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from app.agents import AgentInput, AgentReply, Handoff, Keep, Release
+from app.agents import AgentInput, AgentReply, Handoff, Keep
 from app.errors import LeaseLost
 from app.ledger import Ledger, Outcome
 from app.pipeline import FAILURE_REPLY, Inbound, Pipeline

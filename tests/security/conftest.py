@@ -8,10 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.channels.payloads import ACCESS_TOKEN, SECRET, VERIFY_TOKEN
-from tests.conftest import make_settings
+from tests.channels.payloads import whatsapp_settings
 from tests.utils.apps import app_client
-from tests.utils.graph_api import graph_api
 
 KEY_A = "acme-admin-key-5e2d8c1f9b"
 KEY_B = "globex-admin-key-3a7f0c6e24"
@@ -25,22 +23,8 @@ TABLES = ("conversation_states", "conversation_messages", "conversation_audit", 
 
 def hardened_settings(database_url: str, graph_url: str = "http://127.0.0.1:9", **overrides):
     """Every secret set, outbound calls to a local address."""
-    values = {
-        "admin_api_keys": ADMIN_KEYS,
-        "cron_secret": CRON_SECRET,
-        "whatsapp_verify_token": VERIFY_TOKEN,
-        "whatsapp_app_secret": SECRET,
-        "whatsapp_access_token": ACCESS_TOKEN,
-        "whatsapp_api_base_url": f"{graph_url}/v21.0",
-        "whatsapp_timeout_seconds": 2,
-    }
-    return make_settings(database_url, **(values | overrides))
-
-
-@pytest.fixture
-def graph():
-    with graph_api() as api:
-        yield api
+    values = {"admin_api_keys": ADMIN_KEYS, "cron_secret": CRON_SECRET}
+    return whatsapp_settings(database_url, graph_url, **(values | overrides))
 
 
 @pytest.fixture
