@@ -61,9 +61,11 @@ def test_secrets_come_from_noecho_parameters():
         parameter = TEMPLATE["Parameters"][parameter_behind(http[name])]
         assert parameter["NoEcho"] is True, name
         assert parameter.get("Default", "") == "", name
-    # The cleanup function needs the database, not the HTTP secrets.
+    # The cleanup function needs the database and, to send the replies of the messages it
+    # recovers, the WhatsApp access token; none of the secrets that guard the HTTP routes.
     cleanup = env(functions()["CleanupFunction"])
-    assert "DATABASE_URL" in cleanup and not set(SECRETS) & set(cleanup)
+    assert "DATABASE_URL" in cleanup and set(SECRETS) & set(cleanup) == {"WHATSAPP_ACCESS_TOKEN"}
+    assert cleanup["WHATSAPP_ACCESS_TOKEN"] == http["WHATSAPP_ACCESS_TOKEN"]
     assert http["DB_POOL"] == cleanup["DB_POOL"] == "null"
 
 
