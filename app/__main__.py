@@ -52,6 +52,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         port=args.port or settings.port,
         workers=args.workers,
         log_level=settings.log_level.lower(),
+        access_log=False,  # app.access logs each request, with its request id
     )
     return 0
 
