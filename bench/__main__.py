@@ -25,7 +25,7 @@ from tests.utils.postgres import postgres_server, scratch_database
 SECTIONS: dict[str, str | None] = {
     "locks": "bench.locks",
     "peers": "bench.peers",
-    "pipeline": None,  # POST /api/chat under uvicorn, once the pipeline lands
+    "pipeline": "bench.pipeline",
     "cleanup": "bench.cleanup",
     "coldstart": "bench.coldstart",
     "memory": "bench.memory",

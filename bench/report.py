@@ -61,7 +61,7 @@ def render(report: dict[str, Any]) -> str:
                          pr["results"]["get"][name]["ops_per_s"],
                          pr["ratios"]["get"][f"service/{name}"] if other else None])
         out.append(md(["peer", "set-like call", "op/s", "svc/peer", "get-like call", "op/s", "svc/peer"], rows))
-    out.append("\n### 3. Pipeline end-to-end\n\n" + s.get("pipeline", {}).get("status", "not run"))
+    out.append(_pipeline(s.get("pipeline") or {}))
     if "cleanup" in s and "runs" in s["cleanup"]:
         cl = s["cleanup"]
         out.append(f"\n### 4. Cleanup ({cl['rows']:,} rows, {cl['expired']:,} expired locks)\n")
@@ -77,7 +77,7 @@ def render(report: dict[str, Any]) -> str:
         out.append(md(["traffic", "ops", "p50 ms", "p99 ms", "max ms"], [
             [label, lat[key]["ops"], lat[key]["p50_ms"], lat[key]["p99_ms"], lat[key]["max_ms"]]
             for label, key in (("without cleanup", "without_cleanup"), ("during cleanup", "during_cleanup"))]))
-        out.append(f"\nRetention pass: {cl['retention']['status']}.")
+        out.append(_retention(cl.get("retention") or {}))
     if "coldstart" in s and "median_ms" in s["coldstart"]:
         cs = s["coldstart"]
         out.append(f"\n### 5. Cold start (median of {cs['runs']} fresh processes)\n")
@@ -107,6 +107,70 @@ def render(report: dict[str, Any]) -> str:
     for note in report.get("notes", []):
         out.append(f"\nNote: {note}")
     return "\n".join(out)
+
+
+def _pipeline(p: dict[str, Any]) -> str:
+    if "http" not in p:
+        return "\n### 3. Pipeline end-to-end\n\n" + p.get("status", p.get("error", "not run"))
+    rt, cl = p["round_trips"], p["cleanup"]
+    out = [f"\n### 3. Pipeline end-to-end ({p['clients']} client threads over {p['devices']:,} devices)\n",
+           (f"Round trips: {rt['messages']:,} messages through `app.pipeline.Pipeline` on the production engine, one "
+           f"at a time: {rt['per_message_mean']} statements per message on average, at most "
+           f"{rt['per_message_max']} (histogram {rt['histogram']}); {rt['unexpected_results']} unexpected results; "
+           f"{rt['messages_per_s_one_thread']:,} messages/s in one thread ({rt['ms_per_message']} ms per message, "
+           f"{rt['db_ms_per_message']} ms of it inside the statements).\n")]
+    rows = []
+    for name, h in p["http"].items():
+        w, c, a = h["window"], h["cpu"], h["all_requests"]
+        rows.append([name, h["db_pool_size"], w["seconds"], w["messages"], w["messages_per_s"],
+                     f"{w['per_second_min']}-{w['per_second_max']}", w["p50_ms"], w["p99_ms"], a["non_200"],
+                     a["degraded"], a["unexpected_replies"], h["server_transactions_per_message"],
+                     _pct(c["client_share"]), _pct(c["server_share"]), _pct(c["postgres_share"]),
+                     _pct(c["machine_busy_share"])])
+    out.append(md(["server", "pool", "window s", "messages", "msg/s", "msg/s min-max per s", "p50 ms", "p99 ms",
+                   "non-200", "degraded", "unexpected", "xact/msg", "client CPU", "server CPU", "PG CPU",
+                   "machine busy"], rows))
+    out.append("\nCommands (port chosen at run time): " + "; ".join(
+        f"{name}: `{h['command']}`" for name, h in p["http"].items()) + ".")
+    c = cl["cleanup"]
+    out.append(f"\n2 workers while `run_cleanup` releases {cl['expired']:,} expired locks: released "
+               f"{c['released']:,} in {c['seconds']} s ({c['released_per_s']:,}/s); p99 during/without = "
+               f"{cl['p99_ratio']}\n")
+    out.append(md(["window", "seconds", "messages", "msg/s", "p50 ms", "p99 ms", "max ms", "non-200", "degraded"], [
+        [label, cl[key]["seconds"], cl[key]["messages"], cl[key]["messages_per_s"], cl[key]["p50_ms"],
+         cl[key]["p99_ms"], cl[key]["max_ms"], cl[key]["non_200"], cl[key]["degraded"]]
+        for label, key in (("before", "before"), ("during cleanup", "during_cleanup"), ("after", "after"),
+                           ("without (before + after)", "without_cleanup"))]))
+    cq, cb = cl["cpu_without"], cl["cpu_during"]
+    out.append(f"\nCPU shares without / during cleanup: client {_pct(cq['client_share'])} / "
+               f"{_pct(cb['client_share'])}, server {_pct(cq['server_share'])} / {_pct(cb['server_share'])}, "
+               f"PostgreSQL {_pct(cq['postgres_share'])} / {_pct(cb['postgres_share'])}, machine busy "
+               f"{_pct(cq['machine_busy_share'])} / {_pct(cb['machine_busy_share'])}.")
+    return "\n".join(out)
+
+
+def _retention(r: dict[str, Any]) -> str:
+    if "alone" not in r:
+        return f"\nRetention pass: {r.get('status', 'not run')}."
+    lat = r["latency"]
+    busy = lat["during_retention"]["cleanup"]
+    out = [(f"\nRetention pass: {r['orphans']:,} orphaned rows (no lock, lease or pending message, last active 3 days "
+           f"ago) beside {r['live_rows']:,} locked rows, deleted by `run_batches(engine, DELETE_ORPHANS, "
+           f"{{\"hours\": {r['orphan_after_hours']}}}, batch_size={r['batch_size']:,}, deadline=None)`; locked rows "
+           f"left afterwards: {r['live_rows_left']:,}.\n")]
+    out.append(md(["run", "deleted", "seconds", "deleted/s", "load before"], [
+        ["alone", r["alone"]["deleted"], r["alone"]["seconds"], r["alone"]["deleted_per_s"],
+         r["alone"]["loadavg_1m_before"]],
+        ["with live traffic", busy["deleted"], busy["seconds"], busy["deleted_per_s"], busy["loadavg_1m_before"]]]))
+    out.append(f"\nLive traffic as above, {lat['window_s']} s quiet window; p99 during/without = {lat['p99_ratio']}\n")
+    out.append(md(["traffic", "ops", "p50 ms", "p99 ms", "max ms"], [
+        [label, lat[key]["ops"], lat[key]["p50_ms"], lat[key]["p99_ms"], lat[key]["max_ms"]]
+        for label, key in (("without retention", "without_retention"), ("during retention", "during_retention"))]))
+    return "\n".join(out)
+
+
+def _pct(share: float | None) -> str:
+    return "-" if share is None else f"{share:.0%}"
 
 
 if __name__ == "__main__":

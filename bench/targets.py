@@ -19,6 +19,7 @@ def evaluate(sections: dict[str, Any]) -> list[dict[str, Any]]:
         for op in ("set", "get"):
             value = (peers.get("ratios") or {}).get(op, {}).get(f"service/{name}")
             rows.append(_at_least(f"{op}: SessionService ahead of {label}", value, 1.0, "x", strict=True))
+    rows += _pipeline(sections.get("pipeline", {}))
     cleanup = sections.get("cleanup", {})
     runs = cleanup.get("runs") or []
     for run in runs:
@@ -26,9 +27,34 @@ def evaluate(sections: dict[str, Any]) -> list[dict[str, Any]]:
                               run["released_per_s"], 200_000, "/s"))
     lat = cleanup.get("latency") or {}
     rows.append(_at_most("p99 during cleanup <= 2x without", lat.get("p99_ratio"), 2.0, "x"))
+    retention = cleanup.get("retention") or {}
+    rows.append(_at_least("retention >= 300,000 orphaned rows deleted/s", (retention.get("alone") or {}).get(
+        "deleted_per_s"), 300_000, "/s"))
+    rows.append(_at_most("p99 of lock operations during retention <= 2x without",
+                         (retention.get("latency") or {}).get("p99_ratio"), 2.0, "x"))
     cold = sections.get("coldstart", {})
     label = f"cold import of {cold.get('module', 'app.lambda_handler')} <= 1.2x bare dependency import"
     rows.append(_at_most(label, cold.get("ratio_app/deps"), 1.2, "x"))
+    return rows
+
+
+def _pipeline(pipe: dict[str, Any]) -> list[dict[str, Any]]:
+    http = pipe.get("http") or {}
+    two = (http.get("2 workers") or {}).get("window") or {}
+    rows = [_at_least("pipeline: >= 500 messages/s end to end (uvicorn --workers 2)", two.get("messages_per_s"),
+                      500, "/s")]
+    trips = (pipe.get("round_trips") or {}).get("per_message_max")
+    rows.append(_at_most("pipeline: <= 3 round trips per message (most seen)", trips, 3, ""))
+    rows.append(_at_most("pipeline: p99 of POST /api/chat during cleanup <= 2x without",
+                         (pipe.get("cleanup") or {}).get("p99_ratio"), 2.0, "x"))
+    runs = [run for run in (*http.values(), pipe.get("cleanup")) if run and "all_requests" in run]
+    if not runs:
+        rows.append({"target": "pipeline: 0 non-200 or degraded responses", "value": None, "status": "not measured"})
+    else:
+        bad = sum(run["all_requests"]["non_200"] + run["all_requests"]["degraded"] for run in runs)
+        total = sum(run["all_requests"]["requests"] for run in runs)
+        rows.append({"target": "pipeline: 0 non-200 or degraded responses", "value": f"{bad:,} of {total:,}",
+                     "status": "met" if bad == 0 else f"MISSED: {bad:,} requests", "met": bad == 0})
     return rows
 
 
@@ -49,4 +75,6 @@ def _at_most(target: str, value: float | None, goal: float, unit: str) -> dict[s
 
 
 def _fmt(value: float, unit: str) -> str:
-    return f"{value:,.0f}{unit}" if unit == "/s" else f"{value:.2f}{unit}"
+    if unit == "/s":
+        return f"{value:,.0f}{unit}"
+    return f"{value}" if isinstance(value, int) else f"{value:.2f}{unit}"

@@ -60,7 +60,7 @@ def bearer_token(header: str | None) -> bytes | None:
     return token.encode()
 
 
-def admin_tenant(settings: AppSettings, authorization: Annotated[str | None, Header()] = None) -> str:
+async def admin_tenant(settings: AppSettings, authorization: Annotated[str | None, Header()] = None) -> str:
     """The tenant whose admin key the request carries; 401 without a valid key."""
     keys = parse_admin_keys(settings.admin_api_keys)
     if not keys:

@@ -1,4 +1,8 @@
-"""Typed dependencies: routes ask for what they need, tests swap it with dependency_overrides."""
+"""Typed dependencies: routes ask for what they need, tests swap it with dependency_overrides.
+
+They do no I/O (the engine connects on first use), so they are async: FastAPI would
+otherwise send each one through the thread pool.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +16,11 @@ from app.pipeline import Pipeline
 from app.sessions import SessionService
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_database(request: Request) -> Database:
+async def get_database(request: Request) -> Database:
     return request.app.state.database
 
 
@@ -24,13 +28,13 @@ AppSettings = Annotated[Settings, Depends(get_settings)]
 Db = Annotated[Database, Depends(get_database)]
 
 
-def get_sessions(database: Db, settings: AppSettings) -> SessionService:
+async def get_sessions(database: Db, settings: AppSettings) -> SessionService:
     return SessionService(
         database.engine, default_ttl=settings.default_session_ttl, context_cap=settings.context_list_cap
     )
 
 
-def get_pipeline(request: Request, database: Db, settings: AppSettings) -> Pipeline:
+async def get_pipeline(request: Request, database: Db, settings: AppSettings) -> Pipeline:
     return Pipeline(database.engine, request.app.state.registry, settings)
 
 

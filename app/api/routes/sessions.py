@@ -40,7 +40,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorBody} for code in (400, 401, 422, *codes)}
 
 
-def get_admin(database: Db, settings: AppSettings) -> AdminStore:
+async def get_admin(database: Db, settings: AppSettings) -> AdminStore:
     return AdminStore(database.engine, context_cap=settings.context_list_cap)
 
 

@@ -6,7 +6,6 @@ import hashlib
 import hmac
 import json
 import logging
-import threading
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request
@@ -22,7 +21,6 @@ security = logging.getLogger("app.security")
 router = APIRouter(tags=["whatsapp"])
 PATH = "/api/webhooks/whatsapp"
 MAX_CHALLENGE = 256
-_sender_lock = threading.Lock()
 
 
 class Ack(BaseModel):
@@ -32,15 +30,9 @@ class Ack(BaseModel):
     ignored: int
 
 
-def get_sender(request: Request, settings: AppSettings) -> WhatsAppSender:
-    """The app's one Graph API sender (made by create_app; made here for apps built without it)."""
-    sender = getattr(request.app.state, "whatsapp", None)
-    if sender is None:
-        with _sender_lock:
-            sender = getattr(request.app.state, "whatsapp", None)
-            if sender is None:
-                sender = request.app.state.whatsapp = WhatsAppSender(settings)
-    return sender
+async def get_sender(request: Request) -> WhatsAppSender:
+    """The app's one Graph API sender, made by create_app."""
+    return request.app.state.whatsapp
 
 
 Sender = Annotated[WhatsAppSender, Depends(get_sender)]
