@@ -265,7 +265,7 @@ class TestOrdering:
             futures = []
             for i in range(1, 8):
                 futures.append(pool.submit(send, pipeline, f"m{i}"))
-                wait_until(lambda: count_user_messages(engine) == i + 1)
+                wait_until(lambda stored=i + 1: count_user_messages(engine) == stored)
             manager.release.set()
             results = [first.result(30)] + [f.result(30) for f in futures]
         assert [r.reply for r in results] == [f"manager: m{i}" for i in range(8)]

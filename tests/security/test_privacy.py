@@ -63,7 +63,7 @@ class TestNoTenantOracle:
     def test_another_tenants_device_answers_exactly_like_one_that_does_not_exist(self, client, engine):
         seed_acme(engine)
         before = snapshot(engine)
-        for (method, foreign, body), (_, nowhere, _) in zip(device_routes(FOREIGN), device_routes(NOWHERE)):
+        for (method, foreign, body), (_, nowhere, _) in zip(device_routes(FOREIGN), device_routes(NOWHERE), strict=True):
             seen = answer(client.request(method, foreign, json=body, headers=B))
             unseen = answer(client.request(method, nowhere, json=body, headers=B))
             assert seen[0] == 404, (method, foreign, seen)
