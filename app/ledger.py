@@ -92,7 +92,7 @@ dup AS ({MINE} WHERE m.tenant_id = %(tenant)s AND m.external_id = %(external_id)
         AND NOT EXISTS (SELECT 1 FROM new))
 SELECT (SELECT id FROM new) AS new_id,
        CASE WHEN lease.won THEN lease.lease_epoch END AS lease_epoch, lease.lock_agent, lease.context,
-       older.id AS older_id, older.content AS older_content, older.metadata AS older_metadata,
+       older.id AS older_id,
        dup.id AS dup_id, dup.status AS dup_status, dup.reply AS dup_reply, dup.reply_agent AS dup_agent,
        dup.lock_agent AS dup_lock_agent, dup.lock_expires_at AS dup_lock_expires_at
 FROM (SELECT 1) one
@@ -105,9 +105,8 @@ WITH older AS ({OLDEST_PENDING}),
 lease AS ({TAKE_LEASE.format(when="EXISTS (SELECT 1 FROM older)")}),
 mine AS ({MINE} WHERE m.id = %(message_id)s)
 SELECT mine.status, mine.reply, mine.reply_agent, mine.lock_agent, mine.lock_expires_at,
-       lease.lease_epoch, lease.lock_agent AS lease_lock_agent, lease.context,
-       older.id AS older_id, older.content AS older_content, older.metadata AS older_metadata
-FROM (SELECT 1) one LEFT JOIN mine ON true LEFT JOIN lease ON true LEFT JOIN older ON true
+       lease.lease_epoch, lease.lock_agent AS lease_lock_agent, lease.context
+FROM (SELECT 1) one LEFT JOIN mine ON true LEFT JOIN lease ON true
 """
 
 # Store the reply, apply the lock change (compare-and-set against the lock the
@@ -160,7 +159,7 @@ WITH nxt AS (
            %(message_id)s, %(db_ms)s, %(elapsed_ms)s, %(total_ms)s
     FROM st WHERE %(event)s::text IS NOT NULL
 )
-SELECT st.active_agent, st.expires_at, st.context, st.session_id, outbound.id AS reply_id,
+SELECT st.active_agent, st.expires_at, st.context, outbound.id AS reply_id,
        nxt.id AS next_id, nxt.content AS next_content, nxt.metadata AS next_metadata
 FROM st CROSS JOIN outbound LEFT JOIN nxt ON true
 """
@@ -247,7 +246,6 @@ class Poll:
 class Finished:
     answer: Answer
     context: dict[str, Any]
-    session_id: str | None
     next: Pending | None  # the lease is still ours while this is set
 
 
@@ -370,7 +368,7 @@ class Ledger:
             raise LeaseLost(f"lease epoch {epoch} on device is no longer held; reply discarded")
         lock_expires = row["expires_at"] if row["active_agent"] else None
         answer = Answer(outcome.reply, outcome.agent, row["active_agent"], lock_expires, row["reply_id"])
-        return Finished(answer, row["context"], row["session_id"], _pending(row, "next"))
+        return Finished(answer, row["context"], _pending(row, "next"))
 
     def record_exchange(
         self, tenant: str, device: str, content: str, reply: str, *, external_id: str, metadata: dict[str, Any]
