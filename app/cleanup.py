@@ -20,65 +20,53 @@ from app.sessions import SessionService
 
 logger = logging.getLogger(__name__)
 
+
+def _batch(table: str, where: str, set_clause: str | None = None) -> str:
+    """One bounded batch deleting (or, with set_clause, updating) rows of table matching where; returns the count.
+
+    SKIP LOCKED leaves rows live traffic is writing to the next run. The batch is
+    joined back by ctid (the rows are locked, so it cannot change): a TID scan at
+    any batch size, where a join on the key makes the planner hash large tables.
+    """
+    action = (
+        f"UPDATE {table} t SET {set_clause} FROM batch WHERE t.ctid = batch.ctid"
+        if set_clause
+        else f"DELETE FROM {table} t USING batch WHERE t.ctid = batch.ctid"
+    )
+    return f"""
+WITH batch AS (
+    SELECT s.ctid FROM {table} s WHERE {where} LIMIT %(batch)s FOR UPDATE SKIP LOCKED
+), changed AS ({action} RETURNING 1)
+SELECT count(*) FROM changed
+"""
+
+
+OLD_MESSAGE = "s.created_at < now() - make_interval(days => %(days)s) AND s.status IS DISTINCT FROM 'pending'"
+
 # Messages past retention go, except that the ids deduplicating a channel's retries
 # stay for the channel's retry period: their content is blanked instead.
-DELETE_OLD_MESSAGES = """
-WITH batch AS (
-    SELECT id FROM conversation_messages
-    WHERE created_at < now() - make_interval(days => %(days)s)
-      AND (external_id IS NULL OR created_at < now() - make_interval(secs => %(dedup)s))
-      AND status IS DISTINCT FROM 'pending'
-    LIMIT %(batch)s
-    FOR UPDATE SKIP LOCKED
-), gone AS (
-    DELETE FROM conversation_messages m USING batch WHERE m.id = batch.id RETURNING 1
+DELETE_OLD_MESSAGES = _batch(
+    "conversation_messages",
+    f"{OLD_MESSAGE} AND (s.external_id IS NULL OR s.created_at < now() - make_interval(secs => %(dedup)s))",
 )
-SELECT count(*) FROM gone
-"""
-
-BLANK_OLD_CONTENT = """
-WITH batch AS (
-    SELECT id FROM conversation_messages
-    WHERE created_at < now() - make_interval(days => %(days)s)
-      AND external_id IS NOT NULL AND content <> ''
-      AND status IS DISTINCT FROM 'pending'
-    LIMIT %(batch)s
-    FOR UPDATE SKIP LOCKED
-), blanked AS (
-    UPDATE conversation_messages m SET content = '', metadata = '{}' FROM batch WHERE m.id = batch.id RETURNING 1
+BLANK_OLD_CONTENT = _batch(
+    "conversation_messages",
+    f"{OLD_MESSAGE} AND s.external_id IS NOT NULL AND s.content <> ''",
+    set_clause="content = '', metadata = '{}'",
 )
-SELECT count(*) FROM blanked
-"""
-
-DELETE_OLD_AUDIT = """
-WITH batch AS (
-    SELECT id FROM conversation_audit WHERE at < now() - make_interval(days => %(days)s)
-    LIMIT %(batch)s FOR UPDATE SKIP LOCKED
-), gone AS (
-    DELETE FROM conversation_audit a USING batch WHERE a.id = batch.id RETURNING 1
-)
-SELECT count(*) FROM gone
-"""
+DELETE_OLD_AUDIT = _batch("conversation_audit", "s.at < now() - make_interval(days => %(days)s)")
 
 # Rows without a lock, lease or pending message that saw no activity for the
-# configured time; the user's preferences go with them. Batches are joined back by
-# ctid (the rows are locked, so it cannot change), which stays a TID scan at any size.
-DELETE_ORPHANS = """
-WITH batch AS (
-    SELECT s.ctid FROM conversation_states s
-    WHERE s.active_agent IS NULL
+# configured time; the user's preferences go with them.
+DELETE_ORPHANS = _batch(
+    "conversation_states",
+    """s.active_agent IS NULL
       AND GREATEST(s.last_activity_at, s.updated_at) < now() - make_interval(hours => %(hours)s)
       AND (s.lease_expires_at IS NULL OR s.lease_expires_at <= now())
       AND NOT EXISTS (
           SELECT 1 FROM conversation_messages m
-          WHERE m.tenant_id = s.tenant_id AND m.device_id = s.device_id AND m.status = 'pending')
-    LIMIT %(batch)s
-    FOR UPDATE SKIP LOCKED
-), gone AS (
-    DELETE FROM conversation_states s USING batch WHERE s.ctid = batch.ctid RETURNING 1
+          WHERE m.tenant_id = s.tenant_id AND m.device_id = s.device_id AND m.status = 'pending')""",
 )
-SELECT count(*) FROM gone
-"""
 
 RECORD_RUN = """
 INSERT INTO cleanup_runs (started_at, released, deleted_messages, deleted_states, recovered, duration_ms)
