@@ -1,11 +1,17 @@
-"""Agents: who answers a message, and what happens to the device's lock afterwards."""
+"""Agents: who answers a message, and what happens to the device's lock afterwards.
+
+The agent contract (README, "Agents"): the pipeline calls `handle(AgentInput)` with
+no transaction open, renews the device's lease while it runs, and bounds the turn by
+AGENT_TIMEOUT_SECONDS. A turn whose worker died is run again with `attempt` 2.
+"""
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from datetime import datetime
+from typing import Any, Literal, Protocol
 
 from app import validation
 from app.context import ContextPatch
@@ -26,34 +32,82 @@ class Release:
 
 @dataclass(frozen=True)
 class Handoff:
-    """Give the lock to another agent, which answers this same message at once."""
+    """Give the lock to another agent.
+
+    answered=False: the receiving agent answers this same message at once (its reply
+    follows the first). answered=True: the reply given already is the receiving
+    agent's answer (an SDK run that ended on it), so it is not run again; the lock
+    passes to it for the next message.
+    """
 
     to: str
     ttl: int | None = None
+    answered: bool = False
 
 
 LockAction = Keep | Release | Handoff
 
 
 @dataclass(frozen=True)
+class HistoryItem:
+    """One earlier message of the device's current session, as an agent sees it."""
+
+    role: Literal["user", "assistant"]
+    content: str
+    agent: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
 class AgentInput:
-    """What an agent sees: the message and the stored session."""
+    """What an agent sees: the message, the stored session and the conversation so far.
+
+    history: earlier exchanges of this session in the device's order, oldest first, at
+    most AGENT_HISTORY_MESSAGES items. attempt: 1 on a first run, 2 or more when a
+    worker died mid-turn and the message runs again. messages: the texts of a merged
+    burst (BURST_MODE=merge), `text` being them joined by newlines; one item otherwise.
+    choice_id: the id of a tapped choice (reply button, list row), the text being its
+    title. attachments: media, location or contacts sent with the message, as
+    {"type", "id", "mime_type", "caption", ...} dicts.
+    """
 
     text: str
     tenant_id: str
     device_id: str
     context: dict[str, Any]
     lock: str | None  # the agent holding the lock when the message arrived
+    history: tuple[HistoryItem, ...] = ()
+    attempt: int = 1
+    messages: tuple[str, ...] = ()
+    choice_id: str | None = None
+    attachments: tuple[dict[str, Any], ...] = ()
+    channel: str = "web"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A choice offered to the person: a reply button or a list row on WhatsApp."""
+
+    id: str
+    title: str
 
 
 @dataclass(frozen=True)
 class AgentReply:
-    """An agent's answer: the reply, a context patch, and the lock action."""
+    """An agent's answer: the reply, a context patch, the lock action, and what the channel shows.
+
+    choices: up to 10 for the person to tap. template: a WhatsApp template message
+    ({"name", "language", "components"}), sendable outside the customer-service window.
+    metadata: stored on the reply message (for example an LLM run's token usage).
+    """
 
     reply: str
     lock: LockAction = field(default_factory=Keep)
     context: ContextPatch | dict[str, Any] | None = None
     tools_used: list[str] = field(default_factory=list)
+    choices: list[Choice] = field(default_factory=list)
+    template: dict[str, Any] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 class Agent(Protocol):
