@@ -31,11 +31,19 @@ MAX_HANDOFFS = 3
 FAILURE_REPLY = "Sorry, something went wrong on our side. Please try again."
 
 OnReply = Callable[[Pending, Answer], None]
+# Called when a turn starts on a message and again at each lease renewal while the
+# agent runs (about every LEASE_SECONDS / 3); a channel shows "typing..." with it.
+OnWorking = Callable[[Pending], None]
 
 
 @dataclass(frozen=True)
 class Inbound:
-    """A message as a channel hands it over."""
+    """A message as a channel hands it over.
+
+    metadata keys the pipeline reads: "channel" ("web", "whatsapp"), "choice_id" (a
+    tapped choice) and "attachments" (a list of {"type", "id", ...} dicts); the rest
+    is stored with the message and handed to the channel with the reply.
+    """
 
     tenant_id: str
     device_id: str
@@ -55,6 +63,8 @@ class Result:
     lock_expires_at: datetime | None = None
     message_id: int | None = None
     duplicate: bool = False
+    merged: bool = False  # answered together with other messages of a burst (BURST_MODE=merge)
+    choices: tuple[dict[str, str], ...] = ()  # {"id", "title"} offered with the reply
 
     @property
     def degraded(self) -> bool:
