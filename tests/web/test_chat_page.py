@@ -44,3 +44,80 @@ class TestConversation:
         assert page.text("#lock") == "No agent is handling this conversation."
         device = page.device_id()
         assert scalar(engine, "SELECT count(*) FROM conversation_messages WHERE device_id = %(d)s", d=device) == 8
+
+        browser.save_screenshot(str(tmp_path / "conversation-desktop.png"))
+        browser.set_window_size(360, 800)
+        page.wait(lambda: browser.execute_script("return window.innerWidth") <= 360, "the window did not narrow")
+        # Nothing sticks out sideways on a 360 px screen.
+        assert browser.execute_script("return document.documentElement.scrollWidth") <= 360
+        browser.save_screenshot(str(tmp_path / "conversation-360.png"))
+        assert (tmp_path / "conversation-360.png").stat().st_size > 0
+
+    def test_every_request_of_the_page_carries_its_device_id(self, page, browser, engine):
+        page.say("hi")
+        page.reload()
+        page.find("#new-conversation").click()
+        page.wait(lambda: page.text("#status") == "A new conversation has started.")
+        device = page.device_id()
+        api = [r for r in sent_requests(browser) if "/api/" in r["url"]]
+        assert {(r["method"], r["url"].split("/api/")[1].split("?")[0]) for r in api} >= {
+            ("GET", "chat/messages"), ("GET", "chat/sessions"), ("POST", "chat"), ("POST", "chat/new")
+        }
+        for sent in api:
+            headers = {k.lower(): v for k, v in sent["headers"].items()}
+            assert headers.get("x-device-id") == device, sent
+        keys = [{k.lower(): v for k, v in r["headers"].items()}.get("idempotency-key") for r in api if r["method"] == "POST" and r["url"].endswith("/api/chat")]
+        assert len(keys) == 1 and keys[0]
+        assert scalar(engine, "SELECT count(*) FROM conversation_states WHERE device_id = %(d)s", d=device) == 1
+
+    def test_each_message_gets_a_fresh_idempotency_key(self, page, browser):
+        sent_requests(browser)  # forget the page load
+        page.say("hi")
+        page.say("hi")
+        keys = [
+            {k.lower(): v for k, v in r["headers"].items()}["idempotency-key"]
+            for r in sent_requests(browser) if r["method"] == "POST" and r["url"].endswith("/api/chat")
+        ]
+        assert len(keys) == 2 and len(set(keys)) == 2
+        assert page.replies()[0] == page.replies()[1]  # both answered: the second was not taken for a retry
+
+
+class TestConversations:
+    def test_new_conversation_empties_the_page_and_lists_the_old_one(self, page):
+        page.say("I need to book an appointment")
+        page.find("#new-conversation").click()
+        page.wait(lambda: page.text("#status") == "A new conversation has started.")
+        assert page.log() == []
+        assert page.text("#lock") == "No agent is handling this conversation."
+        page.wait(lambda: len(page.all("#sessions-list button")) == 2, "the old session is not listed")
+        current, old = [b.text for b in page.all("#sessions-list button")]
+        assert current.startswith("Current conversation") and current.endswith("0 messages")
+        assert old.startswith("Conversation") and old.endswith("2 messages")
+        page.reload()
+        assert page.log() == []
+        # The old one can be read again, and left.
+        page.all("#sessions-list button")[1].click()
+        page.wait(lambda: len(page.log()) == 2)
+        assert page.log()[0] == ("user", "You", "I need to book an appointment")
+        assert not page.find("#composer").is_displayed()
+        page.find("#back-to-current").click()
+        page.wait(lambda: page.log() == [] and page.find("#composer").is_displayed())
+        assert page.say("hi").startswith("Hi!")
+
+    def test_delete_my_history_after_confirming(self, page, browser, engine):
+        page.say("I need to book an appointment")
+        device = page.device_id()
+        page.find("#delete-history").click()
+        browser.switch_to.alert.dismiss()  # changed my mind: nothing is deleted
+        assert len(page.log()) == 2
+        assert scalar(engine, "SELECT count(*) FROM conversation_messages WHERE device_id = %(d)s", d=device) == 2
+        page.find("#delete-history").click()
+        alert = browser.switch_to.alert
+        assert "cannot be undone" in alert.text
+        alert.accept()
+        page.wait(lambda: page.text("#status") == "Your history has been deleted.")
+        assert page.log() == [] and page.all("#sessions-list li") == []
+        for table in ("conversation_states", "conversation_messages", "conversation_audit"):
+            assert scalar(engine, f"SELECT count(*) FROM {table} WHERE device_id = %(d)s", d=device) == 0
+        page.reload()
+        assert page.log() == []
