@@ -299,7 +299,7 @@
     showChoices([]);
     const key = uuid4();
     const body = choiceId ? { message: text, choice_id: choiceId } : { message: text };
-    const mine = append(messageItem({ role: "user", content: text }, { pending: true }));
+    const mine = append(messageItem({ role: "user", content: text, created_at: new Date().toISOString() }, { pending: true }));
     ui.input.value = "";
 
     const attempt = async () => {

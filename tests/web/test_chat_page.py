@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import httpx
 
 import pytest
 
@@ -121,3 +124,94 @@ class TestConversations:
             assert scalar(engine, f"SELECT count(*) FROM {table} WHERE device_id = %(d)s", d=device) == 0
         page.reload()
         assert page.log() == []
+
+
+class TestKeyboardAndLabels:
+    def test_keyboard_alone_reaches_every_control(self, page, browser):
+        from selenium.webdriver.common.action_chains import ActionChains
+        from selenium.webdriver.common.keys import Keys
+
+        def tab() -> str:
+            ActionChains(browser).send_keys(Keys.TAB).perform()
+            return browser.execute_script("return document.activeElement.id")
+
+        assert [tab() for _ in range(5)] == ["skip", "new-conversation", "delete-history", "message", "send"]
+        # Type and send from the keyboard, then start a new conversation with Tab and Enter only.
+        ActionChains(browser).key_down(Keys.SHIFT).send_keys(Keys.TAB).key_up(Keys.SHIFT).perform()
+        assert browser.execute_script("return document.activeElement.id") == "message"
+        ActionChains(browser).send_keys("hi", Keys.ENTER).perform()
+        page.wait(lambda: len(page.replies()) == 1 and page.idle(), "no reply to a message sent by keyboard")
+        page.reload()
+        assert [tab() for _ in range(2)] == ["skip", "new-conversation"]
+        ActionChains(browser).send_keys(Keys.ENTER).perform()
+        page.wait(lambda: page.text("#status") == "A new conversation has started.")
+        assert page.log() == []
+        assert browser.execute_script("return document.activeElement.id") == "message"
+
+    def test_controls_are_labelled_for_screen_readers(self, page, browser):
+        labelled = browser.execute_script(
+            "const box = document.getElementById('message');"
+            "return [box.labels.length, document.getElementById('log').getAttribute('aria-label'),"
+            " document.getElementById('log').getAttribute('role'), document.getElementById('status').getAttribute('role'),"
+            " document.getElementById('error').getAttribute('role'), document.documentElement.lang,"
+            " [...document.querySelectorAll('button')].every(b => b.textContent.trim().length > 0)]"
+        )
+        assert labelled == [1, "Conversation", "log", "status", "alert", "en", True]
+
+
+class TestSignedIds:
+    def test_the_page_asks_the_server_for_a_signed_id(self, direct_url, browser, engine):
+        with running_app(app_env(direct_url, device_id_secret="browser-test-device-secret")) as server:
+            page = ChatPage(browser, server.url).open()
+            device = page.device_id()
+            device_uuid, dot, tag = device.partition(".")
+            assert dot and len(tag) >= 40
+            assert page.say("I need to book an appointment").startswith("Sure, let me get you to scheduling")
+            assert page.find("#error").get_attribute("hidden") is not None
+            assert scalar(engine, "SELECT count(*) FROM conversation_messages WHERE device_id = %(d)s", d=device_uuid) == 2
+            page.reload()
+            assert page.device_id() == device and len(page.log()) == 2
+
+
+class TestWaitingAndErrors:
+    def test_a_queued_message_is_polled_until_its_reply_arrives(self, direct_url, browser, engine, tmp_path: Path):
+        release = tmp_path / "release"
+        env = app_env(direct_url, agents="tests.web.agents:registry", chat_wait_seconds=1)
+        env["WEB_TEST_RELEASE_FILE"] = str(release)
+        with running_app(env) as server, ThreadPoolExecutor(1) as pool:
+            page = ChatPage(browser, server.url).open()
+            # Another tab of the same device keeps the conversation busy, so the page's message waits.
+            busy = pool.submit(
+                httpx.post, f"{server.url}/api/chat", json={"message": "slow"},
+                headers={"X-Device-ID": page.device_id()}, timeout=60,
+            )
+            page.wait(lambda: scalar(engine, "SELECT count(*) FROM conversation_messages") == 1, "slow never arrived")
+            page.type("hi")
+            page.wait(lambda: "queued" in page.text("#status"), "no waiting indicator for the queued message")
+            assert "waiting" in page.find("#status").get_attribute("class").split()
+            assert page.replies() == []
+            release.touch()
+            assert busy.result(30).status_code == 200
+            page.wait(lambda: len(page.replies()) == 1, "the late reply never showed")
+            assert page.replies()[0].startswith("Hi! I can book an appointment")
+            page.wait(page.idle)
+            assert page.text("#status") == ""
+            assert page.find("#error").get_attribute("hidden") is not None
+
+    def test_degraded_replies_are_marked_and_errors_are_readable(self, direct_url, browser, engine):
+        from tests.utils.proxy import outage_proxy
+
+        with outage_proxy(direct_url) as proxy, running_app(app_env(proxy.url, db_connect_timeout=2)) as server:
+            page = ChatPage(browser, server.url).open()
+            proxy.down()
+            reply = page.say("hi")
+            assert reply.startswith("Hi!")
+            note = page.find("#log li.degraded .note").text
+            assert "degraded" in note
+            page.reload()  # the history cannot be read while the database is down
+            error = page.text("#error-text")
+            assert error == "The chat is not available right now. Please try again in a moment."
+            assert "{" not in error
+            proxy.up()
+            page.find("#retry").click()
+            page.wait(lambda: page.find("#error").get_attribute("hidden") is not None, "retry did not clear the error")
