@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import base64
+import fnmatch
+import json
 import re
+import tomllib
 from importlib import resources
 
 import pytest
 
 from tests.conftest import make_settings
-from tests.deploy.conftest import lambda_handler_for, sample_event
+from tests.deploy.conftest import ROOT, lambda_handler_for, sample_event
 from tests.utils.apps import app_client
 
 CSP = "default-src 'self'; base-uri 'self'; form-action 'self'; frame-ancestors 'self'"
@@ -80,3 +83,12 @@ def test_through_the_lambda_handler_under_a_stage(database_url):
     assert response["statusCode"] == 200
     # Relative links: the script and the API are asked for under /prod/ too.
     assert 'src="web/chat.js"' in body_of(response)
+
+
+def test_every_deploy_target_ships_the_files():
+    names = [f"app/web/{name}" for name in ("index.html", "chat.js", "chat.css")]
+    vercel = json.loads((ROOT / "vercel.json").read_text(encoding="utf-8"))
+    pattern = vercel["functions"]["api/index.py"]["includeFiles"]
+    assert all(fnmatch.fnmatch(name, pattern) for name in names)
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["package-data"]
+    assert all(any(fnmatch.fnmatch(name.rsplit("/", 1)[1], p) for p in data["app.web"]) for name in names)
