@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from app import validation
-from app.agents import MANAGER, AgentInput, AgentReply, Handoff, Registry, Release
+from app.agents import HUMAN, MANAGER, AgentInput, AgentReply, Handoff, Registry, Release
 from app.context import ContextPatch, normalized
 from app.core.config import Settings
 from app.core.logging import device_hash
@@ -63,7 +63,9 @@ class Inbound:
 class Result:
     """What became of one inbound message."""
 
-    status: str  # "answered", "queued" (stored, answer pending) or "degraded" (store unreachable)
+    # "answered", "queued" (stored, answer pending), "held" (stored for the person who took the
+    # conversation over: no reply, agent "human") or "degraded" (store unreachable)
+    status: str
     reply: str | None = None
     agent: str | None = None
     lock_agent: str | None = None
@@ -79,6 +81,8 @@ class Result:
 
 
 def _answered(answer: Answer, message_id: int | None, *, duplicate: bool = False) -> Result:
+    if answer.held:
+        return Result("held", None, HUMAN, answer.lock_agent, answer.lock_expires_at, message_id, duplicate)
     return Result(
         "answered", answer.reply, answer.agent, answer.lock_agent, answer.lock_expires_at, message_id, duplicate,
         answer.merged, answer.choices,
@@ -122,6 +126,8 @@ class Pipeline:
             claim_ms = _ms(started)
             if claim.duplicate is not None:
                 return _answered(claim.duplicate, claim.duplicate_of, duplicate=True)
+            if claim.held is not None:  # a person holds the conversation: stored for them, no agent runs
+                return _answered(claim.held, claim.message_id)
             message_id = claim.message_id or claim.duplicate_of
             if claim.lease is not None:
                 drained = self._drain(claim.lease, on_reply, on_working, db_ms=claim_ms, started=started)
@@ -180,6 +186,11 @@ class Pipeline:
         turn = lease.first or self.ledger.next_turn(lease)
         lock, context = lease.lock, lease.context
         while turn is not None:
+            if lock == HUMAN:
+                # Taken over before this turn started: NEXT holds the messages for the person (and
+                # frees the lease); a turn comes back only if the takeover has ended meanwhile.
+                turn, lock = self.ledger.next_turn(lease), None
+                continue
             started = started or time.perf_counter()
             outcome = self._run_turn(lease, turn, lock, context, on_working)
             if outcome is None:
@@ -192,6 +203,11 @@ class Pipeline:
                 break
             for message in turn.messages:
                 answers[message.id] = finished.answer
+            lock, context = finished.answer.lock_agent, finished.context
+            if finished.held:
+                logger.info("message %s taken over while the agent ran: held, its reply dropped", turn.last.id)
+                turn, lock = (self.ledger.next_turn(lease) if finished.kept else None), None
+                continue
             logger.info(
                 "message handled",
                 extra={
@@ -206,7 +222,6 @@ class Pipeline:
                     on_reply(turn.last, finished.answer)
                 except Exception:  # noqa: BLE001 - delivery problems are the channel's to record
                     logger.exception("delivering the reply to message %s failed", turn.last.id)
-            lock, context = finished.answer.lock_agent, finished.context
             turn = finished.next or (self.ledger.next_turn(lease) if finished.kept else None)
             db_ms, started = _ms(finish_started), None
         return answers

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from app.agents import HUMAN
+
 
 def live_agent(alias: str) -> str:
     """The agent holding a live lock on a conversation_states row, else NULL."""
@@ -11,6 +13,11 @@ def live_agent(alias: str) -> str:
 def live_until(alias: str) -> str:
     """The live lock's expiry on a conversation_states row, else NULL."""
     return f"CASE WHEN {alias}.active_agent IS NOT NULL AND {alias}.expires_at > now() THEN {alias}.expires_at END"
+
+
+def human_lock(alias: str) -> str:
+    """True when a person holds a live lock on a conversation_states row (operator takeover)."""
+    return f"COALESCE({alias}.active_agent = '{HUMAN}' AND {alias}.expires_at > now(), false)"
 
 
 def lease_free(alias: str) -> str:

@@ -18,6 +18,9 @@ from app.context import ContextPatch
 from app.errors import ConfigurationError
 
 MANAGER = "manager"
+# The lock holder for a person who took the conversation over (operator takeover): no
+# agent runs while it holds, so a registry may not define it.
+HUMAN = "human"
 
 
 @dataclass(frozen=True)
@@ -130,4 +133,6 @@ def load_registry(path: str) -> Registry:
         raise ConfigurationError(f"AGENTS={path!r} must be a mapping of agent keys with a {MANAGER!r} agent")
     for key in registry:
         validation.agent_key(key)
+    if HUMAN in registry:
+        raise ConfigurationError(f"AGENTS={path!r} defines {HUMAN!r}, the reserved lock holder of an operator takeover")
     return registry

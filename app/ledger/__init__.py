@@ -18,11 +18,14 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from app.agents import HistoryItem
+from app.agents import HUMAN, HistoryItem
 from app.core.db import run
 from app.errors import IdempotencyKeyReused, LeaseLost
 from app.ledger import statements as sql
 from app.sessions import new_session_id
+
+# Statuses of an inbound message that nobody will answer (again) unless told to.
+SETTLED = ("done", "failed", "held")
 
 # A holder that keeps finding a claim racing its "is anything left?" read stops
 # asking after this many reads; the lease then lapses and a waiter takes it.
@@ -70,9 +73,13 @@ class Lease:
 
 @dataclass(frozen=True)
 class Answer:
-    """A stored reply, what it offers the person, and the device's lock as it stands after it."""
+    """A stored reply, what it offers the person, and the device's lock as it stands after it.
 
-    reply: str
+    held: no reply: a person holds the conversation (operator takeover) and the
+    message waits for them; reply is None and agent is "human".
+    """
+
+    reply: str | None
     agent: str | None
     lock_agent: str | None
     lock_expires_at: datetime | None
@@ -80,14 +87,21 @@ class Answer:
     choices: tuple[dict[str, str], ...] = ()
     template: dict[str, Any] | None = None
     merged: bool = False
+    held: bool = False
+
+
+def held(lock_agent: str | None, lock_expires_at: datetime | None) -> Answer:
+    """The answer to a message held for a person: no reply."""
+    return Answer(None, HUMAN, lock_agent, lock_expires_at if lock_agent else None, held=True)
 
 
 @dataclass(frozen=True)
 class Claim:
     message_id: int | None  # None: a duplicate external id
     lease: Lease | None  # set when this worker now holds the device
-    duplicate: Answer | None  # the first reply, for a duplicate that was already answered
+    duplicate: Answer | None  # the first reply (or held), for a duplicate that was already settled
     duplicate_of: int | None = None
+    held: Answer | None = None  # the message was stored held: a person holds the conversation
 
 
 @dataclass(frozen=True)
@@ -102,6 +116,7 @@ class Finished:
     context: dict[str, Any]
     next: Turn | None  # the next turn, started under the same lease
     kept: bool  # the lease is still ours (with next None: read the next turn afresh)
+    held: bool = False  # taken over while the agents ran: no reply stored, the messages held
 
 
 @dataclass(frozen=True)
@@ -156,7 +171,9 @@ def _turn(batch: Any, history: Any) -> Turn | None:
     return Turn(messages, _history(history))
 
 
-def _answer(row: dict[str, Any], prefix: str) -> Answer:
+def _answer(row: dict[str, Any], prefix: str, status: str) -> Answer:
+    if status == "held":
+        return held(row[f"{prefix}_lock_agent"], row[f"{prefix}_lock_expires_at"])
     metadata = row[f"{prefix}_metadata"] or {}
     return Answer(
         row[f"{prefix}_reply"],
@@ -218,16 +235,17 @@ class Ledger:
                 first = Turn((pending,), _history(row["history"]))
             lease = Lease(tenant, device, row["lease_epoch"], row["lock_agent"], row["context"], first)
         duplicate = None
-        if new_id is None and row["dup_status"] in ("done", "failed"):
-            duplicate = _answer(row, "dup")
-        return Claim(new_id, lease, duplicate, row["dup_id"])
+        if new_id is None and row["dup_status"] in SETTLED:
+            duplicate = _answer(row, "dup", row["dup_status"])
+        on_hold = held(row["lock_agent"], row["lock_expires_at"]) if row["held"] else None
+        return Claim(new_id, lease, duplicate, row["dup_id"], on_hold)
 
     def poll(self, tenant: str, device: str, message_id: int) -> Poll:
         """A waiter's look at its message; takes the lease when it came free with messages pending."""
         row = self._row(sql.POLL, {"tenant": tenant, "device": device, "message_id": message_id})
         answer = None
-        if row["status"] in ("done", "failed"):
-            answer = _answer(row, "mine")
+        if row["status"] in SETTLED:
+            answer = _answer(row, "mine", row["status"])
         lease = None
         if row["lease_epoch"] is not None:
             lease = Lease(tenant, device, row["lease_epoch"], row["lease_lock_agent"], row["context"], None)
@@ -276,6 +294,8 @@ class Ledger:
         if row is None:
             raise LeaseLost(f"lease epoch {lease.epoch} on device is no longer held; reply discarded")
         lock_expires = row["expires_at"] if row["active_agent"] else None
+        if row["held"]:
+            return Finished(held(row["active_agent"], lock_expires), row["context"], None, bool(row["kept"]), True)
         answer = Answer(
             outcome.reply, outcome.agent, row["active_agent"], lock_expires, row["reply_id"], outcome.choices,
             outcome.template, len(turn.messages) > 1,
@@ -309,5 +329,5 @@ class Ledger:
 
 
 __all__: Sequence[str] = (
-    "Answer", "Claim", "Finished", "Lease", "Ledger", "Outcome", "Pending", "Poll", "Turn", "request_hash",
+    "Answer", "Claim", "Finished", "Lease", "Ledger", "Outcome", "Pending", "Poll", "Turn", "held", "request_hash",
 )

@@ -3,11 +3,17 @@
 | statement     | what it does                                      | guarantee                                                        |
 |---------------|---------------------------------------------------|------------------------------------------------------------------|
 | CLAIM         | store a message, note activity, take a free lease | ids of one device are drawn under its row lock, so id order is   |
-|               |                                                   | commit order; a known idempotency key stores nothing             |
+|               |                                                   | commit order; a known idempotency key stores nothing; under a    |
+|               |                                                   | live `human` lock (read on the locked row) the message is stored |
+|               |                                                   | `held` and no lease is taken: no agent runs on it                |
 | POLL          | a waiter's look: my reply, else a freed lease     | a lease left free with messages pending is taken by one waiter  |
-| NEXT          | the holder's next turn, read afresh               | frees the lease only when none is pending and no claim raced it  |
+| NEXT          | the holder's next turn, read afresh               | frees the lease only when none is pending and no claim raced it; |
+|               |                                                   | under a live `human` lock it marks the pending messages `held`   |
 | RENEW         | slide a live lease                                | fenced by the epoch; a lost lease is never extended              |
-| FINISH        | reply, lock change, context patch, audit, next    | fenced by the epoch: a worker that lost its lease writes nothing |
+| FINISH        | reply, lock change, context patch, audit, next    | fenced by the epoch: a worker that lost its lease writes nothing;|
+|               |                                                   | a turn that ends under a live `human` lock (a takeover while the |
+|               |                                                   | agent thought) stores no reply and no effect, and marks the      |
+|               |                                                   | turn's and the pending messages `held`                           |
 | RECORD        | a message and a canned reply, no agents           | once per external id                                             |
 
 Every statement that changes a device's row adds 1 to its version. A claim or
@@ -19,7 +25,7 @@ claim slipped in between, the holder reads the next turn afresh (NEXT).
 
 from __future__ import annotations
 
-from app.sql import lease_free, live_agent, live_until, turn_history
+from app.sql import human_lock, lease_free, live_agent, live_until, turn_history
 
 # A device's pending inbound messages, oldest first, at most %(batch)s.
 PENDING = """
@@ -48,12 +54,17 @@ MINE = f"""
 
 ROTATE = "(s.session_id IS NULL OR s.last_activity_at <= now() - make_interval(secs => s.session_ttl))"
 FREE = lease_free("s")
+HUMAN = human_lock("s")
+# A claim takes a free lease unless a person holds the conversation.
+TAKE = f"({FREE} AND NOT {HUMAN})"
 
 # Lock the device's row first (taking the lease if free, rotating a quiet session),
 # then draw the message's id: ids of one device are drawn in the order their claims
 # commit, so a later id can never be answered before an earlier one. A known
 # external id (an idempotency key, a channel's message id) stores nothing; it only
-# takes a freed lease when older messages wait.
+# takes a freed lease when older messages wait. Under a live `human` lock, read on
+# the row this statement locked (so a takeover that committed first is seen), the
+# message is stored `held` and the lease is left alone.
 CLAIM = f"""
 WITH known AS (
     SELECT id, request_hash FROM conversation_messages
@@ -71,9 +82,9 @@ lease AS (
        OR (EXISTS (SELECT 1 FROM older)
            AND NOT EXISTS (SELECT 1 FROM known WHERE request_hash IS DISTINCT FROM %(hash)s))
     ON CONFLICT (tenant_id, device_id) DO UPDATE SET
-        lease_epoch = CASE WHEN {FREE} THEN s.lease_epoch + 1 ELSE s.lease_epoch END,
-        lease_expires_at = CASE WHEN {FREE} THEN EXCLUDED.lease_expires_at ELSE s.lease_expires_at END,
-        lease_token = CASE WHEN {FREE} THEN EXCLUDED.lease_token ELSE s.lease_token END,
+        lease_epoch = CASE WHEN {TAKE} THEN s.lease_epoch + 1 ELSE s.lease_epoch END,
+        lease_expires_at = CASE WHEN {TAKE} THEN EXCLUDED.lease_expires_at ELSE s.lease_expires_at END,
+        lease_token = CASE WHEN {TAKE} THEN EXCLUDED.lease_token ELSE s.lease_token END,
         session_id = CASE WHEN {ROTATE} THEN EXCLUDED.session_id ELSE s.session_id END,
         session_started_at = CASE WHEN {ROTATE} THEN now() ELSE s.session_started_at END,
         context = CASE WHEN {ROTATE}
@@ -83,14 +94,16 @@ lease AS (
         version = s.version + 1,
         updated_at = now()
     RETURNING s.lease_token = %(token)s AS won, s.lease_epoch, {live_agent("s")} AS lock_agent, s.context,
-              s.session_id, s.version = COALESCE((SELECT version + 1 FROM snap), 0) AS exact
+              s.session_id, s.version = COALESCE((SELECT version + 1 FROM snap), 0) AS exact,
+              {HUMAN} AS held, {live_until("s")} AS lock_expires_at
 ), turn AS (
     SELECT lease.won AND lease.exact AND NOT EXISTS (SELECT 1 FROM older) AS first FROM lease
 ), new AS (
     INSERT INTO conversation_messages
         (tenant_id, device_id, role, content, external_id, status, metadata, session_id, request_hash, sent_at,
          attempts)
-    SELECT %(tenant)s, %(device)s, 'user', %(content)s, %(external_id)s::text, 'pending', %(metadata)s::jsonb,
+    SELECT %(tenant)s, %(device)s, 'user', %(content)s, %(external_id)s::text,
+           CASE WHEN lease.held THEN 'held' ELSE 'pending' END, %(metadata)s::jsonb,
            lease.session_id, %(hash)s, %(sent_at)s::timestamptz, CASE WHEN turn.first THEN 1 ELSE 0 END
     FROM lease CROSS JOIN turn
     WHERE NOT EXISTS (SELECT 1 FROM known)
@@ -98,7 +111,7 @@ lease AS (
     RETURNING id, session_id
 ),
 dup AS ({MINE} WHERE m.tenant_id = %(tenant)s AND m.device_id = %(device)s AND m.id = (SELECT id FROM known))
-SELECT new.id AS new_id,
+SELECT new.id AS new_id, lease.held AND new.id IS NOT NULL AS held, lease.lock_expires_at,
        CASE WHEN lease.won THEN lease.lease_epoch END AS lease_epoch, lease.lock_agent, lease.context,
        turn.first AND new.id IS NOT NULL AS first, new.session_id AS first_session,
        CASE WHEN turn.first AND new.id IS NOT NULL
@@ -132,12 +145,18 @@ FROM (SELECT 1) one LEFT JOIN mine ON true LEFT JOIN lease ON true
 
 # The holder's next turn read afresh: the pending batch (its attempt counted) and
 # its history. With none pending the lease is freed, unless a claim changed the
-# row after this statement's snapshot (then the holder asks again).
+# row after this statement's snapshot (then the holder asks again). Under a live
+# `human` lock no turn starts: the pending messages are marked held instead.
 NEXT = f"""
 WITH st AS (
-    SELECT version, lease_epoch = %(epoch)s AND lease_expires_at > now() AS held
-    FROM conversation_states WHERE tenant_id = %(tenant)s AND device_id = %(device)s
-), batch AS ({PENDING} AND (SELECT held FROM st) ORDER BY id LIMIT %(batch)s),
+    SELECT s.version, s.lease_epoch = %(epoch)s AND s.lease_expires_at > now() AS held, {HUMAN} AS human
+    FROM conversation_states s WHERE s.tenant_id = %(tenant)s AND s.device_id = %(device)s
+), parked AS (
+    UPDATE conversation_messages m SET status = 'held'
+    WHERE m.tenant_id = %(tenant)s AND m.device_id = %(device)s AND m.status = 'pending'
+      AND (SELECT held AND human FROM st)
+    RETURNING m.id
+), batch AS ({PENDING} AND (SELECT held AND NOT human FROM st) ORDER BY id LIMIT %(batch)s),
 started AS (
     UPDATE conversation_messages m SET attempts = m.attempts + 1
     FROM batch WHERE m.id = batch.id
@@ -164,6 +183,9 @@ RETURNING lease_expires_at
 # agents saw) and the context patch (merged in SQL, so concurrent patches keep each
 # other's keys), mark the turn's messages done, and start the next turn if one is
 # pending. The lease is kept while messages wait or a claim raced this statement.
+# A turn that ends under a live `human` lock (taken over while the agent thought)
+# writes no reply, lock change, context patch or audit: its messages and the
+# pending ones are marked held, and the lease is freed unless a claim raced.
 LIVE = f"({live_agent('s')})"
 OK = f"({LIVE} IS NOT DISTINCT FROM %(agent_before)s::text)"
 
@@ -182,18 +204,22 @@ st AS (
         expires_at = CASE WHEN NOT {OK} THEN s.expires_at
                           WHEN %(agent_after)s::text IS NULL THEN NULL
                           ELSE now() + make_interval(secs => COALESCE(%(ttl)s::integer, s.session_ttl)) END,
-        context = cs_merge_context(s.context, %(patch)s::jsonb, %(cap)s),
-        lease_expires_at = CASE WHEN EXISTS (SELECT 1 FROM nxt) OR s.version <> (SELECT version FROM snap)
+        context = CASE WHEN {HUMAN} THEN s.context ELSE cs_merge_context(s.context, %(patch)s::jsonb, %(cap)s) END,
+        lease_expires_at = CASE WHEN (EXISTS (SELECT 1 FROM nxt) AND NOT {HUMAN})
+                                     OR s.version <> (SELECT version FROM snap)
                                 THEN now() + make_interval(secs => %(lease)s) END,
         version = s.version + 1,
         updated_at = now()
     WHERE s.tenant_id = %(tenant)s AND s.device_id = %(device)s
       AND s.lease_epoch = %(epoch)s AND s.lease_expires_at > now()
-    RETURNING s.active_agent, s.expires_at, s.context, s.session_id, s.lease_expires_at IS NOT NULL AS kept
+    RETURNING s.active_agent, s.expires_at, s.context, s.session_id, s.lease_expires_at IS NOT NULL AS kept,
+              {HUMAN} AS held
 ), inbound AS (
-    UPDATE conversation_messages m SET status = %(status)s, agent = %(agent)s, session_id = st.session_id,
-        processing_time_ms = %(elapsed_ms)s, has_error = %(has_error)s, error_message = %(error)s::text,
-        merged_into = CASE WHEN m.id <> %(last_id)s THEN %(last_id)s END
+    UPDATE conversation_messages m SET status = CASE WHEN st.held THEN 'held' ELSE %(status)s END,
+        agent = CASE WHEN st.held THEN NULL ELSE %(agent)s END, session_id = st.session_id,
+        processing_time_ms = %(elapsed_ms)s, has_error = %(has_error)s AND NOT st.held,
+        error_message = CASE WHEN st.held THEN NULL ELSE %(error)s::text END,
+        merged_into = CASE WHEN m.id <> %(last_id)s AND NOT st.held THEN %(last_id)s END
     FROM st WHERE m.id = ANY(%(ids)s) AND m.tenant_id = %(tenant)s AND m.device_id = %(device)s
     RETURNING m.id
 ), outbound AS (
@@ -201,23 +227,28 @@ st AS (
         (tenant_id, device_id, role, content, agent, reply_to, tools_used, processing_time_ms, metadata, session_id)
     SELECT %(tenant)s, %(device)s, 'assistant', %(reply)s, %(agent)s, %(last_id)s,
            %(tools)s::jsonb, %(elapsed_ms)s, %(metadata)s::jsonb, st.session_id
-    FROM st
+    FROM st WHERE NOT st.held
     RETURNING id, created_at
 ), started AS (
     UPDATE conversation_messages m SET attempts = m.attempts + 1
-    FROM nxt, st WHERE m.id = nxt.id
+    FROM nxt, st WHERE m.id = nxt.id AND NOT st.held
     RETURNING m.id, m.content, m.metadata, m.attempts, m.session_id
+), parked AS (
+    UPDATE conversation_messages m SET status = 'held'
+    FROM st WHERE st.held AND m.tenant_id = %(tenant)s AND m.device_id = %(device)s AND m.status = 'pending'
+      AND m.id <> ALL(%(ids)s)
+    RETURNING m.id
 ), audit AS (
     INSERT INTO conversation_audit
         (tenant_id, device_id, session_id, event, from_agent, to_agent, message_id, db_ms, agent_ms, total_ms)
     SELECT %(tenant)s, %(device)s, st.session_id, %(event)s::text, %(agent_before)s::text, %(agent_after)s::text,
            %(last_id)s, %(db_ms)s, %(elapsed_ms)s, %(total_ms)s
-    FROM st WHERE %(event)s::text IS NOT NULL
+    FROM st WHERE %(event)s::text IS NOT NULL AND NOT st.held
 )
-SELECT st.active_agent, st.expires_at, st.context, st.kept, st.session_id, outbound.id AS reply_id,
+SELECT st.active_agent, st.expires_at, st.context, st.kept, st.session_id, st.held, outbound.id AS reply_id,
        outbound.created_at AS reply_created_at, {_batch_json("started")} AS next_batch,
        {turn_history("(SELECT min(id) FROM nxt)", "(SELECT session_id FROM nxt ORDER BY id LIMIT 1)")} AS history
-FROM st CROSS JOIN outbound
+FROM st LEFT JOIN outbound ON true
 """
 
 # A message answered without the agents (a channel's canned reply): both sides
