@@ -1,0 +1,153 @@
+"""Operator takeover under /api/sessions/{device_id}: take over, reply as a person, release.
+
+Admin keys and tenants exactly as the rest of the session admin API: another
+tenant's device answers 404 like one that does not exist.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from app import validation
+from app.api.auth import AdminTenant
+from app.api.deps import Db, OperatorSend, Pipe
+from app.api.errors import ApiError
+from app.api.routes.sessions import DeviceId, Ttl, _errors, _not_found
+from app.takeover import DEFAULT_TTL, TakeoverStore
+
+router = APIRouter(tags=["takeover"])
+
+NO_NUL = r"^[^\x00]*$"
+
+
+async def get_takeover(database: Db) -> TakeoverStore:
+    return TakeoverStore(database.engine)
+
+
+Takeovers = Annotated[TakeoverStore, Depends(get_takeover)]
+
+
+class TakeoverRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    operator: str = Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$",
+                          description="the person taking over, as shown in the console and stored with replies")
+    ttl: Ttl = Field(DEFAULT_TTL, description="seconds; each reply slides the lock by it; 1 s to 30 days")
+
+
+class TakeoverLock(BaseModel):
+    agent: str
+    operator: str
+    locked_at: datetime
+    expires_at: datetime
+    previous_agent: str | None = Field(description="the agent that held a live lock before the takeover")
+    held: int = Field(description="pending messages now held for the operator")
+
+
+class ReleaseRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    answer_held: bool = Field(False, description="the bot answers the held messages, in order, before returning")
+
+
+class Released(BaseModel):
+    agent: None = None
+    previous_agent: str
+    version: int
+    answered: int = Field(description="held messages the bot answered (answer_held)")
+
+
+class Template(BaseModel):
+    """A WhatsApp message template (Cloud API `template` object)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=512, pattern=r"^[a-z0-9_]+$")
+    language: dict[str, str] = Field(default_factory=lambda: {"code": "en"}, description='e.g. {"code": "en_US"}')
+    components: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class OperatorMessage(BaseModel):
+    """Exactly one of text (free-form) and template."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = Field(None, min_length=1, max_length=4096, pattern=NO_NUL)
+    template: Template | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> OperatorMessage:
+        if (self.text is None) == (self.template is None):
+            raise ValueError("give exactly one of text and template")
+        return self
+
+
+class StoredMessage(BaseModel):
+    id: int
+    role: str
+    content: str
+    agent: str
+    operator: str | None
+    created_at: datetime
+    session_id: str | None
+    reply_to: int | None = Field(description="the latest held message, which this reply answers")
+    channel: str
+    delivery: str | None = Field(description="WhatsApp: sent, retry, failed; null on the web (read by polling)")
+    lock_expires_at: datetime | None = Field(description="the human lock's expiry, slid by this reply")
+
+
+@router.post("/api/sessions/{device_id}/takeover", response_model=TakeoverLock, responses=_errors(404))
+def take_over(device_id: DeviceId, body: TakeoverRequest, tenant: AdminTenant, store: Takeovers) -> TakeoverLock:
+    """A person takes the conversation: the lock becomes `human` (audited as "takeover"), whatever held it."""
+    row = store.take_over(tenant, validation.device_id(device_id), body.operator, body.ttl)
+    if row is None:
+        raise _not_found()
+    return TakeoverLock(agent=row["active_agent"], **{k: v for k, v in row.items() if k != "active_agent"})
+
+
+@router.delete("/api/sessions/{device_id}/takeover", response_model=Released, responses=_errors(404, 409))
+def release(
+    device_id: DeviceId, tenant: AdminTenant, store: Takeovers, pipeline: Pipe, send: OperatorSend,
+    body: Annotated[ReleaseRequest | None, Body()] = None,
+) -> Released:
+    """Hand the conversation back to the bot (audited as "release"); answer_held: the bot answers held messages."""
+    device = validation.device_id(device_id)
+    answer_held = body is not None and body.answer_held
+    row = store.release(tenant, device, answer_held=answer_held)
+    if row is None:
+        raise _not_found()
+    if not row["taken"]:
+        raise ApiError(409, "not_taken_over", "no person holds this conversation (released, or the lock expired)")
+    answered = pipeline.drain(tenant, device, send.on_reply(pipeline)) if row["resumed"] else 0
+    return Released(previous_agent="human", version=row["version"], answered=answered)
+
+
+@router.post(
+    "/api/sessions/{device_id}/messages", status_code=201, response_model=StoredMessage, responses=_errors(404, 409)
+)
+def operator_reply(
+    device_id: DeviceId, body: OperatorMessage, tenant: AdminTenant, store: Takeovers, send: OperatorSend
+) -> StoredMessage:
+    """The operator's reply: stored as the `human` agent's, sent through the device's channel, slides the lock."""
+    device = validation.device_id(device_id)
+    template = None if body.template is None else body.template.model_dump()
+    text = body.text if body.text is not None else f"[template {body.template.name}]"
+    reply = store.reply(tenant, device, text, template=template)
+    if reply.refused == "no_state":
+        raise _not_found()
+    if reply.refused == "not_taken_over":
+        raise ApiError(409, "not_taken_over", "take the conversation over first (POST .../takeover)")
+    if reply.refused == "outside_window":
+        raise ApiError(
+            409, "outside_window",
+            "more than 24 hours since the user's last WhatsApp message: only a template can be sent",
+        )
+    if reply.refused == "template_needs_whatsapp":
+        raise ApiError(422, "template_needs_whatsapp", "templates can only be sent to WhatsApp devices")
+    message = reply.message
+    delivery = send.deliver(tenant, device, message["id"]) if reply.channel == "whatsapp" else None
+    return StoredMessage(**message, channel=reply.channel, delivery=delivery, lock_expires_at=reply.lock_expires_at)

@@ -1,0 +1,189 @@
+"""Operator takeover: a person holds a device's lock as `human`, answers, and hands back to the bot.
+
+| statement | guarantee |
+| --- | --- |
+| TAKEOVER | the lock becomes `human` (operator, TTL) whatever held it, with a `takeover` audit row naming the agent it took over from, and the device's pending messages are marked `held`, all in one statement on the locked row |
+| RELEASE | only a live `human` lock is released (`release` audit row in the same statement); with answer_held the held messages become pending again, in their order, for the pipeline to answer |
+| REPLY | stored only under a live `human` lock, which it slides by the takeover's TTL; linked to the latest held message; a free-form WhatsApp text outside the 24-hour customer-service window stores nothing |
+
+While the `human` lock is live the pipeline stores the device's messages as `held`
+and runs no agent (app/ledger/statements.py). When it expires the bot answers the
+next message, as after a release; held messages stay unanswered unless a release
+asks for them. Every statement is filtered by the caller's tenant.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from app import validation
+from app.agents import HUMAN
+from app.core.db import store_errors
+from app.sql import human_lock, live_agent
+
+logger = logging.getLogger(__name__)
+
+KEY = "s.tenant_id = %(tenant)s AND s.device_id = %(device)s"
+DEVICE = "m.tenant_id = %(tenant)s AND m.device_id = %(device)s"
+DEFAULT_TTL = 3600
+# The WhatsApp customer-service window (Meta, "Customer service windows"): free-form
+# messages only within 24 hours of the user's last message; templates at any time.
+WINDOW = "interval '24 hours'"
+ADDRESS_KEYS = ("channel", "phone_number_id", "to", "recipient", "wa_message_id")
+
+# FOR UPDATE: "old" is the row as it stands when we hold it, so the audit names the
+# agent really displaced, and no claim stores a pending message in between.
+TAKEOVER = f"""
+WITH old AS (
+    SELECT s.tenant_id, s.device_id, {live_agent("s")} AS agent FROM conversation_states s WHERE {KEY}
+    FOR UPDATE
+), changed AS (
+    UPDATE conversation_states s SET
+        active_agent = '{HUMAN}',
+        locked_at = CASE WHEN old.agent = '{HUMAN}' THEN s.locked_at ELSE now() END,
+        expires_at = now() + make_interval(secs => %(ttl)s),
+        operator = %(operator)s, operator_ttl = %(ttl)s,
+        version = s.version + 1, updated_at = now()
+    FROM old WHERE s.tenant_id = old.tenant_id AND s.device_id = old.device_id
+    RETURNING s.session_id, s.active_agent, s.locked_at, s.expires_at, s.operator, s.version,
+              old.agent AS previous_agent
+), parked AS (
+    UPDATE conversation_messages m SET status = 'held'
+    FROM changed WHERE {DEVICE} AND m.status = 'pending'
+    RETURNING m.id
+), audit AS (
+    INSERT INTO conversation_audit (tenant_id, device_id, session_id, event, from_agent, to_agent)
+    SELECT %(tenant)s, %(device)s, session_id, 'takeover', previous_agent, active_agent FROM changed
+)
+SELECT changed.*, (SELECT count(*) FROM parked) AS held FROM changed
+"""
+
+RELEASE = f"""
+WITH old AS (
+    SELECT s.tenant_id, s.device_id, s.session_id, s.version, {human_lock("s")} AS taken
+    FROM conversation_states s WHERE {KEY}
+    FOR UPDATE
+), changed AS (
+    UPDATE conversation_states s SET active_agent = NULL, locked_at = NULL, expires_at = NULL,
+        operator = NULL, operator_ttl = NULL, version = s.version + 1, updated_at = now()
+    FROM old WHERE s.tenant_id = old.tenant_id AND s.device_id = old.device_id AND old.taken
+    RETURNING s.version
+), resumed AS (
+    UPDATE conversation_messages m SET status = 'pending', attempts = 0
+    FROM changed WHERE %(answer_held)s AND {DEVICE} AND m.status = 'held'
+    RETURNING m.id
+), audit AS (
+    INSERT INTO conversation_audit (tenant_id, device_id, session_id, event, from_agent, to_agent)
+    SELECT tenant_id, device_id, session_id, 'release', '{HUMAN}', NULL FROM old WHERE taken
+)
+SELECT old.taken, COALESCE((SELECT version FROM changed), old.version) AS version,
+       (SELECT count(*) FROM resumed) AS resumed
+FROM old
+"""
+
+# The device's channel and address come from its latest inbound message.
+REPLY = f"""
+WITH st AS (
+    SELECT s.session_id, s.operator, s.operator_ttl, {human_lock("s")} AS taken
+    FROM conversation_states s WHERE {KEY}
+    FOR UPDATE
+), last AS (
+    SELECT m.metadata, COALESCE(m.sent_at, m.created_at) > now() - {WINDOW} AS open
+    FROM conversation_messages m WHERE {DEVICE} AND m.role = 'user' ORDER BY m.id DESC LIMIT 1
+), gate AS (
+    SELECT st.*, COALESCE((SELECT metadata ->> 'channel' FROM last), 'web') AS channel,
+           COALESCE((SELECT metadata FROM last), '{{}}'::jsonb) AS address,
+           COALESCE((SELECT open FROM last), false) AS open
+    FROM st
+), ok AS (
+    SELECT * FROM gate
+    WHERE taken AND CASE WHEN channel = 'whatsapp' THEN open OR %(template)s::jsonb IS NOT NULL
+                         ELSE %(template)s::jsonb IS NULL END
+), slid AS (
+    UPDATE conversation_states s SET expires_at = now() + make_interval(secs => COALESCE(s.operator_ttl, {DEFAULT_TTL})),
+        version = s.version + 1, updated_at = now()
+    FROM ok WHERE {KEY}
+    RETURNING s.expires_at
+), inserted AS (
+    INSERT INTO conversation_messages (tenant_id, device_id, role, content, agent, reply_to, metadata, session_id)
+    SELECT %(tenant)s, %(device)s, 'assistant', %(content)s, '{HUMAN}',
+           (SELECT max(m.id) FROM conversation_messages m WHERE {DEVICE} AND m.status = 'held'),
+           (SELECT COALESCE(jsonb_object_agg(key, value), '{{}}') FROM jsonb_each(ok.address)
+            WHERE key = ANY(%(address_keys)s))
+           || jsonb_build_object('channel', ok.channel, 'operator', ok.operator)
+           || CASE WHEN %(template)s::jsonb IS NULL THEN '{{}}'::jsonb
+                   ELSE jsonb_build_object('template', %(template)s::jsonb) END,
+           ok.session_id
+    FROM ok
+    RETURNING id, role, content, agent, created_at, session_id, reply_to, metadata
+)
+SELECT gate.taken, gate.channel, gate.open, (SELECT expires_at FROM slid) AS lock_expires_at, inserted.*
+FROM gate LEFT JOIN inserted ON true
+"""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What became of an operator's reply: stored (message) or refused (why)."""
+
+    message: dict[str, Any] | None
+    refused: str | None = None  # "no_state", "not_taken_over", "outside_window", "template_needs_whatsapp"
+    channel: str = "web"
+    lock_expires_at: Any = None
+
+
+class TakeoverStore:
+    """The takeover's statements; every method takes the caller's tenant first."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def _first(self, sql: str, params: dict[str, Any]) -> dict[str, Any] | None:
+        with store_errors(), self.engine.begin() as conn:
+            row = conn.exec_driver_sql(sql, params).mappings().first()
+        return None if row is None else dict(row)
+
+    @staticmethod
+    def _key(tenant: str, device: str) -> dict[str, Any]:
+        return {"tenant": validation.tenant_id(tenant), "device": validation.device_id(device)}
+
+    def take_over(self, tenant: str, device: str, operator: str, ttl: int = DEFAULT_TTL) -> dict[str, Any] | None:
+        """Give the lock to `human` for operator (ttl seconds), audited; None if the device has no state."""
+        params = self._key(tenant, device) | {"operator": operator, "ttl": validation.ttl(ttl)}
+        row = self._first(TAKEOVER, params)
+        if row is not None:
+            logger.info("operator took a conversation over from %s (%s messages held)", row["previous_agent"],
+                        row["held"])
+        return row
+
+    def release(self, tenant: str, device: str, *, answer_held: bool = False) -> dict[str, Any] | None:
+        """Release a live `human` lock, audited; None if no state. taken False: there was none to release."""
+        row = self._first(RELEASE, self._key(tenant, device) | {"answer_held": answer_held})
+        if row is not None and row["taken"]:
+            logger.info("operator released a conversation (%s held messages to answer)", row["resumed"])
+        return row
+
+    def reply(
+        self, tenant: str, device: str, text: str, *, template: dict[str, Any] | None = None
+    ) -> Reply:
+        """Store the operator's reply under a live `human` lock (sliding it); refused replies store nothing."""
+        params = self._key(tenant, device) | {
+            "content": validation.message_text(text), "address_keys": list(ADDRESS_KEYS),
+            "template": None if template is None else json.dumps(template),
+        }
+        row = self._first(REPLY, params)
+        if row is None:
+            return Reply(None, "no_state")
+        if not row["taken"]:
+            return Reply(None, "not_taken_over", row["channel"])
+        if row["id"] is None:
+            why = "template_needs_whatsapp" if row["channel"] != "whatsapp" else "outside_window"
+            return Reply(None, why, row["channel"])
+        message = {key: row[key] for key in ("id", "role", "content", "agent", "created_at", "session_id", "reply_to")}
+        message["operator"] = (row["metadata"] or {}).get("operator")
+        return Reply(message, None, row["channel"], row["lock_expires_at"])
