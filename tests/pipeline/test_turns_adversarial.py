@@ -299,3 +299,73 @@ class TestOutageMidTurn:
                 assert result.status != "degraded" and runs == ["hello"], (result.status, result.reply, runs)
             finally:
                 proxied.dispose()
+
+
+class TestExportImportRoundTrip:
+    def _merged_burst_moved(self, engine, database_url):
+        """A merged burst with idempotency keys, then the device exported, erased and imported back."""
+        from app.transfer import export_device, import_device
+
+        echo = Echo()
+        gate = Gate(echo, when=lambda m: m.text == "hi")
+        pipeline = pipeline_with(engine, database_url, {"manager": gate}, burst_mode="merge")
+        with ThreadPoolExecutor(3) as pool:
+            first = pool.submit(send, pipeline, "hi", external_id="web:k0")
+            assert gate.entered.wait(10)
+            a = pool.submit(send, pipeline, "a", external_id="web:ka")
+            assert wait_for(lambda: len(inbound_rows(engine)) == 2)
+            b = pool.submit(send, pipeline, "b", external_id="web:kb")
+            assert wait_for(lambda: len(inbound_rows(engine)) == 3)
+            gate.release.set()
+            [f.result(timeout=60) for f in (first, a, b)]
+        document = export_device(engine, "default", DEVICE)
+        assert AdminStore(engine).erase("default", DEVICE)
+        import_device(engine, "default", document)
+        return pipeline
+
+    def test_a_retried_merged_message_still_gets_its_reply_after_an_import(self, engine, database_url):
+        pipeline = self._merged_burst_moved(engine, database_url)
+        again = send(pipeline, "a", external_id="web:ka")
+        assert (again.duplicate, again.reply, again.merged) == (True, "re: a\nb", True), again
+
+    def test_a_key_reused_with_another_body_is_still_refused_after_an_import(self, engine, database_url):
+        pipeline = self._merged_burst_moved(engine, database_url)
+        with pytest.raises(IdempotencyKeyReused):
+            send(pipeline, "something else", external_id="web:ka")
+
+
+class TestWorkingHook:
+    def test_a_slow_working_hook_does_not_let_the_lease_lapse_mid_turn(self, engine, database_url):
+        """on_working runs inline in the renewal loop: while it blocks, nothing renews the lease."""
+        echo = Echo()
+        gate = Gate(echo, when=lambda m: m.attempt == 1)
+        hook_release = threading.Event()
+        calls: list[int] = []
+
+        def on_working(message) -> None:
+            calls.append(message.id)
+            if len(calls) == 2:  # the first renewal's "typing..." call hangs (a slow channel API)
+                hook_release.wait(30)
+
+        def lapsed() -> bool:
+            with engine.begin() as conn:
+                return conn.exec_driver_sql(
+                    "SELECT lease_expires_at <= now() FROM conversation_states WHERE device_id = %(d)s",
+                    {"d": DEVICE},
+                ).scalar()
+
+        pipeline = pipeline_with(engine, database_url, {"manager": gate}, lease_seconds=1)
+        try:
+            with ThreadPoolExecutor(1) as pool:
+                turn = pool.submit(pipeline.handle, Inbound("default", DEVICE, "hello"), on_working=on_working)
+                assert gate.entered.wait(10)
+                wait_for(lambda: len(calls) >= 2 and lapsed(), 10)  # a live turn's lease never lapses
+                pipeline.drain("default", DEVICE)  # the cron's recovery, or any waiter, meanwhile
+                hook_release.set()
+                gate.release.set()
+                turn.result(timeout=60)
+        finally:
+            hook_release.set()
+            gate.release.set()
+        runs = [(m.text, m.attempt) for m in echo.seen]
+        assert runs == [("hello", 1)], runs
