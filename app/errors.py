@@ -67,3 +67,9 @@ class LeaseLost(SessionError):
     """A worker's lease on a device expired or was taken over; its write was refused."""
 
     code = "lease_lost"
+
+
+class AgentFailed(SessionError):
+    """An agent's run failed (model error, turn limit); the message names the error type only."""
+
+    code = "agent_failed"

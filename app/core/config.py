@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     chat_wait_seconds: float = Field(20.0, ge=0, le=300)
     context_list_cap: int = Field(20, ge=1, le=1000)
     agents: str = "app.agents.demo:registry"
+    # Send OpenAI Agents SDK runs to OpenAI's trace viewer; off so no conversation leaves unasked.
+    openai_agents_tracing: bool = False
 
     # Cleanup.
     cleanup_batch_size: int = Field(5000, ge=1, le=100_000)
