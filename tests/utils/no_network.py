@@ -24,6 +24,16 @@ def _is_loopback(host: object) -> bool:
         return False  # a name other than localhost: resolving it already goes out
 
 
+def _is_address(host: object) -> bool:
+    if isinstance(host, bytes):
+        host = host.decode()
+    try:
+        ipaddress.ip_address(str(host).split("%")[0])
+    except ValueError:
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def loopback_only(record: Callable[[str], None] | None = None) -> Iterator[list[str]]:
     """While open, a connect or lookup to a non-loopback host raises and is added to the yielded list.
@@ -55,7 +65,7 @@ def loopback_only(record: Callable[[str], None] | None = None) -> Iterator[list[
         return connect_ex(sock, address)
 
     def guarded_getaddrinfo(host, *args, **kwargs):
-        if not _is_loopback(host):
+        if not _is_loopback(host) and not _is_address(host):  # a literal address is checked at connect
             refuse(f"resolve {host!r}")
             raise socket.gaierror(socket.EAI_NONAME, f"test refuses to resolve {host!r}")
         return getaddrinfo(host, *args, **kwargs)
@@ -75,4 +85,9 @@ def install_for_process(log: Path) -> None:
         with log.open("a", encoding="utf-8") as out:
             out.write(json.dumps({"blocked": what}) + "\n")
 
-    loopback_only(record).__enter__()
+    guard = loopback_only(record)
+    guard.__enter__()
+    _KEPT.append(guard)  # a collected generator would run its finally and lift the guard
+
+
+_KEPT: list[contextlib.AbstractContextManager] = []
