@@ -6,7 +6,8 @@ message, on any instance, starts at that agent.
 
     registry = registry_from_agents(triage)     # AGENTS=package.module:registry
 
-One turn (`handle`) is one `Runner.run_sync` from the lock holder (or the manager):
+One turn (`handle`) is one SDK run from the lock holder (or the manager), waited for
+on the calling thread (see _RunLoop for why not Runner.run_sync):
 
 | the run ends on                                  | lock action                           |
 | ------------------------------------------------ | ------------------------------------- |
@@ -28,12 +29,13 @@ app imports without it. Tracing to OpenAI is off unless OPENAI_AGENTS_TRACING is
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import dataclasses
 import json
 import logging
+import os
 import re
-from collections.abc import Mapping
+import threading
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 try:
@@ -55,10 +57,6 @@ logger = logging.getLogger(__name__)
 
 RELEASE_TOOL = "release_conversation"
 RELEASED = "Released: the person's next message goes to the main assistant."
-
-# run_sync refuses to start inside a running event loop; such callers run it on these threads.
-_WORKERS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="openai-agents")
-
 
 async def _release(context: RunContextWrapper[Any]) -> str:
     return RELEASED
@@ -94,11 +92,15 @@ class SdkEntry:
         """
         graph = self.graph
         try:
-            result = _run_sync(
-                self.agent, input_items(message), context=message, max_turns=graph.max_turns,
-                run_config=graph.run_config,
+            result = _LOOP.run(
+                Runner.run(
+                    self.agent, input_items(message), context=message, max_turns=graph.max_turns,
+                    run_config=graph.run_config,
+                )
             )
         except Exception as err:  # noqa: BLE001 - every failure takes the pipeline's failure path
+            # The type only: an SDK or provider error's text may quote the conversation.
+            logger.warning("SDK run from agent %s failed: %s", self.key, type(err).__name__)
             raise AgentFailed(f"{type(err).__name__} in the run from agent {self.key}") from None
         last = graph.key_of(result.last_agent)
         calls = [item for item in result.new_items if isinstance(item, ToolCallItem)]
@@ -247,12 +249,34 @@ def _add_release_tool(agent: SdkAgent) -> None:
         agent.tools = [*agent.tools, release_conversation]
 
 
-def _run_sync(agent: SdkAgent, items: list[dict[str, str]], **options: Any) -> Any:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:  # no loop in this thread (a worker thread, a plain script): run here
-        return Runner.run_sync(agent, items, **options)
-    return _WORKERS.submit(Runner.run_sync, agent, items, **options).result()
+class _RunLoop:
+    """One event loop on a daemon thread that runs every SDK run of this process.
+
+    Why not Runner.run_sync on the calling thread: the pipeline runs each turn on a
+    new thread, so run_sync would make a new event loop per turn, and the SDK's cached
+    OpenAI client keeps pooled connections bound to the loop that opened them: the
+    next turn fails ("bound to a different event loop"). One long-lived loop reuses
+    the connections, and works the same whether or not the caller's thread runs a loop.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid = 0
+
+    def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
+        """Run coroutine on the loop and wait for its result, from any thread but the loop's own."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._running()).result()
+
+    def _running(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None or self._pid != os.getpid():  # a forked child starts its own
+                self._loop, self._pid = asyncio.new_event_loop(), os.getpid()
+                threading.Thread(target=self._loop.run_forever, name="openai-agents-loop", daemon=True).start()
+            return self._loop
+
+
+_LOOP = _RunLoop()
 
 
 def _text(output: Any) -> str:

@@ -10,13 +10,16 @@ import threading
 from datetime import datetime, timezone
 
 import pytest
-from agents import Agent, RunContextWrapper, TracingProcessor, function_tool, handoff, set_trace_processors
+from agents import Agent, RunConfig, RunContextWrapper, TracingProcessor, function_tool, handoff, set_trace_processors
+from agents.models.openai_provider import OpenAIProvider
 from agents.tracing.processors import default_processor
 
 from app.agents import AgentInput, Handoff, HistoryItem, Keep, Release
 from app.agents.openai_agents import RELEASE_TOOL, agent_key, registry_from_agents, release_conversation
 from app.errors import AgentFailed, ConfigurationError
 from tests.utils.fake_llm import Call, Fail, FakeModel, HandTo, Say
+from tests.utils.no_network import loopback_only
+from tests.utils.openai_server import chat_completions
 from tests.utils.server import ROOT
 
 SECRET_TEXT = "card 4111-1111 for jane@example.com"
@@ -207,6 +210,7 @@ class TestFailures:
             registry_from_agents(manager)["manager"].handle(message(SECRET_TEXT))
         assert str(raised.value) == "ConnectionError in the run from agent manager"
         assert raised.value.__cause__ is None and raised.value.__suppress_context__
+        assert "SDK run from agent manager failed: ConnectionError" in caplog.text
         assert SECRET_TEXT not in caplog.text
 
     def test_max_turns_is_enforced(self):
@@ -300,3 +304,27 @@ def test_the_app_imports_without_the_sdk():
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "pip install -e '.[openai-agents]'" in done.stdout
+
+
+class TestOpenAICompatibleServer:
+    def test_the_sdk_client_serves_turns_on_new_threads_through_openai_base_url(self, monkeypatch):
+        """The pipeline runs each turn on a new thread; the SDK's pooled client must survive that."""
+        with chat_completions("Hello from a local server") as api, loopback_only() as attempts:
+            monkeypatch.setenv("OPENAI_BASE_URL", api.base_url)
+            monkeypatch.setenv("OPENAI_API_KEY", "sk-offline-test-key")
+            monkeypatch.delenv("OPENAI_DEFAULT_MODEL", raising=False)
+            provider = OpenAIProvider(use_responses=False)  # what app.agents.openai_example uses
+            registry = registry_from_agents(
+                Agent(name="Triage", model="local-model"), run_config=RunConfig(model_provider=provider)
+            )
+            replies = []
+            for number in range(3):
+                turn = threading.Thread(target=lambda: replies.append(registry["manager"].handle(message(f"hi {number}"))))
+                turn.start()
+                turn.join(30)
+        assert [reply.reply for reply in replies] == ["Hello from a local server"] * 3
+        assert replies[0].metadata["usage"] == {"requests": 1, "input_tokens": 5, "output_tokens": 2, "total_tokens": 7}
+        assert [(r["path"], r["model"], r["messages"][-1]) for r in api.requests] == [
+            ("/v1/chat/completions", "local-model", {"role": "user", "content": f"hi {n}"}) for n in range(3)
+        ]
+        assert attempts == []
