@@ -14,9 +14,11 @@ from agents import Agent, RunConfig, RunContextWrapper, TracingProcessor, functi
 from agents.models.openai_provider import OpenAIProvider
 from agents.tracing.processors import default_processor
 
-from app.agents import AgentInput, Handoff, HistoryItem, Keep, Release
+from app.agents import AgentInput, Handoff, HistoryItem, Keep, Release, load_registry
+from app.agents.openai_example import build
 from app.agents.openai_agents import RELEASE_TOOL, agent_key, registry_from_agents, release_conversation
 from app.errors import AgentFailed, ConfigurationError
+from tests.utils import openai_registry
 from tests.utils.fake_llm import Call, Fail, FakeModel, HandTo, Say
 from tests.utils.no_network import loopback_only
 from tests.utils.openai_server import chat_completions
@@ -328,3 +330,26 @@ class TestOpenAICompatibleServer:
             ("/v1/chat/completions", "local-model", {"role": "user", "content": f"hi {n}"}) for n in range(3)
         ]
         assert attempts == []
+
+
+class TestExample:
+    def test_the_example_registry_loads_without_a_key(self, monkeypatch):
+        monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+        registry = load_registry("app.agents.openai_example:registry")
+        assert sorted(registry) == ["billing", "manager", "scheduling"]
+        assert [tool.name for tool in registry["billing"].agent.tools] == ["invoice_status", RELEASE_TOOL]
+
+    def test_a_specialist_hands_back_and_triage_hands_on_in_one_run(self):
+        models = openai_registry.models()
+        registry = registry_from_agents(build(models))
+        reply = registry["scheduling"].handle(message("actually, a question about my bill", "scheduling"))
+        assert (reply.reply, reply.lock) == (openai_registry.ASK_INVOICE, Handoff("billing", None, answered=True))
+        assert [len(models[name].calls) for name in ("Scheduling", "Triage", "Billing")] == [1, 1, 1]
+
+    def test_the_tools_are_deterministic(self):
+        models = openai_registry.models()
+        registry = registry_from_agents(build(models))
+        first = registry["scheduling"].handle(message("tomorrow at 10am", "scheduling"))
+        again = registry["scheduling"].handle(message("tomorrow at 10am", "scheduling"))
+        assert first.reply == again.reply == "Booked tomorrow at 10:00, confirmation S-7254."
+        assert (first.tools_used, first.lock) == (["book_slot"], Keep())
