@@ -41,7 +41,8 @@ MINE = f"""
     SELECT m.id, m.status, m.request_hash, r.content AS reply, r.agent AS reply_agent, r.metadata AS reply_metadata,
            {live_agent("st")} AS lock_agent, {live_until("st")} AS lock_expires_at
     FROM conversation_messages m
-    LEFT JOIN conversation_messages r ON r.reply_to = COALESCE(m.merged_into, m.id) AND r.role = 'assistant'
+    LEFT JOIN conversation_messages r ON r.tenant_id = m.tenant_id AND r.device_id = m.device_id
+        AND r.reply_to = COALESCE(m.merged_into, m.id) AND r.role = 'assistant'
     LEFT JOIN conversation_states st ON st.tenant_id = m.tenant_id AND st.device_id = m.device_id
 """
 
@@ -56,7 +57,7 @@ FREE = lease_free("s")
 CLAIM = f"""
 WITH known AS (
     SELECT id, request_hash FROM conversation_messages
-    WHERE tenant_id = %(tenant)s AND external_id = %(external_id)s::text
+    WHERE tenant_id = %(tenant)s AND device_id = %(device)s AND external_id = %(external_id)s::text
 ), snap AS (
     SELECT version FROM conversation_states WHERE tenant_id = %(tenant)s AND device_id = %(device)s
 ), older AS ({PENDING} ORDER BY id LIMIT 1),
@@ -93,10 +94,10 @@ lease AS (
            lease.session_id, %(hash)s, %(sent_at)s::timestamptz, CASE WHEN turn.first THEN 1 ELSE 0 END
     FROM lease CROSS JOIN turn
     WHERE NOT EXISTS (SELECT 1 FROM known)
-    ON CONFLICT (tenant_id, external_id) DO NOTHING
+    ON CONFLICT (tenant_id, device_id, external_id) DO NOTHING
     RETURNING id, session_id
 ),
-dup AS ({MINE} WHERE m.id = (SELECT id FROM known))
+dup AS ({MINE} WHERE m.tenant_id = %(tenant)s AND m.device_id = %(device)s AND m.id = (SELECT id FROM known))
 SELECT new.id AS new_id,
        CASE WHEN lease.won THEN lease.lease_epoch END AS lease_epoch, lease.lock_agent, lease.context,
        turn.first AND new.id IS NOT NULL AS first, new.session_id AS first_session,
@@ -122,7 +123,7 @@ lease AS (
     WHERE s.tenant_id = %(tenant)s AND s.device_id = %(device)s AND {FREE} AND EXISTS (SELECT 1 FROM older)
     RETURNING s.lease_epoch, {live_agent("s")} AS lock_agent, s.context
 ),
-mine AS ({MINE} WHERE m.id = %(message_id)s)
+mine AS ({MINE} WHERE m.tenant_id = %(tenant)s AND m.device_id = %(device)s AND m.id = %(message_id)s)
 SELECT mine.status, mine.reply AS mine_reply, mine.reply_agent AS mine_agent, mine.reply_metadata AS mine_metadata,
        mine.lock_agent AS mine_lock_agent, mine.lock_expires_at AS mine_lock_expires_at,
        lease.lease_epoch, lease.lock_agent AS lease_lock_agent, lease.context
@@ -228,7 +229,7 @@ WITH st AS (
     INSERT INTO conversation_messages (tenant_id, device_id, role, content, external_id, status, metadata, session_id)
     SELECT %(tenant)s, %(device)s, 'user', %(content)s, %(external_id)s::text, 'done', %(metadata)s::jsonb,
            (SELECT session_id FROM st)
-    ON CONFLICT (tenant_id, external_id) DO NOTHING
+    ON CONFLICT (tenant_id, device_id, external_id) DO NOTHING
     RETURNING id, session_id
 )
 INSERT INTO conversation_messages (tenant_id, device_id, role, content, reply_to, metadata, session_id)
