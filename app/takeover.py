@@ -187,3 +187,39 @@ class TakeoverStore:
         message = {key: row[key] for key in ("id", "role", "content", "agent", "created_at", "session_id", "reply_to")}
         message["operator"] = (row["metadata"] or {}).get("operator")
         return Reply(message, None, row["channel"], row["lock_expires_at"])
+
+
+MESSAGE_METADATA = """
+SELECT m.content, m.metadata FROM conversation_messages m WHERE {device} AND m.id = %(id)s
+""".format(device=DEVICE)
+
+
+class OperatorChannel:
+    """Sends an operator's stored reply through the device's channel, and answers held messages on release."""
+
+    def __init__(self, engine: Engine, sender: Any):
+        self.engine = engine
+        self.sender = sender  # app.channels.whatsapp.WhatsAppSender
+
+    def on_reply(self, pipeline: Any) -> Any:
+        """The pipeline's on_reply for the bot's answers to held messages (WhatsApp sends them)."""
+        from app.channels.whatsapp import replier
+
+        return replier(self.sender, pipeline.ledger)
+
+    def deliver(self, tenant: str, device: str, message_id: int) -> str:
+        """Send a stored operator reply to its WhatsApp user; "sent" or "failed" (recorded on the row)."""
+        from app.channels.whatsapp import deliver
+        from app.ledger import Answer, Ledger, Pending
+
+        with store_errors(), self.engine.begin() as conn:
+            row = conn.exec_driver_sql(MESSAGE_METADATA, {"tenant": tenant, "device": device, "id": message_id})
+            row = row.mappings().one()
+        ledger = Ledger(self.engine, lease_seconds=1, default_ttl=1, context_cap=1)
+        answer = Answer(row["content"], HUMAN, HUMAN, None, message_id)
+        deliver(self.sender, Pending(message_id, row["content"], row["metadata"]), answer, ledger=ledger)
+        with store_errors(), self.engine.begin() as conn:
+            sent = conn.exec_driver_sql(
+                "SELECT NOT has_error FROM conversation_messages WHERE id = %(id)s", {"id": message_id}
+            ).scalar()
+        return "sent" if sent else "failed"

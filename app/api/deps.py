@@ -15,6 +15,7 @@ from app.core.config import Settings
 from app.core.db import Database
 from app.pipeline import Pipeline
 from app.sessions import SessionService
+from app.takeover import OperatorChannel
 
 
 async def get_settings(request: Request) -> Settings:
@@ -43,6 +44,11 @@ async def get_chat_history(database: Db) -> ChatHistory:
     return ChatHistory(database.engine)
 
 
+async def get_operator_channel(request: Request, database: Db) -> OperatorChannel:
+    return OperatorChannel(database.engine, request.app.state.whatsapp)
+
+
 Sessions = Annotated[SessionService, Depends(get_sessions)]
 Pipe = Annotated[Pipeline, Depends(get_pipeline)]
 History = Annotated[ChatHistory, Depends(get_chat_history)]
+OperatorSend = Annotated[OperatorChannel, Depends(get_operator_channel)]

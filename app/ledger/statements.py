@@ -27,11 +27,23 @@ from __future__ import annotations
 
 from app.sql import human_lock, lease_free, live_agent, live_until, turn_history
 
-# A device's pending inbound messages, oldest first, at most %(batch)s.
+# A device's pending inbound messages (add ORDER BY id and a limit).
 PENDING = """
     SELECT id, content, metadata, attempts, session_id FROM conversation_messages
     WHERE tenant_id = %(tenant)s AND device_id = %(device)s AND status = 'pending'
 """
+
+
+def next_batch(excluding: str = "") -> str:
+    """The next turn's messages: up to %(batch)s pending ones, oldest first.
+
+    A message whose turns were started %(max_attempts)s times already goes alone,
+    so that failing it never fails fresh messages merged with it.
+    """
+    return f"""{PENDING} {excluding} ORDER BY id
+        LIMIT CASE WHEN (SELECT attempts FROM conversation_messages
+                         WHERE tenant_id = %(tenant)s AND device_id = %(device)s AND status = 'pending' {excluding}
+                         ORDER BY id LIMIT 1) >= %(max_attempts)s THEN 1 ELSE %(batch)s END"""
 
 
 def _batch_json(alias: str) -> str:
@@ -76,13 +88,13 @@ lease AS (
     INSERT INTO conversation_states AS s
         (tenant_id, device_id, session_ttl, lease_epoch, lease_expires_at, lease_token,
          session_id, session_started_at, last_activity_at)
-    SELECT %(tenant)s, %(device)s, %(default_ttl)s, 1, now() + make_interval(secs => %(lease)s), %(token)s,
-           %(new_session)s, now(), now()
+    SELECT %(tenant)s, %(device)s, %(default_ttl)s, nextval('conversation_lease_epoch'),
+           now() + make_interval(secs => %(lease)s), %(token)s, %(new_session)s, now(), now()
     WHERE NOT EXISTS (SELECT 1 FROM known)
        OR (EXISTS (SELECT 1 FROM older)
            AND NOT EXISTS (SELECT 1 FROM known WHERE request_hash IS DISTINCT FROM %(hash)s))
     ON CONFLICT (tenant_id, device_id) DO UPDATE SET
-        lease_epoch = CASE WHEN {TAKE} THEN s.lease_epoch + 1 ELSE s.lease_epoch END,
+        lease_epoch = CASE WHEN {TAKE} THEN EXCLUDED.lease_epoch ELSE s.lease_epoch END,
         lease_expires_at = CASE WHEN {TAKE} THEN EXCLUDED.lease_expires_at ELSE s.lease_expires_at END,
         lease_token = CASE WHEN {TAKE} THEN EXCLUDED.lease_token ELSE s.lease_token END,
         session_id = CASE WHEN {ROTATE} THEN EXCLUDED.session_id ELSE s.session_id END,
@@ -128,7 +140,7 @@ POLL = f"""
 WITH older AS ({PENDING} ORDER BY id LIMIT 1),
 lease AS (
     UPDATE conversation_states s SET
-        lease_epoch = s.lease_epoch + 1,
+        lease_epoch = nextval('conversation_lease_epoch'),
         lease_expires_at = now() + make_interval(secs => %(lease)s),
         lease_token = NULL,
         version = s.version + 1,
@@ -156,7 +168,7 @@ WITH st AS (
     WHERE m.tenant_id = %(tenant)s AND m.device_id = %(device)s AND m.status = 'pending'
       AND (SELECT held AND human FROM st)
     RETURNING m.id
-), batch AS ({PENDING} AND (SELECT held AND NOT human FROM st) ORDER BY id LIMIT %(batch)s),
+), batch AS ({next_batch("AND (SELECT held AND NOT human FROM st)")}),
 started AS (
     UPDATE conversation_messages m SET attempts = m.attempts + 1
     FROM batch WHERE m.id = batch.id
@@ -192,7 +204,7 @@ OK = f"({LIVE} IS NOT DISTINCT FROM %(agent_before)s::text)"
 FINISH = f"""
 WITH snap AS (
     SELECT version FROM conversation_states WHERE tenant_id = %(tenant)s AND device_id = %(device)s
-), nxt AS ({PENDING} AND id <> ALL(%(ids)s) ORDER BY id LIMIT %(batch)s),
+), nxt AS ({next_batch("AND id <> ALL(%(ids)s)")}),
 st AS (
     UPDATE conversation_states s SET
         active_agent = CASE WHEN {OK} THEN %(agent_after)s::text ELSE s.active_agent END,
@@ -216,19 +228,21 @@ st AS (
               {HUMAN} AS held
 ), inbound AS (
     UPDATE conversation_messages m SET status = CASE WHEN st.held THEN 'held' ELSE %(status)s END,
-        agent = CASE WHEN st.held THEN NULL ELSE %(agent)s END, session_id = st.session_id,
+        agent = CASE WHEN st.held THEN NULL ELSE %(agent)s END,
+        session_id = COALESCE(m.session_id, st.session_id),
         processing_time_ms = %(elapsed_ms)s, has_error = %(has_error)s AND NOT st.held,
         error_message = CASE WHEN st.held THEN NULL ELSE %(error)s::text END,
         merged_into = CASE WHEN m.id <> %(last_id)s AND NOT st.held THEN %(last_id)s END
     FROM st WHERE m.id = ANY(%(ids)s) AND m.tenant_id = %(tenant)s AND m.device_id = %(device)s
-    RETURNING m.id
+    RETURNING m.id, m.session_id
 ), outbound AS (
+    -- The reply joins the session of the message it answers, even if a new one started meanwhile.
     INSERT INTO conversation_messages
         (tenant_id, device_id, role, content, agent, reply_to, tools_used, processing_time_ms, metadata, session_id)
     SELECT %(tenant)s, %(device)s, 'assistant', %(reply)s, %(agent)s, %(last_id)s,
-           %(tools)s::jsonb, %(elapsed_ms)s, %(metadata)s::jsonb, st.session_id
-    FROM st WHERE NOT st.held
-    RETURNING id, created_at
+           %(tools)s::jsonb, %(elapsed_ms)s, %(metadata)s::jsonb, inbound.session_id
+    FROM inbound, st WHERE inbound.id = %(last_id)s AND NOT st.held
+    RETURNING id, created_at, session_id
 ), started AS (
     UPDATE conversation_messages m SET attempts = m.attempts + 1
     FROM nxt, st WHERE m.id = nxt.id AND NOT st.held
@@ -245,7 +259,7 @@ st AS (
            %(last_id)s, %(db_ms)s, %(elapsed_ms)s, %(total_ms)s
     FROM st WHERE %(event)s::text IS NOT NULL AND NOT st.held
 )
-SELECT st.active_agent, st.expires_at, st.context, st.kept, st.session_id, st.held, outbound.id AS reply_id,
+SELECT st.active_agent, st.expires_at, st.context, st.kept, st.held, outbound.session_id, outbound.id AS reply_id,
        outbound.created_at AS reply_created_at, {_batch_json("started")} AS next_batch,
        {turn_history("(SELECT min(id) FROM nxt)", "(SELECT session_id FROM nxt ORDER BY id LIMIT 1)")} AS history
 FROM st LEFT JOIN outbound ON true

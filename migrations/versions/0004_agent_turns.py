@@ -30,6 +30,10 @@ MESSAGE_COLUMNS = (
 
 
 def upgrade() -> None:
+    # Lease epochs come from one sequence, so that a device erased and recreated never
+    # hands out an epoch a worker from before the erasure still holds.
+    op.execute("CREATE SEQUENCE conversation_lease_epoch")
+    op.execute("SELECT setval('conversation_lease_epoch', GREATEST(max(lease_epoch), 1)) FROM conversation_states")
     for column in MESSAGE_COLUMNS:
         op.add_column("conversation_messages", column)
     # A distributed table (Citus, by device) needs the distribution column in every unique key.
@@ -49,6 +53,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.execute("DROP SEQUENCE conversation_lease_epoch")
     for table in DEVICE_TABLES:
         op.drop_constraint(f"{table}_pkey", table, type_="primary")
         op.create_primary_key(f"{table}_pkey", table, ["id"])

@@ -46,7 +46,10 @@ class Choice(BaseModel):
 
 
 class ChatResponse(BaseModel):
-    reply: str
+    reply: str | None = Field(
+        description='null while a person holds the conversation (agent "human"): the message is stored for '
+        "them and their reply appears in GET /api/chat/messages"
+    )
     agent: str
     device_id: str
     degraded: bool
@@ -72,7 +75,7 @@ def idempotency_external_id(device_id: str, key: str | None) -> str | None:
 
 def chat_response(device_id: str, result: Result) -> ChatResponse:
     return ChatResponse(
-        reply=result.reply or "",
+        reply=None if result.status == "held" else result.reply or "",
         agent=result.agent or "manager",
         device_id=device_id,
         degraded=result.degraded,
