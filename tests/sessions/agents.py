@@ -40,3 +40,7 @@ class Noting:
 
 
 noting = {"manager": Noting()}
+
+
+# Defines the reserved lock holder of an operator takeover: load_registry refuses it.
+with_human = {"manager": Noting(), "human": Noting()}
