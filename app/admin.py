@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from app import validation
+from app.agents import HUMAN
 from app.context import ContextPatch, normalized
 from app.core.db import store_errors
 
@@ -63,6 +64,7 @@ ORDER BY s.last_activity_at DESC, s.device_id
 GET_STATE = f"""
 SELECT s.device_id, s.session_id, s.session_started_at, s.last_activity_at, s.session_ttl, s.context,
        s.version, s.created_at, s.updated_at, {LOCK_COLUMNS}, {STATUS} AS status,
+       CASE WHEN {LIVE} AND s.active_agent = '{HUMAN}' THEN s.operator END AS operator,
        {CURRENT_COUNT} AS message_count
 FROM conversation_states s WHERE {KEY}
 """

@@ -7,6 +7,8 @@
   const PAGE_SIZE = 50;
   const SEND_ATTEMPTS = 4; // tries per message on network errors, with the same Idempotency-Key
   const POLL_LIMIT_MS = 120000; // how long a queued (202) message is polled for before giving up
+  const PERSON_POLL_MS = 2000; // how often the page looks for a person's replies while one holds the conversation
+  const HUMAN = "human"; // the lock holder while a person has taken the conversation over
 
   const $ = (id) => document.getElementById(id);
   const ui = {
@@ -22,6 +24,8 @@
   let viewing = null; // the session id of an earlier conversation being read, or null
   let nextBefore = null;
   let retryAction = null;
+  let lockAgent = null; // the agent holding the lock, as the server last said
+  let following = false; // polling for a person's replies
 
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -128,6 +132,12 @@
 
   function showLock(lock) {
     ui.lock.textContent = "";
+    lockAgent = lock ? lock.agent : null;
+    if (lockAgent === HUMAN) {
+      ui.lock.append("A person is handling this conversation", lock.expires_at ? ` until ${time(lock.expires_at)}` : "");
+      followPerson();
+      return;
+    }
     if (!lock || !lock.agent) {
       ui.lock.textContent = "No agent is handling this conversation.";
       return;
@@ -146,7 +156,7 @@
     const who = document.createElement("p");
     who.className = "who";
     const name = document.createElement("strong");
-    name.textContent = role === "user" ? "You" : (agent || "assistant");
+    name.textContent = role === "user" ? "You" : (agent === HUMAN ? "A person" : (agent || "assistant"));
     who.append(name);
     if (createdAt) who.append(` · ${time(createdAt)}`);
     const text = document.createElement("p");
@@ -204,6 +214,35 @@
     ui.older.hidden = nextBefore === null;
     const newest = data.items[0];
     return !viewing && newest && newest.role === "user" ? newest.id : null; // a reply still owed
+  }
+
+  // While a person holds the conversation their replies arrive without a request of ours:
+  // poll the history and show what is new, until the lock passes back to the bot.
+  async function followPerson() {
+    if (following) return;
+    following = true;
+    try {
+      while (lockAgent === HUMAN) {
+        await sleep(PERSON_POLL_MS);
+        if (busy || viewing || lockAgent !== HUMAN) continue;
+        let data;
+        try {
+          ({ data } = await asDevice(() => request("GET", "api/chat/messages?limit=1")));
+        } catch {
+          continue; // shown on the next try; a person's reply is never lost, only late
+        }
+        const newest = data.items[0];
+        const shown = [...ui.log.querySelectorAll(".msg")];
+        const known = shown.length > 0 && shown.every((item) => item.dataset.id);
+        const last = known ? Number(shown[shown.length - 1].dataset.id) : null;
+        if (newest && (!known || newest.id !== last)) {
+          await loadHistory();
+          if (newest.role === "assistant" && newest.agent === HUMAN) setStatus("");
+        }
+      }
+    } finally {
+      following = false;
+    }
   }
 
   async function loadOlder() {
@@ -313,6 +352,12 @@
         }
         const reply = result.data;
         mine.classList.remove("pending");
+        if (reply.reply === null) {
+          // A person has taken the conversation over: the message is kept for them.
+          showLock(reply.lock);
+          setStatus("A person will answer you here.");
+          return;
+        }
         append(messageItem(
           { role: "assistant", content: reply.reply, agent: reply.agent, created_at: new Date().toISOString() },
           { degraded: reply.degraded },
@@ -389,7 +434,11 @@
       showError(error, start);
       return;
     }
-    if (owed !== null) {
+    const newest = ui.log.lastElementChild;
+    if (newest && newest.classList.contains("assistant") && newest.querySelector(".who strong").textContent === "A person") {
+      lockAgent = HUMAN; // a person answered last: look for more of their replies
+      followPerson();
+    } else if (owed !== null) {
       // Reloaded while a message waited for its answer: show it when it comes.
       busy = true;
       ui.send.disabled = true;

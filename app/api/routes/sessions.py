@@ -96,6 +96,7 @@ class Lock(BaseModel):
     agent: str | None
     locked_at: datetime | None
     expires_at: datetime | None
+    operator: str | None = Field(None, description='the person holding a "human" lock (operator takeover)')
 
 
 class SessionDetail(BaseModel):
@@ -236,7 +237,8 @@ def get_session(device_id: DeviceId, tenant: AdminTenant, admin: Admin) -> Sessi
     row = admin.get_state(tenant, validation.device_id(device_id))
     if row is None:
         raise _not_found()
-    lock = Lock(agent=row["active_agent"], locked_at=row["locked_at"], expires_at=row["expires_at"])
+    lock = Lock(agent=row["active_agent"], locked_at=row["locked_at"], expires_at=row["expires_at"],
+                operator=row["operator"])
     return SessionDetail(**row, lock=lock)
 
 

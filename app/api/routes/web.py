@@ -1,4 +1,4 @@
-"""GET /: the web chat page, and its script and stylesheet, served from the package (app/web).
+"""GET / (the web chat page) and GET /console (the operator console), with their files, from app/web.
 
 No build step and nothing from outside the app: the Content-Security-Policy allows
 only 'self', so the page can load no script, style, image or connection elsewhere.
@@ -23,7 +23,11 @@ ASSETS = {
     "index.html": "text/html; charset=utf-8",
     "chat.css": "text/css; charset=utf-8",
     "chat.js": "text/javascript; charset=utf-8",
+    "console.html": "text/html; charset=utf-8",
+    "console.css": "text/css; charset=utf-8",
+    "console.js": "text/javascript; charset=utf-8",
 }
+PAGES = ("index.html", "console.html")
 
 
 @cache
@@ -53,9 +57,15 @@ def chat_page(if_none_match: Annotated[str | None, Header()] = None) -> Response
     return _serve("index.html", if_none_match)
 
 
+@router.get("/console")
+def console_page(if_none_match: Annotated[str | None, Header()] = None) -> Response:
+    """The operator console (text/html): it asks for an admin key and uses the session admin API."""
+    return _serve("console.html", if_none_match)
+
+
 @router.get("/web/{name}")
 def chat_asset(name: str, if_none_match: Annotated[str | None, Header()] = None) -> Response:
-    """The page's stylesheet and script; anything else is 404."""
-    if name not in ASSETS or name == "index.html":
+    """The pages' stylesheets and scripts; anything else is 404."""
+    if name not in ASSETS or name in PAGES:
         raise ApiError(404, "not_found", "no such file")
     return _serve(name, if_none_match)
