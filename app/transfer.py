@@ -125,7 +125,7 @@ class _Message(Strict):
 
 class UserMessage(_Message):
     role: Literal["user"]
-    status: Literal["pending", "done", "failed"]
+    status: Literal["pending", "done", "failed", "held"]
 
 
 class OtherMessage(_Message):
@@ -137,7 +137,7 @@ ExportedMessage = Annotated[UserMessage | OtherMessage, Field(discriminator="rol
 
 
 class ExportedAudit(Strict):
-    event: Literal["set", "refresh", "release", "handoff", "expired", "override"]
+    event: Literal["set", "refresh", "release", "handoff", "expired", "override", "takeover"]
     at: Time
     from_agent: AgentKey | None
     to_agent: AgentKey | None

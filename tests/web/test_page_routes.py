@@ -16,7 +16,10 @@ from tests.deploy.conftest import ROOT, lambda_handler_for, sample_event
 from tests.utils.apps import app_client
 
 CSP = "default-src 'self'; base-uri 'self'; form-action 'self'; frame-ancestors 'self'"
-FILES = [("/", "text/html"), ("/web/chat.js", "text/javascript"), ("/web/chat.css", "text/css")]
+FILES = [
+    ("/", "text/html"), ("/web/chat.js", "text/javascript"), ("/web/chat.css", "text/css"),
+    ("/console", "text/html"), ("/web/console.js", "text/javascript"), ("/web/console.css", "text/css"),
+]
 
 
 @pytest.fixture
@@ -37,15 +40,18 @@ def test_files_are_served_with_a_self_only_policy(client, path, kind):
 
 
 def test_the_page_loads_nothing_from_outside_the_app():
-    for name in ("index.html", "chat.js", "chat.css"):
+    for name in ("index.html", "chat.js", "chat.css", "console.html", "console.js", "console.css"):
         text = resources.files("app.web").joinpath(name).read_text(encoding="utf-8")
+        # The SVG namespace is a name, never fetched.
+        text = text.replace("http://www.w3.org/2000/svg", "")
         assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, re.IGNORECASE), name
-    page = resources.files("app.web").joinpath("index.html").read_text(encoding="utf-8")
-    assert "<style" not in page and "style=" not in page and "onclick" not in page
-    assert re.findall(r'<script[^>]*src="([^"]+)"', page) == ["web/chat.js"]
+    for page_name, script in (("index.html", "web/chat.js"), ("console.html", "web/console.js")):
+        page = resources.files("app.web").joinpath(page_name).read_text(encoding="utf-8")
+        assert "<style" not in page and "style=" not in page and "onclick" not in page
+        assert re.findall(r'<script[^>]*src="([^"]+)"', page) == [script]
 
 
-@pytest.mark.parametrize("path", ["/web/index.html", "/web/missing.js", "/web/..%2Fapp%2F__init__.py", "/web/"])
+@pytest.mark.parametrize("path", ["/web/index.html", "/web/console.html", "/web/missing.js", "/web/..%2Fapp%2F__init__.py", "/web/"])
 def test_other_paths_are_404(client, path):
     response = client.get(path)
     assert response.status_code == 404
