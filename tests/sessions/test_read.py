@@ -142,7 +142,7 @@ class TestOneSession:
     def test_expired_lock_is_not_reported(self, client, engine):
         make_state(engine, "dev", "acme", agent="scheduling", lock_seconds=-1)
         assert client.get("/api/sessions/dev", headers=A).json()["lock"] == {
-            "agent": None, "locked_at": None, "expires_at": None
+            "agent": None, "locked_at": None, "expires_at": None, "operator": None
         }
 
     def test_device_with_messages_but_no_state_is_404_here(self, client, engine):

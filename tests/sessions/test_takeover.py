@@ -82,7 +82,7 @@ class TestTakeover:
         assert scalar(engine, "SELECT operator FROM conversation_states WHERE device_id = %(d)s", d=dev) == "Ana"
         assert audit(engine, dev) == [("takeover", previous, "human")]
         detail = bot.get(f"/api/sessions/{dev}", headers=A).json()
-        assert detail["lock"]["agent"] == "human" and detail["status"] == "active"
+        assert (detail["lock"]["agent"], detail["lock"]["operator"], detail["status"]) == ("human", "Ana", "active")
 
     def test_default_ttl_is_an_hour_and_bad_bodies_change_nothing(self, bot, engine):
         dev = device()
