@@ -215,7 +215,10 @@ class TestHealth:
     def test_ok_with_migration(self, client):
         from app.core.migrate import head_revision
 
-        assert client.get("/api/health").json() == {"status": "ok", "database": "ok", "migration": head_revision()}
+        assert client.get("/api/health").json() == {
+            "status": "ok", "database": "ok", "migration": head_revision(),
+            "expected_migration": head_revision(), "schema": "current",
+        }
 
     def test_unreachable(self):
         settings = make_settings("postgresql+psycopg://x@127.0.0.1:1/x", db_connect_timeout=2)

@@ -38,7 +38,10 @@ def under_base_path(event: dict, base: str) -> dict:
 
 def assert_healthy(response: dict) -> None:
     assert response["statusCode"] == 200, response
-    assert json.loads(response["body"]) == {"status": "ok", "database": "ok", "migration": migrate.head_revision()}
+    assert json.loads(response["body"]) == {
+        "status": "ok", "database": "ok", "migration": migrate.head_revision(),
+        "expected_migration": migrate.head_revision(), "schema": "current",
+    }
 
 
 class TestHttpEvents:
