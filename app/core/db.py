@@ -95,15 +95,10 @@ def make_engine(settings: Settings, *, serverless: bool = False, url: str | None
     return engine
 
 
-_LOGGED_CHOICES: set[tuple[str, bool, str]] = set()
-
-
 def _log_pooler_choice(settings: Settings) -> None:
-    # One line per process and configuration, so an operator sees what a pooler setting did.
-    choice = (settings.db_pooler, settings.prepare, settings.statement_timeout_mode)
-    if settings.statement_timeout_mode == "startup" and settings.prepare or choice in _LOGGED_CHOICES:
+    # One line per engine (one per process in a server), so an operator sees what a pooler setting did.
+    if settings.statement_timeout_mode == "startup" and settings.prepare:
         return
-    _LOGGED_CHOICES.add(choice)
     reason = f"DB_POOLER={settings.db_pooler}" if settings.db_pooler == "transaction" else "DB_PREPARE=false"
     logger.info(
         "%s: prepared statements %s, statement timeout set %s",
