@@ -23,7 +23,8 @@ from sqlalchemy.engine import Engine
 
 from app import validation
 from app.agents import HUMAN
-from app.core.db import store_errors
+from app.core.db import run
+from app.devices import canonical_device_id
 from app.sql import human_lock, live_agent
 
 logger = logging.getLogger(__name__)
@@ -144,13 +145,12 @@ class TakeoverStore:
         self.engine = engine
 
     def _first(self, sql: str, params: dict[str, Any]) -> dict[str, Any] | None:
-        with store_errors(), self.engine.begin() as conn:
-            row = conn.exec_driver_sql(sql, params).mappings().first()
+        row = run(self.engine, sql, params)
         return None if row is None else dict(row)
 
     @staticmethod
     def _key(tenant: str, device: str) -> dict[str, Any]:
-        return {"tenant": validation.tenant_id(tenant), "device": validation.device_id(device)}
+        return {"tenant": validation.tenant_id(tenant), "device": canonical_device_id(device)}
 
     def take_over(self, tenant: str, device: str, operator: str, ttl: int = DEFAULT_TTL) -> dict[str, Any] | None:
         """Give the lock to `human` for operator (ttl seconds), audited; None if the device has no state."""
@@ -212,14 +212,10 @@ class OperatorChannel:
         from app.channels.whatsapp import deliver
         from app.ledger import Answer, Ledger, Pending
 
-        with store_errors(), self.engine.begin() as conn:
-            row = conn.exec_driver_sql(MESSAGE_METADATA, {"tenant": tenant, "device": device, "id": message_id})
-            row = row.mappings().one()
+        row = run(self.engine, MESSAGE_METADATA, {"tenant": tenant, "device": device, "id": message_id})
         ledger = Ledger(self.engine, lease_seconds=1, default_ttl=1, context_cap=1)
         answer = Answer(row["content"], HUMAN, HUMAN, None, message_id)
         deliver(self.sender, Pending(message_id, row["content"], row["metadata"]), answer, ledger=ledger)
-        with store_errors(), self.engine.begin() as conn:
-            sent = conn.exec_driver_sql(
-                "SELECT NOT has_error FROM conversation_messages WHERE id = %(id)s", {"id": message_id}
-            ).scalar()
+        sent = run(self.engine, "SELECT NOT has_error FROM conversation_messages WHERE id = %(id)s",
+                   {"id": message_id}, rows="scalar", read_only=True)
         return "sent" if sent else "failed"

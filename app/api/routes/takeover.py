@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app import validation
+from app.devices import canonical_device_id
 from app.api.auth import AdminTenant
 from app.api.deps import Db, OperatorSend, Pipe
 from app.api.errors import ApiError
@@ -103,7 +103,7 @@ class StoredMessage(BaseModel):
 @router.post("/api/sessions/{device_id}/takeover", response_model=TakeoverLock, responses=_errors(404))
 def take_over(device_id: DeviceId, body: TakeoverRequest, tenant: AdminTenant, store: Takeovers) -> TakeoverLock:
     """A person takes the conversation: the lock becomes `human` (audited as "takeover"), whatever held it."""
-    row = store.take_over(tenant, validation.device_id(device_id), body.operator, body.ttl)
+    row = store.take_over(tenant, canonical_device_id(device_id), body.operator, body.ttl)
     if row is None:
         raise _not_found()
     return TakeoverLock(agent=row["active_agent"], **{k: v for k, v in row.items() if k != "active_agent"})
@@ -115,7 +115,7 @@ def release(
     body: Annotated[ReleaseRequest | None, Body()] = None,
 ) -> Released:
     """Hand the conversation back to the bot (audited as "release"); answer_held: the bot answers held messages."""
-    device = validation.device_id(device_id)
+    device = canonical_device_id(device_id)
     answer_held = body is not None and body.answer_held
     row = store.release(tenant, device, answer_held=answer_held)
     if row is None:
@@ -133,7 +133,7 @@ def operator_reply(
     device_id: DeviceId, body: OperatorMessage, tenant: AdminTenant, store: Takeovers, send: OperatorSend
 ) -> StoredMessage:
     """The operator's reply: stored as the `human` agent's, sent through the device's channel, slides the lock."""
-    device = validation.device_id(device_id)
+    device = canonical_device_id(device_id)
     template = None if body.template is None else body.template.model_dump()
     text = body.text if body.text is not None else f"[template {body.template.name}]"
     reply = store.reply(tenant, device, text, template=template)
