@@ -102,15 +102,6 @@ class Console:
             ".map(r => [r.dataset.agent, r.dataset.count]))")
 
 
-def shown(chat: ChatPage) -> list[tuple[str, str, str]]:
-    """(role, who, text) of each message on the chat page, read at once: while a person holds the
-    conversation the page redraws its log when their replies arrive."""
-    return [tuple(item) for item in chat.driver.execute_script(
-        "return [...document.querySelectorAll('#log li')].map(li => ["
-        "li.classList.contains('user') ? 'user' : 'assistant', li.querySelector('.who strong').textContent,"
-        " li.querySelector('.text').textContent])")]
-
-
 def test_an_operator_takes_over_replies_and_hands_back(server, engine, browser, operator_browser, tmp_path: Path):
     chat = ChatPage(browser, server.url).open()
     assert chat.say("hi").startswith("Hi! I can book an appointment")
@@ -130,7 +121,7 @@ def test_an_operator_takes_over_replies_and_hands_back(server, engine, browser, 
     chat.type("I would like to talk to a person")
     chat.wait(lambda: chat.text("#status") == "A person will answer you here.", "no word that a person answers")
     assert chat.text("#lock").startswith("A person is handling this conversation")
-    assert [text for role, _, text in shown(chat) if role == "assistant"] == [
+    assert [text for role, _, text in chat.log() if role == "assistant"] == [
         "Hi! I can book an appointment or help with a bill. What would you like to do?"]
     console.wait(lambda: any("held" in classes.split() for classes, _ in console.history()), "no held message shown")
     held = [text for classes, text in console.history() if "held" in classes.split()]
@@ -141,7 +132,7 @@ def test_an_operator_takes_over_replies_and_hands_back(server, engine, browser, 
     console.wait(lambda: console.history()[-1] == ("assistant by-human", "Hello, Ana here. How can I help?"),
                  "the operator's reply is not in the history")
     # The chat page, still open, picks the reply up by itself.
-    chat.wait(lambda: shown(chat)[-1] == ("assistant", "A person", "Hello, Ana here. How can I help?"),
+    chat.wait(lambda: chat.log()[-1] == ("assistant", "A person", "Hello, Ana here. How can I help?"),
               "the chat page never showed the operator's reply")
 
     before = console.refreshed()
@@ -153,8 +144,8 @@ def test_an_operator_takes_over_replies_and_hands_back(server, engine, browser, 
     console.find("#release").click()
     console.wait(lambda: console.text("#detail-lock").startswith("No agent holds"), "the release is not shown")
     chat.type("hi")
-    chat.wait(lambda: shown(chat)[-1][:2] == ("assistant", "manager") and chat.idle(), "the bot did not answer")
-    assert shown(chat)[-1][2].startswith("Hi! I can book an appointment")
+    chat.wait(lambda: chat.log()[-1][:2] == ("assistant", "manager") and chat.idle(), "the bot did not answer")
+    assert chat.log()[-1][2].startswith("Hi! I can book an appointment")
     events = scalar(engine, "SELECT string_agg(event, ',' ORDER BY id) FROM conversation_audit WHERE device_id = %(d)s",
                     d=device)
     assert events == "takeover,release"
