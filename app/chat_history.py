@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 
 from app import validation
 from app.admin import ERASE, HISTORY, KEY
-from app.core.db import store_errors
+from app.core.db import run
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +74,7 @@ class ChatHistory:
         self.engine = engine
 
     def _rows(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-        with store_errors(), self.engine.begin() as conn:
-            return [dict(row) for row in conn.exec_driver_sql(sql, params).mappings()]
+        return run(self.engine, sql, params, rows="all")
 
     @staticmethod
     def _key(tenant: str, device: str) -> dict[str, Any]:

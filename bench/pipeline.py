@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from typing import Any
 
+import psycopg
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
@@ -88,20 +89,29 @@ def round_trips(b: Bench, messages: int, history: int) -> dict[str, Any]:
     settings = b.settings().model_copy(update={"agent_history_messages": history})
     engine = b.engine()
     pipeline = Pipeline(engine, load_registry(settings.agents), settings)
-    statements: list[float] = []  # perf_counter at each statement's start; its duration is added after
+    statements: list[float] = []  # perf_counter at each statement's start
     db_seconds = [0.0]
 
-    def before(conn, cursor, statement, parameters, context, executemany):
-        statements.append(time.perf_counter())
+    class Timed(psycopg.Cursor):
+        def execute(self, query, params=None, **kwargs):  # noqa: ANN001, ANN201
+            statements.append(time.perf_counter())
+            try:
+                return super().execute(query, params, **kwargs)
+            finally:
+                db_seconds[0] += time.perf_counter() - statements[-1]
 
-    def after(conn, cursor, statement, parameters, context, executemany):
-        db_seconds[0] += time.perf_counter() - statements[-1]
+    def before(dbapi_conn, record, proxy):  # noqa: ANN001, ANN202 - a checkout: time its statements
+        dbapi_conn.cursor_factory = Timed
+
+    def after(dbapi_conn, record):  # noqa: ANN001, ANN202 - a checkin
+        if dbapi_conn is not None:
+            dbapi_conn.cursor_factory = psycopg.Cursor
 
     conversations = web_devices(max(1, messages // len(SCRIPT)), "in-process")
     for text in SCRIPT:  # warm-up: connect, and let psycopg prepare the statements
         pipeline.handle(Inbound("default", web_devices(1, "warm-up")[0], text))
-    event.listen(engine, "before_cursor_execute", before)
-    event.listen(engine, "after_cursor_execute", after)
+    event.listen(engine, "checkout", before)
+    event.listen(engine, "checkin", after)
     per_message: list[int] = []
     wrong = 0
     started = time.perf_counter()
@@ -115,8 +125,8 @@ def round_trips(b: Bench, messages: int, history: int) -> dict[str, Any]:
             wrong += (result.status, result.agent, result.lock_agent) != ("answered", AGENT, EXPECTED_LOCK[step])
     finally:
         seconds = time.perf_counter() - started
-        event.remove(engine, "before_cursor_execute", before)
-        event.remove(engine, "after_cursor_execute", after)
+        event.remove(engine, "checkout", before)
+        event.remove(engine, "checkin", after)
         engine.dispose()
     return {
         "messages": messages, "statements": sum(per_message),

@@ -27,9 +27,9 @@ from app.errors import ConfigurationError, StoreError, StoreUnavailable
 logger = logging.getLogger(__name__)
 
 
-# Engines made here in autocommit mode carry this execution option: their
-# one-statement operations may take the direct path in `run` below.
-AUTOCOMMIT_STATEMENTS = "agent_sessions_autocommit"
+# Engines whose statement timeout is set per transaction (poolers that refuse
+# startup options) carry it in this execution option, for `run` below.
+LOCAL_TIMEOUT_MS = "agent_sessions_local_timeout_ms"
 
 
 def make_engine(settings: Settings, *, serverless: bool = False, url: str | None = None) -> Engine:
@@ -73,13 +73,13 @@ def make_engine(settings: Settings, *, serverless: bool = False, url: str | None
     engine = sa.create_engine(
         url,
         connect_args=connect_args,
-        execution_options={AUTOCOMMIT_STATEMENTS: not local_timeout},
+        execution_options={LOCAL_TIMEOUT_MS: settings.db_statement_timeout_ms if local_timeout else 0},
         pool_pre_ping=settings.db_pre_ping,
         # Every lock operation is one statement: autocommit makes it one round trip
-        # (no BEGIN/COMMIT). SET LOCAL needs a transaction, so "local" mode keeps one.
-        isolation_level="READ COMMITTED" if local_timeout else "AUTOCOMMIT",
+        # (no BEGIN/COMMIT); `run` opens a transaction where SET LOCAL needs one.
+        isolation_level="AUTOCOMMIT",
         # An autocommit connection never holds a transaction to roll back on return.
-        pool_reset_on_return="rollback" if local_timeout else None,
+        pool_reset_on_return=None,
         **pool_args,
     )
     event.listen(engine, "connect", _utc_timestamps)
@@ -180,74 +180,66 @@ def store_errors() -> Iterator[None]:
 def run(engine: Engine, sql: str, params: dict[str, Any], *, rows: str = "first", read_only: bool = False) -> Any:
     """Run one statement; return its first row (a dict), its first value ("scalar") or all rows ("all").
 
-    On an autocommit engine from make_engine this checks a pooled connection out
-    and uses its psycopg cursor directly: SQLAlchemy's Connection layer would cost
-    more than the round trip itself. Engine-level before/after_cursor_execute
-    listeners still see every statement. Other engines take the ordinary path.
+    Every module's one-statement operations come here. The statement runs on a
+    pooled psycopg connection checked out with `Engine.raw_connection()`: on an
+    autocommit engine from make_engine that is one round trip, with no BEGIN or
+    COMMIT; with a per-transaction statement timeout (DB_POOLER=transaction) or on
+    an engine that is not autocommit, it runs in a psycopg transaction.
 
-    A connection found dead invalidates every pooled connection older than it (as
-    SQLAlchemy's own path does): they went through the same outage or middlebox. A
+    A connection found dead disposes of the engine's pool, so every connection made
+    before it is replaced too: they went through the same outage or middlebox. A
     read_only statement that failed that way runs once more on a fresh connection;
     a write never does, since it may have been applied before the connection broke.
     Raises StoreUnavailable (down, gone, too slow) or StoreError (refused).
     """
     try:
         return _run_once(engine, sql, params, rows)
-    except StoreUnavailable as err:
-        if not (read_only and isinstance(err, _Disconnected)):
+    except _Disconnected as err:
+        if not read_only:
             raise
         logger.info("retrying a read on a fresh connection after a disconnect: %s", err)
         return _run_once(engine, sql, params, rows)
 
 
 class _Disconnected(StoreUnavailable):
-    """A pooled connection turned out dead mid-statement (the pool was invalidated)."""
+    """A pooled connection turned out dead mid-statement (the pool was disposed of)."""
 
 
 def _run_once(engine: Engine, sql: str, params: dict[str, Any], rows: str) -> Any:
-    if not engine.get_execution_options().get(AUTOCOMMIT_STATEMENTS):
-        try:
-            with store_errors(), engine.begin() as conn:
-                result = conn.exec_driver_sql(sql, params)
-                if not result.returns_rows:
-                    return [] if rows == "all" else None
-                if rows == "scalar":
-                    return result.scalar()
-                mapped = result.mappings()
-                return [dict(r) for r in mapped] if rows == "all" else (dict(r) if (r := mapped.first()) else None)
-        except StoreUnavailable as err:
-            cause = err.__cause__
-            if isinstance(cause, exc.DBAPIError) and cause.connection_invalidated:
-                raise _Disconnected(str(err)) from cause
-            raise
     with store_errors():
-        fairy = engine.raw_connection()
-    cursor = None
+        pooled = engine.raw_connection()
+    conn = pooled.driver_connection
     try:
-        cursor = fairy.cursor(row_factory=tuple_row if rows == "scalar" else dict_row)
-        dispatch = engine.dispatch
-        if dispatch.before_cursor_execute:
-            dispatch.before_cursor_execute(None, cursor, sql, params, None, False)
+        local_timeout = engine.get_execution_options().get(LOCAL_TIMEOUT_MS)
+        if conn.autocommit and not local_timeout:
+            return _execute(conn, sql, params, rows)
+        with conn.transaction():
+            if local_timeout:
+                conn.execute(f"SET LOCAL statement_timeout = {int(local_timeout)}")
+            return _execute(conn, sql, params, rows)
+    except psycopg.Error as err:
+        if conn.broken or engine.dialect.is_disconnect(err, conn, None):
+            pooled.invalidate(err)
+            # What SQLAlchemy's Connection does on a disconnect: connections older than this
+            # one are not trusted either. dispose() swaps in a fresh pool; checked-out
+            # connections finish their work and are closed on return.
+            engine.dispose(close=False)
+            raise _Disconnected(_describe(err)) from err
+        if isinstance(err, psycopg.OperationalError | psycopg.InterfaceError):
+            pooled.invalidate(err)  # a fresh connection next time
+            raise StoreUnavailable(_describe(err)) from err
+        raise StoreError(_describe(err)) from err
+    finally:
+        pooled.close()
+
+
+def _execute(conn: psycopg.Connection, sql: str, params: dict[str, Any], rows: str) -> Any:
+    with conn.cursor(row_factory=tuple_row if rows == "scalar" else dict_row) as cursor:
         cursor.execute(sql, params)
-        if dispatch.after_cursor_execute:
-            dispatch.after_cursor_execute(None, cursor, sql, params, None, False)
         if rows == "all":
             return cursor.fetchall() if cursor.description else []
         row = cursor.fetchone() if cursor.description else None
         return row[0] if rows == "scalar" and row is not None else row
-    except psycopg.Error as err:
-        dbapi_conn = fairy.dbapi_connection
-        if engine.dialect.is_disconnect(err, dbapi_conn, cursor) or (dbapi_conn is not None and dbapi_conn.broken):
-            # The pool's own disconnect handling: stamp an invalidation time, so every
-            # connection made before it is replaced at its next checkout.
-            engine.pool._invalidate(fairy, err)  # noqa: SLF001 - what Connection does on is_disconnect
-            raise _Disconnected(_describe(err)) from err
-        if isinstance(err, psycopg.OperationalError | psycopg.InterfaceError):
-            fairy.invalidate(err)  # a fresh connection next time
-            raise StoreUnavailable(_describe(err)) from err
-        raise StoreError(_describe(err)) from err
-    finally:
-        fairy.close()
 
 
 def run_batches(engine: Engine, sql: str, params: dict, *, batch_size: int, deadline: float | None) -> int:

@@ -1,26 +1,43 @@
-"""Count the SQL statements an engine sends, with SQLAlchemy's cursor events."""
+"""Count the SQL statements an engine's connections send, with psycopg's own cursor class hook."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
 
+import psycopg
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 
 @contextlib.contextmanager
 def count_statements(engine: Engine) -> Iterator[list[str]]:
+    """Record each statement executed on a connection checked out of engine while open.
+
+    Each checkout gets a cursor class (psycopg's Connection.cursor_factory) that notes
+    the statement before running it; the class is put back at checkin.
+    """
     statements: list[str] = []
 
-    def before(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
-        statements.append(statement)
+    class Counting(psycopg.Cursor):
+        def execute(self, query, params=None, **kwargs):  # noqa: ANN001, ANN201
+            statements.append(query if isinstance(query, str) else query.as_string(self))
+            return super().execute(query, params, **kwargs)
 
-    event.listen(engine, "before_cursor_execute", before)
+    def checkout(dbapi_conn, record, proxy) -> None:  # noqa: ANN001
+        dbapi_conn.cursor_factory = Counting
+
+    def checkin(dbapi_conn, record) -> None:  # noqa: ANN001
+        if dbapi_conn is not None:
+            dbapi_conn.cursor_factory = psycopg.Cursor
+
+    event.listen(engine, "checkout", checkout)
+    event.listen(engine, "checkin", checkin)
     try:
         yield statements
     finally:
-        event.remove(engine, "before_cursor_execute", before)
+        event.remove(engine, "checkout", checkout)
+        event.remove(engine, "checkin", checkin)
 
 
 def work(statements: list[str]) -> list[str]:
