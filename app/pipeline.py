@@ -50,6 +50,7 @@ class Inbound:
     text: str
     external_id: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    sent_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,8 @@ class Pipeline:
         )
 
     def handle(
-        self, inbound: Inbound, *, wait: bool = True, on_reply: OnReply | None = None, stateless: bool = True
+        self, inbound: Inbound, *, wait: bool = True, on_reply: OnReply | None = None, stateless: bool = True,
+        on_working: OnWorking | None = None,
     ) -> Result:
         """Record and answer one message; with wait, block (bounded) until it is answered.
 
@@ -111,7 +113,8 @@ class Pipeline:
                 return _answered(claim.duplicate, claim.duplicate_of, duplicate=True)
             message_id = claim.message_id or claim.duplicate_of
             if claim.lease is not None:
-                drained = self._drain(tenant, device, claim.lease, on_reply, db_ms=claim_ms, started=started)
+                drained = self._drain(tenant, device, claim.lease, on_reply, db_ms=claim_ms, started=started,
+                                      on_working=on_working)
                 answer = drained.get(message_id)
                 if answer is not None:
                     return _answered(answer, message_id, duplicate=claim.message_id is None)
@@ -157,6 +160,7 @@ class Pipeline:
         *,
         db_ms: int = 0,
         started: float | None = None,
+        on_working: OnWorking | None = None,
     ) -> dict[int, Answer]:
         """Handle pending messages in order while holding the lease; the last finish frees it."""
         answers: dict[int, Answer] = {}
@@ -164,6 +168,8 @@ class Pipeline:
         lock, context = lease.lock, lease.context
         while current is not None:
             started = started or time.perf_counter()
+            if on_working is not None:
+                on_working(current)
             outcome = self.decide(current.text, tenant, device, context, lock)
             finish_started = time.perf_counter()
             try:

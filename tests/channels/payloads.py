@@ -108,7 +108,7 @@ def whatsapp_settings(database_url: str, graph_url: str, **overrides):
         "whatsapp_verify_token": VERIFY_TOKEN,
         "whatsapp_app_secret": SECRET,
         "whatsapp_access_token": ACCESS_TOKEN,
-        "whatsapp_api_base_url": f"{graph_url}/v21.0",
+        "whatsapp_api_base_url": graph_url,
         "whatsapp_timeout_seconds": 2,
     }
     return make_settings(database_url, **(values | overrides))
