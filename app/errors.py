@@ -67,3 +67,9 @@ class LeaseLost(SessionError):
     """A worker's lease on a device expired or was taken over; its write was refused."""
 
     code = "lease_lost"
+
+
+class IdempotencyKeyReused(InvalidInput):
+    """An Idempotency-Key came again with a different request; nothing was stored."""
+
+    code = "idempotency_key_reused"

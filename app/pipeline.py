@@ -1,16 +1,20 @@
 """The message pipeline: route each message to the agent that owns the conversation.
 
 Exactly once and in order per device: a message is recorded and the device's
-lease taken in one statement, agents run with no transaction open, and the
-result is written in one fenced statement. A message that finds the lease taken
-waits for the holder, who drains the device's pending messages in order.
+lease taken in one statement, agents run with no transaction open while the
+worker renews the lease every LEASE_SECONDS / 3, and the result is written in one
+fenced statement. A message that finds the lease taken waits for the holder, who
+answers the device's pending messages in id order (one at a time, or merged into
+one turn with BURST_MODE=merge).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -23,12 +27,13 @@ from app.context import ContextPatch, normalized
 from app.core.config import Settings
 from app.core.logging import device_hash
 from app.errors import LeaseLost, StoreUnavailable
-from app.ledger import Answer, Lease, Ledger, Outcome, Pending
+from app.ledger import Answer, Lease, Ledger, Outcome, Pending, Turn
 
 logger = logging.getLogger(__name__)
 
 MAX_HANDOFFS = 3
 FAILURE_REPLY = "Sorry, something went wrong on our side. Please try again."
+TEXT_ONLY_REPLY = "Sorry, I can only read text messages for now. Could you type your message?"
 
 OnReply = Callable[[Pending, Answer], None]
 # Called when a turn starts on a message and again at each lease renewal while the
@@ -42,7 +47,8 @@ class Inbound:
 
     metadata keys the pipeline reads: "channel" ("web", "whatsapp"), "choice_id" (a
     tapped choice) and "attachments" (a list of {"type", "id", ...} dicts); the rest
-    is stored with the message and handed to the channel with the reply.
+    is stored with the message and handed to the channel with the reply. sent_at is
+    the channel's own timestamp of the message, when it has one.
     """
 
     tenant_id: str
@@ -74,7 +80,8 @@ class Result:
 
 def _answered(answer: Answer, message_id: int | None, *, duplicate: bool = False) -> Result:
     return Result(
-        "answered", answer.reply, answer.agent, answer.lock_agent, answer.lock_expires_at, message_id, duplicate
+        "answered", answer.reply, answer.agent, answer.lock_agent, answer.lock_expires_at, message_id, duplicate,
+        answer.merged, answer.choices,
     )
 
 
@@ -89,6 +96,8 @@ class Pipeline:
             lease_seconds=settings.lease_seconds,
             default_ttl=settings.default_session_ttl,
             context_cap=settings.context_list_cap,
+            history=settings.agent_history_messages,
+            batch=settings.burst_max_messages if settings.burst_mode == "merge" else 1,
         )
 
     def handle(
@@ -99,6 +108,7 @@ class Pipeline:
 
         When the store is unreachable the manager answers statelessly, or with
         stateless=False StoreUnavailable propagates (a webhook asks for redelivery).
+        Raises IdempotencyKeyReused when the external id is known with another text.
         """
         tenant = validation.tenant_id(inbound.tenant_id)
         device = validation.device_id(inbound.device_id)
@@ -106,28 +116,31 @@ class Pipeline:
         started = time.perf_counter()
         try:
             claim = self.ledger.claim(
-                tenant, device, inbound.text, external_id=inbound.external_id, metadata=inbound.metadata
+                tenant, device, inbound.text, external_id=inbound.external_id, metadata=inbound.metadata,
+                sent_at=inbound.sent_at,
             )
             claim_ms = _ms(started)
             if claim.duplicate is not None:
                 return _answered(claim.duplicate, claim.duplicate_of, duplicate=True)
             message_id = claim.message_id or claim.duplicate_of
             if claim.lease is not None:
-                drained = self._drain(tenant, device, claim.lease, on_reply, db_ms=claim_ms, started=started,
-                                      on_working=on_working)
+                drained = self._drain(claim.lease, on_reply, on_working, db_ms=claim_ms, started=started)
                 answer = drained.get(message_id)
                 if answer is not None:
                     return _answered(answer, message_id, duplicate=claim.message_id is None)
             if not wait or message_id is None:
                 return Result("queued", message_id=message_id, duplicate=claim.message_id is None)
-            return self._wait(tenant, device, message_id, on_reply, duplicate=claim.message_id is None)
+            return self._wait(tenant, device, message_id, on_reply, on_working, duplicate=claim.message_id is None)
         except StoreUnavailable as err:
             if not stateless:
                 raise
             logger.warning("session store unavailable, answering statelessly: %s", err)
             return self.stateless(inbound)
 
-    def _wait(self, tenant: str, device: str, message_id: int, on_reply: OnReply | None, *, duplicate: bool) -> Result:
+    def _wait(
+        self, tenant: str, device: str, message_id: int, on_reply: OnReply | None, on_working: OnWorking | None,
+        *, duplicate: bool,
+    ) -> Result:
         deadline = time.monotonic() + self.settings.chat_wait_seconds
         delay = 0.01
         while time.monotonic() < deadline:
@@ -136,16 +149,18 @@ class Pipeline:
             poll = self.ledger.poll(tenant, device, message_id)
             answer = poll.answer
             if poll.lease is not None:  # a lease we won must be drained (and so freed) before we leave
-                answer = self._drain(tenant, device, poll.lease, on_reply).get(message_id) or answer
+                answer = self._drain(poll.lease, on_reply, on_working).get(message_id) or answer
             if answer is not None:
                 return _answered(answer, message_id, duplicate=duplicate)
         logger.info("message %s still queued after %ss", message_id, self.settings.chat_wait_seconds)
         return Result("queued", message_id=message_id, duplicate=duplicate)
 
-    def drain(self, tenant: str, device: str, on_reply: OnReply | None = None) -> int:
+    def drain(
+        self, tenant: str, device: str, on_reply: OnReply | None = None, on_working: OnWorking | None = None
+    ) -> int:
         """Handle a device's pending messages if its lease is free (crash recovery); returns how many."""
-        poll = self.ledger.poll(tenant, device, message_id=0)
-        return 0 if poll.lease is None else len(self._drain(tenant, device, poll.lease, on_reply))
+        lease = self.ledger.take_free_lease(tenant, device)
+        return 0 if lease is None else len(self._drain(lease, on_reply, on_working))
 
     def recover(self, on_reply: OnReply | None = None, *, limit: int = 100) -> int:
         """Handle messages a crashed worker left pending once their lease expired; returns how many."""
@@ -153,78 +168,139 @@ class Pipeline:
 
     def _drain(
         self,
-        tenant: str,
-        device: str,
         lease: Lease,
         on_reply: OnReply | None,
+        on_working: OnWorking | None = None,
         *,
         db_ms: int = 0,
         started: float | None = None,
-        on_working: OnWorking | None = None,
     ) -> dict[int, Answer]:
-        """Handle pending messages in order while holding the lease; the last finish frees it."""
+        """Handle pending turns in order while holding the lease; the last finish frees it."""
         answers: dict[int, Answer] = {}
-        current = lease.first or self.ledger.next_pending(tenant, device, lease.epoch)
+        turn = lease.first or self.ledger.next_turn(lease)
         lock, context = lease.lock, lease.context
-        while current is not None:
+        while turn is not None:
             started = started or time.perf_counter()
-            if on_working is not None:
-                on_working(current)
-            outcome = self.decide(current.text, tenant, device, context, lock)
+            outcome = self._run_turn(lease, turn, lock, context, on_working)
+            if outcome is None:
+                break
             finish_started = time.perf_counter()
             try:
-                finished = self.ledger.finish(
-                    tenant, device, lease.epoch, current, outcome, db_ms=db_ms, total_ms=_ms(started)
-                )
+                finished = self.ledger.finish(lease, turn, outcome, db_ms=db_ms, total_ms=_ms(started))
             except LeaseLost:
-                logger.warning("lease lost on message %s; the new holder will handle it", current.id)
+                logger.warning("lease lost on message %s; the new holder will handle it", turn.last.id)
                 break
-            answers[current.id] = finished.answer
+            for message in turn.messages:
+                answers[message.id] = finished.answer
             logger.info(
                 "message handled",
                 extra={
-                    "device": device_hash(self.settings, device), "tenant": tenant, "agent": outcome.agent,
-                    "event": outcome.event, "outcome": outcome.status, "db_ms": db_ms,
-                    "agent_ms": outcome.elapsed_ms, "total_ms": _ms(started),
+                    "device": device_hash(self.settings, lease.device), "tenant": lease.tenant,
+                    "agent": outcome.agent, "event": outcome.event, "outcome": outcome.status, "db_ms": db_ms,
+                    "agent_ms": outcome.elapsed_ms, "total_ms": _ms(started), "messages": len(turn.messages),
+                    "attempt": turn.attempt,
                 },
             )
             if on_reply is not None:
                 try:
-                    on_reply(current, finished.answer)
+                    on_reply(turn.last, finished.answer)
                 except Exception:  # noqa: BLE001 - delivery problems are the channel's to record
-                    logger.exception("delivering the reply to message %s failed", current.id)
-            lock, context, current = finished.answer.lock_agent, finished.context, finished.next
+                    logger.exception("delivering the reply to message %s failed", turn.last.id)
+            lock, context = finished.answer.lock_agent, finished.context
+            turn = finished.next or (self.ledger.next_turn(lease) if finished.kept else None)
             db_ms, started = _ms(finish_started), None
         return answers
 
+    def _run_turn(
+        self, lease: Lease, turn: Turn, lock: str | None, context: dict[str, Any], on_working: OnWorking | None
+    ) -> Outcome | None:
+        """Run a turn's agents in a thread, renewing the lease meanwhile; None when the lease was lost.
+
+        Past AGENT_TIMEOUT_SECONDS the turn fails for good and whatever the agent
+        returns later is dropped; after AGENT_MAX_ATTEMPTS started turns a message
+        is failed without running it again.
+        """
+        if turn.attempt > self.settings.agent_max_attempts:
+            logger.error("message %s failed: %s attempts started, none finished", turn.last.id, turn.attempt - 1)
+            return _failed(lock, f"gave up after {turn.attempt - 1} attempts", 0)
+        started = time.perf_counter()
+        result: Future[Outcome] = Future()
+
+        def work() -> None:
+            try:
+                result.set_result(self.decide(turn, lease.tenant, lease.device, context, lock))
+            except BaseException as err:  # noqa: BLE001 - handed to the waiting worker
+                result.set_exception(err)
+
+        self._working(on_working, turn)
+        threading.Thread(target=work, name=f"agent-turn-{turn.last.id}", daemon=True).start()
+        timeout = self.settings.agent_timeout_seconds
+        interval = max(self.settings.lease_seconds / 3, 0.05)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return result.result(timeout=max(0.0, min(interval, deadline - time.monotonic())))
+            except TimeoutError:
+                pass
+            if time.monotonic() >= deadline:
+                logger.error("agent turn on message %s timed out after %ss", turn.last.id, timeout)
+                return _failed(lock, f"AgentTimeout: no answer within {timeout:g} s", _ms(started))
+            try:
+                if not self.ledger.renew(lease):
+                    logger.warning("lease lost during the turn on message %s; its result will be dropped",
+                                   turn.last.id)
+                    return None
+            except StoreUnavailable as err:  # the fenced finish still refuses a lapsed lease
+                logger.warning("lease renewal failed, the turn goes on: %s", err)
+                continue
+            self._working(on_working, turn)
+
+    @staticmethod
+    def _working(on_working: OnWorking | None, turn: Turn) -> None:
+        if on_working is None:
+            return
+        try:
+            on_working(turn.last)
+        except Exception:  # noqa: BLE001 - a typing indicator never fails a turn
+            logger.warning("the working hook failed on message %s", turn.last.id, exc_info=True)
+
     def decide(
-        self, text: str, tenant: str, device: str, context: dict[str, Any], lock: str | None
+        self, turn: Turn | str, tenant: str, device: str, context: dict[str, Any], lock: str | None
     ) -> Outcome:
         """Run the lock holder (or the manager) and any agents it hands off to; no database work."""
+        if isinstance(turn, str):
+            turn = Turn((Pending(0, turn, {}),))
         started = time.perf_counter()
         agent_before = lock
         if lock is not None and lock not in self.registry:
             logger.warning("lock names unknown agent %s; the manager takes over and the lock is released", lock)
             lock = None
         key, patch, replies, tools, ttl = lock or MANAGER, ContextPatch(), [], [], None
-        view = normalized(context)
+        choices, template, metadata = (), None, {}
+        message = _agent_input(turn, tenant, device, normalized(context), lock)
         for _ in range(MAX_HANDOFFS + 1):
+            agent = self.registry[key]
+            if message.attachments and not getattr(agent, "accepts_attachments", False):
+                replies.append(TEXT_ONLY_REPLY)
+                break
             try:
-                answer = self.registry[key].handle(AgentInput(text, tenant, device, view, lock))
+                answer = agent.handle(message)
                 if not isinstance(answer, AgentReply):
                     raise TypeError(f"agent {key} returned {type(answer).__name__}, not AgentReply")
                 patch = patch.then(ContextPatch.parse(answer.context))
             except Exception as err:  # noqa: BLE001 - an agent's failure must not fail the request
-                logger.exception("agent %s failed", key)
-                return Outcome(
-                    FAILURE_REPLY, key, agent_before, agent_before, None, {}, tools,
-                    _ms(started), status="failed", error=f"{type(err).__name__}: {err}"[:500],
-                )
+                logger.error("agent %s failed: %s", key, type(err).__name__)  # the text may hold personal data
+                return _failed(agent_before, f"{type(err).__name__}: {err}", _ms(started), agent=key, tools=tools)
             replies.append(answer.reply)
             tools.extend(answer.tools_used)
+            choices = tuple({"id": c.id, "title": c.title} for c in answer.choices[:10])
+            template, metadata = answer.template, {**metadata, **answer.metadata}
             action = answer.lock
             if isinstance(action, Handoff) and action.to in self.registry and action.to != key:
                 lock, key, ttl = action.to, action.to, validation.ttl(action.ttl)
+                if action.answered:  # the reply is already the receiving agent's
+                    break
+                message = _agent_input(turn, tenant, device, message.context, lock)
                 continue
             if isinstance(action, Handoff):
                 logger.error("agent %s handed off to unknown agent %s; lock unchanged", key, action.to)
@@ -232,19 +308,43 @@ class Pipeline:
                 lock = None
             break
         reply = " ".join(part for part in replies if part) or "…"
-        return Outcome(reply, key, agent_before, lock, ttl, patch.as_json(), tools, _ms(started))
+        return Outcome(
+            reply, key, agent_before, lock, ttl, patch.as_json(), tools, _ms(started),
+            choices=choices, template=template, metadata=metadata,
+        )
 
     def stateless(self, inbound: Inbound) -> Result:
         """Answer without the store: the manager replies and nothing is kept."""
+        turn = Turn((Pending(0, inbound.text, inbound.metadata),))
         try:
             answer = self.registry[MANAGER].handle(
-                AgentInput(inbound.text, inbound.tenant_id, inbound.device_id, normalized({}), None)
+                _agent_input(turn, inbound.tenant_id, inbound.device_id, normalized({}), None)
             )
             reply = answer.reply
         except Exception:  # noqa: BLE001
             logger.exception("manager failed in stateless mode")
             reply = FAILURE_REPLY
         return Result("degraded", reply, MANAGER)
+
+
+def _agent_input(turn: Turn, tenant: str, device: str, context: dict[str, Any], lock: str | None) -> AgentInput:
+    last = turn.last.metadata
+    texts = tuple(message.text for message in turn.messages)
+    attachments = tuple(item for message in turn.messages for item in message.metadata.get("attachments") or ())
+    return AgentInput(
+        "\n".join(texts), tenant, device, context, lock, history=turn.history, attempt=turn.attempt,
+        messages=texts, choice_id=last.get("choice_id"), attachments=attachments,
+        channel=last.get("channel") or "web",
+    )
+
+
+def _failed(
+    lock: str | None, error: str, elapsed_ms: int, *, agent: str | None = None, tools: list[str] | None = None
+) -> Outcome:
+    return Outcome(
+        FAILURE_REPLY, agent or lock or MANAGER, lock, lock, None, {}, tools or [], elapsed_ms, status="failed",
+        error=error[:500],
+    )
 
 
 def _ms(started: float) -> int:

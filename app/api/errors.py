@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException
 
 from app.errors import (
     ConfigurationError,
+    IdempotencyKeyReused,
     InvalidInput,
     LeaseLost,
     SessionError,
@@ -21,6 +22,7 @@ from app.errors import (
 logger = logging.getLogger(__name__)
 
 STATUS = [
+    (IdempotencyKeyReused, 422),
     (InvalidInput, 400),
     (StoreUnavailable, 503),
     (LeaseLost, 409),

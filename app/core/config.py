@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     chat_wait_seconds: float = Field(20.0, ge=0, le=300)
     context_list_cap: int = Field(20, ge=1, le=1000)
     agents: str = "app.agents.demo:registry"
+    # Agent turns (README, "The agent contract").
+    agent_history_messages: int = Field(20, ge=0, le=500)  # earlier messages an agent sees; 0: none
+    agent_timeout_seconds: float = Field(60.0, gt=0, le=900)  # a turn's bound; past it the failure reply
+    agent_max_attempts: int = Field(2, ge=1, le=10)  # turns started on one message (a crashed holder's retried)
+    burst_mode: Literal["each", "merge"] = "each"  # merge: one turn answers a device's waiting messages
+    burst_max_messages: int = Field(10, ge=2, le=100)  # at most this many messages merged into one turn
 
     # Cleanup.
     cleanup_batch_size: int = Field(5000, ge=1, le=100_000)

@@ -199,12 +199,12 @@ class TestLease:
         fresh = ledger.poll("default", DEVICE, stale.message_id)
         assert fresh.lease is not None and fresh.lease.epoch == stale.lease.epoch + 1
         with pytest.raises(LeaseLost):
-            ledger.finish("default", DEVICE, stale.lease.epoch, stale.lease.first, self.outcome())
+            ledger.finish(stale.lease, stale.lease.first, self.outcome())
         assert [r.status for r in messages(engine)] == ["pending"]
         assert fresh.lease.first is None  # a poll re-reads what is pending once it holds the lease
-        first = ledger.next_pending("default", DEVICE, fresh.lease.epoch)
-        assert first.text == "first"
-        finished = ledger.finish("default", DEVICE, fresh.lease.epoch, first, self.outcome("fresh"))
+        first = ledger.next_turn(fresh.lease)
+        assert [m.text for m in first.messages] == ["first"] and first.attempt == 2  # the stale worker started it
+        finished = ledger.finish(fresh.lease, first, self.outcome("fresh"))
         assert finished.answer.reply == "fresh"
         assert [(r.role, r.content) for r in messages(engine)] == [("user", "first"), ("assistant", "fresh")]
 
@@ -214,7 +214,7 @@ class TestLease:
         with engine.begin() as conn:
             conn.exec_driver_sql("UPDATE conversation_states SET lease_expires_at = now() - interval '1 second'")
         with pytest.raises(LeaseLost):
-            ledger.finish("default", DEVICE, claim.lease.epoch, claim.lease.first, self.outcome())
+            ledger.finish(claim.lease, claim.lease.first, self.outcome())
 
     def test_crashed_worker_message_is_handled_once_by_next_message(self, engine, database_url):
         registry = routing_registry()

@@ -40,8 +40,8 @@ def test_a_message_answered_by_the_previous_holder_is_not_answered_again(databas
     pipeline = Pipeline(engine, registry, make_settings(database_url))
     ledger = pipeline.ledger
     first = ledger.claim("default", DEVICE, "first say", external_id=None, metadata={})
-    assert first.lease is not None and first.lease.first.id == first.message_id
-    outcome = pipeline.decide("first say", "default", DEVICE, first.lease.context, first.lease.lock)
+    assert first.lease is not None and first.lease.first.last.id == first.message_id
+    outcome = pipeline.decide(first.lease.first, "default", DEVICE, first.lease.context, first.lease.lock)
 
     # Hold the first message's row so the holder's finish stops half-way: it has updated (and
     # locked) the device's row and waits to mark the message done, uncommitted.
@@ -61,7 +61,7 @@ def test_a_message_answered_by_the_previous_holder_is_not_answered_again(databas
         conn.exec_driver_sql(
             "SELECT 1 FROM conversation_messages WHERE id = %(id)s FOR UPDATE", {"id": first.message_id}
         )
-        finish = run(lambda: ledger.finish("default", DEVICE, first.lease.epoch, first.lease.first, outcome))
+        finish = run(lambda: ledger.finish(first.lease, first.lease.first, outcome))
         finish.start()
         assert waiting_on_locks(engine, 1), "the finish did not block on the held message row"
         # A second message arrives now: its snapshot still sees the first one pending.
@@ -102,15 +102,15 @@ def test_a_waiter_whose_message_is_answered_leaves_no_lease_behind(database_url,
     assert holder.lease is not None and waiter.lease is None and later.lease is None
     lease, current = holder.lease, holder.lease.first
     for _ in range(2):  # the holder answers the first and second messages, then stops
-        outcome = pipeline.decide(current.text, "default", DEVICE, lease.context, lease.lock)
-        current = ledger.finish("default", DEVICE, lease.epoch, current, outcome).next
-    assert current is not None and current.id == later.message_id
+        outcome = pipeline.decide(current, "default", DEVICE, lease.context, lease.lock)
+        current = ledger.finish(lease, current, outcome).next
+    assert current is not None and current.last.id == later.message_id
     deadline = time.monotonic() + 10
     while lease_is_live(engine, DEVICE) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not lease_is_live(engine, DEVICE)
 
-    result = pipeline._wait("default", DEVICE, waiter.message_id, None, duplicate=False)
+    result = pipeline._wait("default", DEVICE, waiter.message_id, None, None, duplicate=False)
 
     assert result.status == "answered" and "second say" in result.reply
     rows = stored_messages(engine)[DEVICE]

@@ -234,7 +234,7 @@ class _Batch:
         try:
             claim = self.pipeline.ledger.claim(
                 validation.tenant_id(inbound.tenant_id), validation.device_id(inbound.device_id), inbound.text,
-                external_id=inbound.external_id, metadata=inbound.metadata,
+                external_id=inbound.external_id, metadata=inbound.metadata, sent_at=inbound.sent_at,
             )
         except StoreUnavailable:
             raise  # 503: Meta delivers again once the store is back

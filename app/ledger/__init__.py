@@ -1,0 +1,313 @@
+"""The message ledger: claim, poll, renew and finish a device's turns, one round trip each.
+
+A worker claims a device's lease in a short statement, runs its agents with no
+transaction open (renewing the lease while they think), and writes everything back
+in one finish statement that is fenced by the lease epoch: a worker that outlived
+its lease cannot write. The statements and their guarantees: app/ledger/statements.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from app.agents import HistoryItem
+from app.core.db import run
+from app.errors import IdempotencyKeyReused, LeaseLost
+from app.ledger import statements as sql
+from app.sessions import new_session_id
+
+# A holder that keeps finding a claim racing its "is anything left?" read stops
+# asking after this many reads; the lease then lapses and a waiter takes it.
+NEXT_READS = 20
+
+
+@dataclass(frozen=True)
+class Pending:
+    """An inbound message waiting to be handled; attempts counts the turns started on it."""
+
+    id: int
+    text: str
+    metadata: dict[str, Any]
+    attempts: int = 1
+    session_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Turn:
+    """The messages one agent turn answers (several in BURST_MODE=merge) and the history before them."""
+
+    messages: tuple[Pending, ...]
+    history: tuple[HistoryItem, ...] = ()
+
+    @property
+    def last(self) -> Pending:
+        return self.messages[-1]
+
+    @property
+    def attempt(self) -> int:
+        return max(message.attempts for message in self.messages)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A device claimed by this worker: the fencing epoch and the session it saw."""
+
+    tenant: str
+    device: str
+    epoch: int
+    lock: str | None
+    context: dict[str, Any]
+    first: Turn | None  # None: read the next turn afresh (Ledger.next_turn)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A stored reply, what it offers the person, and the device's lock as it stands after it."""
+
+    reply: str
+    agent: str | None
+    lock_agent: str | None
+    lock_expires_at: datetime | None
+    reply_id: int | None = None
+    choices: tuple[dict[str, str], ...] = ()
+    template: dict[str, Any] | None = None
+    merged: bool = False
+
+
+@dataclass(frozen=True)
+class Claim:
+    message_id: int | None  # None: a duplicate external id
+    lease: Lease | None  # set when this worker now holds the device
+    duplicate: Answer | None  # the first reply, for a duplicate that was already answered
+    duplicate_of: int | None = None
+
+
+@dataclass(frozen=True)
+class Poll:
+    answer: Answer | None
+    lease: Lease | None
+
+
+@dataclass(frozen=True)
+class Finished:
+    answer: Answer
+    context: dict[str, Any]
+    next: Turn | None  # the next turn, started under the same lease
+    kept: bool  # the lease is still ours (with next None: read the next turn afresh)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the agents decided for one turn, ready to be written."""
+
+    reply: str
+    agent: str
+    agent_before: str | None
+    agent_after: str | None
+    ttl: int | None
+    patch: dict[str, Any]
+    tools_used: list[str]
+    elapsed_ms: int
+    status: str = "done"
+    error: str | None = None
+    choices: tuple[dict[str, str], ...] = ()
+    template: dict[str, Any] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def event(self) -> str | None:
+        """The audit event this outcome makes of the lock."""
+        before, after = self.agent_before, self.agent_after
+        if before == after:
+            return "refresh" if after else None
+        if before is None:
+            return "set"
+        return "release" if after is None else "handoff"
+
+
+def request_hash(text: str, metadata: dict[str, Any]) -> str:
+    """SHA-256 (hex) of what a request asks: its text and the choice it taps."""
+    return hashlib.sha256(json.dumps([text, metadata.get("choice_id")]).encode()).hexdigest()
+
+
+def _history(value: Any) -> tuple[HistoryItem, ...]:
+    items = json.loads(value) if isinstance(value, str) else value or ()
+    return tuple(
+        HistoryItem(item["role"], item["content"], item["agent"], datetime.fromisoformat(item["created_at"]))
+        for item in items
+    )
+
+
+def _turn(batch: Any, history: Any) -> Turn | None:
+    if not batch:
+        return None
+    messages = tuple(
+        Pending(item["id"], item["content"], item["metadata"] or {}, item["attempts"], item["session_id"])
+        for item in batch
+    )
+    return Turn(messages, _history(history))
+
+
+def _answer(row: dict[str, Any], prefix: str) -> Answer:
+    metadata = row[f"{prefix}_metadata"] or {}
+    return Answer(
+        row[f"{prefix}_reply"],
+        row[f"{prefix}_agent"],
+        row[f"{prefix}_lock_agent"],
+        row[f"{prefix}_lock_expires_at"],
+        choices=tuple(metadata.get("choices") or ()),
+        template=metadata.get("template"),
+        merged=bool(metadata.get("merged")),
+    )
+
+
+class Ledger:
+    """SQL for the pipeline; every method is one round trip (next_turn: one, rarely a few)."""
+
+    def __init__(
+        self, engine: Engine, *, lease_seconds: int, default_ttl: int, context_cap: int, history: int = 20,
+        batch: int = 1,
+    ):
+        self.engine = engine
+        self.lease_seconds = lease_seconds
+        self.default_ttl = default_ttl
+        self.context_cap = context_cap
+        self.history = history
+        self.batch = batch
+
+    def _row(self, statement: str, params: dict[str, Any]) -> Any:
+        params |= {
+            "lease": self.lease_seconds, "default_ttl": self.default_ttl, "history": self.history,
+            "batch": self.batch,
+        }
+        return run(self.engine, statement, params)
+
+    def claim(
+        self, tenant: str, device: str, text: str, *, external_id: str | None, metadata: dict[str, Any],
+        sent_at: datetime | None = None,
+    ) -> Claim:
+        """Store a message and take the device's lease if it is free.
+
+        Raises IdempotencyKeyReused (nothing stored) when external_id is known with another request.
+        """
+        digest = request_hash(text, metadata)
+        row = self._row(
+            sql.CLAIM,
+            {
+                "token": uuid.uuid4().hex, "new_session": new_session_id(), "tenant": tenant, "device": device,
+                "content": text, "external_id": external_id, "metadata": json.dumps(metadata), "hash": digest,
+                "sent_at": sent_at,
+            },
+        )
+        if row["dup_id"] is not None and row["dup_hash"] not in (None, digest):
+            raise IdempotencyKeyReused("this idempotency key was used with another request; nothing was stored")
+        new_id = row["new_id"]
+        lease = None
+        if row["lease_epoch"] is not None:
+            first = None
+            if row["first"]:
+                pending = Pending(new_id, text, metadata, 1, row["first_session"])
+                first = Turn((pending,), _history(row["history"]))
+            lease = Lease(tenant, device, row["lease_epoch"], row["lock_agent"], row["context"], first)
+        duplicate = None
+        if new_id is None and row["dup_status"] in ("done", "failed"):
+            duplicate = _answer(row, "dup")
+        return Claim(new_id, lease, duplicate, row["dup_id"])
+
+    def poll(self, tenant: str, device: str, message_id: int) -> Poll:
+        """A waiter's look at its message; takes the lease when it came free with messages pending."""
+        row = self._row(sql.POLL, {"tenant": tenant, "device": device, "message_id": message_id})
+        answer = None
+        if row["status"] in ("done", "failed"):
+            answer = _answer(row, "mine")
+        lease = None
+        if row["lease_epoch"] is not None:
+            lease = Lease(tenant, device, row["lease_epoch"], row["lease_lock_agent"], row["context"], None)
+        return Poll(answer, lease)
+
+    def take_free_lease(self, tenant: str, device: str) -> Lease | None:
+        """Take the device's lease if it is free and messages are pending (crash recovery)."""
+        return self.poll(tenant, device, 0).lease
+
+    def next_turn(self, lease: Lease) -> Turn | None:
+        """The holder's next turn, its attempt counted; None frees the lease (or finds it lost)."""
+        for _ in range(NEXT_READS):
+            row = self._row(sql.NEXT, {"tenant": lease.tenant, "device": lease.device, "epoch": lease.epoch})
+            turn = _turn(row["batch"], row["history"])
+            if turn is not None or row["freed"] or not row["held"]:
+                return turn
+        return None
+
+    def renew(self, lease: Lease) -> bool:
+        """Slide the lease by lease_seconds; False when it is no longer ours."""
+        params = {"tenant": lease.tenant, "device": lease.device, "epoch": lease.epoch}
+        return self._row(sql.RENEW, params) is not None
+
+    def finish(self, lease: Lease, turn: Turn, outcome: Outcome, *, db_ms: int = 0, total_ms: int = 0) -> Finished:
+        """Write a turn's reply and effects and start the next turn; LeaseLost when the lease is gone."""
+        last = turn.last
+        metadata = {**outcome.metadata, **last.metadata}
+        if outcome.choices:
+            metadata["choices"] = list(outcome.choices)
+        if outcome.template is not None:
+            metadata["template"] = outcome.template
+        if len(turn.messages) > 1:
+            metadata["merged"] = [message.id for message in turn.messages]
+        row = self._row(
+            sql.FINISH,
+            {
+                "tenant": lease.tenant, "device": lease.device, "epoch": lease.epoch,
+                "ids": [message.id for message in turn.messages], "last_id": last.id,
+                "reply": outcome.reply, "agent": outcome.agent, "agent_before": outcome.agent_before,
+                "agent_after": outcome.agent_after, "ttl": outcome.ttl, "patch": json.dumps(outcome.patch),
+                "cap": self.context_cap, "tools": json.dumps(outcome.tools_used), "elapsed_ms": outcome.elapsed_ms,
+                "status": outcome.status, "has_error": outcome.error is not None, "error": outcome.error,
+                "metadata": json.dumps(metadata), "event": outcome.event, "db_ms": db_ms, "total_ms": total_ms,
+            },
+        )
+        if row is None:
+            raise LeaseLost(f"lease epoch {lease.epoch} on device is no longer held; reply discarded")
+        lock_expires = row["expires_at"] if row["active_agent"] else None
+        answer = Answer(
+            outcome.reply, outcome.agent, row["active_agent"], lock_expires, row["reply_id"], outcome.choices,
+            outcome.template, len(turn.messages) > 1,
+        )
+        following = _turn(row["next_batch"], row["history"])
+        if following is not None and self.history and following.messages[0].session_id == row["session_id"]:
+            # This statement's own reply is invisible to its snapshot: it joins the history here.
+            reply = HistoryItem("assistant", outcome.reply, outcome.agent, row["reply_created_at"])
+            following = Turn(following.messages, (*following.history, reply)[-self.history :])
+        return Finished(answer, row["context"], following, bool(row["kept"]))
+
+    def record_exchange(
+        self, tenant: str, device: str, content: str, reply: str, *, external_id: str, metadata: dict[str, Any]
+    ) -> tuple[int, int] | None:
+        """Store a message and its canned reply; (inbound id, reply id), or None for a known external id."""
+        params = {
+            "tenant": tenant, "device": device, "content": content, "reply": reply,
+            "external_id": external_id, "metadata": json.dumps(metadata),
+        }
+        row = run(self.engine, sql.RECORD_EXCHANGE, params)
+        return None if row is None else (row["reply_to"], row["id"])
+
+    def record_delivery(self, reply_id: int, error: str | None) -> None:
+        """Note on an outbound message whether the channel accepted it."""
+        run(self.engine, sql.RECORD_DELIVERY, {"id": reply_id, "failed": error is not None, "error": error})
+
+    def stale_devices(self, limit: int) -> list[tuple[str, str]]:
+        """Devices with pending messages and no live lease: a crashed worker's leftovers."""
+        rows = run(self.engine, sql.STALE_DEVICES, {"limit": limit}, rows="all")
+        return [(row["tenant_id"], row["device_id"]) for row in rows]
+
+
+__all__: Sequence[str] = (
+    "Answer", "Claim", "Finished", "Lease", "Ledger", "Outcome", "Pending", "Poll", "Turn", "request_hash",
+)

@@ -1,0 +1,251 @@
+"""The ledger's SQL: the message ledger and the per-device lease, one statement per step.
+
+| statement     | what it does                                      | guarantee                                                        |
+|---------------|---------------------------------------------------|------------------------------------------------------------------|
+| CLAIM         | store a message, note activity, take a free lease | ids of one device are drawn under its row lock, so id order is   |
+|               |                                                   | commit order; a known idempotency key stores nothing             |
+| POLL          | a waiter's look: my reply, else a freed lease     | a lease left free with messages pending is taken by one waiter  |
+| NEXT          | the holder's next turn, read afresh               | frees the lease only when none is pending and no claim raced it  |
+| RENEW         | slide a live lease                                | fenced by the epoch; a lost lease is never extended              |
+| FINISH        | reply, lock change, context patch, audit, next    | fenced by the epoch: a worker that lost its lease writes nothing |
+| RECORD        | a message and a canned reply, no agents           | once per external id                                             |
+
+Every statement that changes a device's row adds 1 to its version. A claim or
+finish compares the version its snapshot saw with the row it locked: when they
+match, what the snapshot says about the device's messages is exact, and the next
+turn (with its history) comes back in the same round trip; when a concurrent
+claim slipped in between, the holder reads the next turn afresh (NEXT).
+"""
+
+from __future__ import annotations
+
+from app.sql import lease_free, live_agent, live_until, turn_history
+
+# A device's pending inbound messages, oldest first, at most %(batch)s.
+PENDING = """
+    SELECT id, content, metadata, attempts, session_id FROM conversation_messages
+    WHERE tenant_id = %(tenant)s AND device_id = %(device)s AND status = 'pending'
+"""
+
+
+def _batch_json(alias: str) -> str:
+    return (
+        f"(SELECT jsonb_agg(jsonb_build_object('id', {alias}.id, 'content', {alias}.content, "
+        f"'metadata', {alias}.metadata, 'attempts', {alias}.attempts, 'session_id', {alias}.session_id) "
+        f"ORDER BY {alias}.id) FROM {alias})"
+    )
+
+
+# The reply to an inbound message (the burst's, when it was merged) and the device's lock.
+MINE = f"""
+    SELECT m.id, m.status, m.request_hash, r.content AS reply, r.agent AS reply_agent, r.metadata AS reply_metadata,
+           {live_agent("st")} AS lock_agent, {live_until("st")} AS lock_expires_at
+    FROM conversation_messages m
+    LEFT JOIN conversation_messages r ON r.reply_to = COALESCE(m.merged_into, m.id) AND r.role = 'assistant'
+    LEFT JOIN conversation_states st ON st.tenant_id = m.tenant_id AND st.device_id = m.device_id
+"""
+
+ROTATE = "(s.session_id IS NULL OR s.last_activity_at <= now() - make_interval(secs => s.session_ttl))"
+FREE = lease_free("s")
+
+# Lock the device's row first (taking the lease if free, rotating a quiet session),
+# then draw the message's id: ids of one device are drawn in the order their claims
+# commit, so a later id can never be answered before an earlier one. A known
+# external id (an idempotency key, a channel's message id) stores nothing; it only
+# takes a freed lease when older messages wait.
+CLAIM = f"""
+WITH known AS (
+    SELECT id, request_hash FROM conversation_messages
+    WHERE tenant_id = %(tenant)s AND external_id = %(external_id)s::text
+), snap AS (
+    SELECT version FROM conversation_states WHERE tenant_id = %(tenant)s AND device_id = %(device)s
+), older AS ({PENDING} ORDER BY id LIMIT 1),
+lease AS (
+    INSERT INTO conversation_states AS s
+        (tenant_id, device_id, session_ttl, lease_epoch, lease_expires_at, lease_token,
+         session_id, session_started_at, last_activity_at)
+    SELECT %(tenant)s, %(device)s, %(default_ttl)s, 1, now() + make_interval(secs => %(lease)s), %(token)s,
+           %(new_session)s, now(), now()
+    WHERE NOT EXISTS (SELECT 1 FROM known)
+       OR (EXISTS (SELECT 1 FROM older)
+           AND NOT EXISTS (SELECT 1 FROM known WHERE request_hash IS DISTINCT FROM %(hash)s))
+    ON CONFLICT (tenant_id, device_id) DO UPDATE SET
+        lease_epoch = CASE WHEN {FREE} THEN s.lease_epoch + 1 ELSE s.lease_epoch END,
+        lease_expires_at = CASE WHEN {FREE} THEN EXCLUDED.lease_expires_at ELSE s.lease_expires_at END,
+        lease_token = CASE WHEN {FREE} THEN EXCLUDED.lease_token ELSE s.lease_token END,
+        session_id = CASE WHEN {ROTATE} THEN EXCLUDED.session_id ELSE s.session_id END,
+        session_started_at = CASE WHEN {ROTATE} THEN now() ELSE s.session_started_at END,
+        context = CASE WHEN {ROTATE}
+                       THEN jsonb_build_object('user_preferences', COALESCE(s.context -> 'user_preferences', '{{}}'))
+                       ELSE s.context END,
+        last_activity_at = CASE WHEN NOT EXISTS (SELECT 1 FROM known) THEN now() ELSE s.last_activity_at END,
+        version = s.version + 1,
+        updated_at = now()
+    RETURNING s.lease_token = %(token)s AS won, s.lease_epoch, {live_agent("s")} AS lock_agent, s.context,
+              s.session_id, s.version = COALESCE((SELECT version + 1 FROM snap), 0) AS exact
+), turn AS (
+    SELECT lease.won AND lease.exact AND NOT EXISTS (SELECT 1 FROM older) AS first FROM lease
+), new AS (
+    INSERT INTO conversation_messages
+        (tenant_id, device_id, role, content, external_id, status, metadata, session_id, request_hash, sent_at,
+         attempts)
+    SELECT %(tenant)s, %(device)s, 'user', %(content)s, %(external_id)s::text, 'pending', %(metadata)s::jsonb,
+           lease.session_id, %(hash)s, %(sent_at)s::timestamptz, CASE WHEN turn.first THEN 1 ELSE 0 END
+    FROM lease CROSS JOIN turn
+    WHERE NOT EXISTS (SELECT 1 FROM known)
+    ON CONFLICT (tenant_id, external_id) DO NOTHING
+    RETURNING id, session_id
+),
+dup AS ({MINE} WHERE m.id = (SELECT id FROM known))
+SELECT new.id AS new_id,
+       CASE WHEN lease.won THEN lease.lease_epoch END AS lease_epoch, lease.lock_agent, lease.context,
+       turn.first AND new.id IS NOT NULL AS first, new.session_id AS first_session,
+       CASE WHEN turn.first AND new.id IS NOT NULL
+            THEN {turn_history("new.id", "new.session_id")} END AS history,
+       dup.id AS dup_id, dup.status AS dup_status, dup.request_hash AS dup_hash, dup.reply AS dup_reply,
+       dup.reply_agent AS dup_agent, dup.reply_metadata AS dup_metadata,
+       dup.lock_agent AS dup_lock_agent, dup.lock_expires_at AS dup_lock_expires_at
+FROM (SELECT 1) one
+LEFT JOIN lease ON true LEFT JOIN turn ON true LEFT JOIN new ON true LEFT JOIN dup ON true
+"""
+
+# A waiter's poll: is my message answered yet, else take the lease if it came free.
+POLL = f"""
+WITH older AS ({PENDING} ORDER BY id LIMIT 1),
+lease AS (
+    UPDATE conversation_states s SET
+        lease_epoch = s.lease_epoch + 1,
+        lease_expires_at = now() + make_interval(secs => %(lease)s),
+        lease_token = NULL,
+        version = s.version + 1,
+        updated_at = now()
+    WHERE s.tenant_id = %(tenant)s AND s.device_id = %(device)s AND {FREE} AND EXISTS (SELECT 1 FROM older)
+    RETURNING s.lease_epoch, {live_agent("s")} AS lock_agent, s.context
+),
+mine AS ({MINE} WHERE m.id = %(message_id)s)
+SELECT mine.status, mine.reply AS mine_reply, mine.reply_agent AS mine_agent, mine.reply_metadata AS mine_metadata,
+       mine.lock_agent AS mine_lock_agent, mine.lock_expires_at AS mine_lock_expires_at,
+       lease.lease_epoch, lease.lock_agent AS lease_lock_agent, lease.context
+FROM (SELECT 1) one LEFT JOIN mine ON true LEFT JOIN lease ON true
+"""
+
+# The holder's next turn read afresh: the pending batch (its attempt counted) and
+# its history. With none pending the lease is freed, unless a claim changed the
+# row after this statement's snapshot (then the holder asks again).
+NEXT = f"""
+WITH st AS (
+    SELECT version, lease_epoch = %(epoch)s AND lease_expires_at > now() AS held
+    FROM conversation_states WHERE tenant_id = %(tenant)s AND device_id = %(device)s
+), batch AS ({PENDING} AND (SELECT held FROM st) ORDER BY id LIMIT %(batch)s),
+started AS (
+    UPDATE conversation_messages m SET attempts = m.attempts + 1
+    FROM batch WHERE m.id = batch.id
+    RETURNING m.id, m.content, m.metadata, m.attempts, m.session_id
+), freed AS (
+    UPDATE conversation_states s SET lease_expires_at = NULL, version = s.version + 1
+    WHERE s.tenant_id = %(tenant)s AND s.device_id = %(device)s AND s.lease_epoch = %(epoch)s
+      AND NOT EXISTS (SELECT 1 FROM batch) AND s.version = (SELECT version FROM st)
+    RETURNING 1
+)
+SELECT {_batch_json("started")} AS batch, COALESCE((SELECT held FROM st), false) AS held,
+       EXISTS (SELECT 1 FROM freed) AS freed,
+       {turn_history("(SELECT min(id) FROM batch)", "(SELECT session_id FROM batch ORDER BY id LIMIT 1)")} AS history
+"""
+
+RENEW = """
+UPDATE conversation_states SET lease_expires_at = now() + make_interval(secs => %(lease)s),
+    version = version + 1
+WHERE tenant_id = %(tenant)s AND device_id = %(device)s AND lease_epoch = %(epoch)s AND lease_expires_at > now()
+RETURNING lease_expires_at
+"""
+
+# Store the reply, apply the lock change (compare-and-set against the lock the
+# agents saw) and the context patch (merged in SQL, so concurrent patches keep each
+# other's keys), mark the turn's messages done, and start the next turn if one is
+# pending. The lease is kept while messages wait or a claim raced this statement.
+LIVE = f"({live_agent('s')})"
+OK = f"({LIVE} IS NOT DISTINCT FROM %(agent_before)s::text)"
+
+FINISH = f"""
+WITH snap AS (
+    SELECT version FROM conversation_states WHERE tenant_id = %(tenant)s AND device_id = %(device)s
+), nxt AS ({PENDING} AND id <> ALL(%(ids)s) ORDER BY id LIMIT %(batch)s),
+st AS (
+    UPDATE conversation_states s SET
+        active_agent = CASE WHEN {OK} THEN %(agent_after)s::text ELSE s.active_agent END,
+        locked_at = CASE WHEN NOT {OK} THEN s.locked_at
+                         WHEN %(agent_after)s::text IS NULL THEN NULL
+                         WHEN %(agent_after)s::text = {LIVE} THEN s.locked_at
+                         ELSE now() END,
+        session_ttl = CASE WHEN {OK} THEN COALESCE(%(ttl)s::integer, s.session_ttl) ELSE s.session_ttl END,
+        expires_at = CASE WHEN NOT {OK} THEN s.expires_at
+                          WHEN %(agent_after)s::text IS NULL THEN NULL
+                          ELSE now() + make_interval(secs => COALESCE(%(ttl)s::integer, s.session_ttl)) END,
+        context = cs_merge_context(s.context, %(patch)s::jsonb, %(cap)s),
+        lease_expires_at = CASE WHEN EXISTS (SELECT 1 FROM nxt) OR s.version <> (SELECT version FROM snap)
+                                THEN now() + make_interval(secs => %(lease)s) END,
+        version = s.version + 1,
+        updated_at = now()
+    WHERE s.tenant_id = %(tenant)s AND s.device_id = %(device)s
+      AND s.lease_epoch = %(epoch)s AND s.lease_expires_at > now()
+    RETURNING s.active_agent, s.expires_at, s.context, s.session_id, s.lease_expires_at IS NOT NULL AS kept
+), inbound AS (
+    UPDATE conversation_messages m SET status = %(status)s, agent = %(agent)s, session_id = st.session_id,
+        processing_time_ms = %(elapsed_ms)s, has_error = %(has_error)s, error_message = %(error)s::text,
+        merged_into = CASE WHEN m.id <> %(last_id)s THEN %(last_id)s END
+    FROM st WHERE m.id = ANY(%(ids)s) AND m.tenant_id = %(tenant)s AND m.device_id = %(device)s
+    RETURNING m.id
+), outbound AS (
+    INSERT INTO conversation_messages
+        (tenant_id, device_id, role, content, agent, reply_to, tools_used, processing_time_ms, metadata, session_id)
+    SELECT %(tenant)s, %(device)s, 'assistant', %(reply)s, %(agent)s, %(last_id)s,
+           %(tools)s::jsonb, %(elapsed_ms)s, %(metadata)s::jsonb, st.session_id
+    FROM st
+    RETURNING id, created_at
+), started AS (
+    UPDATE conversation_messages m SET attempts = m.attempts + 1
+    FROM nxt, st WHERE m.id = nxt.id
+    RETURNING m.id, m.content, m.metadata, m.attempts, m.session_id
+), audit AS (
+    INSERT INTO conversation_audit
+        (tenant_id, device_id, session_id, event, from_agent, to_agent, message_id, db_ms, agent_ms, total_ms)
+    SELECT %(tenant)s, %(device)s, st.session_id, %(event)s::text, %(agent_before)s::text, %(agent_after)s::text,
+           %(last_id)s, %(db_ms)s, %(elapsed_ms)s, %(total_ms)s
+    FROM st WHERE %(event)s::text IS NOT NULL
+)
+SELECT st.active_agent, st.expires_at, st.context, st.kept, st.session_id, outbound.id AS reply_id,
+       outbound.created_at AS reply_created_at, {_batch_json("started")} AS next_batch,
+       {turn_history("(SELECT min(id) FROM nxt)", "(SELECT session_id FROM nxt ORDER BY id LIMIT 1)")} AS history
+FROM st CROSS JOIN outbound
+"""
+
+# A message answered without the agents (a channel's canned reply): both sides
+# stored at once, once per external id, leaving the lock and lease alone.
+RECORD_EXCHANGE = """
+WITH st AS (
+    SELECT session_id FROM conversation_states WHERE tenant_id = %(tenant)s AND device_id = %(device)s
+), inbound AS (
+    INSERT INTO conversation_messages (tenant_id, device_id, role, content, external_id, status, metadata, session_id)
+    SELECT %(tenant)s, %(device)s, 'user', %(content)s, %(external_id)s::text, 'done', %(metadata)s::jsonb,
+           (SELECT session_id FROM st)
+    ON CONFLICT (tenant_id, external_id) DO NOTHING
+    RETURNING id, session_id
+)
+INSERT INTO conversation_messages (tenant_id, device_id, role, content, reply_to, metadata, session_id)
+SELECT %(tenant)s, %(device)s, 'assistant', %(reply)s, inbound.id, %(metadata)s::jsonb, inbound.session_id
+FROM inbound
+RETURNING reply_to, id
+"""
+
+RECORD_DELIVERY = """
+UPDATE conversation_messages SET has_error = %(failed)s, error_message = %(error)s::text,
+    metadata = metadata || jsonb_build_object('delivered', NOT %(failed)s)
+WHERE id = %(id)s
+"""
+
+STALE_DEVICES = f"""
+SELECT DISTINCT m.tenant_id, m.device_id FROM conversation_messages m
+JOIN conversation_states s USING (tenant_id, device_id)
+WHERE m.status = 'pending' AND {FREE}
+LIMIT %(limit)s
+"""

@@ -1,0 +1,36 @@
+"""SQL fragments shared by the statement modules, as functions of the table alias."""
+
+from __future__ import annotations
+
+
+def live_agent(alias: str) -> str:
+    """The agent holding a live lock on a conversation_states row, else NULL."""
+    return f"CASE WHEN {alias}.active_agent IS NOT NULL AND {alias}.expires_at > now() THEN {alias}.active_agent END"
+
+
+def live_until(alias: str) -> str:
+    """The live lock's expiry on a conversation_states row, else NULL."""
+    return f"CASE WHEN {alias}.active_agent IS NOT NULL AND {alias}.expires_at > now() THEN {alias}.expires_at END"
+
+
+def lease_free(alias: str) -> str:
+    """True when no worker holds the device's lease."""
+    return f"({alias}.lease_expires_at IS NULL OR {alias}.lease_expires_at <= now())"
+
+
+def turn_history(before: str, session: str) -> str:
+    """The session's exchanges before inbound message `before`, oldest first, as a jsonb array.
+
+    A reply sorts with the inbound message it answers (COALESCE(reply_to, id)), so a
+    reply stored after later messages arrived still comes before them. At most
+    %(history)s items; the conversation_messages_turn index serves the order.
+    """
+    return f"""(SELECT COALESCE(jsonb_agg(jsonb_build_object(
+                    'role', h.role, 'content', h.content, 'agent', h.agent, 'created_at', h.created_at
+                ) ORDER BY h.turn, h.id), '[]'::jsonb)
+         FROM (SELECT id, COALESCE(reply_to, id) AS turn, role, content, agent, created_at
+               FROM conversation_messages
+               WHERE tenant_id = %(tenant)s AND device_id = %(device)s
+                 AND COALESCE(reply_to, id) < {before} AND session_id = {session}
+               ORDER BY COALESCE(reply_to, id) DESC, id DESC
+               LIMIT %(history)s) h)"""
