@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from app.channels.whatsapp import WhatsAppSender, message_payload, replier
 from app.core.config import Settings
-from app.pipeline import Inbound, Pipeline
+from app.pipeline import TEXT_ONLY_REPLY, Inbound, Pipeline
 from tests.channels.conftest import wa_settings
 from tests.channels.payloads import (
     ACCESS_TOKEN,
@@ -147,7 +147,10 @@ class TestExactlyOnce:
         response = post(client, payload)
         assert response.json() == {"status": "ok", "stored": 1, "duplicates": 0, "ignored": 1}
         assert [r["content"] for r in rows(engine) if r["role"] == "user"] == ["late"]
-        assert [s["text"]["body"] for s in graph.sent] == ["manager: late"]
+        # Answered, but six days after the user wrote: outside the 24-hour window, so not sent.
+        [reply] = replies(engine)
+        assert (reply["content"], reply["delivery"]) == ("manager: late", "outside_window")
+        assert graph.messages == []
 
     def test_max_age_comes_from_settings(self, database_url, engine, graph):
         minute_ago = str(int(time.time()) - 120)
@@ -158,7 +161,9 @@ class TestExactlyOnce:
 
 
 class TestNonText:
-    def test_media_gets_the_text_only_reply_once_without_the_agents(self, client, graph, engine, echo):
+    def test_media_reaches_the_agent_as_an_attachment_and_a_text_only_agent_gets_the_polite_reply(
+        self, client, graph, engine, echo
+    ):
         payload = delivery([change([media("image", "wamid.M1")])])
         assert post(client, payload).json() == {"status": "ok", "stored": 1, "duplicates": 0, "ignored": 0}
         assert graph.sent == [
@@ -167,9 +172,12 @@ class TestNonText:
         ]
         user, reply = rows(engine)
         assert (user["content"], user["status"], user["device_id"]) == ("[image]", "done", USER)
+        assert user["metadata"]["attachments"] == [
+            {"type": "image", "id": "media-wamid.M1", "mime_type": "image/jpeg", "sha256": "0" * 64, "caption": None}
+        ]
         assert (reply["content"], reply["reply_to"]) == (TEXT_ONLY_REPLY, user["id"])
         assert reply["metadata"]["delivered"] is True
-        assert echo.seen == [] and state_count(engine) == 0
+        assert echo.seen == []  # echo does not declare accepts_attachments
         assert post(client, payload).json()["duplicates"] == 1
         assert len(graph.messages) == 1 and len(rows(engine)) == 2
 
@@ -182,7 +190,7 @@ class TestNonText:
     def test_reactions_are_not_answered(self, client, graph, engine):
         response = post(client, delivery([change([media("reaction", "wamid.X4")])]))
         assert response.json()["ignored"] == 1
-        assert graph.messages == [] and rows(engine) == []
+        assert graph.requests == [] and rows(engine) == []
 
 
 class TestBusinessScopedUsers:

@@ -4,7 +4,7 @@
 | --- | --- |
 | CLAIM_NEXT | the device's oldest unsent reply gets a send marker (send_epoch + 1, expiring) in one conditional UPDATE: one sender at a time across retries and instances; a sent reply is never claimed again; outside the 24-hour window it is settled as `outside_window` instead, no send attempted |
 | RECORD_SENT | the Graph API's acceptance is final: written whoever holds the marker |
-| RECORD_UNSENT | a failure is written only by the marker's holder (fenced by send_epoch), with the backoff of the next try |
+| RECORD_UNSENT | a failure is written only by the marker's holder (fenced by send_epoch), with the backoff of the next try (none when no request went out) |
 | DUE_DEVICES | devices with a reply due for another try (backoff over, no live marker), for the cleanup run |
 | LAST_INBOUND / INSERT_OUTBOUND | a message to a device outside any turn (operator takeover): stored, then sent like a reply |
 
@@ -95,7 +95,7 @@ WHERE id = %(id)s
 RECORD_UNSENT = f"""
 UPDATE conversation_messages r SET delivery = %(delivery)s, send_expires_at = NULL, has_error = true,
     error_message = %(error)s::text, metadata = r.metadata || '{{"delivered": false}}',
-    next_send_at = CASE WHEN %(delivery)s = 'pending' THEN now() + make_interval(
+    next_send_at = CASE WHEN %(delivery)s = 'pending' AND %(attempted)s THEN now() + make_interval(
         secs => LEAST({MAX_RETRY_SECONDS}, {RETRY_BASE_SECONDS} * power(2, GREATEST(r.send_attempts - 1, 0)))) END
 WHERE r.id = %(id)s AND r.send_epoch = %(epoch)s AND r.delivery IS DISTINCT FROM 'sent'
 """
@@ -195,7 +195,7 @@ class Outbox:
             else:
                 delivery = "pending" if result.status == "retry" else result.status
                 run(self.engine, RECORD_UNSENT, {"id": reply_id, "epoch": epoch, "delivery": delivery,
-                                                 "error": result.error})
+                                                 "error": result.error, "attempted": result.attempts > 0})
         except StoreError as err:
             # A sent reply whose note is lost stays claimed until its marker expires, then
             # may go again: the one gap an outage leaves. Logged for that reason.
