@@ -245,8 +245,17 @@ class _Batch:
         # A message whose device thread had started may have been stored by it a moment ago.
         self._set(job, "stored" if claim.message_id is not None or started else "duplicate")
         if claim.lease is not None:
-            logger.info("whatsapp message %s stored at the deadline; its lease expires to the next holder",
-                        job.message.id)
+            # The device came free (its thread was sending an earlier reply): this claim now
+            # holds the lease, so its pending messages are answered from here, after the answer.
+            self.sender.background.start(self._drain, claim.lease)
+
+    def _drain(self, lease: Any) -> None:
+        on_reply = replier(self.sender, self.pipeline.ledger, self.deadline)
+        try:
+            # Pipeline.drain only takes a free lease; this one is already ours.
+            self.pipeline._drain(lease, on_reply, typist(self.sender, self.deadline))  # noqa: SLF001
+        except Exception:  # noqa: BLE001 - the lease expires and the cleanup run answers them
+            logger.exception("draining device after the webhook's answer failed")
 
     def report(self, ignored: int) -> DeliveryReport:
         with self.cond:
