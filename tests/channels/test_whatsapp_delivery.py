@@ -11,6 +11,7 @@ from app.channels.whatsapp import WhatsAppSender, send_to_device
 from app.cleanup import cleanup_app
 from tests.channels.conftest import wa_settings
 from tests.channels.payloads import (
+    PHONE_ID,
     USER,
     change,
     delivery,
@@ -22,6 +23,7 @@ from tests.channels.payloads import (
     tap,
     text,
 )
+from tests.sessions.conftest import ADMIN_KEYS, A
 from tests.utils.agents import Gate, Offering, Scripted, Viewer, wait_for
 from tests.utils.apps import app_client
 
@@ -257,3 +259,24 @@ class TestSenderTime:
         post(client, delivery([change([text("delayed", "wamid.D1", ts=ts)])]))
         user = rows(engine)[0]
         assert user["sent_at"] == datetime.fromtimestamp(int(ts), UTC)
+
+    def test_sent_at_goes_through_the_listing_and_export_then_import(self, database_url, engine, graph):
+        ts = hours_ago(1)
+        settings = wa_settings(database_url, graph, admin_api_keys=ADMIN_KEYS, whatsapp_tenants={PHONE_ID: "acme"})
+        with app_client(settings) as client:
+            post(client, delivery([change([text("delayed", "wamid.D2", ts=ts)])]))
+            expected = datetime.fromtimestamp(int(ts), UTC)
+
+            def listed() -> list:
+                page = client.get(f"/api/sessions/{USER}/messages", headers=A)
+                assert page.status_code == 200
+                return [(m["role"], m["sent_at"] and datetime.fromisoformat(m["sent_at"])) for m in page.json()["items"]]
+
+            assert listed() == [("assistant", None), ("user", expected)]
+            document = client.get(f"/api/sessions/{USER}/export", headers=A).json()
+            assert [datetime.fromisoformat(m["sent_at"]) for m in document["messages"] if m["role"] == "user"] == [
+                expected
+            ]
+            assert client.delete(f"/api/sessions/{USER}", headers=A).status_code == 204
+            assert client.post("/api/sessions/import", json=document, headers=A).status_code == 201
+            assert listed() == [("assistant", None), ("user", expected)]
