@@ -24,6 +24,9 @@ TABLES = "conversation_messages, conversation_audit, conversation_states, cleanu
 # name: (workers, what `python -m` runs). The last is a diagnostic, not the command the targets are about.
 CONFIGS = {"1 worker": (1, "uvicorn"), "2 workers": (2, "uvicorn"),
            "2 workers, TCP_NODELAY restored": (2, "bench.nodelay")}
+# Agent history on (the default, 20 messages) and off, side by side: the history is
+# folded into the claim and finish statements, so it must cost no round trip.
+HISTORY = {"history 20": 20, "history off": 0}
 SHARED_CORES = ("the load generator runs on the same machine as the server and PostgreSQL and shares "
                 "its cores with them: its CPU share is reported next to each figure")
 
@@ -36,13 +39,23 @@ def run(b: Bench) -> dict[str, Any]:
     setup = b.setup_engine()
     out: dict[str, Any] = {"clients": clients, "devices": devices, "script": list(SCRIPT), "note": SHARED_CORES}
     try:
-        out["round_trips"] = round_trips(b, b.pick(1000, 100))
+        out["round_trips"] = {
+            label: round_trips(b, b.pick(1000, 100), history) for label, history in HISTORY.items()
+        }
         out["http"] = {}
         for name, (workers, module) in CONFIGS.items():
             if b.quick and module != "uvicorn":
                 continue  # diagnostics only in full runs: quick mode must stay under a minute
-            reset(setup)
-            out["http"][name] = http_load(b, setup, workers, module, clients, devices, warmup, window)
+            for label, history in HISTORY.items():
+                if label != "history 20" and (b.quick or workers == 1 or module != "uvicorn"):
+                    continue  # the side-by-side run is the 2-worker one; quick mode stays under a minute
+                reset(setup)
+                out["http"][f"{name}, {label}"] = http_load(
+                    b, setup, workers, module, clients, devices, warmup, window, agent_history_messages=history
+                )
+        both = [out["http"].get(f"2 workers, {label}") for label in HISTORY]
+        if all(both):
+            out["history_msg_s_ratio"] = ratio(both[0]["window"]["messages_per_s"], both[1]["window"]["messages_per_s"])
         reset(setup)
         populate_expired(setup, expired)
         out["cleanup"] = http_during_cleanup(b, clients, devices, warmup, quiet, expired)
@@ -70,9 +83,9 @@ def pool_size(engine: Engine, workers: int, clients: int) -> int:
     return max(1, min(THREADPOOL, clients, (limit - 10) // workers))
 
 
-def round_trips(b: Bench, messages: int) -> dict[str, Any]:
+def round_trips(b: Bench, messages: int, history: int) -> dict[str, Any]:
     """Statements per handled message: app.pipeline.Pipeline on the production engine, one message at a time."""
-    settings = b.settings()
+    settings = b.settings().model_copy(update={"agent_history_messages": history})
     engine = b.engine()
     pipeline = Pipeline(engine, load_registry(settings.agents), settings)
     statements: list[float] = []  # perf_counter at each statement's start; its duration is added after
@@ -117,10 +130,11 @@ def round_trips(b: Bench, messages: int) -> dict[str, Any]:
 
 
 def http_load(b: Bench, setup: Engine, workers: int, module: str, clients: int, devices: int, warmup: float,
-              window: float) -> dict[str, Any]:
+              window: float, **settings: object) -> dict[str, Any]:
     """Closed-loop conversations for warmup + window seconds; figures from the messages done in the window."""
     pool = pool_size(setup, workers, clients)
-    with uvicorn(b.url, workers, module=module, db_pool_size=pool, chat_wait_seconds=CHAT_WAIT_SECONDS) as server:
+    with uvicorn(b.url, workers, module=module, db_pool_size=pool, chat_wait_seconds=CHAT_WAIT_SECONDS,
+                 **settings) as server:
         load = ChatLoad(server.url, web_devices(devices, f"http-{workers}-{module}"), clients)
         load.start()
         try:
@@ -224,11 +238,12 @@ def http_during_cleanup(b: Bench, clients: int, devices: int, warmup: float, qui
 
 
 def _print(out: dict[str, Any]) -> None:
-    rt = out["round_trips"]
-    print(f"round trips: {rt['messages']:,} messages through app.pipeline.Pipeline on the production engine, one "
-          f"at a time: {rt['per_message_mean']} statements per message on average, at most {rt['per_message_max']} "
-          f"(histogram {rt['histogram']}); {rt['messages_per_s_one_thread']:,} messages/s in one thread, "
-          f"{rt['ms_per_message']} ms per message of which {rt['db_ms_per_message']} ms in statements")
+    for label, rt in out["round_trips"].items():
+        print(f"round trips, {label}: {rt['messages']:,} messages through app.pipeline.Pipeline on the production "
+              f"engine, one at a time: {rt['per_message_mean']} statements per message on average, at most "
+              f"{rt['per_message_max']} (histogram {rt['histogram']}); {rt['messages_per_s_one_thread']:,} "
+              f"messages/s in one thread, {rt['ms_per_message']} ms per message of which "
+              f"{rt['db_ms_per_message']} ms in statements")
     print(f"HTTP: {out['clients']} client threads (httpx, keep-alive) over {out['devices']:,} devices, "
           f"conversations {' -> '.join(out['script'])}; note: {out['note']}")
     rows = []
@@ -241,6 +256,8 @@ def _print(out: dict[str, Any]) -> None:
                      _pct(c["machine_busy_share"])])
     print(table(["server", "pool", "window s", "messages", "msg/s", "p50 ms", "p99 ms", "non-200", "degraded",
                  "unexpected", "xact/msg", "client CPU", "server CPU", "PG CPU", "machine busy"], rows))
+    if "history_msg_s_ratio" in out:
+        print(f"2 workers, msg/s with history 20 / without: {out['history_msg_s_ratio']}")
     cl = out["cleanup"]
     c = cl["cleanup"]
     print(f"2 workers while run_cleanup releases {cl['expired']:,} expired locks: released {c['released']:,} in "

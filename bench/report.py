@@ -112,13 +112,17 @@ def render(report: dict[str, Any]) -> str:
 def _pipeline(p: dict[str, Any]) -> str:
     if "http" not in p:
         return "\n### 3. Pipeline end-to-end\n\n" + p.get("status", p.get("error", "not run"))
-    rt, cl = p["round_trips"], p["cleanup"]
-    out = [f"\n### 3. Pipeline end-to-end ({p['clients']} client threads over {p['devices']:,} devices)\n",
-           (f"Round trips: {rt['messages']:,} messages through `app.pipeline.Pipeline` on the production engine, one "
-           f"at a time: {rt['per_message_mean']} statements per message on average, at most "
-           f"{rt['per_message_max']} (histogram {rt['histogram']}); {rt['unexpected_results']} unexpected results; "
-           f"{rt['messages_per_s_one_thread']:,} messages/s in one thread ({rt['ms_per_message']} ms per message, "
-           f"{rt['db_ms_per_message']} ms of it inside the statements).\n")]
+    cl = p["cleanup"]
+    out = [f"\n### 3. Pipeline end-to-end ({p['clients']} client threads over {p['devices']:,} devices)\n"]
+    for label, rt in p["round_trips"].items():
+        out.append(
+            f"Round trips, agent {label}: {rt['messages']:,} messages through `app.pipeline.Pipeline` on the "
+            f"production engine, one at a time: {rt['per_message_mean']} statements per message on average, at most "
+            f"{rt['per_message_max']} (histogram {rt['histogram']}); {rt['unexpected_results']} unexpected results; "
+            f"{rt['messages_per_s_one_thread']:,} messages/s in one thread ({rt['ms_per_message']} ms per message, "
+            f"{rt['db_ms_per_message']} ms of it inside the statements).\n")
+    if p.get("history_msg_s_ratio") is not None:
+        out.append(f"2 workers, messages/s with agent history 20 / without: {p['history_msg_s_ratio']}.\n")
     rows = []
     for name, h in p["http"].items():
         w, c, a = h["window"], h["cpu"], h["all_requests"]

@@ -106,6 +106,18 @@ class TestIdempotency:
         with engine.begin() as conn:
             assert conn.exec_driver_sql("SELECT count(*) FROM conversation_messages").scalar() == 2
 
+    def test_same_key_with_another_body_is_422_and_changes_nothing(self, client, engine):
+        first = chat(client, "book an appointment", **{"Idempotency-Key": "abc-2"})
+        version = row(engine, DEVICE)["version"]
+        reused = chat(client, "pay my bill", **{"Idempotency-Key": "abc-2"})
+        assert reused.status_code == 422
+        assert reused.json()["error"]["code"] == "idempotency_key_reused"
+        assert row(engine, DEVICE)["version"] == version
+        with engine.begin() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM conversation_messages").scalar() == 2
+        again = chat(client, "book an appointment", **{"Idempotency-Key": "abc-2"})
+        assert again.json()["reply"] == first.json()["reply"]
+
     def test_same_key_on_another_device_is_independent(self, client, engine):
         chat(client, "hello", **{"Idempotency-Key": "k"})
         other = str(uuid.uuid4())
