@@ -116,7 +116,10 @@ def replier(sender: WhatsAppSender, ledger: Ledger, deadline: Deadline | None = 
     def on_reply(pending: Pending, answer: Answer) -> None:
         if pending.metadata.get("channel") != CHANNEL or answer.reply_id is None:
             return
-        outbox.flush(reply_id=answer.reply_id, deadline=bound)
+        try:
+            outbox.flush(reply_id=answer.reply_id, deadline=bound)
+        except StoreError as err:  # the reply is stored unsent: the next delivery or the cleanup sends it
+            logger.error("whatsapp reply %s left for a later send: %s", answer.reply_id, err)
 
     return on_reply
 
