@@ -25,13 +25,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from sqlalchemy.engine import Engine
+from tenacity import Retrying, retry_if_exception_type, wait_exponential
 
 from app import validation
 from app.channels.whatsapp.graph import GraphApi, SendOutcome, message_payload
 from app.channels.whatsapp.inbound import CHANNEL, PHONE_NUMBER_ID
 from app.core.config import Settings
 from app.core.db import run
-from app.errors import StoreError
+from app.errors import StoreError, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,11 @@ OUTSIDE_WINDOW = "outside the 24-hour customer-service window: not sent (send a 
 RETRY_BASE_SECONDS = 30  # cleanup backoff: 30 s, 60 s, 120 s ... capped at MAX_RETRY_SECONDS
 MAX_RETRY_SECONDS = 1800
 MARKER_MARGIN_SECONDS = 5  # a sender starts no POST this close to its marker's expiry
+# A marker outlives its send by far: if the store is down when an accepted send is to be
+# noted, the note is retried (RECORD_SECONDS at most) and the reply is not sent again
+# before the marker runs out. Only a sender that dies mid-send waits this long for a retry.
+MIN_MARKER_SECONDS = 600
+RECORD_SECONDS = 30
 
 UNSENT = "(r.delivery IS NULL OR r.delivery = 'pending')"
 OURS = f"r.role = 'assistant' AND (r.metadata ->> 'channel') = '{CHANNEL}' AND {UNSENT}"
@@ -125,8 +131,9 @@ ADDRESS_KEYS = ("phone_number_id", "to", "recipient", "wa_message_id")
 
 
 def marker_hold(settings: Settings) -> float:
-    """Seconds a send marker lives: every attempt's timeout, the backoffs between them, a margin."""
-    return settings.whatsapp_timeout_seconds * settings.whatsapp_send_attempts + 2 * MARKER_MARGIN_SECONDS
+    """Seconds a send marker lives: at least every attempt's timeout, the backoffs between them, a margin."""
+    send = settings.whatsapp_timeout_seconds * settings.whatsapp_send_attempts + 2 * MARKER_MARGIN_SECONDS
+    return max(send, MIN_MARKER_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -169,7 +176,7 @@ class Outbox:
                 continue
             limit = min(deadline(), claimed_at + self.hold - 2 * MARKER_MARGIN_SECONDS)
             result = self._send(row, limit)
-            self._record(row["id"], row["send_epoch"], result)
+            self._record(row["id"], row["send_epoch"], result, deadline())
             done.append(Delivered(row["id"], result.status, result.error))
             if result.status != "sent":
                 return done
@@ -186,19 +193,26 @@ class Outbox:
         payload = message_payload(address, row["content"], [c for c in choices if isinstance(c, dict)], template)
         return self.graph.send(phone_number_id, payload, deadline=deadline)
 
-    def _record(self, reply_id: int, epoch: int, result: SendOutcome) -> None:
+    def _record(self, reply_id: int, epoch: int, result: SendOutcome, deadline: float) -> None:
+        """Note the outcome; while the store is unavailable, retried until deadline (RECORD_SECONDS at most)."""
         if result.status != "sent":
             logger.error("whatsapp reply %s not delivered (%s): %s", reply_id, result.status, result.error)
+        if result.status == "sent":
+            sql, params = RECORD_SENT, {"id": reply_id, "wa_id": result.message_id}
+        else:
+            delivery = "pending" if result.status == "retry" else result.status
+            sql, params = RECORD_UNSENT, {"id": reply_id, "epoch": epoch, "delivery": delivery,
+                                          "error": result.error, "attempted": result.attempts > 0}
+        until = min(deadline, time.monotonic() + RECORD_SECONDS)
+        retrying = Retrying(
+            stop=lambda state: time.monotonic() >= until, wait=wait_exponential(multiplier=0.1, max=1),
+            retry=retry_if_exception_type(StoreUnavailable), reraise=True,
+        )
         try:
-            if result.status == "sent":
-                run(self.engine, RECORD_SENT, {"id": reply_id, "wa_id": result.message_id})
-            else:
-                delivery = "pending" if result.status == "retry" else result.status
-                run(self.engine, RECORD_UNSENT, {"id": reply_id, "epoch": epoch, "delivery": delivery,
-                                                 "error": result.error, "attempted": result.attempts > 0})
+            retrying(run, self.engine, sql, params)
         except StoreError as err:
-            # A sent reply whose note is lost stays claimed until its marker expires, then
-            # may go again: the one gap an outage leaves. Logged for that reason.
+            # A sent reply whose note is lost stays claimed until its marker expires
+            # (MIN_MARKER_SECONDS), then may go again: the one gap a long outage leaves.
             logger.error("could not record the delivery of whatsapp reply %s (%s): %s", reply_id, result.status, err)
 
     def send_due(self, *, deadline: float, limit: int = 100) -> int:
