@@ -44,7 +44,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     settings = _migrated(settings)
     # Workers re-read Settings from the environment: hand them the resolved URL.
     os.environ["DATABASE_URL"] = settings.database_url or ""
-    print(f"serving on http://{args.host or settings.host}:{args.port or settings.port}", flush=True)
+    url = f"http://{args.host or settings.host}:{args.port or settings.port}"
+    print(f"serving on {url}; chat page: {url}/", flush=True)
     uvicorn.run(
         "app.main:create_app",
         factory=True,

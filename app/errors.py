@@ -73,3 +73,9 @@ class IdempotencyKeyReused(InvalidInput):
     """An Idempotency-Key came again with a different request; nothing was stored."""
 
     code = "idempotency_key_reused"
+
+
+class AgentFailed(SessionError):
+    """An agent's run failed (model error, turn limit); the message names the error type only."""
+
+    code = "agent_failed"

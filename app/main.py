@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from app.agents import load_registry
 from app.api import errors
 from app.api.limits import KIB, BodyLimit
-from app.api.routes import chat, cron, health, sessions, stats, whatsapp
+from app.api.routes import chat, cron, health, sessions, stats, web, whatsapp
 from app.channels.whatsapp import WhatsAppSender
 from app.core.config import Settings
 from app.core.db import Database
@@ -34,4 +34,5 @@ def create_app(
     app.include_router(whatsapp.router)
     app.include_router(sessions.router)
     app.include_router(stats.router)
+    app.include_router(web.router)
     return app

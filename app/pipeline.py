@@ -98,6 +98,7 @@ class Pipeline:
             context_cap=settings.context_list_cap,
             history=settings.agent_history_messages,
             batch=settings.burst_max_messages if settings.burst_mode == "merge" else 1,
+            max_attempts=settings.agent_max_attempts,
         )
 
     def handle(
@@ -114,6 +115,7 @@ class Pipeline:
         device = validation.device_id(inbound.device_id)
         validation.message_text(inbound.text)
         started = time.perf_counter()
+        message_id: int | None = None
         try:
             claim = self.ledger.claim(
                 tenant, device, inbound.text, external_id=inbound.external_id, metadata=inbound.metadata,
@@ -134,6 +136,9 @@ class Pipeline:
         except StoreUnavailable as err:
             if not stateless:
                 raise
+            if message_id is not None:  # stored: it will be answered in order, never also statelessly
+                logger.warning("session store unavailable after message %s was stored: %s", message_id, err)
+                return Result("queued", message_id=message_id)
             logger.warning("session store unavailable, answering statelessly: %s", err)
             return self.stateless(inbound)
 
@@ -257,12 +262,17 @@ class Pipeline:
 
     @staticmethod
     def _working(on_working: OnWorking | None, turn: Turn) -> None:
+        """Call the hook in its own thread: a slow channel API must never delay a lease renewal."""
         if on_working is None:
             return
-        try:
-            on_working(turn.last)
-        except Exception:  # noqa: BLE001 - a typing indicator never fails a turn
-            logger.warning("the working hook failed on message %s", turn.last.id, exc_info=True)
+
+        def call() -> None:
+            try:
+                on_working(turn.last)
+            except Exception:  # noqa: BLE001 - a typing indicator never fails a turn
+                logger.warning("the working hook failed on message %s", turn.last.id, exc_info=True)
+
+        threading.Thread(target=call, name=f"working-{turn.last.id}", daemon=True).start()
 
     def decide(
         self, turn: Turn | str, tenant: str, device: str, context: dict[str, Any], lock: str | None

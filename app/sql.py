@@ -26,7 +26,7 @@ def turn_history(before: str, session: str) -> str:
     %(history)s items; the conversation_messages_turn index serves the order.
     """
     return f"""(SELECT COALESCE(jsonb_agg(jsonb_build_object(
-                    'role', h.role, 'content', h.content, 'agent', h.agent, 'created_at', h.created_at
+                    'id', h.id, 'role', h.role, 'content', h.content, 'agent', h.agent, 'created_at', h.created_at
                 ) ORDER BY h.turn, h.id), '[]'::jsonb)
          FROM (SELECT id, COALESCE(reply_to, id) AS turn, role, content, agent, created_at
                FROM conversation_messages

@@ -12,6 +12,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.channels.whatsapp import WhatsAppSender
+from app.chat_history import ChatHistory
 from app.core.config import Settings
 from app.core.db import Database
 from app.pipeline import Pipeline
@@ -40,8 +41,13 @@ async def get_pipeline(request: Request, database: Db, settings: AppSettings) ->
     return Pipeline(database.engine, request.app.state.registry, settings)
 
 
+async def get_chat_history(database: Db) -> ChatHistory:
+    return ChatHistory(database.engine)
+
+
 Sessions = Annotated[SessionService, Depends(get_sessions)]
 Pipe = Annotated[Pipeline, Depends(get_pipeline)]
+History = Annotated[ChatHistory, Depends(get_chat_history)]
 
 
 async def get_whatsapp(request: Request) -> WhatsAppSender:

@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     agent_max_attempts: int = Field(2, ge=1, le=10)  # turns started on one message (a crashed holder's retried)
     burst_mode: Literal["each", "merge"] = "each"  # merge: one turn answers a device's waiting messages
     burst_max_messages: int = Field(10, ge=2, le=100)  # at most this many messages merged into one turn
+    # Send OpenAI Agents SDK runs to OpenAI's trace viewer; off so no conversation leaves unasked.
+    openai_agents_tracing: bool = False
 
     # Cleanup.
     cleanup_batch_size: int = Field(5000, ge=1, le=100_000)

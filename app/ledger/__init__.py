@@ -138,22 +138,27 @@ def request_hash(text: str, metadata: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps([text, metadata.get("choice_id")]).encode()).hexdigest()
 
 
-def _history(value: Any) -> tuple[HistoryItem, ...]:
+def _history(value: Any, answered: dict[int, str] | None = None) -> tuple[HistoryItem, ...]:
+    """History items from the statements' jsonb; answered names the agent of messages a finish just wrote."""
     items = json.loads(value) if isinstance(value, str) else value or ()
+    answered = answered or {}
     return tuple(
-        HistoryItem(item["role"], item["content"], item["agent"], datetime.fromisoformat(item["created_at"]))
+        HistoryItem(
+            item["role"], item["content"], answered.get(item["id"], item["agent"]),
+            datetime.fromisoformat(item["created_at"]),
+        )
         for item in items
     )
 
 
-def _turn(batch: Any, history: Any) -> Turn | None:
+def _turn(batch: Any, history: Any, answered: dict[int, str] | None = None) -> Turn | None:
     if not batch:
         return None
     messages = tuple(
         Pending(item["id"], item["content"], item["metadata"] or {}, item["attempts"], item["session_id"])
         for item in batch
     )
-    return Turn(messages, _history(history))
+    return Turn(messages, _history(history, answered))
 
 
 def _answer(row: dict[str, Any], prefix: str) -> Answer:
@@ -174,7 +179,7 @@ class Ledger:
 
     def __init__(
         self, engine: Engine, *, lease_seconds: int, default_ttl: int, context_cap: int, history: int = 20,
-        batch: int = 1,
+        batch: int = 1, max_attempts: int = 2,
     ):
         self.engine = engine
         self.lease_seconds = lease_seconds
@@ -182,11 +187,12 @@ class Ledger:
         self.context_cap = context_cap
         self.history = history
         self.batch = batch
+        self.max_attempts = max_attempts
 
     def _row(self, statement: str, params: dict[str, Any]) -> Any:
         params |= {
             "lease": self.lease_seconds, "default_ttl": self.default_ttl, "history": self.history,
-            "batch": self.batch,
+            "batch": self.batch, "max_attempts": self.max_attempts,
         }
         return run(self.engine, statement, params)
 
@@ -199,14 +205,19 @@ class Ledger:
         Raises IdempotencyKeyReused (nothing stored) when external_id is known with another request.
         """
         digest = request_hash(text, metadata)
-        row = self._row(
-            sql.CLAIM,
-            {
-                "token": uuid.uuid4().hex, "new_session": new_session_id(), "tenant": tenant, "device": device,
-                "content": text, "external_id": external_id, "metadata": json.dumps(metadata), "hash": digest,
-                "sent_at": sent_at,
-            },
-        )
+        params = {
+            "tenant": tenant, "device": device, "content": text, "external_id": external_id,
+            "metadata": json.dumps(metadata), "hash": digest, "sent_at": sent_at,
+        }
+        row = self._row(sql.CLAIM, params | {"token": uuid.uuid4().hex, "new_session": new_session_id()})
+        if row["new_id"] is None and row["dup_id"] is None and external_id is not None:
+            # The same external id was stored after this statement's snapshot was taken (a
+            # concurrent retry): read it again, now visible. A lease the first read won stays ours.
+            won = row
+            row = self._row(sql.CLAIM, params | {"token": uuid.uuid4().hex, "new_session": new_session_id()})
+            if won["lease_epoch"] is not None and row["lease_epoch"] is None:
+                row = {**row, "lease_epoch": won["lease_epoch"], "lock_agent": won["lock_agent"],
+                       "context": won["context"], "first": False}
         if row["dup_id"] is not None and row["dup_hash"] not in (None, digest):
             raise IdempotencyKeyReused("this idempotency key was used with another request; nothing was stored")
         new_id = row["new_id"]
@@ -280,7 +291,8 @@ class Ledger:
             outcome.reply, outcome.agent, row["active_agent"], lock_expires, row["reply_id"], outcome.choices,
             outcome.template, len(turn.messages) > 1,
         )
-        following = _turn(row["next_batch"], row["history"])
+        answered = {message.id: outcome.agent for message in turn.messages}
+        following = _turn(row["next_batch"], row["history"], answered)
         if following is not None and self.history and following.messages[0].session_id == row["session_id"]:
             # This statement's own reply is invisible to its snapshot: it joins the history here.
             reply = HistoryItem("assistant", outcome.reply, outcome.agent, row["reply_created_at"])

@@ -21,11 +21,23 @@ from __future__ import annotations
 
 from app.sql import lease_free, live_agent, live_until, turn_history
 
-# A device's pending inbound messages, oldest first, at most %(batch)s.
+# A device's pending inbound messages (add ORDER BY id and a limit).
 PENDING = """
     SELECT id, content, metadata, attempts, session_id FROM conversation_messages
     WHERE tenant_id = %(tenant)s AND device_id = %(device)s AND status = 'pending'
 """
+
+
+def next_batch(excluding: str = "") -> str:
+    """The next turn's messages: up to %(batch)s pending ones, oldest first.
+
+    A message whose turns were started %(max_attempts)s times already goes alone,
+    so that failing it never fails fresh messages merged with it.
+    """
+    return f"""{PENDING} {excluding} ORDER BY id
+        LIMIT CASE WHEN (SELECT attempts FROM conversation_messages
+                         WHERE tenant_id = %(tenant)s AND device_id = %(device)s AND status = 'pending' {excluding}
+                         ORDER BY id LIMIT 1) >= %(max_attempts)s THEN 1 ELSE %(batch)s END"""
 
 
 def _batch_json(alias: str) -> str:
@@ -41,7 +53,8 @@ MINE = f"""
     SELECT m.id, m.status, m.request_hash, r.content AS reply, r.agent AS reply_agent, r.metadata AS reply_metadata,
            {live_agent("st")} AS lock_agent, {live_until("st")} AS lock_expires_at
     FROM conversation_messages m
-    LEFT JOIN conversation_messages r ON r.reply_to = COALESCE(m.merged_into, m.id) AND r.role = 'assistant'
+    LEFT JOIN conversation_messages r ON r.tenant_id = m.tenant_id AND r.device_id = m.device_id
+        AND r.reply_to = COALESCE(m.merged_into, m.id) AND r.role = 'assistant'
     LEFT JOIN conversation_states st ON st.tenant_id = m.tenant_id AND st.device_id = m.device_id
 """
 
@@ -56,7 +69,7 @@ FREE = lease_free("s")
 CLAIM = f"""
 WITH known AS (
     SELECT id, request_hash FROM conversation_messages
-    WHERE tenant_id = %(tenant)s AND external_id = %(external_id)s::text
+    WHERE tenant_id = %(tenant)s AND device_id = %(device)s AND external_id = %(external_id)s::text
 ), snap AS (
     SELECT version FROM conversation_states WHERE tenant_id = %(tenant)s AND device_id = %(device)s
 ), older AS ({PENDING} ORDER BY id LIMIT 1),
@@ -64,13 +77,13 @@ lease AS (
     INSERT INTO conversation_states AS s
         (tenant_id, device_id, session_ttl, lease_epoch, lease_expires_at, lease_token,
          session_id, session_started_at, last_activity_at)
-    SELECT %(tenant)s, %(device)s, %(default_ttl)s, 1, now() + make_interval(secs => %(lease)s), %(token)s,
-           %(new_session)s, now(), now()
+    SELECT %(tenant)s, %(device)s, %(default_ttl)s, nextval('conversation_lease_epoch'),
+           now() + make_interval(secs => %(lease)s), %(token)s, %(new_session)s, now(), now()
     WHERE NOT EXISTS (SELECT 1 FROM known)
        OR (EXISTS (SELECT 1 FROM older)
            AND NOT EXISTS (SELECT 1 FROM known WHERE request_hash IS DISTINCT FROM %(hash)s))
     ON CONFLICT (tenant_id, device_id) DO UPDATE SET
-        lease_epoch = CASE WHEN {FREE} THEN s.lease_epoch + 1 ELSE s.lease_epoch END,
+        lease_epoch = CASE WHEN {FREE} THEN EXCLUDED.lease_epoch ELSE s.lease_epoch END,
         lease_expires_at = CASE WHEN {FREE} THEN EXCLUDED.lease_expires_at ELSE s.lease_expires_at END,
         lease_token = CASE WHEN {FREE} THEN EXCLUDED.lease_token ELSE s.lease_token END,
         session_id = CASE WHEN {ROTATE} THEN EXCLUDED.session_id ELSE s.session_id END,
@@ -93,10 +106,10 @@ lease AS (
            lease.session_id, %(hash)s, %(sent_at)s::timestamptz, CASE WHEN turn.first THEN 1 ELSE 0 END
     FROM lease CROSS JOIN turn
     WHERE NOT EXISTS (SELECT 1 FROM known)
-    ON CONFLICT (tenant_id, external_id) DO NOTHING
+    ON CONFLICT (tenant_id, device_id, external_id) DO NOTHING
     RETURNING id, session_id
 ),
-dup AS ({MINE} WHERE m.id = (SELECT id FROM known))
+dup AS ({MINE} WHERE m.tenant_id = %(tenant)s AND m.device_id = %(device)s AND m.id = (SELECT id FROM known))
 SELECT new.id AS new_id,
        CASE WHEN lease.won THEN lease.lease_epoch END AS lease_epoch, lease.lock_agent, lease.context,
        turn.first AND new.id IS NOT NULL AS first, new.session_id AS first_session,
@@ -114,7 +127,7 @@ POLL = f"""
 WITH older AS ({PENDING} ORDER BY id LIMIT 1),
 lease AS (
     UPDATE conversation_states s SET
-        lease_epoch = s.lease_epoch + 1,
+        lease_epoch = nextval('conversation_lease_epoch'),
         lease_expires_at = now() + make_interval(secs => %(lease)s),
         lease_token = NULL,
         version = s.version + 1,
@@ -122,7 +135,7 @@ lease AS (
     WHERE s.tenant_id = %(tenant)s AND s.device_id = %(device)s AND {FREE} AND EXISTS (SELECT 1 FROM older)
     RETURNING s.lease_epoch, {live_agent("s")} AS lock_agent, s.context
 ),
-mine AS ({MINE} WHERE m.id = %(message_id)s)
+mine AS ({MINE} WHERE m.tenant_id = %(tenant)s AND m.device_id = %(device)s AND m.id = %(message_id)s)
 SELECT mine.status, mine.reply AS mine_reply, mine.reply_agent AS mine_agent, mine.reply_metadata AS mine_metadata,
        mine.lock_agent AS mine_lock_agent, mine.lock_expires_at AS mine_lock_expires_at,
        lease.lease_epoch, lease.lock_agent AS lease_lock_agent, lease.context
@@ -136,7 +149,7 @@ NEXT = f"""
 WITH st AS (
     SELECT version, lease_epoch = %(epoch)s AND lease_expires_at > now() AS held
     FROM conversation_states WHERE tenant_id = %(tenant)s AND device_id = %(device)s
-), batch AS ({PENDING} AND (SELECT held FROM st) ORDER BY id LIMIT %(batch)s),
+), batch AS ({next_batch("AND (SELECT held FROM st)")}),
 started AS (
     UPDATE conversation_messages m SET attempts = m.attempts + 1
     FROM batch WHERE m.id = batch.id
@@ -169,7 +182,7 @@ OK = f"({LIVE} IS NOT DISTINCT FROM %(agent_before)s::text)"
 FINISH = f"""
 WITH snap AS (
     SELECT version FROM conversation_states WHERE tenant_id = %(tenant)s AND device_id = %(device)s
-), nxt AS ({PENDING} AND id <> ALL(%(ids)s) ORDER BY id LIMIT %(batch)s),
+), nxt AS ({next_batch("AND id <> ALL(%(ids)s)")}),
 st AS (
     UPDATE conversation_states s SET
         active_agent = CASE WHEN {OK} THEN %(agent_after)s::text ELSE s.active_agent END,
@@ -190,18 +203,20 @@ st AS (
       AND s.lease_epoch = %(epoch)s AND s.lease_expires_at > now()
     RETURNING s.active_agent, s.expires_at, s.context, s.session_id, s.lease_expires_at IS NOT NULL AS kept
 ), inbound AS (
-    UPDATE conversation_messages m SET status = %(status)s, agent = %(agent)s, session_id = st.session_id,
+    UPDATE conversation_messages m SET status = %(status)s, agent = %(agent)s,
+        session_id = COALESCE(m.session_id, st.session_id),
         processing_time_ms = %(elapsed_ms)s, has_error = %(has_error)s, error_message = %(error)s::text,
         merged_into = CASE WHEN m.id <> %(last_id)s THEN %(last_id)s END
     FROM st WHERE m.id = ANY(%(ids)s) AND m.tenant_id = %(tenant)s AND m.device_id = %(device)s
-    RETURNING m.id
+    RETURNING m.id, m.session_id
 ), outbound AS (
+    -- The reply joins the session of the message it answers, even if a new one started meanwhile.
     INSERT INTO conversation_messages
         (tenant_id, device_id, role, content, agent, reply_to, tools_used, processing_time_ms, metadata, session_id)
     SELECT %(tenant)s, %(device)s, 'assistant', %(reply)s, %(agent)s, %(last_id)s,
-           %(tools)s::jsonb, %(elapsed_ms)s, %(metadata)s::jsonb, st.session_id
-    FROM st
-    RETURNING id, created_at
+           %(tools)s::jsonb, %(elapsed_ms)s, %(metadata)s::jsonb, inbound.session_id
+    FROM inbound WHERE inbound.id = %(last_id)s
+    RETURNING id, created_at, session_id
 ), started AS (
     UPDATE conversation_messages m SET attempts = m.attempts + 1
     FROM nxt, st WHERE m.id = nxt.id
@@ -213,7 +228,7 @@ st AS (
            %(last_id)s, %(db_ms)s, %(elapsed_ms)s, %(total_ms)s
     FROM st WHERE %(event)s::text IS NOT NULL
 )
-SELECT st.active_agent, st.expires_at, st.context, st.kept, st.session_id, outbound.id AS reply_id,
+SELECT st.active_agent, st.expires_at, st.context, st.kept, outbound.session_id, outbound.id AS reply_id,
        outbound.created_at AS reply_created_at, {_batch_json("started")} AS next_batch,
        {turn_history("(SELECT min(id) FROM nxt)", "(SELECT session_id FROM nxt ORDER BY id LIMIT 1)")} AS history
 FROM st CROSS JOIN outbound
@@ -228,7 +243,7 @@ WITH st AS (
     INSERT INTO conversation_messages (tenant_id, device_id, role, content, external_id, status, metadata, session_id)
     SELECT %(tenant)s, %(device)s, 'user', %(content)s, %(external_id)s::text, 'done', %(metadata)s::jsonb,
            (SELECT session_id FROM st)
-    ON CONFLICT (tenant_id, external_id) DO NOTHING
+    ON CONFLICT (tenant_id, device_id, external_id) DO NOTHING
     RETURNING id, session_id
 )
 INSERT INTO conversation_messages (tenant_id, device_id, role, content, reply_to, metadata, session_id)

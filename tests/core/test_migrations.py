@@ -90,3 +90,37 @@ def test_monitoring_views_answer_on_an_empty_schema(empty_url):
         for view in sorted(VIEWS):
             conn.exec_driver_sql(f"SELECT * FROM {view}").all()
     engine.dispose()
+
+
+# Citus distributes a table by one column, and every unique key must contain it.
+DISTRIBUTED = ("conversation_states", "conversation_messages", "conversation_audit")
+
+
+def test_every_unique_key_of_the_device_tables_leads_with_tenant_and_device(empty_url):
+    engine = sa.create_engine(empty_url, poolclass=sa.pool.NullPool)
+    try:
+        migrate.upgrade(engine)
+        with engine.connect() as conn:
+            keys = conn.exec_driver_sql(
+                "SELECT c.conrelid::regclass::text AS tbl, c.conname, "
+                "       array_agg(a.attname ORDER BY k.ord) AS columns "
+                "FROM pg_constraint c CROSS JOIN LATERAL unnest(c.conkey) WITH ORDINALITY k(attnum, ord) "
+                "JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum "
+                "WHERE c.contype IN ('p', 'u') AND c.conrelid::regclass::text = ANY(%(tables)s) "
+                "GROUP BY 1, 2",
+                {"tables": list(DISTRIBUTED)},
+            ).all()
+            unique_indexes = conn.exec_driver_sql(
+                "SELECT indexrelid::regclass::text FROM pg_index "
+                "WHERE indisunique AND indrelid::regclass::text = ANY(%(tables)s) "
+                "AND indexrelid NOT IN (SELECT conindid FROM pg_constraint WHERE contype IN ('p', 'u'))",
+                {"tables": list(DISTRIBUTED)},
+            ).scalars().all()
+    finally:
+        engine.dispose()
+    assert {row.tbl for row in keys} == set(DISTRIBUTED)
+    assert {(row.tbl, tuple(row.columns[:2])) for row in keys} == {(t, ("tenant_id", "device_id")) for t in DISTRIBUTED}
+    assert {row.conname: row.columns for row in keys}["conversation_messages_external_id"] == [
+        "tenant_id", "device_id", "external_id",
+    ]
+    assert unique_indexes == []

@@ -322,6 +322,7 @@ class TestNoTransactionWhileThinking:
                 with engine.connect() as conn:
                     open_transactions = conn.exec_driver_sql(
                         "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'agent-sessions' "
+                        "AND datname = current_database() "
                         "AND pid <> pg_backend_pid() AND (xact_start IS NOT NULL OR state LIKE 'idle in%%')"
                     ).scalar()
                 if not woke.is_set():  # the sample was taken entirely while the agent slept

@@ -66,6 +66,7 @@ def held_transactions(engine) -> int:
     with engine.connect() as conn:
         return conn.exec_driver_sql(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'agent-sessions' "
+            "AND datname = current_database() "
             "AND pid <> pg_backend_pid() AND (state LIKE 'idle in%%' OR wait_event_type = 'Lock')"
         ).scalar()
 

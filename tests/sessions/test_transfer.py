@@ -142,17 +142,22 @@ class TestConflict:
         make_message(engine, "dev", "acme")
         assert client.post("/api/sessions/import", json=document, headers=A).status_code == 409
 
-    def test_channel_id_used_by_another_device_is_409_and_changes_nothing(self, client, engine):
+    def test_channel_ids_are_per_device_so_a_copy_under_another_device_imports(self, client, engine):
+        # Dedup keys are (tenant_id, device_id, external_id), so tables can be distributed by device.
         make_state(engine, "dev", "acme")
         make_message(engine, "dev", "acme", external_id="wamid.X")
         document = client.get("/api/sessions/dev/export", headers=A).json()
         document["device_id"] = "copy"
+        assert client.post("/api/sessions/import", json=document, headers=A).status_code == 201
+        with engine.begin() as conn:
+            holders = conn.exec_driver_sql(
+                "SELECT device_id FROM conversation_messages WHERE external_id = 'wamid.X' ORDER BY device_id"
+            ).scalars().all()
+        assert holders == ["copy", "dev"]
+        # Importing the same device again is still refused: the tenant already holds it.
         before = snapshot(engine)
-        response = client.post("/api/sessions/import", json=document, headers=A)
-        assert response.status_code == 409
+        assert client.post("/api/sessions/import", json=document, headers=A).status_code == 409
         assert snapshot(engine) == before
-        # Another tenant has its own channel ids: the same document fits there.
-        assert client.post("/api/sessions/import", json=document, headers=B).status_code == 201
 
 
 def _drop(key):

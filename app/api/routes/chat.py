@@ -1,29 +1,38 @@
-"""POST /api/chat: the web chat endpoint."""
+"""The web chat API: POST /api/chat, and the device's own conversations under /api/chat.
+
+Every route but POST /api/devices speaks for one device: X-Device-ID (signed when
+DEVICE_ID_SECRET is set; 400 missing or malformed, 401 unsigned) and X-Tenant-ID.
+A device sees only its own data: another device's session answers the same 404
+as a session that does not exist.
+"""
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Path, Query, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
-from app import devices, validation
-from app.api.deps import AppSettings, Pipe, Sessions
-from app.api.errors import ApiError
-from app.core.config import Settings
-from app.errors import InvalidInput
+from app import devices
+from app.api.auth import WebDevice
+from app.api.deps import AppSettings, History, Pipe, Sessions
+from app.api.errors import ApiError, ErrorBody
 from app.pipeline import Inbound, Result
+from app.transfer import ID_SCHEMA, MAX_ID
 
 router = APIRouter(tags=["chat"])
-security = logging.getLogger("app.security")
+
+# No NUL: PostgreSQL text and jsonb cannot hold it.
+NO_NUL = r"^[^\x00]*$"
 
 
 class ChatRequest(BaseModel):
-    # No NUL: PostgreSQL text cannot hold it.
-    message: str = Field(min_length=1, max_length=4096, pattern=r"^[^\x00]*$")
+    message: str = Field(min_length=1, max_length=4096, pattern=NO_NUL)
+    choice_id: str | None = Field(
+        None, min_length=1, max_length=256, pattern=NO_NUL, description="the id of a choice the user tapped"
+    )
 
 
 class LockState(BaseModel):
@@ -31,45 +40,26 @@ class LockState(BaseModel):
     expires_at: datetime | None
 
 
+class Choice(BaseModel):
+    id: str
+    title: str
+
+
 class ChatResponse(BaseModel):
     reply: str
     agent: str
     device_id: str
     degraded: bool
+    merged: bool = Field(description="answered together with other messages of a burst")
+    choices: list[Choice] = Field(description="answers the agent offers; send one's title with its choice_id")
     lock: LockState
 
 
 class Queued(BaseModel):
     status: str = "queued"
     device_id: str
+    message_id: int | None = Field(description="the stored message; its reply appears in GET /api/chat/messages")
     message: str
-
-
-def web_device_id(value: str | None, settings: Settings) -> str:
-    """The X-Device-ID header as a canonical UUID; 400 when missing or malformed, 401 when unsigned."""
-    if value is None or not value.strip():
-        raise ApiError(400, "missing_device_id", "the X-Device-ID header is required")
-    value = value.strip()
-    secret = settings.device_id_secret.get_secret_value() if settings.device_id_secret else ""
-    if not secret:
-        device_uuid = devices.parse_uuid(value)
-        if device_uuid is None:
-            raise ApiError(400, "invalid_device_id", "X-Device-ID must be a UUID")
-        return device_uuid
-    device_uuid = devices.verify(secret, value)
-    if device_uuid is None:
-        security.warning("refused a device id with a missing or wrong signature")
-        raise ApiError(401, "invalid_device_signature", "X-Device-ID must be a device id issued by POST /api/devices")
-    return device_uuid
-
-
-def request_tenant(value: str | None) -> str:
-    if value is None:
-        return "default"
-    try:
-        return validation.tenant_id(value)
-    except InvalidInput as err:
-        raise ApiError(400, err.code, str(err)) from None
 
 
 def idempotency_external_id(device_id: str, key: str | None) -> str | None:
@@ -86,6 +76,8 @@ def chat_response(device_id: str, result: Result) -> ChatResponse:
         agent=result.agent or "manager",
         device_id=device_id,
         degraded=result.degraded,
+        merged=result.merged,
+        choices=[Choice(id=choice["id"], title=choice["title"]) for choice in result.choices],
         lock=LockState(agent=result.lock_agent, expires_at=result.lock_expires_at),
     )
 
@@ -98,6 +90,47 @@ class Device(BaseModel):
     device_id: str
 
 
+class MessageItem(BaseModel):
+    id: int
+    role: str
+    content: str
+    agent: str | None
+    created_at: datetime
+    sent_at: datetime | None = Field(None, description="the channel's own send time (WhatsApp's timestamp), UTC")
+    reply_to: int | None = Field(description="for a reply: the id of the message it answers")
+
+
+class MessagePage(BaseModel):
+    items: list[MessageItem]
+    next_before: int | None = Field(description="pass as ?before= for the next (older) page; null on the last")
+
+
+class SessionItem(BaseModel):
+    session_id: str | None
+    status: Literal["active", "idle", "ended"]
+    started_at: datetime | None
+    last_activity_at: datetime | None
+    message_count: int
+
+
+class SessionList(BaseModel):
+    items: list[SessionItem]
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorBody} for code in (400, 401, *codes)}
+
+
+def _session_id(value: str | None) -> str | None:
+    if value is not None and not all(c.isprintable() and not c.isspace() for c in value):
+        raise ValueError("session id must be printable characters without whitespace")
+    return value
+
+
+SESSION_ID = {"min_length": 1, "max_length": 128, "json_schema_extra": ID_SCHEMA}
+NO_SESSION = "no such session for this device"
+
+
 @router.post("/api/devices", status_code=201, response_model=Device)
 def new_device(settings: AppSettings) -> Device:
     """Issue a device id for a new web chat client (signed when DEVICE_ID_SECRET is set)."""
@@ -105,41 +138,79 @@ def new_device(settings: AppSettings) -> Device:
     return Device(device_id=devices.issue(secret))
 
 
-@router.post("/api/chat/new", status_code=201, response_model=NewSession, responses={400: {}, 401: {}})
-def new_chat(
-    sessions: Sessions,
-    settings: AppSettings,
-    x_device_id: Annotated[str | None, Header()] = None,
-    x_tenant_id: Annotated[str | None, Header()] = None,
-) -> NewSession:
+@router.post("/api/chat/new", status_code=201, response_model=NewSession, responses=_errors())
+def new_chat(device: WebDevice, sessions: Sessions) -> NewSession:
     """Start a new conversation (the "New conversation" button): fresh context, lock released."""
-    device_id = web_device_id(x_device_id, settings)
-    return NewSession(session_id=sessions.start_new_session(device_id, tenant_id=request_tenant(x_tenant_id)))
+    return NewSession(session_id=sessions.start_new_session(device.device_id, tenant_id=device.tenant_id))
 
 
 @router.post(
     "/api/chat",
     response_model=ChatResponse,
-    responses={202: {"model": Queued}, 400: {}, 401: {}, 413: {}, 422: {}},
+    responses={202: {"model": Queued}, **_errors(413, 422)},
 )
 def chat(
     body: ChatRequest,
+    device: WebDevice,
     pipeline: Pipe,
-    settings: AppSettings,
-    x_device_id: Annotated[str | None, Header()] = None,
-    x_tenant_id: Annotated[str | None, Header()] = None,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> ChatResponse | JSONResponse:
-    device_id = web_device_id(x_device_id, settings)
-    tenant_id = request_tenant(x_tenant_id)
-    external_id = idempotency_external_id(device_id, idempotency_key)
-    inbound = Inbound(tenant_id, device_id, body.message, external_id, {"channel": "web"})
-    result = pipeline.handle(inbound)
+    """Send a message; 200 with the reply, or 202 when it waits behind a busy conversation."""
+    external_id = idempotency_external_id(device.device_id, idempotency_key)
+    metadata: dict[str, Any] = {"channel": "web"}
+    if body.choice_id is not None:
+        metadata["choice_id"] = body.choice_id
+    result = pipeline.handle(Inbound(device.tenant_id, device.device_id, body.message, external_id, metadata))
     if result.status == "queued":
         queued = Queued(
-            device_id=device_id,
-            message="your message is stored and will be answered in order; "
-            "retry with the same Idempotency-Key to get the reply",
+            device_id=device.device_id,
+            message_id=result.message_id,
+            message="your message is stored and will be answered in order; its reply appears in "
+            "GET /api/chat/messages, or retry with the same Idempotency-Key to get it",
         )
         return JSONResponse(queued.model_dump(), status_code=202)
-    return chat_response(device_id, result)
+    return chat_response(device.device_id, result)
+
+
+@router.get("/api/chat/messages", response_model=MessagePage, responses=_errors(404, 422))
+def my_messages(
+    device: WebDevice,
+    history: History,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    before: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    session_id: Annotated[str | None, Query(**SESSION_ID), AfterValidator(_session_id)] = None,
+) -> MessagePage:
+    """The device's messages of one session (default: the current one), newest first; page with ?before=."""
+    rows = history.messages(device.tenant_id, device.device_id, limit=limit + 1, before=before, session_id=session_id)
+    if rows is None:
+        raise ApiError(404, "not_found", NO_SESSION)
+    items = [MessageItem(**row) for row in rows[:limit]]
+    return MessagePage(items=items, next_before=items[-1].id if len(rows) > limit else None)
+
+
+@router.get("/api/chat/sessions", response_model=SessionList, responses=_errors())
+def my_sessions(device: WebDevice, history: History) -> SessionList:
+    """The device's sessions, newest first; only the current one can be active or idle."""
+    rows = history.sessions(device.tenant_id, device.device_id)
+    return SessionList(items=[SessionItem(**row) for row in rows])
+
+
+@router.delete(
+    "/api/chat/sessions/{session_id}", status_code=204, response_class=Response, responses=_errors(404, 422)
+)
+def delete_my_session(
+    session_id: Annotated[str, Path(**SESSION_ID), AfterValidator(_session_id)],
+    device: WebDevice,
+    history: History,
+) -> Response:
+    """Erase the messages of one of the device's sessions; the current lock and context stay."""
+    if not history.delete_session(device.tenant_id, device.device_id, session_id):
+        raise ApiError(404, "not_found", NO_SESSION)
+    return Response(status_code=204)
+
+
+@router.delete("/api/chat/history", status_code=204, response_class=Response, responses=_errors())
+def delete_my_history(device: WebDevice, history: History) -> Response:
+    """Erase everything stored for the device: state, messages, deduplication ids and audit."""
+    history.erase(device.tenant_id, device.device_id)
+    return Response(status_code=204)

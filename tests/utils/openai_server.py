@@ -1,0 +1,67 @@
+"""A real HTTP server on 127.0.0.1 that speaks the Chat Completions API: every request gets one reply text."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class ChatCompletions:
+    """Records each request body and answers with `reply` and a fixed usage (5 in, 2 out)."""
+
+    def __init__(self, reply: str) -> None:
+        self.reply = reply
+        self.requests: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as the OpenAI client's pool expects
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with api._lock:
+                    api.requests.append({"path": self.path, **request})
+                body = json.dumps({
+                    "id": f"chatcmpl-{len(api.requests)}", "object": "chat.completion", "created": 0,
+                    "model": request.get("model"),
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": api.reply}}],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+                }).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        return Handler
+
+
+@contextlib.contextmanager
+def chat_completions(reply: str) -> Iterator[ChatCompletions]:
+    api = ChatCompletions(reply)
+    try:
+        yield api
+    finally:
+        api.close()

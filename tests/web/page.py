@@ -1,0 +1,72 @@
+"""The chat page as a test uses it: type, send, read the log, the lock and the status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.utils.browser import WAIT_SECONDS
+
+
+class ChatPage:
+    def __init__(self, driver: Any, url: str):
+        self.driver, self.url = driver, url
+
+    def wait(self, condition, message: str = "") -> Any:
+        return WebDriverWait(self.driver, WAIT_SECONDS, poll_frequency=0.05).until(lambda d: condition(), message)
+
+    def open(self) -> ChatPage:
+        self.driver.get(f"{self.url}/")
+        self.wait(self.ready, "the page never showed its history")
+        return self
+
+    def reload(self) -> ChatPage:
+        self.driver.refresh()
+        self.wait(self.ready, "the page never showed its history after a reload")
+        return self
+
+    def ready(self) -> bool:
+        return self.driver.execute_script("return document.body.dataset.ready === 'true'")
+
+    def idle(self) -> bool:
+        return self.driver.execute_script("return document.body.dataset.busy !== 'true'")
+
+    def find(self, css: str) -> Any:
+        return self.driver.find_element(By.CSS_SELECTOR, css)
+
+    def all(self, css: str) -> list[Any]:
+        return self.driver.find_elements(By.CSS_SELECTOR, css)
+
+    def log(self) -> list[tuple[str, str, str]]:
+        """(role, who, text) of each message shown, oldest first."""
+        return [
+            ("user" if "user" in item.get_attribute("class").split() else "assistant",
+             item.find_element(By.CSS_SELECTOR, ".who strong").text,
+             item.find_element(By.CSS_SELECTOR, ".text").text)
+            for item in self.all("#log li")
+        ]
+
+    def replies(self) -> list[str]:
+        return [text for role, _, text in self.log() if role == "assistant"]
+
+    def type(self, text: str) -> None:
+        """Type into the message box and press Enter, as a person does."""
+        box = self.find("#message")
+        box.click()
+        box.send_keys(text, Keys.ENTER)
+
+    def say(self, text: str) -> str:
+        """Send text and wait for its reply; returns the reply."""
+        before = len(self.replies())
+        self.type(text)
+        self.wait(lambda: len(self.replies()) > before and self.idle(), f"no reply to {text!r}")
+        return self.replies()[-1]
+
+    def text(self, css: str) -> str:
+        return self.find(css).text
+
+    def device_id(self) -> str | None:
+        return self.driver.execute_script("return localStorage.getItem('agent-sessions.device-id')")

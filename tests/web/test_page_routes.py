@@ -1,0 +1,94 @@
+"""The chat page's files over HTTP and through the Lambda handler: types, CSP, caching, nothing external."""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import json
+import re
+import tomllib
+from importlib import resources
+
+import pytest
+
+from tests.conftest import make_settings
+from tests.deploy.conftest import ROOT, lambda_handler_for, sample_event
+from tests.utils.apps import app_client
+
+CSP = "default-src 'self'; base-uri 'self'; form-action 'self'; frame-ancestors 'self'"
+FILES = [("/", "text/html"), ("/web/chat.js", "text/javascript"), ("/web/chat.css", "text/css")]
+
+
+@pytest.fixture
+def client(settings):
+    with app_client(settings) as client:
+        yield client
+
+
+@pytest.mark.parametrize(("path", "kind"), FILES)
+def test_files_are_served_with_a_self_only_policy(client, path, kind):
+    response = client.get(path)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith(kind)
+    assert response.headers["content-security-policy"] == CSP
+    assert response.headers["x-content-type-options"] == "nosniff"
+    again = client.get(path, headers={"If-None-Match": response.headers["etag"]})
+    assert (again.status_code, again.content) == (304, b"")
+
+
+def test_the_page_loads_nothing_from_outside_the_app():
+    for name in ("index.html", "chat.js", "chat.css"):
+        text = resources.files("app.web").joinpath(name).read_text(encoding="utf-8")
+        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, re.IGNORECASE), name
+    page = resources.files("app.web").joinpath("index.html").read_text(encoding="utf-8")
+    assert "<style" not in page and "style=" not in page and "onclick" not in page
+    assert re.findall(r'<script[^>]*src="([^"]+)"', page) == ["web/chat.js"]
+
+
+@pytest.mark.parametrize("path", ["/web/index.html", "/web/missing.js", "/web/..%2Fapp%2F__init__.py", "/web/"])
+def test_other_paths_are_404(client, path):
+    response = client.get(path)
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+
+
+def page_event(path: str) -> dict:
+    """The shipped API Gateway v2 sample, asking for path as a browser does."""
+    event = sample_event("apigw-v2-health.json")
+    event["rawPath"] = event["requestContext"]["http"]["path"] = path
+    event["headers"]["accept"] = "text/html,application/xhtml+xml,*/*;q=0.8"
+    return event
+
+
+def body_of(response: dict) -> str:
+    body = response["body"]
+    return base64.b64decode(body).decode() if response.get("isBase64Encoded") else body
+
+
+@pytest.mark.parametrize(("path", "kind", "marker"), [
+    ("/", "text/html", '<ol id="log"'), ("/web/chat.js", "text/javascript", "api/chat/messages"),
+])
+def test_through_the_lambda_handler(database_url, path, kind, marker):
+    response = lambda_handler_for(make_settings(database_url))(page_event(path), None)
+    assert response["statusCode"] == 200, response
+    assert response["headers"]["content-type"].startswith(kind)
+    assert response["headers"]["content-security-policy"] == CSP
+    assert marker in body_of(response)
+
+
+def test_through_the_lambda_handler_under_a_stage(database_url):
+    event = page_event("/prod/")
+    event["requestContext"]["stage"] = "prod"
+    response = lambda_handler_for(make_settings(database_url, api_gateway_base_path="/prod"))(event, None)
+    assert response["statusCode"] == 200
+    # Relative links: the script and the API are asked for under /prod/ too.
+    assert 'src="web/chat.js"' in body_of(response)
+
+
+def test_every_deploy_target_ships_the_files():
+    names = [f"app/web/{name}" for name in ("index.html", "chat.js", "chat.css")]
+    vercel = json.loads((ROOT / "vercel.json").read_text(encoding="utf-8"))
+    pattern = vercel["functions"]["api/index.py"]["includeFiles"]
+    assert all(fnmatch.fnmatch(name, pattern) for name in names)
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["package-data"]
+    assert all(any(fnmatch.fnmatch(name.rsplit("/", 1)[1], p) for p in data["app.web"]) for name in names)
