@@ -104,7 +104,9 @@ class WhatsAppSender:
         self.graph.close()
 
 
-def replier(sender: WhatsAppSender, ledger: Ledger, deadline: Deadline | None = None) -> OnReply:
+def replier(
+    sender: WhatsAppSender, ledger: Ledger, deadline: Deadline | None = None, typing: Typist | None = None
+) -> OnReply:
     """The pipeline's on_reply for WhatsApp: send the device's unsent replies, this one included, in order.
 
     deadline: the latest time.monotonic() a send may run to; by default each send gets
@@ -116,6 +118,8 @@ def replier(sender: WhatsAppSender, ledger: Ledger, deadline: Deadline | None = 
     def on_reply(pending: Pending, answer: Answer) -> None:
         if pending.metadata.get("channel") != CHANNEL or answer.reply_id is None:
             return
+        if typing is not None:
+            typing.settled(pending)
         try:
             outbox.flush(reply_id=answer.reply_id, deadline=bound)
         except StoreError as err:  # the reply is stored unsent: the next delivery or the cleanup sends it
@@ -124,29 +128,48 @@ def replier(sender: WhatsAppSender, ledger: Ledger, deadline: Deadline | None = 
     return on_reply
 
 
-def typist(sender: WhatsAppSender, deadline: Deadline | None = None) -> OnWorking:
+class Typist:
     """The pipeline's on_working for WhatsApp: mark the message read and show "typing...", throttled.
 
-    At most once per WHATSAPP_TYPING_INTERVAL_SECONDS per message; best effort.
+    At most once per WHATSAPP_TYPING_INTERVAL_SECONDS per message; best effort. The
+    pipeline calls the hook on a thread of its own, so settled() lets the reply wait
+    (at most TYPING_TIMEOUT) for a call in flight: "typing..." never follows the reply.
     """
-    interval = sender.settings.whatsapp_typing_interval_seconds
-    last: dict[str, float] = {}
-    lock = threading.Lock()
 
-    def on_working(pending: Pending) -> None:
+    def __init__(self, sender: WhatsAppSender, deadline: Deadline | None = None):
+        self.sender, self.deadline = sender, deadline
+        self.interval = sender.settings.whatsapp_typing_interval_seconds
+        self._last: dict[str, float] = {}
+        self._done: set[str] = set()  # messages whose first typing call has ended
+        self._cond = threading.Condition()
+
+    def __call__(self, pending: Pending) -> None:
         metadata = pending.metadata
         message_id, phone_number_id = metadata.get("wa_message_id"), metadata.get("phone_number_id")
         if metadata.get("channel") != CHANNEL or not message_id or not phone_number_id:
             return
         now = time.monotonic()
-        with lock:
-            if message_id in last and now - last[message_id] < interval:
+        with self._cond:
+            if message_id in self._last and now - self._last[message_id] < self.interval:
                 return
-            last[message_id] = now
-        limit = min(deadline(), now + TYPING_TIMEOUT) if deadline else now + TYPING_TIMEOUT
-        sender.graph.typing(str(phone_number_id), str(message_id), deadline=limit)
+            self._last[message_id] = now
+        try:
+            limit = min(self.deadline(), now + TYPING_TIMEOUT) if self.deadline else now + TYPING_TIMEOUT
+            self.sender.graph.typing(str(phone_number_id), str(message_id), deadline=limit)
+        finally:
+            with self._cond:
+                self._done.add(str(message_id))
+                self._cond.notify_all()
 
-    return on_working
+    def settled(self, pending: Pending) -> None:
+        """Wait (at most TYPING_TIMEOUT) until this message's first typing call has ended."""
+        message_id = str(pending.metadata.get("wa_message_id"))
+        with self._cond:
+            self._cond.wait_for(lambda: message_id in self._done, timeout=TYPING_TIMEOUT)
+
+
+def typist(sender: WhatsAppSender, deadline: Deadline | None = None) -> Typist:
+    return Typist(sender, deadline)
 
 
 @dataclass
@@ -185,8 +208,8 @@ class _Batch:
             self.cond.notify_all()
 
     def run_device(self, jobs: list[_Job]) -> None:
-        on_reply = replier(self.sender, self.pipeline.ledger, self.deadline)
         typing = typist(self.sender, self.deadline)
+        on_reply = replier(self.sender, self.pipeline.ledger, self.deadline, typing)
         for job in jobs:
             with self.cond:
                 if job.state != "waiting":
@@ -253,10 +276,11 @@ class _Batch:
             self.sender.background.start(self._drain, claim.lease)
 
     def _drain(self, lease: Any) -> None:
-        on_reply = replier(self.sender, self.pipeline.ledger, self.deadline)
+        typing = typist(self.sender, self.deadline)
+        on_reply = replier(self.sender, self.pipeline.ledger, self.deadline, typing)
         try:
             # Pipeline.drain only takes a free lease; this one is already ours.
-            self.pipeline._drain(lease, on_reply, typist(self.sender, self.deadline))  # noqa: SLF001
+            self.pipeline._drain(lease, on_reply, typing)  # noqa: SLF001
         except Exception:  # noqa: BLE001 - the lease expires and the cleanup run answers them
             logger.exception("draining device after the webhook's answer failed")
 
