@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 run: install
-	$(BIN)/python -m app serve
+	$(BIN)/python -m app serve --migrate
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

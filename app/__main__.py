@@ -8,8 +8,11 @@ import logging
 import os
 import sys
 
-from app.core.config import Settings
+from pydantic import ValidationError
+
+from app.core.config import Settings, settings_problem
 from app.core.logging import configure_logging
+from app.errors import StoreUnavailable
 
 logger = logging.getLogger("app.cli")
 
@@ -41,7 +44,15 @@ def _migrated(settings: Settings) -> Settings:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
-    settings = _migrated(settings)
+    if settings.database_url is None or args.migrate:
+        # The embedded default (and `make run`) migrate first. An external database is
+        # migrated by `python -m app migrate`: serve starts without it, answers degraded,
+        # and reports the schema in /api/health once the database answers.
+        try:
+            settings = _migrated(settings)
+        except StoreUnavailable as err:
+            print(f"serve: cannot migrate, the database is unavailable: {err}", file=sys.stderr, flush=True)
+            return 1
     # Workers re-read Settings from the environment: hand them the resolved URL.
     os.environ["DATABASE_URL"] = settings.database_url or ""
     url = f"http://{args.host or settings.host}:{args.port or settings.port}"
@@ -111,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--migrate", action="store_true", help="apply migrations first (always done for the embedded database)")
     serve.set_defaults(run=cmd_serve)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(run=cmd_migrate)
     sub.add_parser("cleanup", help="release expired locks now").set_defaults(run=cmd_cleanup)
@@ -121,10 +133,19 @@ def main(argv: list[str] | None = None) -> int:
     stats.add_argument("--tenant", help="one tenant (default: all tenants)")
     stats.set_defaults(run=cmd_stats)
     args = parser.parse_args(argv)
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as err:
+        # One line, never the values: a setting may be a secret.
+        print(f"{parser.prog} {args.command}: {settings_problem(err)}", file=sys.stderr, flush=True)
+        return 2
     configure_logging(settings, serverless=False)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
-    return args.run(args, settings)
+    try:
+        return args.run(args, settings)
+    except StoreUnavailable as err:
+        print(f"{parser.prog} {args.command}: the database is unavailable: {err}", file=sys.stderr, flush=True)
+        return 1
 
 
 if __name__ == "__main__":

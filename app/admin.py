@@ -15,8 +15,10 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from app import validation
+from app.devices import canonical_device_id
 from app.context import ContextPatch, normalized
-from app.core.db import store_errors
+from app.core.db import run
+from app.core.times import utc_text
 
 logger = logging.getLogger(__name__)
 
@@ -221,17 +223,16 @@ class AdminStore:
         self.engine = engine
         self.context_cap = context_cap
 
-    def _rows(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-        with store_errors(), self.engine.begin() as conn:
-            return [dict(row) for row in conn.exec_driver_sql(sql, params).mappings()]
+    def _rows(self, sql: str, params: dict[str, Any], *, read_only: bool = True) -> list[dict[str, Any]]:
+        return [dict(row) for row in run(self.engine, sql, params, rows="all", read_only=read_only)]
 
-    def _first(self, sql: str, params: dict[str, Any]) -> dict[str, Any] | None:
-        rows = self._rows(sql, params)
+    def _first(self, sql: str, params: dict[str, Any], *, read_only: bool = True) -> dict[str, Any] | None:
+        rows = self._rows(sql, params, read_only=read_only)
         return rows[0] if rows else None
 
     @staticmethod
     def _key(tenant: str, device: str) -> dict[str, Any]:
-        return {"tenant": validation.tenant_id(tenant), "device": validation.device_id(device)}
+        return {"tenant": validation.tenant_id(tenant), "device": canonical_device_id(device)}
 
     def list_sessions(
         self, tenant: str, *, limit: int, offset: int, agent: str | None = None, status: str | None = None
@@ -283,27 +284,27 @@ class AdminStore:
         """Merge a patch into an existing state's context in SQL; None if the device has no state."""
         params = self._key(tenant, device)
         params |= {"patch": json.dumps(ContextPatch.parse(patch).as_json()), "cap": self.context_cap}
-        row = self._first(PATCH_CONTEXT, params)
+        row = self._first(PATCH_CONTEXT, params, read_only=False)
         return None if row is None else normalized(row["context"])
 
     def override_lock(self, tenant: str, device: str, agent: str, ttl: int | None = None) -> dict[str, Any] | None:
         """Give the lock to agent (ttl also becomes the session_ttl), audited; None if no state."""
         params = self._key(tenant, device) | {"agent": validation.agent_key(agent), "ttl": validation.ttl(ttl)}
-        row = self._first(OVERRIDE_SET, params)
+        row = self._first(OVERRIDE_SET, params, read_only=False)
         if row is not None:
             logger.info("operator gave the lock to %s (was %s)", agent, row["previous_agent"])
         return row
 
     def release_lock(self, tenant: str, device: str) -> dict[str, Any] | None:
         """Release any lock, audited; None if the device has no state."""
-        row = self._first(OVERRIDE_CLEAR, self._key(tenant, device))
+        row = self._first(OVERRIDE_CLEAR, self._key(tenant, device), read_only=False)
         if row is not None and row["previous_agent"] is not None:
             logger.info("operator released the lock of %s", row["previous_agent"])
         return row
 
     def erase(self, tenant: str, device: str) -> bool:
         """Delete the device's state, messages and audit rows at once; False if there were none."""
-        row = self._first(ERASE, self._key(tenant, device))
+        row = self._first(ERASE, self._key(tenant, device), read_only=False)
         erased = row is not None and any(row.values())
         if erased:
             logger.info("erased a device: %s state, %s messages, %s audit rows", *row.values())
@@ -350,4 +351,4 @@ def stats_table(figures: dict[str, Any], tenant: str | None) -> str:
 
 
 def _cell(value: Any) -> str:
-    return value.isoformat() if isinstance(value, datetime) else str(value)
+    return utc_text(value) if isinstance(value, datetime) else str(value)

@@ -7,6 +7,8 @@ import hashlib
 import hmac
 import uuid
 
+from app import validation
+
 
 def _tag(secret: str, device_uuid: str) -> str:
     digest = hmac.new(secret.encode(), device_uuid.encode(), hashlib.sha256).digest()
@@ -25,6 +27,16 @@ def parse_uuid(value: str) -> str | None:
         return str(uuid.UUID(value))
     except ValueError:
         return None
+
+
+def canonical_device_id(value: object) -> str:
+    """A device id as stored: a UUID in any spelling /api/chat accepts (upper case, braces,
+    `urn:uuid:`) becomes its lowercase hyphenated form; any other valid id is kept as is.
+
+    Raises InvalidDeviceId for a value that is not 1-128 printable characters.
+    """
+    device = validation.device_id(value)
+    return parse_uuid(device) or device
 
 
 def verify(secret: str, value: str) -> str | None:

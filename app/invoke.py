@@ -24,7 +24,13 @@ class InvalidEvent(InvalidInput):
 
 
 def event_kind(event: Any) -> Kind:
-    """Which handler an event is for: "http" (API Gateway v2 or v1) or "schedule" (EventBridge)."""
+    """Which handler an event is for: "http" or "schedule", as the Lambda handlers serve them.
+
+    http: API Gateway HTTP API (payload 2.0) and Lambda Function URL (the same format),
+    API Gateway REST API (1.0), and ALB target events (with or without multi-value headers).
+    schedule: an EventBridge rule's Scheduled Event, or an EventBridge Scheduler payload.
+    Raises InvalidEvent for anything else. Formats: the AWS Lambda developer guide's event pages.
+    """
     if not isinstance(event, dict):
         raise InvalidEvent("an event must be a JSON object")
     context = event.get("requestContext")
@@ -33,13 +39,17 @@ def event_kind(event: Any) -> Kind:
             return "http"
         if "httpMethod" in event and "resource" in event:
             return "http"
+        if isinstance(context.get("elb"), dict) and "httpMethod" in event and "path" in event:
+            return "http"
     if event.get("source") == "aws.events" or event.get("detail-type") == "Scheduled Event":
         return "schedule"
     # EventBridge Scheduler delivers whatever input the schedule defines: nothing ({}), or a
     # payload that carries the schedule's ARN through its context attributes.
     if not event or any(isinstance(value, str) and SCHEDULER_ARN.match(value) for value in event.values()):
         return "schedule"
-    raise InvalidEvent("not an API Gateway (v1 or v2) event, an EventBridge scheduled event or a Scheduler payload")
+    raise InvalidEvent(
+        "not an API Gateway (REST or HTTP), ALB or Function URL event, an EventBridge scheduled event or a Scheduler payload"
+    )
 
 
 def load_event(path: str | Path) -> Any:
@@ -78,7 +88,7 @@ def _run_with(settings: Settings, kind: Kind, event: dict[str, Any], context: An
 
 
 def main(path: str) -> int:
-    """CLI entry: 0 on success, 1 if the handler failed or answered 5xx, 2 for an unusable event file."""
+    """CLI entry: 0 on success, 1 if the handler failed or answered 5xx (or an error), 2 for an unusable event file."""
     try:
         result = run(path)
     except InvalidEvent as err:
@@ -87,4 +97,4 @@ def main(path: str) -> int:
     except SessionError as err:
         print(f"invoke: {err.code}: {err}", file=sys.stderr)
         return 1
-    return 1 if int(result.get("statusCode", 200)) >= 500 else 0
+    return 1 if "error" in result or int(result.get("statusCode", 200)) >= 500 else 0

@@ -1,19 +1,26 @@
-"""AWS Lambda entry points: `handler` (API Gateway, through Mangum) and `cleanup_handler` (schedule)."""
+"""AWS Lambda entry points: `handler` (API Gateway, ALB, Function URL, through Mangum) and `cleanup_handler` (schedule)."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 from mangum import Mangum
+from pydantic import ValidationError
 
 from app.cleanup import cleanup_app
+from app.core.config import Settings, settings_problem
 from app.core.logging import configure_logging
 from app.main import create_app
 
+logger = logging.getLogger("app.startup")
+CONFIGURATION_ERROR = {"error": {"code": "configuration_error", "message": "the service is not configured correctly"}}
+
 
 def http_handler(app: FastAPI) -> Mangum:
-    """A Lambda handler for API Gateway (HTTP API v2 or REST v1 events) that serves app."""
+    """A Lambda handler for API Gateway (REST v1, HTTP v2), ALB and Function URL events that serves app."""
     return Mangum(app, lifespan="off", api_gateway_base_path=app.state.settings.api_gateway_base_path)
 
 
@@ -22,14 +29,39 @@ def cleanup(app: FastAPI) -> dict[str, int]:
     return cleanup_app(app.state).as_dict()
 
 
-# Built once per execution environment, from the environment's Settings. Importing never
-# connects: the engine is created on first use, so a missing DATABASE_URL is reported there
-# (ConfigurationError, HTTP 500 configuration_error) instead of failing every cold start.
-app = create_app(serverless=True)
-configure_logging(app.state.settings, serverless=True)
-handler = http_handler(app)
+def misconfigured_app() -> FastAPI:
+    """The app served when Settings are invalid: 500 configuration_error, without details, to every request."""
+    fallback = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    fallback.state.settings = None
+
+    @fallback.api_route("/{path:path}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+    async def _refuse(path: str) -> JSONResponse:
+        return JSONResponse(CONFIGURATION_ERROR, status_code=500)
+
+    return fallback
 
 
-def cleanup_handler(event: Any, context: Any) -> dict[str, int]:
+def _build() -> tuple[FastAPI, Mangum]:
+    # Built once per execution environment, from the environment's Settings. Importing never
+    # connects: the engine is created on first use. Invalid settings are logged once, here,
+    # as one line without values, and every request then answers 500 configuration_error.
+    try:
+        settings = Settings()
+    except ValidationError as err:
+        configure_logging(Settings.model_construct(), serverless=True)
+        logger.error("refusing to serve: %s", settings_problem(err))
+        fallback = misconfigured_app()
+        return fallback, Mangum(fallback, lifespan="off")
+    configure_logging(settings, serverless=True)
+    built = create_app(settings, serverless=True)
+    return built, http_handler(built)
+
+
+app, handler = _build()
+
+
+def cleanup_handler(event: Any, context: Any) -> dict[str, Any]:
     """Scheduled cleanup; the event is ignored (EventBridge rule and Scheduler payloads differ)."""
+    if app.state.settings is None:
+        return dict(CONFIGURATION_ERROR)
     return cleanup(app)

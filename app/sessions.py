@@ -152,15 +152,15 @@ class SessionService:
         self.default_ttl = validation.ttl(default_ttl)
         self.context_cap = context_cap
 
-    def _one(self, sql: str, params: dict[str, Any]) -> Any:
-        return run(self.engine, sql, params, rows="scalar")
+    def _one(self, sql: str, params: dict[str, Any], *, read_only: bool = False) -> Any:
+        return run(self.engine, sql, params, rows="scalar", read_only=read_only)
 
     def _key(self, device_id: str, tenant_id: str) -> dict[str, Any]:
         return {"device": validation.device_id(device_id), "tenant": validation.tenant_id(tenant_id)}
 
     def get_session_lock(self, device_id: str, *, tenant_id: str = "default") -> str | None:
         """The agent holding a live lock on the device, or None."""
-        return self._one(GET_LOCK, self._key(device_id, tenant_id))
+        return self._one(GET_LOCK, self._key(device_id, tenant_id), read_only=True)
 
     def set_session_lock(
         self, device_id: str, agent_key: str, *, ttl: int | None = None, tenant_id: str = "default"
@@ -209,7 +209,7 @@ class SessionService:
 
     def get_session_context(self, device_id: str, *, tenant_id: str = "default") -> dict[str, Any]:
         """The device's session context, with all four parts (empty for an unknown device)."""
-        return normalized(self._one(GET_CONTEXT, self._key(device_id, tenant_id)))
+        return normalized(self._one(GET_CONTEXT, self._key(device_id, tenant_id), read_only=True))
 
     def update_session_context(
         self, device_id: str, patch: ContextPatch | dict[str, Any], *, tenant_id: str = "default"

@@ -25,7 +25,8 @@ from tests.utils.postgres import postgres_server, scratch_database
 logger = logging.getLogger(__name__)
 
 POOLED_SUITES = ("core", "pipeline", "api", "channels", "sessions")
-POOLER_SETTINGS = {"db_prepare": False, "db_statement_timeout_mode": "local"}
+# The one setting the README asks for behind a transaction-mode pooler.
+POOLER_SETTINGS = {"db_pooler": "transaction"}
 # Which backend the session-scoped database_url currently points at (pytest runs
 # one backend's tests as a group), so make_settings can add the pooler settings.
 ACTIVE = {"pooler": False}

@@ -8,48 +8,17 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header
-from pydantic import SecretStr
 
 from app import devices, validation
 from app.api.deps import AppSettings
 from app.api.errors import ApiError
 from app.core.config import Settings
-from app.errors import ConfigurationError, InvalidInput
+from app.errors import InvalidInput
 
 logger = logging.getLogger(__name__)
 security = logging.getLogger("app.security")
 
-MIN_KEY_LENGTH = 16
 UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
-
-
-def parse_admin_keys(raw: SecretStr | str | None) -> list[tuple[str, bytes]]:
-    """ADMIN_API_KEYS ("tenant:key,tenant:key") as (tenant, key) pairs; ConfigurationError if malformed."""
-    text = raw.get_secret_value() if isinstance(raw, SecretStr) else (raw or "")
-    pairs: list[tuple[str, bytes]] = []
-    owners: dict[bytes, str] = {}
-    for number, item in enumerate(text.split(","), start=1):
-        if not item.strip():
-            continue
-        tenant, sep, key = (part.strip() for part in item.strip().partition(":"))
-        # The messages name the entry by position, never its content: it holds a secret.
-        if not sep or not tenant or not key:
-            raise ConfigurationError(f"ADMIN_API_KEYS entry {number} is not of the form tenant:key")
-        try:
-            validation.tenant_id(tenant)
-        except InvalidInput:
-            raise ConfigurationError(f"ADMIN_API_KEYS entry {number} names an invalid tenant id") from None
-        if len(key) < MIN_KEY_LENGTH or any(c.isspace() or not c.isprintable() for c in key):
-            raise ConfigurationError(
-                f"ADMIN_API_KEYS entry {number}: a key must be at least {MIN_KEY_LENGTH} printable "
-                "characters without whitespace"
-            )
-        secret = key.encode()
-        if owners.get(secret, tenant) != tenant:
-            raise ConfigurationError(f"ADMIN_API_KEYS entry {number} reuses another tenant's key")
-        owners[secret] = tenant
-        pairs.append((tenant, secret))
-    return pairs
 
 
 def bearer_token(header: str | None) -> bytes | None:
@@ -65,7 +34,7 @@ def bearer_token(header: str | None) -> bytes | None:
 
 async def admin_tenant(settings: AppSettings, authorization: Annotated[str | None, Header()] = None) -> str:
     """The tenant whose admin key the request carries; 401 without a valid key."""
-    keys = parse_admin_keys(settings.admin_api_keys)
+    keys = settings.admin_keys  # parsed and checked when Settings was made
     if not keys:
         logger.warning("admin request refused: ADMIN_API_KEYS is not set")
     token = bearer_token(authorization)

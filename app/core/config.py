@@ -7,10 +7,15 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.errors import ConfigurationError
+
 MAX_TTL_SECONDS = 30 * 24 * 3600
+MIN_ADMIN_KEY_LENGTH = 16
+SECRETS = ("cron_secret", "whatsapp_verify_token", "whatsapp_app_secret", "whatsapp_access_token",
+           "admin_api_keys", "device_id_secret", "log_hash_key")
 
 
 class Settings(BaseSettings):
@@ -27,9 +32,17 @@ class Settings(BaseSettings):
     db_prepare: bool = True
     db_connect_timeout: int = Field(5, ge=2, le=60)
     db_statement_timeout_ms: int = Field(5000, ge=0)
+    # What sits between the app and PostgreSQL. "transaction" (PgBouncer, Supavisor,
+    # RDS Proxy in transaction mode) turns off prepared statements and startup options.
+    db_pooler: Literal["none", "session", "transaction"] = "none"
     # "startup" sends the timeout as a connection option (no extra round trip);
-    # "local" sets it per transaction, for poolers that refuse startup options.
-    db_statement_timeout_mode: Literal["startup", "local"] = "startup"
+    # "local" sets it per transaction, for poolers that refuse startup options;
+    # "auto": local when DB_POOLER=transaction or DB_PREPARE=false, else startup.
+    db_statement_timeout_mode: Literal["auto", "startup", "local"] = "auto"
+    # TCP keepalives, so a connection a middlebox dropped without a FIN is found idle.
+    db_keepalives_idle: int = Field(30, ge=1, le=7200)  # seconds idle before the first probe
+    db_keepalives_interval: int = Field(10, ge=1, le=600)  # seconds between probes
+    db_keepalives_count: int = Field(3, ge=1, le=20)  # unanswered probes before the socket is dead
     data_dir: Path = Path(".data/postgres")
 
     # Sessions and pipeline.
@@ -71,8 +84,9 @@ class Settings(BaseSettings):
     whatsapp_tenants: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     webhook_max_age_seconds: int = Field(7 * 24 * 3600, ge=60)
 
-    # Session admin API: "tenant:key,tenant:key"; each key sees only its tenant.
+    # Session admin API: "tenant:key,tenant:key"; each key sees only its tenant. Parsed once, at start.
     admin_api_keys: SecretStr | None = None
+    _admin_keys: list[tuple[str, bytes]] = PrivateAttr(default_factory=list)
 
     # Signed web chat device ids (<uuid>.<tag>); unset keeps plain UUIDs.
     device_id_secret: SecretStr | None = None
@@ -87,6 +101,50 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     log_level: str = "INFO"
+
+    @field_validator(*SECRETS, "database_url", mode="before")
+    @classmethod
+    def _trim(cls, value: object) -> object:
+        # A secret pasted with a trailing newline would otherwise never match (a silent 401).
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, str):
+            return value.strip() or None
+        return value
+
+    @field_validator("api_gateway_base_path")
+    @classmethod
+    def _base_path(cls, value: str) -> str:
+        # "prod", "/prod" and "/prod/" name the same stage; "" and "/" mean none.
+        value = value.strip().strip("/")
+        if any(c.isspace() or not c.isprintable() for c in value):
+            raise ValueError("must be a path such as /prod, without whitespace")
+        return "/" + value
+
+    @model_validator(mode="after")
+    def _parse_admin_keys(self) -> Settings:
+        try:
+            self._admin_keys = parse_admin_keys(self.admin_api_keys)
+        except ConfigurationError as err:
+            raise ValueError(str(err)) from None
+        return self
+
+    @property
+    def admin_keys(self) -> list[tuple[str, bytes]]:
+        """ADMIN_API_KEYS as (tenant, key) pairs, parsed and checked when Settings was made."""
+        return self._admin_keys
+
+    @property
+    def statement_timeout_mode(self) -> Literal["startup", "local"]:
+        """Where the statement timeout is set: a startup option, or SET LOCAL per transaction."""
+        if self.db_statement_timeout_mode != "auto":
+            return self.db_statement_timeout_mode
+        return "local" if self.db_pooler == "transaction" or not self.db_prepare else "startup"
+
+    @property
+    def prepare(self) -> bool:
+        """Whether psycopg may prepare statements (never through a transaction-mode pooler)."""
+        return self.db_prepare and self.db_pooler != "transaction"
 
     @field_validator("whatsapp_tenants", mode="before")
     @classmethod
@@ -117,3 +175,48 @@ class Settings(BaseSettings):
             if url.startswith(prefix):
                 return "postgresql+psycopg://" + url[len(prefix):]
         return url
+
+
+def parse_admin_keys(raw: SecretStr | str | None) -> list[tuple[str, bytes]]:
+    """ADMIN_API_KEYS ("tenant:key,tenant:key") as (tenant, key) pairs; ConfigurationError if malformed.
+
+    Keys are at least MIN_ADMIN_KEY_LENGTH printable characters without whitespace; one key
+    belongs to one tenant, a tenant may have several (for rotation).
+    """
+    from app import validation  # app.validation imports this module
+
+    text = raw.get_secret_value() if isinstance(raw, SecretStr) else (raw or "")
+    pairs: list[tuple[str, bytes]] = []
+    owners: dict[bytes, str] = {}
+    for number, item in enumerate(text.split(","), start=1):
+        if not item.strip():
+            continue
+        tenant, sep, key = (part.strip() for part in item.strip().partition(":"))
+        # The messages name the entry by position, never its content: it holds a secret.
+        if not sep or not tenant or not key:
+            raise ConfigurationError(f"ADMIN_API_KEYS entry {number} is not of the form tenant:key")
+        try:
+            validation.tenant_id(tenant)
+        except ValueError:
+            raise ConfigurationError(f"ADMIN_API_KEYS entry {number} names an invalid tenant id") from None
+        if len(key) < MIN_ADMIN_KEY_LENGTH or any(c.isspace() or not c.isprintable() for c in key):
+            raise ConfigurationError(
+                f"ADMIN_API_KEYS entry {number}: a key must be at least {MIN_ADMIN_KEY_LENGTH} printable "
+                "characters without whitespace"
+            )
+        secret = key.encode()
+        if owners.get(secret, tenant) != tenant:
+            raise ConfigurationError(f"ADMIN_API_KEYS entry {number} reuses another tenant's key")
+        owners[secret] = tenant
+        pairs.append((tenant, secret))
+    return pairs
+
+
+def settings_problem(err: ValidationError) -> str:
+    """One line naming each bad setting and why, never its value (it may be a secret)."""
+    parts = []
+    for item in err.errors(include_input=False, include_url=False):
+        name = ".".join(str(part) for part in item.get("loc", ())).upper()
+        message = str(item.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{name}: {message}" if name else message)
+    return "invalid settings: " + "; ".join(parts)

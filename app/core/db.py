@@ -10,13 +10,17 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from datetime import UTC
+
 import psycopg
 import sqlalchemy as sa
 from psycopg.rows import dict_row, tuple_row
+from psycopg.types.datetime import TimestamptzBinaryLoader, TimestamptzLoader
 from sqlalchemy import event, exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool, QueuePool
 
+from app.core import schema
 from app.core.config import Settings
 from app.errors import ConfigurationError, StoreError, StoreUnavailable
 
@@ -29,7 +33,12 @@ AUTOCOMMIT_STATEMENTS = "agent_sessions_autocommit"
 
 
 def make_engine(settings: Settings, *, serverless: bool = False, url: str | None = None) -> Engine:
-    """Build an engine tuned for one-statement lock operations."""
+    """Build an engine tuned for one-statement lock operations; it connects on first use, never here.
+
+    Every connection has TCP keepalives (DB_KEEPALIVES_*), hands timestamps back in UTC
+    whatever the session's TimeZone, and is bounded by DB_CONNECT_TIMEOUT and
+    DB_STATEMENT_TIMEOUT_MS. Raises ConfigurationError without a URL.
+    """
     url = url or settings.database_url
     if not url:
         raise ConfigurationError("DATABASE_URL is not set")
@@ -38,11 +47,18 @@ def make_engine(settings: Settings, *, serverless: bool = False, url: str | None
         "application_name": "agent-sessions",
         # psycopg prepares a statement after 5 runs on a connection; poolers in
         # transaction mode may hand the next run to a server that never saw it.
-        "prepare_threshold": 5 if settings.db_prepare else None,
+        "prepare_threshold": 5 if settings.prepare else None,
+        # libpq keepalives: a peer that vanished without a FIN makes the idle socket
+        # fail within idle + interval * count seconds, so the pool's checkout drops it.
+        "keepalives": 1,
+        "keepalives_idle": settings.db_keepalives_idle,
+        "keepalives_interval": settings.db_keepalives_interval,
+        "keepalives_count": settings.db_keepalives_count,
     }
-    local_timeout = settings.db_statement_timeout_mode == "local"
+    local_timeout = settings.statement_timeout_mode == "local"
     if settings.db_statement_timeout_ms and not local_timeout:
         connect_args["options"] = f"-c statement_timeout={settings.db_statement_timeout_ms}"
+    _log_pooler_choice(settings)
 
     pool = settings.db_pool or ("null" if serverless else "queue")
     pool_args: dict[str, object] = {"poolclass": NullPool}
@@ -66,6 +82,8 @@ def make_engine(settings: Settings, *, serverless: bool = False, url: str | None
         pool_reset_on_return="rollback" if local_timeout else None,
         **pool_args,
     )
+    event.listen(engine, "connect", _utc_timestamps)
+    event.listen(engine, "first_connect", schema.on_first_connect)
     event.listen(engine, "checkout", _discard_dead_connection)
     if local_timeout and settings.db_statement_timeout_ms:
         ms = int(settings.db_statement_timeout_ms)
@@ -75,6 +93,48 @@ def make_engine(settings: Settings, *, serverless: bool = False, url: str | None
             conn.exec_driver_sql(f"SET LOCAL statement_timeout = {ms}")
 
     return engine
+
+
+def _log_pooler_choice(settings: Settings) -> None:
+    # One line per engine (one per process in a server), so an operator sees what a pooler setting did.
+    if settings.statement_timeout_mode == "startup" and settings.prepare:
+        return
+    reason = f"DB_POOLER={settings.db_pooler}" if settings.db_pooler == "transaction" else "DB_PREPARE=false"
+    logger.info(
+        "%s: prepared statements %s, statement timeout set %s",
+        reason,
+        "on" if settings.prepare else "off",
+        "per transaction (SET LOCAL), no startup options" if settings.statement_timeout_mode == "local"
+        else "as a startup option",
+    )
+
+
+UTC_ZONES = frozenset({"UTC", "Etc/UTC", "Etc/UCT", "UCT", "Etc/Universal", "Universal", "Zulu", "Etc/Zulu",
+                       "GMT", "Etc/GMT", "Etc/GMT+0", "Etc/GMT-0", "Etc/Greenwich", "Greenwich", "GMT0"})
+
+
+class _UtcTimestamptzLoader(TimestamptzLoader):
+    # psycopg returns timestamptz in the session's TimeZone (a role or database may set
+    # '+05:30'); the API promises UTC, so convert once here, for every statement.
+    def load(self, data):  # noqa: ANN001, ANN201
+        return super().load(data).astimezone(UTC)
+
+
+class _UtcTimestamptzBinaryLoader(TimestamptzBinaryLoader):
+    def load(self, data):  # noqa: ANN001, ANN201
+        return super().load(data).astimezone(UTC)
+
+
+def _utc_timestamps(dbapi_conn, record) -> None:  # noqa: ANN001
+    # The server reports its TimeZone at startup; under UTC psycopg's own (C) loader is right.
+    info = getattr(dbapi_conn, "info", None)
+    zone = info.parameter_status("TimeZone") if info is not None else None
+    if zone in UTC_ZONES:
+        return
+    adapters = getattr(dbapi_conn, "adapters", None)
+    if adapters is not None:
+        adapters.register_loader("timestamptz", _UtcTimestamptzLoader)
+        adapters.register_loader("timestamptz", _UtcTimestamptzBinaryLoader)
 
 
 def _discard_dead_connection(dbapi_conn, record, proxy) -> None:  # noqa: ANN001
@@ -117,25 +177,52 @@ def store_errors() -> Iterator[None]:
         raise StoreError(_describe(err)) from err
 
 
-def run(engine: Engine, sql: str, params: dict[str, Any], *, rows: str = "first") -> Any:
+def run(engine: Engine, sql: str, params: dict[str, Any], *, rows: str = "first", read_only: bool = False) -> Any:
     """Run one statement; return its first row (a dict), its first value ("scalar") or all rows ("all").
 
     On an autocommit engine from make_engine this checks a pooled connection out
     and uses its psycopg cursor directly: SQLAlchemy's Connection layer would cost
     more than the round trip itself. Engine-level before/after_cursor_execute
     listeners still see every statement. Other engines take the ordinary path.
+
+    A connection found dead invalidates every pooled connection older than it (as
+    SQLAlchemy's own path does): they went through the same outage or middlebox. A
+    read_only statement that failed that way runs once more on a fresh connection;
+    a write never does, since it may have been applied before the connection broke.
+    Raises StoreUnavailable (down, gone, too slow) or StoreError (refused).
     """
+    try:
+        return _run_once(engine, sql, params, rows)
+    except StoreUnavailable as err:
+        if not (read_only and isinstance(err, _Disconnected)):
+            raise
+        logger.info("retrying a read on a fresh connection after a disconnect: %s", err)
+        return _run_once(engine, sql, params, rows)
+
+
+class _Disconnected(StoreUnavailable):
+    """A pooled connection turned out dead mid-statement (the pool was invalidated)."""
+
+
+def _run_once(engine: Engine, sql: str, params: dict[str, Any], rows: str) -> Any:
     if not engine.get_execution_options().get(AUTOCOMMIT_STATEMENTS):
-        with store_errors(), engine.begin() as conn:
-            result = conn.exec_driver_sql(sql, params)
-            if not result.returns_rows:
-                return [] if rows == "all" else None
-            if rows == "scalar":
-                return result.scalar()
-            mapped = result.mappings()
-            return [dict(r) for r in mapped] if rows == "all" else (dict(r) if (r := mapped.first()) else None)
+        try:
+            with store_errors(), engine.begin() as conn:
+                result = conn.exec_driver_sql(sql, params)
+                if not result.returns_rows:
+                    return [] if rows == "all" else None
+                if rows == "scalar":
+                    return result.scalar()
+                mapped = result.mappings()
+                return [dict(r) for r in mapped] if rows == "all" else (dict(r) if (r := mapped.first()) else None)
+        except StoreUnavailable as err:
+            cause = err.__cause__
+            if isinstance(cause, exc.DBAPIError) and cause.connection_invalidated:
+                raise _Disconnected(str(err)) from cause
+            raise
     with store_errors():
         fairy = engine.raw_connection()
+    cursor = None
     try:
         cursor = fairy.cursor(row_factory=tuple_row if rows == "scalar" else dict_row)
         dispatch = engine.dispatch
@@ -149,7 +236,13 @@ def run(engine: Engine, sql: str, params: dict[str, Any], *, rows: str = "first"
         row = cursor.fetchone() if cursor.description else None
         return row[0] if rows == "scalar" and row is not None else row
     except psycopg.Error as err:
-        if isinstance(err, psycopg.OperationalError | psycopg.InterfaceError) or fairy.dbapi_connection.broken:
+        dbapi_conn = fairy.dbapi_connection
+        if engine.dialect.is_disconnect(err, dbapi_conn, cursor) or (dbapi_conn is not None and dbapi_conn.broken):
+            # The pool's own disconnect handling: stamp an invalidation time, so every
+            # connection made before it is replaced at its next checkout.
+            engine.pool._invalidate(fairy, err)  # noqa: SLF001 - what Connection does on is_disconnect
+            raise _Disconnected(_describe(err)) from err
+        if isinstance(err, psycopg.OperationalError | psycopg.InterfaceError):
             fairy.invalidate(err)  # a fresh connection next time
             raise StoreUnavailable(_describe(err)) from err
         raise StoreError(_describe(err)) from err

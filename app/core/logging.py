@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import re
 import secrets
 import time
@@ -23,14 +24,24 @@ access = logging.getLogger("app.access")
 # Fields a log call may add with extra=...; anything else is left out of the JSON.
 FIELDS = ("device", "tenant", "agent", "event", "outcome", "status", "method", "path", "duration_ms",
           "db_ms", "agent_ms", "total_ms", "messages", "released", "deleted", "recovered")
-_PROCESS_KEY = secrets.token_bytes(32)
+_process_key: tuple[int, bytes] | None = None  # (pid, key), made on first use
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 def device_hash(settings: Settings, device_id: str) -> str:
     """A stable pseudonym for a device id or phone number, keyed so it cannot be reversed by lookup."""
-    key = settings.log_hash_key.get_secret_value().encode() if settings.log_hash_key else _PROCESS_KEY
+    key = settings.log_hash_key.get_secret_value().encode() if settings.log_hash_key else _fallback_key()
     return hmac.new(key, device_id.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def _fallback_key() -> bytes:
+    # Made on first use, never at import: a SnapStart snapshot or a forked worker would
+    # otherwise share one key; a new pid gets its own.
+    global _process_key
+    pid = os.getpid()
+    if _process_key is None or _process_key[0] != pid:
+        _process_key = (pid, secrets.token_bytes(32))
+    return _process_key[1]
 
 
 class RequestIdFilter(logging.Filter):

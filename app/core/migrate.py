@@ -29,8 +29,11 @@ def downgrade(engine: Engine, revision: str = "base") -> None:
 
 
 def _run(engine: Engine, step, revision: str) -> None:  # noqa: ANN001
+    from app.core.db import store_errors
+
     cfg = alembic_config()
-    with engine.connect() as conn:
+    # An unreachable or silent server raises StoreUnavailable within DB_CONNECT_TIMEOUT.
+    with store_errors(), engine.connect() as conn:
         # The app's engines autocommit; a migration must be all or nothing.
         conn.execution_options(isolation_level="READ COMMITTED")
         cfg.attributes["connection"] = conn

@@ -227,11 +227,19 @@ class TestHealth:
     def test_ok_with_migration(self, client):
         from app.core.migrate import head_revision
 
-        assert client.get("/api/health").json() == {"status": "ok", "database": "ok", "migration": head_revision()}
+        assert client.get("/api/health").json() == {
+            "status": "ok", "database": "ok", "migration": head_revision(),
+            "expected_migration": head_revision(), "schema": "current",
+        }
 
     def test_unreachable(self):
+        from app.core.migrate import head_revision
+
         settings = make_settings("postgresql+psycopg://x@127.0.0.1:1/x", db_connect_timeout=2)
         with app_client(settings) as client:
             response = client.get("/api/health")
         assert response.status_code == 503
-        assert response.json() == {"status": "degraded", "database": "unavailable", "migration": None}
+        assert response.json() == {
+            "status": "degraded", "database": "unavailable", "migration": None,
+            "expected_migration": head_revision(), "schema": None,
+        }

@@ -84,6 +84,13 @@ def test_unset_secret_fails_closed(database_url: str, expired_lock: Engine, secr
         assert_refused(client(settings).get(URL, headers={"Authorization": header}), expired_lock)
 
 
+@pytest.mark.parametrize("pasted", [f"{CRON_SECRET}\n", f"  {CRON_SECRET}\r\n", f"\t{CRON_SECRET} "])
+def test_secret_pasted_with_surrounding_whitespace_is_trimmed(database_url: str, expired_lock: Engine, pasted: str):
+    settings = make_settings(database_url, cron_secret=pasted)
+    response = client(settings).get(URL, headers={"Authorization": f"Bearer {CRON_SECRET}"})
+    assert response.status_code == 200 and response.json()["released"] == 1
+
+
 def test_store_down_is_503(cron_settings: Settings):
     settings = cron_settings.model_copy(update={"database_url": "postgresql+psycopg://x@127.0.0.1:1/x"})
     response = client(settings).get(URL, headers={"Authorization": f"Bearer {CRON_SECRET}"})

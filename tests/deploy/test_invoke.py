@@ -17,7 +17,11 @@ from tests.utils.states import expire, row
 
 DEVICE = "invoke-device-1"
 PLACEHOLDER = "REPLACE_WITH_CRON_SECRET"
-HTTP_SAMPLES = ["apigw-v2-health.json", "apigw-v1-health.json", "apigw-v2-cron-cleanup.json"]
+HEALTH_SAMPLES = [
+    "apigw-v2-health.json", "apigw-v1-health.json", "function-url-health.json",
+    "alb-health.json", "alb-multivalue-health.json",
+]
+HTTP_SAMPLES = [*HEALTH_SAMPLES, "apigw-v2-cron-cleanup.json"]
 SCHEDULE_SAMPLES = ["scheduled-cleanup.json", "scheduler-cleanup.json"]
 
 
@@ -39,6 +43,7 @@ def test_every_sample_is_classified():
         {"Records": [{"eventSource": "aws:sqs"}]},
         {"requestContext": {"http": {"method": "GET"}}},  # neither v2 (no version) nor v1
         {"source": "aws.s3", "detail-type": "Object Created"},
+        {"requestContext": {"elb": {"targetGroupArn": "arn:aws:elasticloadbalancing:x"}}},  # ALB without a request
     ],
 )
 def test_unknown_events_are_refused(event):
@@ -46,12 +51,21 @@ def test_unknown_events_are_refused(event):
         event_kind(event)
 
 
-@pytest.mark.parametrize("name", ["apigw-v2-health.json", "apigw-v1-health.json"])
+@pytest.mark.parametrize("name", HEALTH_SAMPLES)
 def test_run_health_samples(database_url: str, name: str, capsys):
     result = run(EVENTS / name, settings=make_settings(database_url))
     assert result["statusCode"] == 200
     assert json.loads(result["body"])["migration"] == migrate.head_revision()
     assert json.loads(capsys.readouterr().out) == result
+
+
+@pytest.mark.parametrize(("name", "headers"), [("alb-health.json", "headers"), ("alb-multivalue-health.json", "multiValueHeaders")])
+def test_alb_answers_in_the_header_form_it_was_asked_in(database_url: str, name: str, headers: str):
+    # An ALB with multi-value headers on refuses a response without multiValueHeaders, and the reverse.
+    result = run(EVENTS / name, settings=make_settings(database_url))
+    other = {"headers", "multiValueHeaders"} - {headers}
+    assert headers in result and not other & set(result)
+    assert result["statusCode"] == 200
 
 
 def test_run_cron_sample(database_url: str, engine: Engine):
@@ -81,7 +95,7 @@ def cli(path: Path, tmp_path: Path, **env: str):
     return run_python(CLI, str(path), env=clean_env(PYTHONPATH=str(ROOT), **env), cwd=tmp_path)
 
 
-@pytest.mark.parametrize("name", ["apigw-v2-health.json", "apigw-v1-health.json"])
+@pytest.mark.parametrize("name", HEALTH_SAMPLES)
 def test_main_http_from_environment(database_url: str, tmp_path: Path, name: str):
     done = cli(EVENTS / name, tmp_path, DATABASE_URL=database_url)
     assert done.returncode == 0, done.stderr

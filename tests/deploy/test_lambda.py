@@ -38,7 +38,10 @@ def under_base_path(event: dict, base: str) -> dict:
 
 def assert_healthy(response: dict) -> None:
     assert response["statusCode"] == 200, response
-    assert json.loads(response["body"]) == {"status": "ok", "database": "ok", "migration": migrate.head_revision()}
+    assert json.loads(response["body"]) == {
+        "status": "ok", "database": "ok", "migration": migrate.head_revision(),
+        "expected_migration": migrate.head_revision(), "schema": "current",
+    }
 
 
 class TestHttpEvents:
@@ -59,6 +62,11 @@ class TestHttpEvents:
         response = lambda_handler_for(make_settings(database_url))(event, None)
         assert response["statusCode"] == 404
         assert json.loads(response["body"])["error"]["code"] == "not_found"
+
+    @pytest.mark.parametrize("base_path", ["prod", "/prod", "/prod/", " /prod/\n"])
+    def test_every_spelling_of_a_base_path_means_the_same(self, database_url: str, base_path: str):
+        event = with_stage(sample_event("apigw-v2-health.json"), "prod")
+        assert_healthy(lambda_handler_for(make_settings(database_url, api_gateway_base_path=base_path))(event, None))
 
     def test_v1_custom_domain_base_path(self, database_url: str):
         event = under_base_path(sample_event("apigw-v1-health.json"), "/sessions")
@@ -134,6 +142,33 @@ print("ok")
         done = run_python(code, env=clean_env(PYTHONPATH=str(ROOT), DATABASE_URL=database_url), cwd=tmp_path)
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == "ok"
+
+    def test_bad_settings_are_logged_once_at_cold_start_and_answered_500(self, database_url: str, tmp_path: Path):
+        key = "k" * 24
+        code = """
+import json, sys
+from app import lambda_handler
+event = json.load(open(sys.argv[1]))
+print(json.dumps([lambda_handler.handler(event, None), lambda_handler.handler(event, None),
+                  lambda_handler.cleanup_handler({}, None)]))
+"""
+        path = tmp_path / "event.json"
+        path.write_text(json.dumps(sample_event("apigw-v2-health.json")))
+        env = clean_env(PYTHONPATH=str(ROOT), DATABASE_URL=database_url, ADMIN_API_KEYS=f"acme {key}")
+        done = run_python(code, str(path), env=env, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        first, second, scheduled = json.loads(done.stdout.strip().splitlines()[-1])
+        for response in (first, second):
+            assert response["statusCode"] == 500
+            assert json.loads(response["body"])["error"] == {
+                "code": "configuration_error", "message": "the service is not configured correctly",
+            }
+        assert scheduled["error"]["code"] == "configuration_error"
+        refusals = [json.loads(line) for line in done.stderr.splitlines() if "refusing to serve" in line]
+        assert [entry["msg"] for entry in refusals] == [
+            "refusing to serve: invalid settings: ADMIN_API_KEYS entry 1 is not of the form tenant:key"
+        ]
+        assert "Traceback" not in done.stderr and key not in done.stderr + done.stdout
 
     def test_missing_database_url_is_a_clear_error_not_an_import_crash(self, tmp_path: Path):
         event = sample_event("apigw-v2-cron-cleanup.json")

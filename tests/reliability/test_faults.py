@@ -159,7 +159,9 @@ class TestDatabaseRestart:
 
         web_outcomes = [o for o in outcomes if o.call.tag[0] == "web"]
         wa_outcomes = [o for o in outcomes if o.call.tag[0] == "wa"]
-        assert counts(web_outcomes).keys() <= {200}, counts(web_outcomes)
+        # 202: the message was stored, then the database went away mid-turn; it is answered after the
+        # recovery (never also statelessly, which would answer it twice).
+        assert counts(web_outcomes).keys() <= {200, 202}, counts(web_outcomes)
         assert counts(wa_outcomes).keys() <= {200, 503}, counts(wa_outcomes)
         assert counts(redelivered) == {200: len(refused)}
         assert cron.status_code == 200 and health.status_code == 200
@@ -168,16 +170,16 @@ class TestDatabaseRestart:
         # During the outage web chat answers degraded; once the database is back, normally.
         during = [o for o in web_outcomes if o.started >= marks["stopped"] and o.ended <= marks["starting"]]
         after = [o for o in web_outcomes if o.started >= marks["started"]]
-        assert during and all(o.body["degraded"] for o in during)
-        assert after and not any(o.body["degraded"] for o in after)
-        assert all(o.call.tag[2] in o.body["reply"] for o in web_outcomes)
+        assert during and all(o.body["degraded"] for o in during if o.status == 200)
+        assert after and not any(o.body.get("degraded") for o in after)
+        assert all(o.call.tag[2] in o.body["reply"] for o in web_outcomes if o.status == 200)
         wa_during = [o for o in wa_outcomes if o.started >= marks["stopped"] and o.ended <= marks["starting"]]
         assert wa_during and all(o.status == 503 for o in wa_during)
 
         # Nothing acknowledged is lost, nothing is stored or answered twice, and each device's
         # stored messages were answered in order with the lock they imply.
         rows = {row.content: row for device_rows in stored.values() for row in device_rows}
-        kept_web = [o.call.tag[2] for o in web_outcomes if not o.body["degraded"]]
+        kept_web = [o.call.tag[2] for o in web_outcomes if not o.body.get("degraded")]
         acked_wa = {o.call.tag[3]: o.call.tag[2] for o in wa_outcomes + redelivered if o.status == 200}
         assert [t for t in kept_web if t not in rows] == []
         assert [t for t in acked_wa.values() if t not in rows] == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import threading
 from collections.abc import Iterator
 
@@ -21,7 +22,11 @@ def _target(url: str) -> tuple[int, object]:
 
 
 class OutageProxy:
-    """Forwards 127.0.0.1:<port> to the server until `down()`; `up()` serves again."""
+    """Forwards 127.0.0.1:<port> to the server until `down()`; `up()` serves again.
+
+    `drop_silently()` acts like a NAT or firewall that forgot the open connections: the
+    client is told nothing (no FIN), and its next packet is answered with a reset.
+    """
 
     def __init__(self, database_url: str):
         self.family, self.address = _target(database_url)
@@ -30,6 +35,8 @@ class OutageProxy:
         self.port = self._listener.getsockname()[1]
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._dropped: set[socket.socket] = set()  # client sockets whose server side is gone
         self._up = True
         self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
@@ -48,6 +55,18 @@ class OutageProxy:
                     sock.shutdown(socket.SHUT_RDWR)
                     sock.close()
             self._open.clear()
+
+    def drop_silently(self) -> int:
+        """Forget every open connection without telling the client; returns how many were dropped."""
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+            for client, server in pairs:
+                self._dropped.add(client)
+                self._open.discard(server)
+                with contextlib.suppress(OSError):
+                    server.shutdown(socket.SHUT_RDWR)
+                    server.close()
+            return len(pairs)
 
     def up(self) -> None:
         with self._lock:
@@ -75,19 +94,34 @@ class OutageProxy:
                     client.close()
                     continue
                 self._open.update((client, server))
+                self._pairs.append((client, server))
             for a, b in ((client, server), (server, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
     def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while chunk := source.recv(65536):
+                if source in self._dropped:
+                    self._reset(source)  # the client spoke on a forgotten connection
+                    return
                 sink.sendall(chunk)
         except OSError:
             pass
         finally:
             for sock in (source, sink):
+                if sock in self._dropped:
+                    continue  # a silent drop tells the client nothing
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+
+    def _reset(self, client: socket.socket) -> None:
+        # SO_LINGER with a zero timeout makes close() send RST instead of FIN.
+        with self._lock:
+            self._dropped.discard(client)
+            self._open.discard(client)
+        with contextlib.suppress(OSError):
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.close()
 
 
 @contextlib.contextmanager

@@ -102,3 +102,34 @@ def running_app(env: dict[str, str], *, attempts: int = 3) -> Iterator[Server]:
             yield server
         finally:
             server.stop()
+
+
+def _wait_answering(server: Server, deadline: float) -> bool:
+    """True once /api/health answers at all (any status); False if the process exits first or time runs out."""
+    with httpx.Client(timeout=30.0) as client:
+        while time.monotonic() < deadline:
+            if server.process.poll() is not None:
+                return False
+            with contextlib.suppress(httpx.TransportError):
+                client.get(f"{server.url}/api/health")
+                return True
+            time.sleep(0.1)
+    return False
+
+
+@contextlib.contextmanager
+def serving(env: dict[str, str], *args: str) -> Iterator[Server]:
+    """`python -m app serve` as a process manager starts it; yields once it answers HTTP, whatever its health."""
+    with tempfile.TemporaryDirectory(prefix="serve-") as tmp:
+        log_path = Path(tmp) / "server.log"
+        port = free_port()
+        command = [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(command, env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
+        server = Server(process, port, log_path)
+        try:
+            if not _wait_answering(server, time.monotonic() + START_SECONDS):
+                raise RuntimeError(f"serve did not answer HTTP:\n{server.log()[-4000:]}")
+            yield server
+        finally:
+            server.stop()

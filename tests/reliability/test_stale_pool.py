@@ -1,0 +1,96 @@
+"""Pooled connections a middlebox forgot (no FIN; a reset on the next packet) cost at most one request."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from app.core.db import make_engine
+from app.sessions import SessionService
+from tests.conftest import make_settings
+from tests.utils.apps import app_client
+from tests.utils.proxy import OutageProxy, outage_proxy
+
+DEVICE = "5e0c2a1b-7d3f-4b6a-9c8e-2f1a0b3c4d5e"
+POOLED = 3
+
+
+@pytest.fixture
+def proxy(database_url: str, engine) -> Iterator[OutageProxy]:  # engine: a truncated database
+    with outage_proxy(database_url) as proxy:
+        yield proxy
+
+
+def fill_pool(engine, count: int = POOLED) -> None:
+    """Open count connections at once and return them all to the pool, idle."""
+    held = [engine.raw_connection() for _ in range(count)]
+    for fairy in held:
+        fairy.close()
+    assert engine.pool.checkedin() == count
+
+
+def test_one_disconnect_invalidates_the_older_pooled_connections(proxy: OutageProxy):
+    settings = make_settings(proxy.url, db_pool="queue", db_pool_size=POOLED)
+    with app_client(settings) as client:
+        engine = client.app.state.database.engine
+        fill_pool(engine)
+        assert proxy.drop_silently() == POOLED
+        replies = [
+            client.post("/api/chat", json={"message": text}, headers={"X-Device-ID": DEVICE}).json()
+            for text in ("hi", "book", "monday", "3pm")
+        ]
+    # The first claim is a write on a forgotten connection: it is not retried, so that
+    # request degrades; the disconnect retires the other two stale connections unused.
+    assert [reply["degraded"] for reply in replies] == [True, False, False, False]
+    assert replies[-1]["agent"] == "scheduling"
+
+
+def test_a_read_is_retried_once_on_a_fresh_connection(proxy: OutageProxy, engine):
+    SessionService(engine).set_session_lock(DEVICE, "billing")
+    stale = make_engine(make_settings(proxy.url, db_pool="queue", db_pool_size=1))
+    try:
+        fill_pool(stale, 1)
+        assert proxy.drop_silently() == 1
+        assert SessionService(stale).get_session_lock(DEVICE) == "billing"
+    finally:
+        stale.dispose()
+
+
+def test_a_write_is_not_retried(proxy: OutageProxy, engine):
+    from app.errors import StoreUnavailable
+
+    stale = make_engine(make_settings(proxy.url, db_pool="queue", db_pool_size=1))
+    try:
+        fill_pool(stale, 1)
+        assert proxy.drop_silently() == 1
+        with pytest.raises(StoreUnavailable):
+            SessionService(stale).set_session_lock(DEVICE, "billing")
+        # The next call gets a fresh connection.
+        assert SessionService(stale).set_session_lock(DEVICE, "billing") is True
+    finally:
+        stale.dispose()
+
+
+def test_connections_carry_tcp_keepalives_from_settings(database_url: str):
+    settings = make_settings(database_url, db_keepalives_idle=42, db_keepalives_interval=7, db_keepalives_count=4)
+    engine = make_engine(settings)
+    try:
+        fairy = engine.raw_connection()
+        try:
+            sock = socket.socket(fileno=fairy.dbapi_connection.pgconn.socket)  # a second handle on the same socket
+            try:
+                options = (
+                    sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+                )
+            finally:
+                sock.detach()  # leave the connection's socket open
+        finally:
+            fairy.close()
+    finally:
+        engine.dispose()
+    assert options[0] != 0 and options[1:] == (42, 7, 4)
