@@ -120,6 +120,7 @@ class _Message(Strict):
     error_message: Text | None
     metadata: dict[str, Any]
     created_at: Time
+    sent_at: Time | None = Field(None, description="the channel's own send time, UTC; absent in older documents")
     session_id: SessionId | None
 
 
@@ -195,7 +196,7 @@ SELECT
         FROM conversation_states WHERE tenant_id = %(tenant)s AND device_id = %(device)s) x) AS state,
     (SELECT COALESCE(jsonb_agg(to_jsonb(x) ORDER BY x.id), '[]') FROM (
         SELECT id, role, content, agent, external_id, status, reply_to, tools_used, processing_time_ms,
-               has_error, error_message, metadata, created_at, session_id
+               has_error, error_message, metadata, created_at, sent_at, session_id
         FROM conversation_messages WHERE tenant_id = %(tenant)s AND device_id = %(device)s) x) AS messages,
     (SELECT COALESCE(jsonb_agg(to_jsonb(x) ORDER BY x.id), '[]') FROM (
         SELECT id, event, at, from_agent, to_agent, session_id, message_id, db_ms, agent_ms, total_ms
@@ -229,13 +230,14 @@ WITH st AS (
 ), msg AS (
     INSERT INTO conversation_messages
         (id, tenant_id, device_id, role, content, agent, external_id, status, reply_to, tools_used,
-         processing_time_ms, has_error, error_message, metadata, created_at, session_id)
+         processing_time_ms, has_error, error_message, metadata, created_at, sent_at, session_id)
     SELECT r.id, %(tenant)s, %(device)s, r.role, r.content, r.agent, r.external_id, r.status, r.reply_to,
-           r.tools_used, r.processing_time_ms, r.has_error, r.error_message, r.metadata, r.created_at, r.session_id
+           r.tools_used, r.processing_time_ms, r.has_error, r.error_message, r.metadata, r.created_at, r.sent_at,
+           r.session_id
     FROM jsonb_to_recordset(%(messages)s::jsonb) AS r(
         id bigint, role text, content text, agent text, external_id text, status text, reply_to bigint,
         tools_used jsonb, processing_time_ms integer, has_error boolean, error_message text, metadata jsonb,
-        created_at timestamptz, session_id text)
+        created_at timestamptz, sent_at timestamptz, session_id text)
     RETURNING 1
 ), aud AS (
     INSERT INTO conversation_audit
