@@ -98,7 +98,7 @@ ORDER BY h.started_at DESC NULLS LAST, h.last_activity_at DESC NULLS LAST
 MESSAGES = f"""
 SELECT k.known, p.* FROM (SELECT {KNOWN} AS known) k
 LEFT JOIN LATERAL (
-    SELECT m.id, m.role, m.content, m.agent, m.created_at, m.session_id, m.status, m.has_error,
+    SELECT m.id, m.role, m.content, m.agent, m.created_at, m.sent_at, m.session_id, m.status, m.has_error,
            m.error_message, m.reply_to, m.processing_time_ms, m.tools_used
     FROM conversation_messages m
     WHERE m.tenant_id = %(tenant)s AND m.device_id = %(device)s

@@ -122,11 +122,21 @@ def run_cleanup(
 
 
 def cleanup_app(state: Any) -> CleanupResult:
-    """The scheduled run for an app (its state): its engine, settings, agents and WhatsApp sender."""
-    from app.channels.whatsapp import (
-        replier,  # httpx: only when a cleanup actually runs
-    )
+    """The scheduled run for an app (its state): its engine, settings, agents and WhatsApp sender.
 
-    engine = state.database.engine
-    pipeline = Pipeline(engine, state.registry, state.settings)
-    return run_cleanup(engine, state.settings, pipeline=pipeline, on_reply=replier(state.whatsapp, pipeline.ledger))
+    After the housekeeping, WhatsApp replies that were not accepted in time (a Graph
+    API outage, a webhook's budget run out) are sent again, with backoff, within what
+    is left of CLEANUP_MAX_SECONDS.
+    """
+    from app.channels.whatsapp import replier  # httpx: only when a cleanup actually runs
+
+    started = time.monotonic()
+    engine, settings = state.database.engine, state.settings
+    pipeline = Pipeline(engine, state.registry, settings)
+    result = run_cleanup(engine, settings, pipeline=pipeline, on_reply=replier(state.whatsapp, pipeline.ledger))
+    budget = settings.cleanup_max_seconds
+    deadline = started + budget if budget is not None else time.monotonic() + 60
+    resent = state.whatsapp.outbox(engine).send_due(deadline=deadline)
+    if resent:
+        logger.info("cleanup sent %s whatsapp replies that were not delivered before", resent)
+    return result

@@ -7,7 +7,12 @@ from fastapi import FastAPI
 from app.agents import load_registry
 from app.api import errors
 from app.api.limits import KIB, BodyLimit
+<<<<<<< HEAD
 from app.api.routes import chat, cron, health, sessions, stats, takeover, web, whatsapp
+=======
+from app.api.routes import chat, cron, health, sessions, stats, web, whatsapp
+from app.channels.whatsapp import WhatsAppSender
+>>>>>>> main
 from app.core.config import Settings
 from app.core.db import Database
 from app.core.logging import RequestContext
@@ -22,7 +27,7 @@ def create_app(
     app.state.settings = settings
     app.state.database = database or Database(settings, serverless=serverless)
     app.state.registry = load_registry(settings.agents)
-    app.state.whatsapp = whatsapp.WhatsAppSender(settings)  # one Graph API client per app; connects on first send
+    app.state.whatsapp = WhatsAppSender(settings)  # one Graph API client per app; connects on first send
     errors.install(app)
     limits = {"/api/chat": 64 * KIB, "/api/webhooks/": 1024 * KIB, "/api/sessions/import": 16 * 1024 * KIB}
     app.add_middleware(BodyLimit, limits=limits, default=256 * KIB)

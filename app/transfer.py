@@ -120,12 +120,19 @@ class _Message(Strict):
     error_message: Text | None
     metadata: dict[str, Any]
     created_at: Time
+    sent_at: Time | None = Field(None, description="the channel's own send time, UTC; absent in older documents")
     session_id: SessionId | None
 
 
 class UserMessage(_Message):
     role: Literal["user"]
     status: Literal["pending", "done", "failed", "held"]
+    merged_into: MessageId | None = Field(
+        None, description="the last message of the merged burst this one was answered with (BURST_MODE=merge)"
+    )
+    request_hash: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the request its idempotency key was first used with"
+    )
 
 
 class OtherMessage(_Message):
@@ -193,9 +200,12 @@ SELECT
                    'agent', active_agent, 'locked_at', locked_at, 'expires_at', expires_at) END AS lock,
                session_ttl, context, version, created_at, updated_at
         FROM conversation_states WHERE tenant_id = %(tenant)s AND device_id = %(device)s) x) AS state,
-    (SELECT COALESCE(jsonb_agg(to_jsonb(x) ORDER BY x.id), '[]') FROM (
+    -- merged_into and request_hash belong to inbound messages only.
+    (SELECT COALESCE(jsonb_agg(to_jsonb(x) - CASE WHEN x.role = 'user' THEN '{}'::text[]
+                                                  ELSE '{merged_into,request_hash}'::text[] END
+                               ORDER BY x.id), '[]') FROM (
         SELECT id, role, content, agent, external_id, status, reply_to, tools_used, processing_time_ms,
-               has_error, error_message, metadata, created_at, session_id
+               has_error, error_message, metadata, created_at, sent_at, session_id, merged_into, request_hash
         FROM conversation_messages WHERE tenant_id = %(tenant)s AND device_id = %(device)s) x) AS messages,
     (SELECT COALESCE(jsonb_agg(to_jsonb(x) ORDER BY x.id), '[]') FROM (
         SELECT id, event, at, from_agent, to_agent, session_id, message_id, db_ms, agent_ms, total_ms
@@ -229,13 +239,15 @@ WITH st AS (
 ), msg AS (
     INSERT INTO conversation_messages
         (id, tenant_id, device_id, role, content, agent, external_id, status, reply_to, tools_used,
-         processing_time_ms, has_error, error_message, metadata, created_at, session_id)
+         processing_time_ms, has_error, error_message, metadata, created_at, sent_at, session_id,
+         merged_into, request_hash)
     SELECT r.id, %(tenant)s, %(device)s, r.role, r.content, r.agent, r.external_id, r.status, r.reply_to,
-           r.tools_used, r.processing_time_ms, r.has_error, r.error_message, r.metadata, r.created_at, r.session_id
+           r.tools_used, r.processing_time_ms, r.has_error, r.error_message, r.metadata, r.created_at, r.sent_at,
+           r.session_id, r.merged_into, r.request_hash
     FROM jsonb_to_recordset(%(messages)s::jsonb) AS r(
         id bigint, role text, content text, agent text, external_id text, status text, reply_to bigint,
         tools_used jsonb, processing_time_ms integer, has_error boolean, error_message text, metadata jsonb,
-        created_at timestamptz, session_id text)
+        created_at timestamptz, sent_at timestamptz, session_id text, merged_into bigint, request_hash text)
     RETURNING 1
 ), aud AS (
     INSERT INTO conversation_audit
@@ -299,7 +311,11 @@ def _insert(engine: Engine, key: dict[str, str], document: ExportDocument, messa
             # New ids in the old ids' order, so the history reads the same way.
             new_id = dict(zip((m.id for m in messages), sorted(claim["ids"]), strict=True))
             # Links to messages that are not in the document (lost to retention) become null.
-            rows = [m.model_copy(update={"id": new_id[m.id], "reply_to": new_id.get(m.reply_to)}) for m in messages]
+            rows = [
+                m.model_copy(update={"id": new_id[m.id], "reply_to": new_id.get(m.reply_to)}
+                             | ({"merged_into": new_id.get(m.merged_into)} if m.role == "user" else {}))
+                for m in messages
+            ]
             audit = [
                 a.model_dump(mode="json") | {"message_id": new_id.get(a.message_id), "n": n}
                 for n, a in enumerate(document.audit)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-from app.agents import AgentInput, AgentReply, Handoff, Keep, Release
+from app.agents import AgentInput, AgentReply, Choice, Handoff, Keep, Release
 
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 CANCEL = re.compile(r"\b(cancel|stop)\b")
@@ -62,6 +62,11 @@ def parse_time(text: str) -> str | None:
     return None
 
 
+# Offered with the questions: a list of days (a WhatsApp list message) and Yes/No (reply buttons).
+# A tap comes back with the title as its text, so the typed flow and the tapped one are the same.
+DAY_CHOICES = [Choice(f"day:{day}", day.capitalize()) for day in WEEKDAYS]
+CONFIRM_CHOICES = [Choice("confirm:yes", "Yes"), Choice("confirm:no", "No")]
+
 FLOW_RESET = {"flow": None, "step": None, "day": None, "time": None, "invoice": None}
 
 
@@ -77,18 +82,19 @@ class Scheduling:
         day = state.get("day") if in_flow else None
         time = state.get("time") if in_flow else None
         if in_flow and state.get("step") == "confirm":
-            if YES.search(_words(text)):
+            if message.choice_id == "confirm:yes" or (message.choice_id is None and YES.search(_words(text))):
                 booked = {"type": "appointment", "day": day, "time": time}
                 return AgentReply(
                     f"You're booked for {day} at {time}. See you then!",
                     lock=Release(),
                     context={**_reset(), "recent_interactions": [booked]},
                 )
-            if NO.search(_words(text)):
+            if message.choice_id == "confirm:no" or (message.choice_id is None and NO.search(_words(text))):
                 day = time = None
             else:
                 return self._ask(day, time, "confirm")
-        day = day or parse_day(text)
+        picked = message.choice_id.removeprefix("day:") if (message.choice_id or "").startswith("day:") else None
+        day = day or (picked if picked in WEEKDAYS else None) or parse_day(text)
         if day and not time:
             time = parse_time(text)
         if not day:
@@ -104,7 +110,8 @@ class Scheduling:
             "confirm": f"Book {day} at {time}, confirm? (yes/no)",
         }[step]
         state = {"flow": "scheduling", "step": step, "day": day, "time": time}
-        return AgentReply(question, lock=Keep(), context={"conversation_state": state})
+        choices = {"day": DAY_CHOICES, "confirm": CONFIRM_CHOICES}.get(step, [])
+        return AgentReply(question, lock=Keep(), context={"conversation_state": state}, choices=list(choices))
 
 
 class Billing:

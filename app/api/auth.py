@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app import devices, validation
 from app.api.deps import AppSettings
@@ -21,25 +22,24 @@ security = logging.getLogger("app.security")
 UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
 
 
-def bearer_token(header: str | None) -> bytes | None:
-    """The token of an `Authorization: Bearer <token>` header, or None if absent or malformed."""
-    if header is None:
-        return None
-    scheme, _, token = header.strip().partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token or " " in token:
-        return None
-    return token.encode()
+# Bearer schemes as FastAPI declares them, so /docs shows each one with an Authorize
+# button; auto_error=False leaves the 401 (and its JSON body) to the checks below.
+admin_bearer = HTTPBearer(
+    scheme_name="AdminKey", description="An admin key from ADMIN_API_KEYS; it sees only its tenant.", auto_error=False
+)
+cron_bearer = HTTPBearer(scheme_name="CronSecret", description="The CRON_SECRET.", auto_error=False)
+AdminCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(admin_bearer)]
+CronCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(cron_bearer)]
 
 
-async def admin_tenant(settings: AppSettings, authorization: Annotated[str | None, Header()] = None) -> str:
+async def admin_tenant(settings: AppSettings, credentials: AdminCredentials) -> str:
     """The tenant whose admin key the request carries; 401 without a valid key."""
     keys = settings.admin_keys  # parsed and checked when Settings was made
     if not keys:
         logger.warning("admin request refused: ADMIN_API_KEYS is not set")
-    token = bearer_token(authorization)
+    token = credentials.credentials.strip().encode() if credentials else b""
     found: str | None = None
-    if token is not None:
+    if token:
         # Compare against every key, without stopping at a match, so the time taken
         # does not tell which key (or how much of one) was right.
         for tenant, key in keys:
@@ -50,7 +50,19 @@ async def admin_tenant(settings: AppSettings, authorization: Annotated[str | Non
     return found
 
 
+async def cron_caller(settings: AppSettings, credentials: CronCredentials) -> None:
+    """Let the scheduler's call through when it carries CRON_SECRET; 401 otherwise, and always while unset."""
+    expected = settings.cron_secret.get_secret_value().encode() if settings.cron_secret else b""
+    if not expected:
+        logger.warning("cron request refused: CRON_SECRET is not set")
+    token = credentials.credentials.encode() if credentials else b""
+    # Constant time: a prefix of the secret takes as long to refuse as a wrong one.
+    if not expected or not hmac.compare_digest(token, expected):
+        raise ApiError(401, "unauthorized", "missing or invalid bearer token", UNAUTHORIZED)
+
+
 AdminTenant = Annotated[str, Depends(admin_tenant)]
+CronCaller = Depends(cron_caller)
 
 
 @dataclass(frozen=True)

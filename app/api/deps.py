@@ -6,10 +6,12 @@ otherwise send each one through the thread pool.
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.channels.whatsapp import WhatsAppSender
 from app.chat_history import ChatHistory
 from app.core.config import Settings
 from app.core.db import Database
@@ -51,4 +53,21 @@ async def get_operator_channel(request: Request, database: Db) -> OperatorChanne
 Sessions = Annotated[SessionService, Depends(get_sessions)]
 Pipe = Annotated[Pipeline, Depends(get_pipeline)]
 History = Annotated[ChatHistory, Depends(get_chat_history)]
+<<<<<<< HEAD
 OperatorSend = Annotated[OperatorChannel, Depends(get_operator_channel)]
+=======
+
+
+async def get_whatsapp(request: Request) -> WhatsAppSender:
+    """The app's one WhatsApp sender (Graph API client and background work), made by create_app."""
+    return request.app.state.whatsapp
+
+
+async def received_at() -> float:
+    """time.monotonic() when the request was read: the start of a webhook's acknowledgement budget."""
+    return time.monotonic()
+
+
+WhatsApp = Annotated[WhatsAppSender, Depends(get_whatsapp)]
+Received = Annotated[float, Depends(received_at)]
+>>>>>>> main

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -70,9 +71,15 @@ class Settings(BaseSettings):
     whatsapp_verify_token: SecretStr | None = None
     whatsapp_app_secret: SecretStr | None = None
     whatsapp_access_token: SecretStr | None = None
-    whatsapp_api_base_url: str = "https://graph.facebook.com/v21.0"
+    # The Graph API host (a stand-in in tests) and, separately, the version pinned in every URL.
+    whatsapp_api_base_url: str = "https://graph.facebook.com"
+    whatsapp_api_version: str = Field("v25.0", pattern=r"^v[0-9]{1,3}\.[0-9]{1,2}$")
     whatsapp_timeout_seconds: float = Field(10.0, gt=0, le=60)
     whatsapp_send_attempts: int = Field(3, ge=1, le=10)
+    # The "typing..." indicator: repeated at most this often while a turn runs (it shows for 25 s).
+    whatsapp_typing_interval_seconds: float = Field(20.0, gt=0, le=25)
+    # The webhook answers Meta within this many seconds of receipt, whatever the Graph API does.
+    webhook_ack_seconds: float = Field(8.0, ge=1, le=25)
     # phone_number_id -> tenant, as JSON ({"1234": "acme"}) or "1234:acme,5678:globex".
     whatsapp_tenants: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     webhook_max_age_seconds: int = Field(7 * 24 * 3600, ge=60)
@@ -148,6 +155,15 @@ class Settings(BaseSettings):
             pairs = (item.split(":", 1) for item in value.split(",") if item.strip())
             return {key.strip(): tenant.strip() for key, tenant in pairs}
         return value
+
+    @field_validator("whatsapp_api_base_url")
+    @classmethod
+    def _unversioned(cls, url: str) -> str:
+        # The version has its own setting: a URL that still ends in one would pin it twice.
+        url = url.rstrip("/")
+        if re.search(r"/v[0-9]+\.[0-9]+$", url):
+            raise ValueError("WHATSAPP_API_BASE_URL must not end in a version: set WHATSAPP_API_VERSION instead")
+        return url
 
     @field_validator("database_url")
     @classmethod

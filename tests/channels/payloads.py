@@ -43,6 +43,23 @@ def media(kind: str, mid: str, sender: str = USER) -> dict[str, Any]:
     return {"from": sender, "id": mid, "timestamp": now(), "type": kind, kind: content}
 
 
+def tap(kind: str, choice_id: str, title: str, mid: str, sender: str = USER, description: str | None = None):
+    """A tapped reply button (kind "button_reply") or list row ("list_reply")."""
+    reply = {"id": choice_id, "title": title} | ({"description": description} if description else {})
+    return {"from": sender, "id": mid, "timestamp": now(), "type": "interactive",
+            "interactive": {"type": kind, kind: reply}}
+
+
+def quick_reply(payload: str, label: str, mid: str, sender: str = USER) -> dict[str, Any]:
+    """A tapped quick-reply button of a template message."""
+    return {"from": sender, "id": mid, "timestamp": now(), "type": "button", "button": {"payload": payload, "text": label}}
+
+
+def located(mid: str, sender: str = USER, **place: Any) -> dict[str, Any]:
+    return {"from": sender, "id": mid, "timestamp": now(), "type": "location",
+            "location": {"latitude": 52.52, "longitude": 13.405, **place}}
+
+
 def change(messages=(), *, phone_number_id: str = PHONE_ID, contacts=None, statuses=None) -> dict[str, Any]:
     value: dict[str, Any] = {
         "messaging_product": "whatsapp",
@@ -90,7 +107,7 @@ def rows(engine: Engine) -> list[dict[str, Any]]:
             dict(r)
             for r in conn.exec_driver_sql(
                 "SELECT id, tenant_id, device_id, role, content, status, agent, reply_to, has_error, "
-                "error_message, metadata FROM conversation_messages ORDER BY id"
+                "error_message, metadata, sent_at, delivery FROM conversation_messages ORDER BY id"
             ).mappings()
         ]
 
@@ -108,7 +125,7 @@ def whatsapp_settings(database_url: str, graph_url: str, **overrides):
         "whatsapp_verify_token": VERIFY_TOKEN,
         "whatsapp_app_secret": SECRET,
         "whatsapp_access_token": ACCESS_TOKEN,
-        "whatsapp_api_base_url": f"{graph_url}/v21.0",
+        "whatsapp_api_base_url": graph_url,
         "whatsapp_timeout_seconds": 2,
     }
     return make_settings(database_url, **(values | overrides))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from app.channels.whatsapp import TEXT_ONLY_REPLY, WhatsAppSender, deliver, replier
-from app.ledger import Answer, Pending
-from app.pipeline import Pipeline
+from app.channels.whatsapp import WhatsAppSender, message_payload, replier
+from app.core.config import Settings
+from app.pipeline import TEXT_ONLY_REPLY, Inbound, Pipeline
 from tests.channels.conftest import wa_settings
 from tests.channels.payloads import (
     ACCESS_TOKEN,
@@ -25,8 +25,7 @@ from tests.channels.payloads import (
     state_count,
     text,
 )
-from tests.conftest import make_settings
-from tests.utils.agents import Gate
+from tests.utils.agents import Gate, Scripted
 from tests.utils.apps import app_client
 from tests.utils.proxy import outage_proxy
 from tests.utils.states import row
@@ -34,8 +33,11 @@ from tests.utils.states import row
 DAY = 86400
 
 
+VERSION = Settings.model_fields["whatsapp_api_version"].default
+
+
 def path(phone_number_id: str = PHONE_ID) -> str:
-    return f"/v21.0/{phone_number_id}/messages"
+    return f"/{VERSION}/{phone_number_id}/messages"
 
 
 def replies(engine) -> list[dict]:
@@ -45,7 +47,7 @@ def replies(engine) -> list[dict]:
 class TestReplies:
     def test_outbound_request_is_exactly_the_cloud_api_call(self, client, graph, engine):
         assert post(client, delivery([change([text("hello", "wamid.O1")])])).status_code == 200
-        [request] = graph.requests
+        [request] = graph.messages
         assert (request.method, request.path) == ("POST", path())
         assert request.headers["authorization"] == f"Bearer {ACCESS_TOKEN}"
         assert request.headers["content-type"] == "application/json"
@@ -74,15 +76,14 @@ class TestReplies:
         )
         response = post(client, payload)
         assert response.json() == {"status": "ok", "stored": 5, "duplicates": 0, "ignored": 0}
-        assert [(r.path, r.json["to"], r.json["text"]["body"]) for r in graph.requests] == [
-            (path(), USER, "manager: a1"),
-            (path(), USER_2, "manager: a2"),
-            (path(PHONE_ID_2), USER, "manager: a3"),
-            (path(), USER_3, "manager: a4"),
-            (path(), USER, "manager: a5"),
+        # Devices run side by side; each device's messages in the order Meta lists them.
+        sent = [(r.path, r.json["to"], r.json["text"]["body"]) for r in graph.messages]
+        assert [s for s in sent if s[1] == USER] == [
+            (path(), USER, "manager: a1"), (path(PHONE_ID_2), USER, "manager: a3"), (path(), USER, "manager: a5"),
         ]
+        assert sorted(s for s in sent if s[1] != USER) == [(path(), USER_2, "manager: a2"), (path(), USER_3, "manager: a4")]
         stored = rows(engine)
-        assert [r["content"] for r in stored if r["role"] == "user"] == ["a1", "a2", "a3", "a4", "a5"]
+        assert [r["content"] for r in stored if r["role"] == "user" and r["device_id"] == USER] == ["a1", "a3", "a5"]
         for reply in replies(engine):
             asked = next(r for r in stored if r["id"] == reply["reply_to"])
             assert reply["content"] == f"manager: {asked['content']}"
@@ -105,11 +106,11 @@ class TestReplies:
             second = post(client, delivery([change([text("behind", "wamid.S2")], phone_number_id=PHONE_ID_2)]))
             assert second.status_code == 200
             assert second.json()["stored"] == 1
-            assert graph.requests == []  # queued behind the busy device: acknowledged, not answered yet
+            assert graph.messages == []  # queued behind the busy device: acknowledged, not answered yet
             gate.release.set()
             assert first.result(30).status_code == 200
         # The holder of the lease answered both, each to the business number it was sent to.
-        assert [(r.path, r.json["to"], r.json["text"]["body"]) for r in graph.requests] == [
+        assert [(r.path, r.json["to"], r.json["text"]["body"]) for r in graph.messages] == [
             (path(), USER, "manager: slow"),
             (path(PHONE_ID_2), USER, "manager: behind"),
         ]
@@ -124,7 +125,7 @@ class TestExactlyOnce:
         again = post(client, payload)
         assert again.status_code == 200
         assert again.json() == {"status": "ok", "stored": 0, "duplicates": 2, "ignored": 0}
-        assert len(graph.requests) == 2
+        assert len(graph.messages) == 2
         assert rows(engine) == before_rows
         assert row(engine, USER)["version"] == before_version
 
@@ -137,7 +138,7 @@ class TestExactlyOnce:
         assert response.status_code == 200
         assert response.json() == {"status": "ok", "stored": 0, "duplicates": 0, "ignored": 0}
         assert rows(engine) == [] and state_count(engine) == 0
-        assert graph.requests == []
+        assert graph.messages == []
 
     def test_old_messages_are_acknowledged_and_ignored(self, client, graph, engine):
         old = str(int(time.time()) - 8 * DAY)
@@ -146,18 +147,23 @@ class TestExactlyOnce:
         response = post(client, payload)
         assert response.json() == {"status": "ok", "stored": 1, "duplicates": 0, "ignored": 1}
         assert [r["content"] for r in rows(engine) if r["role"] == "user"] == ["late"]
-        assert [s["text"]["body"] for s in graph.sent] == ["manager: late"]
+        # Answered, but six days after the user wrote: outside the 24-hour window, so not sent.
+        [reply] = replies(engine)
+        assert (reply["content"], reply["delivery"]) == ("manager: late", "outside_window")
+        assert graph.messages == []
 
     def test_max_age_comes_from_settings(self, database_url, engine, graph):
         minute_ago = str(int(time.time()) - 120)
         with app_client(wa_settings(database_url, graph, webhook_max_age_seconds=60)) as client:
             response = post(client, delivery([change([text("hi", "wamid.T3", ts=minute_ago)])]))
         assert response.json()["ignored"] == 1
-        assert rows(engine) == [] and graph.requests == []
+        assert rows(engine) == [] and graph.messages == []
 
 
 class TestNonText:
-    def test_media_gets_the_text_only_reply_once_without_the_agents(self, client, graph, engine, echo):
+    def test_media_reaches_the_agent_as_an_attachment_and_a_text_only_agent_gets_the_polite_reply(
+        self, client, graph, engine, echo
+    ):
         payload = delivery([change([media("image", "wamid.M1")])])
         assert post(client, payload).json() == {"status": "ok", "stored": 1, "duplicates": 0, "ignored": 0}
         assert graph.sent == [
@@ -166,11 +172,14 @@ class TestNonText:
         ]
         user, reply = rows(engine)
         assert (user["content"], user["status"], user["device_id"]) == ("[image]", "done", USER)
+        assert user["metadata"]["attachments"] == [
+            {"type": "image", "id": "media-wamid.M1", "mime_type": "image/jpeg", "sha256": "0" * 64, "caption": None}
+        ]
         assert (reply["content"], reply["reply_to"]) == (TEXT_ONLY_REPLY, user["id"])
         assert reply["metadata"]["delivered"] is True
-        assert echo.seen == [] and state_count(engine) == 0
+        assert echo.seen == []  # echo does not declare accepts_attachments
         assert post(client, payload).json()["duplicates"] == 1
-        assert len(graph.requests) == 1 and len(rows(engine)) == 2
+        assert len(graph.messages) == 1 and len(rows(engine)) == 2
 
     def test_mixed_delivery_keeps_its_order(self, client, graph, engine):
         payload = delivery([change([text("hi", "wamid.X1"), media("audio", "wamid.X2"), text("there", "wamid.X3")])])
@@ -219,7 +228,7 @@ class TestTenants:
         stored = [(r["tenant_id"], r["content"]) for r in rows(engine) if r["role"] == "user"]
         assert stored == [("acme", "to acme"), ("default", "to default")]
         assert row(engine, USER, tenant_id="acme") is not None
-        assert [r.path for r in graph.requests] == [path(PHONE_ID_2), path()]
+        assert [r.path for r in graph.messages] == [path(PHONE_ID_2), path()]
 
 
 class TestDeliveryFailures:
@@ -231,7 +240,7 @@ class TestDeliveryFailures:
             response = post(client, delivery([change([text("hello", "wamid.F1")])]))
         assert response.status_code == 200
         assert response.json()["stored"] == 1
-        assert len(graph.requests) == 3
+        assert len(graph.messages) == 3
         [reply] = replies(engine)
         assert reply["has_error"] is True
         assert "HTTP 500" in reply["error_message"] and "3 attempts" in reply["error_message"]
@@ -241,13 +250,13 @@ class TestDeliveryFailures:
     def test_a_refused_request_is_not_retried(self, client, graph, engine):
         graph.fail(400)
         post(client, delivery([change([text("hello", "wamid.F2")])]))
-        assert len(graph.requests) == 1
+        assert len(graph.messages) == 1
         assert "HTTP 400" in replies(engine)[0]["error_message"]
 
     def test_rate_limit_is_retried_until_accepted(self, client, graph, engine):
         graph.fail(429, times=1)
         post(client, delivery([change([text("hello", "wamid.F3")])]))
-        assert len(graph.requests) == 2
+        assert len(graph.messages) == 2
         [reply] = replies(engine)
         assert (reply["has_error"], reply["metadata"]["delivered"]) == (False, True)
 
@@ -257,12 +266,12 @@ class TestDeliveryFailures:
         with app_client(settings) as client:
             response = post(client, delivery([change([text("hello", "wamid.F4")])]))
         assert response.status_code == 200
-        assert len(graph.requests) == 2
+        assert len(graph.messages) == 2
         [reply] = replies(engine)
         assert reply["has_error"] is True and "timeout" in reply["error_message"]
 
     def test_unreachable_graph_api_is_recorded(self, database_url, engine, graph):
-        settings = wa_settings(database_url, graph, whatsapp_api_base_url="http://127.0.0.1:1/v21.0",
+        settings = wa_settings(database_url, graph, whatsapp_api_base_url="http://127.0.0.1:1",
                                whatsapp_send_attempts=2)
         with app_client(settings) as client:
             assert post(client, delivery([change([text("hello", "wamid.F5")])])).status_code == 200
@@ -271,7 +280,7 @@ class TestDeliveryFailures:
     def test_missing_access_token_sends_nothing_and_is_recorded(self, database_url, engine, graph):
         with app_client(wa_settings(database_url, graph, whatsapp_access_token=None)) as client:
             assert post(client, delivery([change([text("hello", "wamid.F6")])])).status_code == 200
-        assert graph.requests == []
+        assert graph.messages == []
         assert replies(engine)[0]["error_message"] == "WHATSAPP_ACCESS_TOKEN is not set"
 
 
@@ -287,7 +296,7 @@ class TestOutage:
                 assert refused.status_code == 503
                 assert refused.headers["retry-after"]
                 assert refused.json()["error"]["code"] == "store_unavailable"
-                assert graph.requests == [] and echo.seen == []
+                assert graph.messages == [] and echo.seen == []
                 proxy.up()
                 assert post(client, payload).json()["stored"] == 2
                 assert post(client, payload).json()["duplicates"] == 2
@@ -309,26 +318,24 @@ class TestRecovery:
             assert pipeline.recover(on_reply=replier(sender, pipeline.ledger)) == 1
         finally:
             sender.close()
-        assert [(r.path, r.json["to"], r.json["text"]["body"]) for r in graph.requests] == [
+        assert [(r.path, r.json["to"], r.json["text"]["body"]) for r in graph.messages] == [
             (path(PHONE_ID_2), USER_2, "manager: left behind")
         ]
         assert replies(engine)[0]["metadata"]["delivered"] is True
 
-    def test_deliver_with_settings_sends_whatsapp_and_skips_other_channels(self, database_url, graph):
+    def test_replies_of_other_channels_are_left_alone(self, database_url, engine, graph):
         settings = wa_settings(database_url, graph)
-        answer = Answer("hello there", "manager", None, None)
-        assert deliver(settings, Pending(1, "hi", {"channel": "web"}), answer) is False
+        pipeline = Pipeline(engine, {"manager": Scripted("manager")}, settings)
+        sender = WhatsAppSender(settings)
+        try:
+            on_reply = replier(sender, pipeline.ledger)
+            result = pipeline.handle(Inbound("default", USER, "hi", None, {"channel": "web"}), on_reply=on_reply)
+        finally:
+            sender.close()
+        assert result.reply == "manager: hi"
         assert graph.requests == []
-        metadata = {"channel": "whatsapp", "phone_number_id": PHONE_ID, "to": USER}
-        assert deliver(settings, Pending(2, "hi", metadata), answer) is True
-        assert [(r.path, r.json["to"], r.json["text"]["body"]) for r in graph.requests] == [
-            (path(), USER, "hello there")
-        ]
+        assert replies(engine)[0]["metadata"].get("delivered") is None
 
-    def test_overlong_reply_is_cut_to_the_cloud_api_limit(self, database_url, graph):
-        settings = make_settings(database_url, whatsapp_access_token=ACCESS_TOKEN,
-                                 whatsapp_api_base_url=f"{graph.url}/v21.0")
-        metadata = {"channel": "whatsapp", "phone_number_id": PHONE_ID, "to": USER}
-        assert deliver(settings, Pending(3, "hi", metadata), Answer("x" * 5000, "manager", None, None))
-        body = graph.sent[0]["text"]["body"]
+    def test_overlong_reply_is_cut_to_the_cloud_api_limit(self):
+        body = message_payload({"to": USER}, "x" * 5000)["text"]["body"]
         assert len(body) == 4096 and body.endswith("…")

@@ -113,7 +113,7 @@ class TestDatabaseRestart:
             env = app_env(
                 pg.url, agents=AGENTS, lease_seconds=2, chat_wait_seconds=15, db_connect_timeout=2, db_pool_size=5,
                 whatsapp_app_secret=SECRET, whatsapp_verify_token=VERIFY_TOKEN, whatsapp_access_token=ACCESS_TOKEN,
-                whatsapp_api_base_url=f"{graph.url}/v21.0", whatsapp_timeout_seconds=2, cron_secret=CRON_SECRET,
+                whatsapp_api_base_url=graph.url, whatsapp_timeout_seconds=2, cron_secret=CRON_SECRET,
             )
             with running_app(env) as server:
                 load = Load(server.url, timeout=30, deadline_seconds=90)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
-from app.agents import AgentInput, AgentReply, Handoff, Keep, Release
+from app.agents import AgentInput, AgentReply, Choice, Handoff, Keep, Release
 from app.agents.demo import registry as demo_registry
 
 
@@ -67,4 +68,32 @@ def routing_registry() -> dict:
     }
 
 
-__all__ = ["Boom", "Gate", "Scripted", "demo_registry", "routing_registry"]
+__all__ = ["Boom", "Gate", "Offering", "Scripted", "Viewer", "demo_registry", "routing_registry", "wait_for"]
+
+
+class Offering:
+    """Replies with the choices (and template) it was made with; records what it saw."""
+
+    def __init__(self, choices=(), template=None, reply: str = "Pick one"):
+        self.choices, self.template, self.reply = list(choices), template, reply
+        self.seen: list[AgentInput] = []
+
+    def handle(self, message: AgentInput) -> AgentReply:
+        self.seen.append(message)
+        return AgentReply(self.reply, choices=[Choice(i, t) for i, t in self.choices], template=self.template)
+
+
+class Viewer(Scripted):
+    """A Scripted agent that takes attachments (images, locations...)."""
+
+    accepts_attachments = True
+
+
+def wait_for(predicate: Callable[[], object], seconds: float = 20.0) -> bool:
+    """Poll predicate until it holds or seconds pass (a bound, not a sleep as synchronisation)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        threading.Event().wait(0.02)
+    return bool(predicate())

@@ -18,4 +18,6 @@ def app_client(settings: Settings, **kwargs) -> Iterator[TestClient]:
         with TestClient(app, raise_server_exceptions=False) as client:
             yield client
     finally:
+        # Turns and sends that went on after a webhook's answer finish before the engine goes.
+        assert app.state.whatsapp.background.join(60), "whatsapp background work still running after 60 s"
         app.state.database.dispose()

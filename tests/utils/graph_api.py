@@ -29,7 +29,11 @@ class Captured:
 @dataclass(frozen=True)
 class Behaviour:
     status: int = 200
-    hang: float = 0.0  # seconds to wait before answering (released early when the server closes)
+    hang: float = 0.0  # seconds to wait before answering (cut short by release() or close: no answer then)
+    code: int = 131000  # the Graph API error code of a failure
+
+
+OUTSIDE_WINDOW = 131047  # "Re-engagement message": more than 24 hours since the user's last message
 
 
 class GraphApi:
@@ -37,6 +41,8 @@ class GraphApi:
 
     def __init__(self) -> None:
         self.requests: list[Captured] = []
+        self.accepted: list[Captured] = []  # requests answered 2xx to a client still listening
+        self._release = threading.Event()
         self._script: list[Behaviour] = []
         self._always: Behaviour | None = None
         self._lock = threading.Lock()
@@ -52,17 +58,46 @@ class GraphApi:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     @property
-    def sent(self) -> list[Any]:
-        """The JSON bodies of every POST so far, in arrival order."""
+    def messages(self) -> list[Captured]:
+        """Every message POST so far (typing indicators left out), in arrival order."""
         with self._lock:
-            return [r.json for r in self.requests if r.method == "POST"]
+            return [r for r in self.requests if r.method == "POST" and "status" not in r.json]
+
+    @property
+    def sent(self) -> list[Any]:
+        """The JSON bodies of every message POST so far (typing indicators left out), in arrival order."""
+        with self._lock:
+            return [r.json for r in self.requests if r.method == "POST" and "status" not in r.json]
+
+    @property
+    def delivered(self) -> list[Any]:
+        """The JSON bodies of the message POSTs the stand-in accepted (2xx written back), in order."""
+        with self._lock:
+            return [r.json for r in self.accepted if "status" not in r.json]
+
+    @property
+    def typing(self) -> list[Any]:
+        """The read + typing indicator calls so far."""
+        with self._lock:
+            return [r.json for r in self.requests if r.method == "POST" and r.json.get("status") == "read"]
+
+    def refuse_outside_window(self, times: int | None = None) -> None:
+        """Answer 400 with error code 131047, as outside the customer-service window."""
+        self._plan(Behaviour(status=400, code=OUTSIDE_WINDOW), times)
+
+    def release(self) -> None:
+        """End every hang now, answering nothing, and answer normally from here on."""
+        with self._lock:
+            self._script.clear()
+            self._always = None
+        self._release.set()
 
     def fail(self, status: int, times: int | None = None) -> None:
-        """Answer status to the next `times` requests, or to all of them."""
+        """Answer status to the next `times` message sends, or to every request."""
         self._plan(Behaviour(status=status), times)
 
     def hang(self, seconds: float, times: int | None = None) -> None:
-        """Wait seconds before answering the next `times` requests, or all of them."""
+        """Wait seconds before answering the next `times` message sends, or every request."""
         self._plan(Behaviour(hang=seconds), times)
 
     def _plan(self, behaviour: Behaviour, times: int | None) -> None:
@@ -72,14 +107,17 @@ class GraphApi:
             else:
                 self._script.extend([behaviour] * times)
 
-    def _next(self) -> Behaviour:
+    def _next(self, captured: Captured) -> Behaviour:
+        # Scripted `times` count message sends only; the typing indicator calls in between
+        # follow the standing behaviour (fail(...)/hang(...) without times).
         with self._lock:
-            if self._script:
+            if self._script and b'"status"' not in captured.body:
                 return self._script.pop(0)
             return self._always or Behaviour()
 
     def close(self) -> None:
         self._closing.set()
+        self._release.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -95,26 +133,35 @@ class GraphApi:
                 captured = Captured(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
                 with api._lock:
                     api.requests.append(captured)
-                behaviour = api._next()
-                if behaviour.hang and api._closing.wait(behaviour.hang):
-                    return
-                if behaviour.status < 400:
-                    recipient = (captured.json or {}).get("to") if body else None
-                    answer: dict[str, Any] = {
+                behaviour = api._next(captured)
+                if behaviour.hang and api._release.wait(behaviour.hang):
+                    return  # released: the client has long given up; answer nothing
+                request = (captured.json or {}) if body else {}
+                if behaviour.status < 400 and request.get("status") == "read":
+                    answer: dict[str, Any] = {"success": True}
+                elif behaviour.status < 400:
+                    recipient = request.get("to")
+                    answer = {
                         "messaging_product": "whatsapp",
                         "contacts": [{"input": recipient, "wa_id": recipient}],
                         "messages": [{"id": f"wamid.OUT{next(api._ids)}"}],
                     }
                 else:
                     answer = {"error": {"message": f"scripted failure {behaviour.status}", "type": "OAuthException",
-                                        "code": 131000, "fbtrace_id": "AbCdEf"}}
+                                        "code": behaviour.code, "fbtrace_id": "AbCdEf"}}
                 data = json.dumps(answer).encode()
-                with contextlib.suppress(OSError):  # the client may have given up (timeout)
+                try:
                     self.send_response(behaviour.status)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
                     self.wfile.write(data)
+                    self.wfile.flush()
+                except OSError:  # the client gave up (timeout): not accepted
+                    return
+                if behaviour.status < 400:
+                    with api._lock:
+                        api.accepted.append(captured)
 
             do_GET = do_POST = _serve
 

@@ -99,6 +99,7 @@ class MessageItem(BaseModel):
     content: str
     agent: str | None
     created_at: datetime
+    sent_at: datetime | None = Field(None, description="the channel's own send time (WhatsApp's timestamp), UTC")
     reply_to: int | None = Field(description="for a reply: the id of the message it answers")
 
 

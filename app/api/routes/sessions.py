@@ -120,7 +120,8 @@ class MessageItem(BaseModel):
     role: str
     content: str
     agent: str | None
-    created_at: datetime
+    created_at: datetime = Field(description="when the message was stored (arrival)")
+    sent_at: datetime | None = Field(description="the channel's own send time (WhatsApp's timestamp), UTC")
     session_id: str | None
     status: str | None
     has_error: bool

@@ -12,9 +12,9 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
 
-from app.api.deps import AppSettings, Pipe
+from app.api.deps import AppSettings, Pipe, Received, WhatsApp
 from app.api.errors import ApiError
-from app.channels.whatsapp import WhatsAppSender, handle_delivery
+from app.channels.whatsapp import handle_delivery
 
 # Refused webhook calls go to their own logger, so they can be routed to security monitoring.
 security = logging.getLogger("app.security")
@@ -28,14 +28,6 @@ class Ack(BaseModel):
     stored: int
     duplicates: int
     ignored: int
-
-
-async def get_sender(request: Request) -> WhatsAppSender:
-    """The app's one Graph API sender, made by create_app."""
-    return request.app.state.whatsapp
-
-
-Sender = Annotated[WhatsAppSender, Depends(get_sender)]
 
 
 def _client(request: Request) -> str:
@@ -93,7 +85,8 @@ async def signed_body(
 
 @router.post(PATH, response_model=Ack, responses={400: {}, 401: {}, 413: {}, 503: {}})
 def receive(
-    body: Annotated[bytes, Depends(signed_body)], pipeline: Pipe, settings: AppSettings, sender: Sender
+    received: Received, body: Annotated[bytes, Depends(signed_body)], pipeline: Pipe, settings: AppSettings,
+    sender: WhatsApp,
 ) -> Ack:
     try:
         payload = json.loads(body)
@@ -101,6 +94,6 @@ def receive(
         raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
     if not isinstance(payload, dict):
         raise ApiError(400, "invalid_payload", "the body must be a JSON object")
-    # Each message is stored before it is answered; a store outage raises StoreUnavailable,
-    # which the app answers with 503 and Retry-After, so Meta delivers the batch again.
-    return Ack(**handle_delivery(payload, pipeline, sender, settings).as_dict())
+    # Answered within WEBHOOK_ACK_SECONDS of `received`, every message stored first; a store
+    # outage raises StoreUnavailable, answered 503 with Retry-After, so Meta delivers again.
+    return Ack(**handle_delivery(payload, pipeline, sender, settings, received=received).as_dict())
