@@ -7,12 +7,8 @@ from fastapi import FastAPI
 from app.agents import load_registry
 from app.api import errors
 from app.api.limits import KIB, BodyLimit
-<<<<<<< HEAD
 from app.api.routes import chat, cron, health, sessions, stats, takeover, web, whatsapp
-=======
-from app.api.routes import chat, cron, health, sessions, stats, web, whatsapp
 from app.channels.whatsapp import WhatsAppSender
->>>>>>> main
 from app.core.config import Settings
 from app.core.db import Database
 from app.core.logging import RequestContext

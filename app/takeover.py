@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,8 +24,10 @@ from sqlalchemy.engine import Engine
 
 from app import validation
 from app.agents import HUMAN
+from app.channels.whatsapp import WhatsAppSender, replier
 from app.core.db import run
 from app.devices import canonical_device_id
+from app.pipeline import OnReply, Pipeline
 from app.sql import human_lock, live_agent
 
 logger = logging.getLogger(__name__)
@@ -189,33 +192,28 @@ class TakeoverStore:
         return Reply(message, None, row["channel"], row["lock_expires_at"])
 
 
-MESSAGE_METADATA = """
-SELECT m.content, m.metadata FROM conversation_messages m WHERE {device} AND m.id = %(id)s
-""".format(device=DEVICE)
-
-
 class OperatorChannel:
     """Sends an operator's stored reply through the device's channel, and answers held messages on release."""
 
-    def __init__(self, engine: Engine, sender: Any):
+    def __init__(self, engine: Engine, sender: WhatsAppSender):
         self.engine = engine
-        self.sender = sender  # app.channels.whatsapp.WhatsAppSender
+        self.sender = sender
 
-    def on_reply(self, pipeline: Any) -> Any:
+    def on_reply(self, pipeline: Pipeline) -> OnReply:
         """The pipeline's on_reply for the bot's answers to held messages (WhatsApp sends them)."""
-        from app.channels.whatsapp import replier
-
         return replier(self.sender, pipeline.ledger)
 
-    def deliver(self, tenant: str, device: str, message_id: int) -> str:
-        """Send a stored operator reply to its WhatsApp user; "sent" or "failed" (recorded on the row)."""
-        from app.channels.whatsapp import deliver
-        from app.ledger import Answer, Ledger, Pending
+    def deliver(self, message_id: int) -> str:
+        """Send a stored operator reply to its WhatsApp user, after any earlier unsent reply of the device.
 
-        row = run(self.engine, MESSAGE_METADATA, {"tenant": tenant, "device": device, "id": message_id})
-        ledger = Ledger(self.engine, lease_seconds=1, default_ttl=1, context_cap=1)
-        answer = Answer(row["content"], HUMAN, HUMAN, None, message_id)
-        deliver(self.sender, Pending(message_id, row["content"], row["metadata"]), answer, ledger=ledger)
-        sent = run(self.engine, "SELECT NOT has_error FROM conversation_messages WHERE id = %(id)s",
-                   {"id": message_id}, rows="scalar", read_only=True)
-        return "sent" if sent else "failed"
+        The WhatsApp outbox does what send_to_device does once it has stored a message: it
+        honours the customer-service window and records the outcome on the row. Returns
+        "sent", "retry" (stored, not accepted yet: the cleanup run sends it), "failed" or
+        "outside_window".
+        """
+        outbox = self.sender.outbox(self.engine)
+        bound = time.monotonic() + outbox.hold
+        for delivered in outbox.flush(reply_id=message_id, deadline=lambda: bound):
+            if delivered.reply_id == message_id:
+                return delivered.status
+        return "retry"  # queued behind an earlier reply that was not accepted yet

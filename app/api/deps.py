@@ -46,16 +46,9 @@ async def get_chat_history(database: Db) -> ChatHistory:
     return ChatHistory(database.engine)
 
 
-async def get_operator_channel(request: Request, database: Db) -> OperatorChannel:
-    return OperatorChannel(database.engine, request.app.state.whatsapp)
-
-
 Sessions = Annotated[SessionService, Depends(get_sessions)]
 Pipe = Annotated[Pipeline, Depends(get_pipeline)]
 History = Annotated[ChatHistory, Depends(get_chat_history)]
-<<<<<<< HEAD
-OperatorSend = Annotated[OperatorChannel, Depends(get_operator_channel)]
-=======
 
 
 async def get_whatsapp(request: Request) -> WhatsAppSender:
@@ -70,4 +63,10 @@ async def received_at() -> float:
 
 WhatsApp = Annotated[WhatsAppSender, Depends(get_whatsapp)]
 Received = Annotated[float, Depends(received_at)]
->>>>>>> main
+
+
+async def get_operator_channel(database: Db, whatsapp: WhatsApp) -> OperatorChannel:
+    return OperatorChannel(database.engine, whatsapp)
+
+
+OperatorSend = Annotated[OperatorChannel, Depends(get_operator_channel)]

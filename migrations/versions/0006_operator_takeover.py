@@ -1,7 +1,7 @@
 """operator takeover: messages held for a person, the takeover audit event, the operator on the state
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2026-12-02
 """
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0004"  # 0005 once the WhatsApp delivery migration is on main
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from app.channels import whatsapp
-
 from tests.channels.conftest import wa_settings
 from tests.channels.payloads import USER, change, delivery, post, rows, text
 from tests.utils.agents import Scripted
@@ -60,19 +58,6 @@ def test_messages_are_held_no_agent_runs_and_no_reply_is_sent(client, engine, gr
     assert [(r["role"], r["status"]) for r in held] == [("user", "held")]
 
 
-def test_free_form_text_outside_the_24_hour_window_is_409(client, engine, graph):
-    write(client, "hi", "wamid.D1")
-    take_over(client)
-    with engine.begin() as conn:  # the user's last message was 25 hours ago
-        conn.exec_driver_sql(
-            "UPDATE conversation_messages SET created_at = now() - interval '25 hours' WHERE role = 'user'"
-        )
-    before, sends = snapshot(engine), len(messages_sent(graph))
-    response = reply(client, text="Still there?")
-    assert response.status_code == 409 and response.json()["error"]["code"] == "outside_window"
-    assert snapshot(engine) == before and len(messages_sent(graph)) == sends
-
-
 def test_an_operator_reply_reaches_the_graph_api(client, engine, graph):
     write(client, "hi", "wamid.B1")
     take_over(client)
@@ -88,10 +73,6 @@ def test_an_operator_reply_reaches_the_graph_api(client, engine, graph):
     assert row["metadata"]["delivered"] is True and not row["has_error"]
 
 
-@pytest.mark.skipif(
-    not hasattr(whatsapp, "send_to_device"),
-    reason="templates are sent by the WhatsApp package of issue 14 (app/channels/whatsapp/outbox.py), not on this branch yet",
-)
 def test_free_form_text_outside_the_24_hour_window_is_409_and_a_template_goes(client, engine, graph):
     write(client, "hi", "wamid.C1")
     take_over(client)

@@ -96,7 +96,9 @@ class StoredMessage(BaseModel):
     session_id: str | None
     reply_to: int | None = Field(description="the latest held message, which this reply answers")
     channel: str
-    delivery: str | None = Field(description="WhatsApp: sent, retry, failed; null on the web (read by polling)")
+    delivery: str | None = Field(
+        description="WhatsApp: sent, retry (the cleanup run sends it), failed; null on the web (read by polling)"
+    )
     lock_expires_at: datetime | None = Field(description="the human lock's expiry, slid by this reply")
 
 
@@ -149,5 +151,5 @@ def operator_reply(
     if reply.refused == "template_needs_whatsapp":
         raise ApiError(422, "template_needs_whatsapp", "templates can only be sent to WhatsApp devices")
     message = reply.message
-    delivery = send.deliver(tenant, device, message["id"]) if reply.channel == "whatsapp" else None
+    delivery = send.deliver(message["id"]) if reply.channel == "whatsapp" else None
     return StoredMessage(**message, channel=reply.channel, delivery=delivery, lock_expires_at=reply.lock_expires_at)
