@@ -190,7 +190,8 @@ class TestOperatorReplies:
         take(bot, dev)
         before = snapshot(engine)
         for body in ({}, {"text": ""}, {"text": "x" * 4097}, {"text": "a", "template": {"name": "t"}},
-                     {"text": "a\x00b"}, {"template": {"name": "Bad Name"}}):
+                     {"text": "a\x00b"}, {"text": "lone \ud800"}, {"template": {"name": "Bad Name"}},
+                     {"template": {"name": "t", "components": [{"type": "body", "text": "a\x00"}]}}):
             response = bot.post(f"/api/sessions/{dev}/messages", json=body, headers=A)
             assert response.status_code == 422, body
         response = bot.post(f"/api/sessions/{dev}/messages", json={"template": {"name": "hello_world"}}, headers=A)

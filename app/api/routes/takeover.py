@@ -10,9 +10,10 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from app.devices import canonical_device_id
+from app import validation
 from app.api.auth import AdminTenant
 from app.api.deps import Db, OperatorSend, Pipe
 from app.api.errors import ApiError
@@ -31,11 +32,19 @@ async def get_takeover(database: Db) -> TakeoverStore:
 Takeovers = Annotated[TakeoverStore, Depends(get_takeover)]
 
 
+def _storable_text(value: str | None) -> str | None:
+    if value is not None:
+        validation.storable_json(value)  # ValueError (lone surrogates): 422
+    return value
+
+
 class TakeoverRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    operator: str = Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$",
-                          description="the person taking over, as shown in the console and stored with replies")
+    operator: Annotated[str, AfterValidator(_storable_text)] = Field(
+        min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$",
+        description="the person taking over, as shown in the console and stored with replies",
+    )
     ttl: Ttl = Field(DEFAULT_TTL, description="seconds; each reply slides the lock by it; 1 s to 30 days")
 
 
@@ -70,13 +79,20 @@ class Template(BaseModel):
     language: dict[str, str] = Field(default_factory=lambda: {"code": "en"}, description='e.g. {"code": "en_US"}')
     components: list[dict[str, Any]] = Field(default_factory=list)
 
+    @model_validator(mode="after")
+    def _storable(self) -> Template:
+        validation.storable_json([self.language, self.components], "template")  # ValueError: 422
+        return self
+
 
 class OperatorMessage(BaseModel):
     """Exactly one of text (free-form) and template."""
 
     model_config = ConfigDict(extra="forbid")
 
-    text: str | None = Field(None, min_length=1, max_length=4096, pattern=NO_NUL)
+    text: Annotated[str | None, AfterValidator(_storable_text)] = Field(
+        None, min_length=1, max_length=4096, pattern=NO_NUL
+    )
     template: Template | None = None
 
     @model_validator(mode="after")
