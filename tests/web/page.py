@@ -41,13 +41,17 @@ class ChatPage:
         return self.driver.find_elements(By.CSS_SELECTOR, css)
 
     def log(self) -> list[tuple[str, str, str]]:
-        """(role, who, text) of each message shown, oldest first."""
-        return [
-            ("user" if "user" in item.get_attribute("class").split() else "assistant",
-             item.find_element(By.CSS_SELECTOR, ".who strong").text,
-             item.find_element(By.CSS_SELECTOR, ".text").text)
-            for item in self.all("#log li")
-        ]
+        """(role, who, text) of each message shown, oldest first.
+
+        Read in one script, so a re-render between reads cannot leave stale element references.
+        """
+        rows = self.driver.execute_script(
+            "return Array.from(document.querySelectorAll('#log li')).map(li => ["
+            "  li.classList.contains('user') ? 'user' : 'assistant',"
+            "  (li.querySelector('.who strong') || {innerText: ''}).innerText.trim(),"
+            "  (li.querySelector('.text') || {innerText: ''}).innerText.trim()])"
+        )
+        return [tuple(row) for row in rows]
 
     def replies(self) -> list[str]:
         return [text for role, _, text in self.log() if role == "assistant"]
