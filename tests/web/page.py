@@ -70,7 +70,10 @@ class ChatPage:
         return self.replies()[-1]
 
     def text(self, css: str) -> str:
-        return self.find(css).text
+        """The shown text of the element (one script: never a stale reference)."""
+        return self.driver.execute_script(
+            "const el = document.querySelector(arguments[0]); return el ? el.innerText.trim() : null", css
+        )
 
     def device_id(self) -> str | None:
         return self.driver.execute_script("return localStorage.getItem('agent-sessions.device-id')")
