@@ -28,17 +28,20 @@ def _database_url(settings: Settings) -> str:
     return url
 
 
-def _migrated(settings: Settings) -> Settings:
+def _resolved(settings: Settings) -> Settings:
+    """Settings with DATABASE_URL resolved (the embedded PostgreSQL started when unset)."""
+    return settings.model_copy(update={"database_url": _database_url(settings)})
+
+
+def _migrate(settings: Settings) -> None:
     from app.core import migrate
     from app.core.db import make_engine
 
-    settings = settings.model_copy(update={"database_url": _database_url(settings)})
     engine = make_engine(settings, serverless=True)
     try:
         migrate.upgrade(engine)
     finally:
         engine.dispose()
-    return settings
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -48,45 +51,43 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         # The embedded default (and `make run`) migrate first. An external database is
         # migrated by `python -m app migrate`: serve starts without it, answers degraded,
         # and reports the schema in /api/health once the database answers.
+        settings = _resolved(settings)
         try:
-            settings = _migrated(settings)
+            _migrate(settings)
         except StoreUnavailable as err:
             print(f"serve: cannot migrate, the database is unavailable: {err}", file=sys.stderr, flush=True)
             return 1
-    # Workers re-read Settings from the environment: hand them the resolved URL.
-    os.environ["DATABASE_URL"] = settings.database_url or ""
-    url = f"http://{args.host or settings.host}:{args.port or settings.port}"
-    print(f"serving on {url}; chat page: {url}/", flush=True)
-    uvicorn.run(
-        "app.main:create_app",
-        factory=True,
-        host=args.host or settings.host,
-        port=args.port or settings.port,
-        workers=args.workers,
-        log_level=settings.log_level.lower(),
-        access_log=False,  # app.access logs each request, with its request id
-    )
-    return 0
+    host, port = args.host or settings.host, args.port or settings.port
+    print(f"serving on http://{host}:{port}; chat page: http://{host}:{port}/", flush=True)
+    # uvicorn's workers read Settings from their environment: the resolved URL goes into
+    # the child's environment only, and this process becomes uvicorn (same pid, same signals).
+    env = {**os.environ, "DATABASE_URL": settings.database_url or ""}
+    command = [
+        sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", host, "--port", str(port),
+        "--workers", str(args.workers), "--log-level", settings.log_level.lower(),
+        "--no-access-log",  # app.access logs each request, with its request id
+    ]
+    os.execve(sys.executable, command, env)
+    return 0  # not reached
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     from app.core.migrate import head_revision
 
-    _migrated(settings)
+    _migrate(_resolved(settings))
     print(f"database is at migration {head_revision()}")
     return 0
 
 
 def cmd_cleanup(args: argparse.Namespace, settings: Settings) -> int:
-    from app.cleanup import cleanup_app
-    from app.main import create_app
+    from app.cleanup import scheduled_cleanup
+    from app.services import build_services
 
-    app = create_app(_migrated(settings), serverless=True)
+    services = build_services(_resolved(settings), serverless=True)
     try:
-        result = cleanup_app(app.state)
+        result = scheduled_cleanup(services)
     finally:
-        app.state.database.dispose()
-        app.state.whatsapp.close()
+        services.close()
     print(json.dumps(result.as_dict()))
     return 0
 
@@ -96,8 +97,7 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
     from app.core.db import make_engine
     from app.errors import InvalidInput
 
-    settings = _migrated(settings)
-    engine = make_engine(settings, serverless=True)
+    engine = make_engine(_resolved(settings), serverless=True)  # reads: no migration
     try:
         figures = AdminStore(engine).stats(args.tenant)
     except InvalidInput as err:
@@ -124,8 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--workers", type=int, default=1)
     serve.add_argument("--migrate", action="store_true", help="apply migrations first (always done for the embedded database)")
     serve.set_defaults(run=cmd_serve)
-    sub.add_parser("migrate", help="apply database migrations").set_defaults(run=cmd_migrate)
-    sub.add_parser("cleanup", help="release expired locks now").set_defaults(run=cmd_cleanup)
+    sub.add_parser("migrate", help="apply database migrations (the only command that changes the schema)").set_defaults(
+        run=cmd_migrate
+    )
+    sub.add_parser(
+        "cleanup",
+        help="release expired locks, apply message retention, answer messages a crashed worker left pending "
+        "and send again replies not delivered in time",
+    ).set_defaults(run=cmd_cleanup)
     invoke = sub.add_parser("invoke", help="run the Lambda handler on an event file (see events/)")
     invoke.add_argument("event", help="path to an API Gateway v1/v2 or scheduled event JSON")
     invoke.set_defaults(run=cmd_invoke)

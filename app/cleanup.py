@@ -9,14 +9,18 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Engine
 
 from app.core.config import Settings
 from app.core.db import run, run_batches
+from app.ledger import Answer, Pending
 from app.pipeline import OnReply, Pipeline
 from app.sessions import SessionService
+
+if TYPE_CHECKING:
+    from app.services import Services
 
 logger = logging.getLogger(__name__)
 
@@ -121,22 +125,26 @@ def run_cleanup(
     return result
 
 
-def cleanup_app(state: Any) -> CleanupResult:
-    """The scheduled run for an app (its state): its engine, settings, agents and WhatsApp sender.
-
-    After the housekeeping, WhatsApp replies that were not accepted in time (a Graph
-    API outage, a webhook's budget run out) are sent again, with backoff, within what
-    is left of CLEANUP_MAX_SECONDS.
+def scheduled_cleanup(services: Services) -> CleanupResult:
+    """The scheduled run (cron route, Lambda schedule, CLI): release expired locks, apply
+    retention, answer messages a crashed worker left pending, then send again the replies a
+    channel could not deliver in time (with backoff), within what is left of CLEANUP_MAX_SECONDS.
     """
-    from app.channels.whatsapp import replier  # httpx: only when a cleanup actually runs
-
     started = time.monotonic()
-    engine, settings = state.database.engine, state.settings
-    pipeline = Pipeline(engine, state.registry, settings)
-    result = run_cleanup(engine, settings, pipeline=pipeline, on_reply=replier(state.whatsapp, pipeline.ledger))
+    engine, settings = services.database.engine, services.settings
+    pipeline = services.pipeline()
+    repliers = {name: channel.replier(pipeline.ledger) for name, channel in services.channels.items()}
+
+    def on_reply(pending: Pending, answer: Answer) -> None:
+        replier = repliers.get(pending.metadata.get("channel"))
+        if replier is not None:
+            replier(pending, answer)
+
+    result = run_cleanup(engine, settings, pipeline=pipeline, on_reply=on_reply)
     budget = settings.cleanup_max_seconds
     deadline = started + budget if budget is not None else time.monotonic() + 60
-    resent = state.whatsapp.outbox(engine).send_due(deadline=deadline)
-    if resent:
-        logger.info("cleanup sent %s whatsapp replies that were not delivered before", resent)
+    for name, channel in services.channels.items():
+        sent = channel.send_due(engine, deadline=deadline)
+        if sent:
+            logger.info("cleanup sent %s %s replies that were not delivered before", sent, name)
     return result

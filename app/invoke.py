@@ -79,12 +79,14 @@ def run(path: str | Path, *, settings: Settings | None = None) -> dict[str, Any]
 def _run_with(settings: Settings, kind: Kind, event: dict[str, Any], context: Any) -> dict[str, Any]:
     from app.lambda_handler import cleanup, http_handler
     from app.main import create_app
+    from app.services import build_services
 
-    app = create_app(settings, serverless=True)
+    services = build_services(settings, serverless=True)
     try:
-        return http_handler(app)(event, context) if kind == "http" else cleanup(app)
+        return http_handler(create_app(services=services), settings)(event, context) if kind == "http" \
+            else cleanup(services)
     finally:
-        app.state.database.dispose()
+        services.close()
 
 
 def main(path: str) -> int:

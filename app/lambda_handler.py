@@ -10,29 +10,29 @@ from fastapi.responses import JSONResponse
 from mangum import Mangum
 from pydantic import ValidationError
 
-from app.cleanup import cleanup_app
+from app.cleanup import scheduled_cleanup
 from app.core.config import Settings, settings_problem
 from app.core.logging import configure_logging
 from app.main import create_app
+from app.services import Services, build_services
 
 logger = logging.getLogger("app.startup")
 CONFIGURATION_ERROR = {"error": {"code": "configuration_error", "message": "the service is not configured correctly"}}
 
 
-def http_handler(app: FastAPI) -> Mangum:
+def http_handler(app: FastAPI, settings: Settings) -> Mangum:
     """A Lambda handler for API Gateway (REST v1, HTTP v2), ALB and Function URL events that serves app."""
-    return Mangum(app, lifespan="off", api_gateway_base_path=app.state.settings.api_gateway_base_path)
+    return Mangum(app, lifespan="off", api_gateway_base_path=settings.api_gateway_base_path)
 
 
-def cleanup(app: FastAPI) -> dict[str, int]:
-    """One cleanup run on app's own (lazily created) engine, as a JSON-ready dict."""
-    return cleanup_app(app.state).as_dict()
+def cleanup(services: Services) -> dict[str, int]:
+    """One cleanup run on the services' own (lazily created) engine, as a JSON-ready dict."""
+    return scheduled_cleanup(services).as_dict()
 
 
 def misconfigured_app() -> FastAPI:
     """The app served when Settings are invalid: 500 configuration_error, without details, to every request."""
     fallback = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
-    fallback.state.settings = None
 
     @fallback.api_route("/{path:path}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
     async def _refuse(path: str) -> JSONResponse:
@@ -41,7 +41,7 @@ def misconfigured_app() -> FastAPI:
     return fallback
 
 
-def _build() -> tuple[FastAPI, Mangum]:
+def _build() -> tuple[FastAPI, Mangum, Services | None]:
     # Built once per execution environment, from the environment's Settings. Importing never
     # connects: the engine is created on first use. Invalid settings are logged once, here,
     # as one line without values, and every request then answers 500 configuration_error.
@@ -51,17 +51,18 @@ def _build() -> tuple[FastAPI, Mangum]:
         configure_logging(Settings.model_construct(), serverless=True)
         logger.error("refusing to serve: %s", settings_problem(err))
         fallback = misconfigured_app()
-        return fallback, Mangum(fallback, lifespan="off")
+        return fallback, Mangum(fallback, lifespan="off"), None
     configure_logging(settings, serverless=True)
-    built = create_app(settings, serverless=True)
-    return built, http_handler(built)
+    built = build_services(settings, serverless=True)
+    web = create_app(services=built)
+    return web, http_handler(web, settings), built
 
 
-app, handler = _build()
+app, handler, services = _build()
 
 
 def cleanup_handler(event: Any, context: Any) -> dict[str, Any]:
     """Scheduled cleanup; the event is ignored (EventBridge rule and Scheduler payloads differ)."""
-    if app.state.settings is None:
+    if services is None:
         return dict(CONFIGURATION_ERROR)
-    return cleanup(app)
+    return cleanup(services)

@@ -4,26 +4,27 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from app.agents import load_registry
 from app.api import errors
 from app.api.limits import KIB, BodyLimit
 from app.api.routes import chat, cron, health, sessions, stats, takeover, web, whatsapp
-from app.channels.whatsapp import WhatsAppSender
 from app.core.config import Settings
 from app.core.db import Database
 from app.core.logging import RequestContext
+from app.services import Services, build_services
 
 
 def create_app(
-    settings: Settings | None = None, *, database: Database | None = None, serverless: bool = False
+    settings: Settings | None = None,
+    *,
+    services: Services | None = None,
+    database: Database | None = None,
+    serverless: bool = False,
 ) -> FastAPI:
-    """Build the app; the database engine is created on first use, never at import."""
-    settings = settings or Settings()
+    """Build the app around the process's services; the database engine is created on first use, never here."""
+    if services is None:
+        services = build_services(settings or Settings(), serverless=serverless, database=database)
     app = FastAPI(title="agent-sessions", version="0.1.0")
-    app.state.settings = settings
-    app.state.database = database or Database(settings, serverless=serverless)
-    app.state.registry = load_registry(settings.agents)
-    app.state.whatsapp = WhatsAppSender(settings)  # one Graph API client per app; connects on first send
+    app.state.services = services  # read only by app/api/deps.py
     errors.install(app)
     limits = {"/api/chat": 64 * KIB, "/api/webhooks/": 1024 * KIB, "/api/sessions/import": 16 * 1024 * KIB}
     app.add_middleware(BodyLimit, limits=limits, default=256 * KIB)

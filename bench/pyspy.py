@@ -51,7 +51,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.pyspy", description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--module", default="uvicorn", help="uvicorn, or bench.nodelay")
-    parser.add_argument("--app", default="app.main:create_app", help="the factory, e.g. bench.asyncdeps:create_app")
+    parser.add_argument("--app", default="app.main:create_app", help="the app factory to profile")
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=15.0)

@@ -53,7 +53,7 @@ def uvicorn(
     """Start `python -m uvicorn app.main:create_app --factory --workers N`, wait until every worker is up, stop it.
 
     module: what `python -m` runs with uvicorn's arguments (bench.nodelay for the TCP_NODELAY diagnostic);
-    app: the factory (bench.asyncdeps:create_app for the dependency diagnostic).
+    app: the factory to serve.
     """
     env = app_env(database_url, **settings)
     with tempfile.TemporaryDirectory(prefix="bench-uvicorn-") as tmp:

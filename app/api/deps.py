@@ -15,21 +15,36 @@ from app.channels.whatsapp import WhatsAppSender
 from app.chat_history import ChatHistory
 from app.core.config import Settings
 from app.core.db import Database
+from app.agents import Registry
 from app.pipeline import Pipeline
+from app.services import Services
 from app.sessions import SessionService
 from app.takeover import OperatorChannel
 
 
-async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+async def get_services(request: Request) -> Services:
+    """The services create_app was built with: the only read of app.state."""
+    return request.app.state.services
 
 
-async def get_database(request: Request) -> Database:
-    return request.app.state.database
+AppServices = Annotated[Services, Depends(get_services)]
+
+
+async def get_settings(services: AppServices) -> Settings:
+    return services.settings
+
+
+async def get_database(services: AppServices) -> Database:
+    return services.database
+
+
+async def get_registry(services: AppServices) -> Registry:
+    return services.registry
 
 
 AppSettings = Annotated[Settings, Depends(get_settings)]
 Db = Annotated[Database, Depends(get_database)]
+Agents = Annotated[Registry, Depends(get_registry)]
 
 
 async def get_sessions(database: Db, settings: AppSettings) -> SessionService:
@@ -38,8 +53,8 @@ async def get_sessions(database: Db, settings: AppSettings) -> SessionService:
     )
 
 
-async def get_pipeline(request: Request, database: Db, settings: AppSettings) -> Pipeline:
-    return Pipeline(database.engine, request.app.state.registry, settings)
+async def get_pipeline(database: Db, registry: Agents, settings: AppSettings) -> Pipeline:
+    return Pipeline(database.engine, registry, settings)
 
 
 async def get_chat_history(database: Db) -> ChatHistory:
@@ -51,9 +66,9 @@ Pipe = Annotated[Pipeline, Depends(get_pipeline)]
 History = Annotated[ChatHistory, Depends(get_chat_history)]
 
 
-async def get_whatsapp(request: Request) -> WhatsAppSender:
-    """The app's one WhatsApp sender (Graph API client and background work), made by create_app."""
-    return request.app.state.whatsapp
+async def get_whatsapp(services: AppServices) -> WhatsAppSender:
+    """The process's one WhatsApp sender (Graph API client and background work)."""
+    return services.whatsapp
 
 
 async def received_at() -> float:

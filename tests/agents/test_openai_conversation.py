@@ -26,7 +26,7 @@ from tests.channels.conftest import wa_settings
 from tests.channels.payloads import USER, change, delivery, post, rows, text
 from tests.conftest import make_settings
 from tests.utils import openai_registry
-from tests.utils.apps import app_client
+from tests.utils.apps import app_client, use_registry
 from tests.utils.fake_llm import Call, Fail, FakeModel, read_log
 from tests.utils.no_network import loopback_only
 from tests.utils.server import app_env, running_app
@@ -123,7 +123,7 @@ class TestWhatsApp:
                 before = {name: len(model.calls) for name, model in models.items()}
                 # A new app and engine per delivery: what a new serverless instance sees.
                 with app_client(wa_settings(database_url, graph)) as client:
-                    client.app.state.registry = registry
+                    use_registry(client, registry)
                     assert post(client, delivery([change([text(body, f"wamid.sdk{number}")])])).status_code == 200
                 assert graph.sent[-1]["text"]["body"] == reply
                 assert graph.sent[-1]["to"] == USER
@@ -137,7 +137,7 @@ class TestWhatsApp:
 
 @pytest.fixture
 def chat_app(database_url, engine):
-    """The app in this process; a test sets app.state.registry."""
+    """The app in this process; a test picks its agents with use_registry."""
     with app_client(make_settings(database_url)) as client:
         yield client
 
@@ -156,7 +156,7 @@ def user_row(engine) -> dict:
 class TestFailures:
     def test_a_model_error_gives_the_failure_reply_and_a_failed_row_without_its_text(self, chat_app, engine, caplog):
         model = FakeModel("triage", [Fail(RuntimeError(SECRET_TEXT))])
-        chat_app.app.state.registry = registry_from_agents(Agent(name="Triage", model=model))
+        use_registry(chat_app, registry_from_agents(Agent(name="Triage", model=model)))
         caplog.set_level(logging.DEBUG)
         body = chat(chat_app, "hello")
         assert (body["reply"], body["agent"], body["lock"]["agent"]) == (FAILURE_REPLY, "manager", None)
@@ -173,9 +173,7 @@ class TestFailures:
             return "nothing yet"
 
         model = FakeModel("triage", lambda seen: Call("lookup"))
-        chat_app.app.state.registry = registry_from_agents(
-            Agent(name="Triage", model=model, tools=[lookup]), max_turns=4
-        )
+        use_registry(chat_app, registry_from_agents(Agent(name="Triage", model=model, tools=[lookup]), max_turns=4))
         assert chat(chat_app, "loop forever")["reply"] == FAILURE_REPLY
         assert len(model.calls) == 4
         failed = user_row(engine)
@@ -184,7 +182,7 @@ class TestFailures:
     def test_a_failed_specialist_keeps_its_lock(self, chat_app, engine, sessions):
         models = openai_registry.models()
         models["Billing"].rule = lambda seen: Fail(TimeoutError("upstream"))
-        chat_app.app.state.registry = registry_from_agents(build(models))
+        use_registry(chat_app, registry_from_agents(build(models)))
         sessions.set_session_lock(DEVICE, "billing")
         body = chat(chat_app, INVOICE)
         assert (body["reply"], body["agent"], body["lock"]["agent"]) == (FAILURE_REPLY, "billing", "billing")

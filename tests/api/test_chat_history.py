@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import make_settings
 from tests.utils.agents import Gate, Scripted
-from tests.utils.apps import app_client
+from tests.utils.apps import app_client, use_registry
 from tests.utils.factories import make_exchange, make_state, scalar, snapshot
 from tests.utils.states import row
 
@@ -256,7 +256,7 @@ class TestLateReply:
     def test_a_reply_after_202_appears_once_answered(self, database_url, engine):
         manager = Gate(Scripted("manager"), when=lambda message: message.text == "slow")
         with app_client(make_settings(database_url, chat_wait_seconds=0.2)) as client:
-            client.app.state.registry = {"manager": manager}
+            use_registry(client, {"manager": manager})
             with ThreadPoolExecutor(1) as pool:
                 first = pool.submit(client.post, "/api/chat", json={"message": "slow"}, headers=headers())
                 assert manager.entered.wait(10)

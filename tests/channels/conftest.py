@@ -6,7 +6,7 @@ import pytest
 
 from tests.channels.payloads import whatsapp_settings
 from tests.utils.agents import Scripted
-from tests.utils.apps import app_client
+from tests.utils.apps import app_client, use_registry
 
 
 def wa_settings(database_url: str, graph, **overrides):
@@ -23,5 +23,5 @@ def echo():
 def client(database_url, engine, graph, echo):
     """The real app on the test database; the manager echoes, so replies show which message they answer."""
     with app_client(wa_settings(database_url, graph)) as client:
-        client.app.state.registry = {"manager": echo}
+        use_registry(client, {"manager": echo})
         yield client

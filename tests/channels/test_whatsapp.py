@@ -26,7 +26,7 @@ from tests.channels.payloads import (
     text,
 )
 from tests.utils.agents import Gate, Scripted
-from tests.utils.apps import app_client
+from tests.utils.apps import app_client, use_registry
 from tests.utils.proxy import outage_proxy
 from tests.utils.states import row
 
@@ -99,7 +99,7 @@ class TestReplies:
 
     def test_busy_device_reply_goes_where_its_own_message_came_from(self, client, graph, engine, echo):
         gate = Gate(echo, when=lambda message: message.text == "slow")
-        client.app.state.registry = {"manager": gate}
+        use_registry(client, {"manager": gate})
         with ThreadPoolExecutor(1) as pool:
             first = pool.submit(post, client, delivery([change([text("slow", "wamid.S1")])]))
             assert gate.entered.wait(10)
@@ -222,7 +222,7 @@ class TestTenants:
     def test_phone_number_id_picks_the_tenant(self, database_url, engine, graph, echo):
         settings = wa_settings(database_url, graph, whatsapp_tenants={PHONE_ID_2: "acme"})
         with app_client(settings) as client:
-            client.app.state.registry = {"manager": echo}
+            use_registry(client, {"manager": echo})
             post(client, delivery([change([text("to acme", "wamid.N1")], phone_number_id=PHONE_ID_2)]))
             post(client, delivery([change([text("to default", "wamid.N1")])]))  # same id, other tenant
         stored = [(r["tenant_id"], r["content"]) for r in rows(engine) if r["role"] == "user"]
@@ -290,7 +290,7 @@ class TestOutage:
         with outage_proxy(database_url) as proxy:
             settings = wa_settings(proxy.url, graph, db_connect_timeout=2)
             with app_client(settings) as client:
-                client.app.state.registry = {"manager": echo}
+                use_registry(client, {"manager": echo})
                 proxy.down()
                 refused = post(client, payload)
                 assert refused.status_code == 503

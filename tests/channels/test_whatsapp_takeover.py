@@ -7,7 +7,7 @@ import pytest
 from tests.channels.conftest import wa_settings
 from tests.channels.payloads import USER, change, delivery, post, rows, text
 from tests.utils.agents import Scripted
-from tests.utils.apps import app_client
+from tests.utils.apps import app_client, use_registry
 from tests.utils.factories import snapshot
 
 KEY = "whatsapp-operator-key-7c1d2e"
@@ -22,7 +22,7 @@ def manager():
 @pytest.fixture
 def client(database_url, engine, graph, manager):
     with app_client(wa_settings(database_url, graph, admin_api_keys=f"default:{KEY}")) as client:
-        client.app.state.registry = {"manager": manager}
+        use_registry(client, {"manager": manager})
         yield client
 
 

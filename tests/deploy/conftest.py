@@ -30,7 +30,7 @@ def sample_event(name: str) -> dict[str, Any]:
 
 def lambda_handler_for(settings: Settings) -> Mangum:
     """What app.lambda_handler builds at import, but from explicit settings instead of the environment."""
-    return http_handler(create_app(settings, serverless=True))
+    return http_handler(create_app(settings, serverless=True), settings)
 
 
 def clean_env(**values: str) -> dict[str, str]:

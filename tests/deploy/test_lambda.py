@@ -131,7 +131,7 @@ class TestModuleHandlers:
     def test_cleanup_handler_reuses_the_apps_lazy_engine(self, database_url: str, tmp_path: Path):
         code = """
 from app import lambda_handler
-database = lambda_handler.app.state.database
+database = lambda_handler.services.database
 assert database._engine is None, "importing must not create the engine"
 lambda_handler.cleanup_handler({}, None)
 first = database._engine

@@ -22,8 +22,8 @@ module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
 from fastapi import FastAPI
 assert isinstance(module.app, FastAPI), type(module.app)
-assert module.app.state.database._engine is None, "import created an engine"
-assert module.app.state.database.serverless
+assert module.services.database._engine is None, "import created an engine"
+assert module.services.database.serverless
 print(sorted(module.app.openapi()["paths"]))
 """
 

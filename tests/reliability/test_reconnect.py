@@ -28,7 +28,7 @@ def test_killed_pooled_connections_are_replaced_without_errors(settings, engine,
     with app_client(settings) as client:
         headers = {"X-Device-ID": DEVICE}
         assert client.post("/api/chat", json={"message": "book"}, headers=headers).status_code == 200
-        assert client.app.state.database.engine.pool.checkedin() >= 1  # idle, waiting for reuse
+        assert client.services.database.engine.pool.checkedin() >= 1  # idle, waiting for reuse
         assert terminate_app_connections(database_url) >= 1
         time.sleep(0.2)  # let the server's goodbye reach the client sockets
         for text in ("monday", "3pm"):

@@ -34,7 +34,7 @@ def fill_pool(engine, count: int = POOLED) -> None:
 def test_one_disconnect_invalidates_the_older_pooled_connections(proxy: OutageProxy):
     settings = make_settings(proxy.url, db_pool="queue", db_pool_size=POOLED)
     with app_client(settings) as client:
-        engine = client.app.state.database.engine
+        engine = client.services.database.engine
         fill_pool(engine)
         assert proxy.drop_silently() == POOLED
         replies = [

@@ -12,6 +12,7 @@ from app.errors import ConfigurationError
 from app.pipeline import Pipeline
 from tests.sessions.conftest import A, B
 from tests.utils.agents import Gate, Scripted
+from tests.utils.apps import use_registry
 from tests.utils.factories import make_message, make_state, scalar, snapshot
 
 TENANT = "acme"
@@ -25,7 +26,7 @@ def manager():
 @pytest.fixture
 def bot(client, manager):
     """The app's agents: a manager that counts what it answers, and a scheduling agent."""
-    client.app.state.registry = {"manager": manager, "scheduling": Scripted("scheduling")}
+    use_registry(client, {"manager": manager, "scheduling": Scripted("scheduling")})
     return client
 
 
@@ -105,7 +106,7 @@ class TestTakeover:
         assert take(bot, dev).json()["held"] == 1
         assert messages(engine, dev) == [("user", "are you there?", None, "held", None)]
         # The cleanup run's crash recovery does not answer it either.
-        assert Pipeline(engine, bot.app.state.registry, bot.app.state.settings).recover() == 0
+        assert Pipeline(engine, {"manager": manager}, bot.services.settings).recover() == 0
         assert manager.seen == [] and scalar(engine, "SELECT status FROM conversation_messages WHERE id = %(i)s",
                                              i=waiting) == "held"
 
@@ -131,7 +132,7 @@ class TestHeldMessages:
 
     def test_a_turn_taken_over_while_the_agent_thinks_stores_no_reply(self, bot, engine, manager):
         gate = Gate(manager)
-        bot.app.state.registry = {"manager": gate}
+        use_registry(bot, {"manager": gate})
         dev = device()
         results = []
         worker = threading.Thread(target=lambda: results.append(chat(bot, dev, "slow question")))

@@ -1,4 +1,4 @@
-"""Build the real app for a test, and dispose of its engine afterwards."""
+"""Build the real app for a test, swap its agents through dependency_overrides, dispose of it afterwards."""
 
 from __future__ import annotations
 
@@ -7,17 +7,33 @@ from collections.abc import Iterator
 
 from fastapi.testclient import TestClient
 
+from app.agents import Registry
+from app.api.deps import get_registry
 from app.core.config import Settings
 from app.main import create_app
+from app.services import Services, build_services
+
+
+class AppClient(TestClient):
+    """A TestClient that also holds the services its app was built with."""
+
+    services: Services
 
 
 @contextlib.contextmanager
-def app_client(settings: Settings, **kwargs) -> Iterator[TestClient]:
-    app = create_app(settings, **kwargs)
+def app_client(settings: Settings, **kwargs) -> Iterator[AppClient]:
+    services = build_services(settings, serverless=kwargs.pop("serverless", False), database=kwargs.pop("database", None))
+    app = create_app(services=services, **kwargs)
     try:
-        with TestClient(app, raise_server_exceptions=False) as client:
+        with AppClient(app, raise_server_exceptions=False) as client:
+            client.services = services
             yield client
     finally:
         # Turns and sends that went on after a webhook's answer finish before the engine goes.
-        assert app.state.whatsapp.background.join(60), "whatsapp background work still running after 60 s"
-        app.state.database.dispose()
+        assert services.whatsapp.background.join(60), "whatsapp background work still running after 60 s"
+        services.database.dispose()
+
+
+def use_registry(client: TestClient, registry: Registry) -> None:
+    """Answer the client's requests with these agents (the routes' get_registry dependency)."""
+    client.app.dependency_overrides[get_registry] = lambda: registry

@@ -43,14 +43,15 @@ class ChatPage:
     def log(self) -> list[tuple[str, str, str]]:
         """(role, who, text) of each message shown, oldest first.
 
-        Read in one script call: the page redraws its log (a session switch, a person's reply
-        arriving), and element-by-element reads would then hit elements already replaced.
+        Read in one script, so a re-render between reads cannot leave stale element references.
         """
-        return [tuple(item) for item in self.driver.execute_script(
-            "return [...document.querySelectorAll('#log li')].map(li => ["
-            "li.classList.contains('user') ? 'user' : 'assistant',"
-            " li.querySelector('.who strong').innerText.trim(), li.querySelector('.text').innerText.trim()])"
-        )]
+        rows = self.driver.execute_script(
+            "return Array.from(document.querySelectorAll('#log li')).map(li => ["
+            "  li.classList.contains('user') ? 'user' : 'assistant',"
+            "  (li.querySelector('.who strong') || {innerText: ''}).innerText.trim(),"
+            "  (li.querySelector('.text') || {innerText: ''}).innerText.trim()])"
+        )
+        return [tuple(row) for row in rows]
 
     def replies(self) -> list[str]:
         return [text for role, _, text in self.log() if role == "assistant"]
@@ -69,7 +70,10 @@ class ChatPage:
         return self.replies()[-1]
 
     def text(self, css: str) -> str:
-        return self.find(css).text
+        """The shown text of the element (one script: never a stale reference)."""
+        return self.driver.execute_script(
+            "const el = document.querySelector(arguments[0]); return el ? el.innerText.trim() : null", css
+        )
 
     def device_id(self) -> str | None:
         return self.driver.execute_script("return localStorage.getItem('agent-sessions.device-id')")

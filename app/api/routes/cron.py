@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import BaseModel
 
 from app.api.auth import CronCaller
+from app.api.deps import AppServices
 from app.api.errors import ErrorBody
-from app.cleanup import cleanup_app
+from app.cleanup import scheduled_cleanup
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["cron"])
@@ -27,6 +28,6 @@ class CleanupReport(BaseModel):
     responses={401: {"model": ErrorBody}, 503: {"model": ErrorBody}},
     dependencies=[CronCaller],
 )
-def cron_cleanup(request: Request) -> CleanupReport:
+def cron_cleanup(services: AppServices) -> CleanupReport:
     """Release expired locks, apply message retention and answer messages a crashed worker left pending."""
-    return CleanupReport(**cleanup_app(request.app.state).as_dict())
+    return CleanupReport(**scheduled_cleanup(services).as_dict())

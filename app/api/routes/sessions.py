@@ -16,7 +16,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from app import validation
 from app.admin import AdminStore
 from app.api.auth import AdminTenant
-from app.api.deps import AppSettings, Db
+from app.api.deps import Agents, AppSettings, Db
 from app.api.errors import ApiError, ErrorBody
 from app.context import ContextPatch
 from app.core.config import MAX_TTL_SECONDS
@@ -284,11 +284,11 @@ def patch_context(device_id: DeviceId, patch: ContextPatchBody, tenant: AdminTen
 
 @router.put("/api/sessions/{device_id}/lock", response_model=LockChange, responses=_errors(404))
 def override_lock(
-    device_id: DeviceId, body: LockRequest, tenant: AdminTenant, admin: Admin, request: Request
+    device_id: DeviceId, body: LockRequest, tenant: AdminTenant, admin: Admin, registry: Agents
 ) -> LockChange:
     """Operator override: give the lock to an agent (audited as "override")."""
     device = canonical_device_id(device_id)
-    if body.agent not in request.app.state.registry:
+    if body.agent not in registry:
         raise ApiError(422, "unknown_agent", f"body.agent: no agent {body.agent!r} in the registry")
     row = admin.override_lock(tenant, device, body.agent, body.ttl)
     if row is None:

@@ -100,6 +100,14 @@ class WhatsAppSender:
     def outbox(self, engine: Any) -> Outbox:
         return Outbox(engine, self.graph)
 
+    def replier(self, ledger: Ledger) -> OnReply:
+        """The pipeline's on_reply for WhatsApp messages (app.services.ReplyChannel)."""
+        return replier(self, ledger)
+
+    def send_due(self, engine: Any, *, deadline: float) -> int:
+        """Send the replies whose backoff is over, until deadline (time.monotonic()); how many went."""
+        return self.outbox(engine).send_due(deadline=deadline)
+
     def close(self) -> None:
         self.graph.close()
 
