@@ -38,6 +38,7 @@ from tests.reliability.ledger_checks import (
 from tests.utils.graph_api import graph_api
 from tests.utils.load import Call, Load, Outcome, together
 from tests.utils.server import app_env, running_app
+from tests.utils.agents import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -52,14 +53,6 @@ def live_leases(engine) -> int:
         return conn.exec_driver_sql("SELECT count(*) FROM conversation_states WHERE lease_expires_at > now()").scalar()
 
 
-def wait_for(predicate, seconds: float) -> bool:
-    """Poll predicate until it holds or seconds pass (a bound on the test, not an assertion on speed)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def web_call(device: str, text_: str) -> Call:
