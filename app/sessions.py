@@ -20,10 +20,11 @@ from app import validation
 from app.context import ContextPatch, normalized
 from app.core.db import run, run_batches
 from app.errors import InvalidInput
+from app.sql import fresh_context, live
 
 logger = logging.getLogger(__name__)
 
-LIVE = "s.active_agent IS NOT NULL AND s.expires_at > now()"
+LIVE = live("s")
 KEY = "s.tenant_id = %(tenant)s AND s.device_id = %(device)s"
 
 GET_LOCK = f"SELECT s.active_agent FROM conversation_states s WHERE {KEY} AND {LIVE}"
@@ -124,7 +125,7 @@ RETURNING s.context
 
 # A new conversation: new session id, the lock released, the context fresh but for
 # the user's preferences.
-NEW_SESSION = """
+NEW_SESSION = f"""
 INSERT INTO conversation_states AS s (tenant_id, device_id, session_ttl, session_id, session_started_at)
 VALUES (%(tenant)s, %(device)s, %(default_ttl)s, %(session)s, now())
 ON CONFLICT (tenant_id, device_id) DO UPDATE SET
@@ -132,7 +133,7 @@ ON CONFLICT (tenant_id, device_id) DO UPDATE SET
     session_started_at = now(),
     last_activity_at = now(),
     active_agent = NULL, locked_at = NULL, expires_at = NULL,
-    context = jsonb_build_object('user_preferences', COALESCE(s.context -> 'user_preferences', '{}')),
+    context = {fresh_context("s")},
     version = s.version + 1,
     updated_at = now()
 RETURNING s.session_id

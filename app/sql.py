@@ -5,14 +5,24 @@ from __future__ import annotations
 from app.agents import HUMAN
 
 
+def live(alias: str) -> str:
+    """True when a conversation_states row holds a lock that has not expired (judged by the database clock)."""
+    return f"({alias}.active_agent IS NOT NULL AND {alias}.expires_at > now())"
+
+
+def fresh_context(alias: str) -> str:
+    """The context of a new session: empty but for the user's preferences, which outlive sessions."""
+    return f"jsonb_build_object('user_preferences', COALESCE({alias}.context -> 'user_preferences', '{{}}'))"
+
+
 def live_agent(alias: str) -> str:
     """The agent holding a live lock on a conversation_states row, else NULL."""
-    return f"CASE WHEN {alias}.active_agent IS NOT NULL AND {alias}.expires_at > now() THEN {alias}.active_agent END"
+    return f"CASE WHEN {live(alias)} THEN {alias}.active_agent END"
 
 
 def live_until(alias: str) -> str:
     """The live lock's expiry on a conversation_states row, else NULL."""
-    return f"CASE WHEN {alias}.active_agent IS NOT NULL AND {alias}.expires_at > now() THEN {alias}.expires_at END"
+    return f"CASE WHEN {live(alias)} THEN {alias}.expires_at END"
 
 
 def human_lock(alias: str) -> str:

@@ -25,7 +25,7 @@ claim slipped in between, the holder reads the next turn afresh (NEXT).
 
 from __future__ import annotations
 
-from app.sql import human_lock, lease_free, live_agent, live_until, turn_history
+from app.sql import fresh_context, human_lock, lease_free, live_agent, live_until, turn_history
 
 # A device's pending inbound messages (add ORDER BY id and a limit).
 PENDING = """
@@ -99,9 +99,7 @@ lease AS (
         lease_token = CASE WHEN {TAKE} THEN EXCLUDED.lease_token ELSE s.lease_token END,
         session_id = CASE WHEN {ROTATE} THEN EXCLUDED.session_id ELSE s.session_id END,
         session_started_at = CASE WHEN {ROTATE} THEN now() ELSE s.session_started_at END,
-        context = CASE WHEN {ROTATE}
-                       THEN jsonb_build_object('user_preferences', COALESCE(s.context -> 'user_preferences', '{{}}'))
-                       ELSE s.context END,
+        context = CASE WHEN {ROTATE} THEN {fresh_context("s")} ELSE s.context END,
         last_activity_at = CASE WHEN NOT EXISTS (SELECT 1 FROM known) THEN now() ELSE s.last_activity_at END,
         version = s.version + 1,
         updated_at = now()

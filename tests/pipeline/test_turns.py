@@ -12,7 +12,7 @@ from app.agents import AgentInput, AgentReply, Choice, Handoff, Keep
 from app.errors import IdempotencyKeyReused
 from app.pipeline import FAILURE_REPLY, Inbound, Pipeline
 from tests.conftest import make_settings
-from tests.utils.agents import Gate, Scripted
+from tests.utils.agents import Gate, Scripted, wait_for
 from tests.utils.counting import count_statements, work
 from tests.utils.states import row
 
@@ -39,13 +39,6 @@ def send(pipeline: Pipeline, text: str, device: str = DEVICE, on_reply=None, **k
     return pipeline.handle(Inbound("default", device, text, **kwargs), on_reply=on_reply)
 
 
-def wait_for(predicate, seconds: float = 20.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def inbound_rows(engine, device: str = DEVICE) -> list:

@@ -38,6 +38,7 @@ from tests.reliability.ledger_checks import (
 from tests.utils.graph_api import graph_api
 from tests.utils.load import Call, Load, Outcome, together
 from tests.utils.server import app_env, running_app
+from tests.utils.agents import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -47,14 +48,11 @@ AGENTS = "tests.utils.load_agents:registry"
 OUTAGE_SECONDS = 1.5  # long enough for clients to retry against the stopped server many times
 
 
-def wait_for(predicate, seconds: float) -> bool:
-    """Poll predicate until it holds or seconds pass (a bound on the test, not an assertion on speed)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
+def live_leases(engine) -> int:
+    with engine.connect() as conn:
+        return conn.exec_driver_sql("SELECT count(*) FROM conversation_states WHERE lease_expires_at > now()").scalar()
+
+
 
 
 def web_call(device: str, text_: str) -> Call:
@@ -144,7 +142,12 @@ class TestDatabaseRestart:
                 # whose worker lost the database mid-way (its lease has run out by then).
                 refused = [o.call for o in outcomes if o.call.tag[0] == "wa" and o.status != 200]
                 redelivered = Load(server.url, timeout=30, deadline_seconds=60).sequences([refused])[0]
-                time.sleep(2.5)  # LEASE_SECONDS=2: let any lease a cut-off worker held expire
+                # LEASE_SECONDS=2: wait until no cut-off worker's lease is live, so the cleanup may take them.
+                leases = make_engine(make_settings(pg.url), serverless=True)
+                try:
+                    assert wait_for(lambda: live_leases(leases) == 0, 30), "a lease stayed live"
+                finally:
+                    leases.dispose()
                 with httpx.Client(base_url=server.url, timeout=30) as client:
                     cron = client.get("/api/cron/cleanup", headers={"Authorization": f"Bearer {CRON_SECRET}"})
                     health = client.get("/api/health")

@@ -17,6 +17,7 @@ import pytest
 
 from tests.utils.server import app_env, running_app
 from tests.utils.turn_agents import turns
+from tests.utils.agents import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -24,13 +25,6 @@ AGENTS = "tests.utils.turn_agents:registry"
 LEASE_SECONDS = 2
 
 
-def wait_for(predicate, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def env_for(database_url: str, log, **settings) -> dict[str, str]:

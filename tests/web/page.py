@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
@@ -70,10 +71,13 @@ class ChatPage:
         return self.replies()[-1]
 
     def text(self, css: str) -> str:
-        """The shown text of the element (one script: never a stale reference)."""
-        return self.driver.execute_script(
-            "const el = document.querySelector(arguments[0]); return el ? el.innerText.trim() : null", css
-        )
+        """The shown text of the element, found again if the page replaced it between find and read."""
+        for _ in range(5):
+            try:
+                return self.find(css).text
+            except StaleElementReferenceException:
+                continue
+        return self.find(css).text
 
     def device_id(self) -> str | None:
         return self.driver.execute_script("return localStorage.getItem('agent-sessions.device-id')")
