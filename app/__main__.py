@@ -7,11 +7,14 @@ import json
 import logging
 import os
 import sys
+from datetime import datetime
+from typing import Any
 
 from pydantic import ValidationError
 
 from app.core.config import Settings, settings_problem
 from app.core.logging import configure_logging
+from app.core.times import utc_text
 from app.errors import StoreUnavailable
 
 logger = logging.getLogger("app.cli")
@@ -45,8 +48,6 @@ def _migrate(settings: Settings) -> None:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    import uvicorn
-
     if settings.database_url is None or args.migrate:
         # The embedded default (and `make run`) migrate first. An external database is
         # migrated by `python -m app migrate`: serve starts without it, answers degraded,
@@ -93,7 +94,7 @@ def cmd_cleanup(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
-    from app.admin import AdminStore, stats_table
+    from app.admin import AdminStore
     from app.core.db import make_engine
     from app.errors import InvalidInput
 
@@ -107,6 +108,29 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
         engine.dispose()
     print(stats_table(figures, args.tenant))
     return 0
+
+
+def stats_table(figures: dict[str, Any], tenant: str | None) -> str:
+    """The figures of stats() as a two-column terminal table, keys named as in GET /api/stats."""
+    lines: list[tuple[str, str]] = []
+    for name, value in figures.items():
+        if isinstance(value, dict) and value:
+            lines += [(f"{name}.{key}", _cell(item)) for key, item in sorted(value.items())]
+        elif isinstance(value, dict):
+            lines.append((name, "-"))
+        elif value is None:
+            lines.append((name, "never"))
+        else:
+            lines.append((name, _cell(value)))
+    width = max(len(name) for name, _ in [("figure", ""), *lines])
+    title = f"stats for tenant {tenant}" if tenant is not None else "stats for all tenants"
+    rows = [f"{'figure':<{width}}  value", f"{'-' * width}  {'-' * 5}"]
+    rows += [f"{name:<{width}}  {value}" for name, value in lines]
+    return "\n".join([title, *rows])
+
+
+def _cell(value: Any) -> str:
+    return utc_text(value) if isinstance(value, datetime) else str(value)
 
 
 def cmd_invoke(args: argparse.Namespace, settings: Settings) -> int:

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from app import validation
-from app.admin import ERASE, HISTORY, KEY
+from app.admin.statements import ERASE, HISTORY, KEY
 from app.core.db import run
 
 logger = logging.getLogger(__name__)

@@ -79,3 +79,9 @@ class AgentFailed(SessionError):
     """An agent's run failed (model error, turn limit); the message names the error type only."""
 
     code = "agent_failed"
+
+
+class ImportConflict(SessionError):
+    """An import names a device the tenant already holds; nothing was written."""
+
+    code = "conflict"

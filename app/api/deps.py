@@ -19,7 +19,8 @@ from app.agents import Registry
 from app.pipeline import Pipeline
 from app.services import Services
 from app.sessions import SessionService
-from app.takeover import OperatorChannel
+from app.admin import AdminStore
+from app.admin.takeover import OperatorChannel
 
 
 async def get_services(request: Request) -> Services:
@@ -85,3 +86,11 @@ async def get_operator_channel(database: Db, whatsapp: WhatsApp) -> OperatorChan
 
 
 OperatorSend = Annotated[OperatorChannel, Depends(get_operator_channel)]
+
+
+async def get_admin(database: Db, settings: AppSettings) -> AdminStore:
+    """The session admin store on the process's engine."""
+    return AdminStore(database.engine, context_cap=settings.context_list_cap)
+
+
+Admin = Annotated[AdminStore, Depends(get_admin)]

@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException
 from app.errors import (
     ConfigurationError,
     IdempotencyKeyReused,
+    ImportConflict,
     InvalidInput,
     LeaseLost,
     SessionError,
@@ -23,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 STATUS = [
     (IdempotencyKeyReused, 422),
+    (ImportConflict, 409),
     (InvalidInput, 400),
     (StoreUnavailable, 503),
     (LeaseLost, 409),

@@ -304,7 +304,7 @@ class TestOutageMidTurn:
 class TestExportImportRoundTrip:
     def _merged_burst_moved(self, engine, database_url):
         """A merged burst with idempotency keys, then the device exported, erased and imported back."""
-        from app.transfer import export_device, import_device
+        from app.admin.transfer import export_device, import_device
 
         echo = Echo()
         gate = Gate(echo, when=lambda m: m.text == "hi")

@@ -20,7 +20,7 @@ from app.api.auth import WebDevice
 from app.api.deps import AppSettings, History, Pipe, Sessions
 from app.api.errors import ApiError, ErrorBody
 from app.pipeline import Inbound, Result
-from app.transfer import ID_SCHEMA, MAX_ID
+from app.admin.transfer import ID_SCHEMA, MAX_ID
 
 router = APIRouter(tags=["chat"])
 

@@ -7,189 +7,47 @@ path that is not 1-128 printable characters answers 400 invalid_device_id.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Path, Query, Response
+from pydantic import AfterValidator
 
-from app import validation
-from app.admin import AdminStore
-from app.api.auth import AdminTenant
-from app.api.deps import Agents, AppSettings, Db
-from app.api.errors import ApiError, ErrorBody
-from app.context import ContextPatch
-from app.core.config import MAX_TTL_SECONDS
-from app.devices import canonical_device_id
-from app.transfer import (
-    ID_SCHEMA,
-    MAX_ID,
-    AgentKey,
-    ExportDocument,
-    ImportConflict,
-    export_device,
-    import_device,
+from app.admin.schemas import (
+    AuditItem,
+    AuditPage,
+    Context,
+    ContextPatchBody,
+    ContextResponse,
+    History,
+    HistoryItem,
+    ImportResult,
+    Lock,
+    LockChange,
+    LockRequest,
+    MessageItem,
+    MessagePage,
+    SessionDetail,
+    SessionItem,
+    SessionList,
+    Status,
+    Timings,
+    session_id_text,
 )
+from app.admin.transfer import ID_SCHEMA, MAX_ID, ExportDocument, export_device, import_device
+from app.api.auth import AdminTenant
+from app.api.deps import Admin, Agents, Db
+from app.api.errors import ApiError, ErrorBody
+from app.devices import canonical_device_id
 
 router = APIRouter(tags=["sessions"])
-
-Status = Literal["active", "idle", "ended"]
-
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     # 400: a bad device id in the path, or a body that is not JSON at all.
     return {code: {"model": ErrorBody} for code in (400, 401, 422, *codes)}
 
 
-async def get_admin(database: Db, settings: AppSettings) -> AdminStore:
-    return AdminStore(database.engine, context_cap=settings.context_list_cap)
-
-
-Admin = Annotated[AdminStore, Depends(get_admin)]
-
-
 def _not_found() -> ApiError:
     return ApiError(404, "not_found", "no session data for this device")
-
-
-def _session_id(value: str | None) -> str | None:
-    if value is not None and not all(c.isprintable() and not c.isspace() for c in value):
-        raise ValueError("session id must be printable characters without whitespace")
-    return value
-
-
-class SessionItem(BaseModel):
-    device_id: str
-    session_id: str | None
-    status: Status
-    active_agent: str | None
-    locked_at: datetime | None
-    expires_at: datetime | None
-    last_activity_at: datetime
-    message_count: int
-
-
-class SessionList(BaseModel):
-    items: list[SessionItem]
-    total: int
-
-
-class HistoryItem(BaseModel):
-    session_id: str | None
-    status: Status
-    started_at: datetime | None
-    last_activity_at: datetime | None
-    message_count: int
-
-
-class History(BaseModel):
-    items: list[HistoryItem]
-
-
-class Context(BaseModel):
-    conversation_state: dict[str, Any]
-    user_preferences: dict[str, Any]
-    interrupted_queries: list[Any]
-    recent_interactions: list[Any]
-
-
-class Lock(BaseModel):
-    agent: str | None
-    locked_at: datetime | None
-    expires_at: datetime | None
-    operator: str | None = Field(None, description='the person holding a "human" lock (operator takeover)')
-
-
-class SessionDetail(BaseModel):
-    device_id: str
-    session_id: str | None
-    status: Status
-    session_started_at: datetime | None
-    last_activity_at: datetime
-    session_ttl: int
-    lock: Lock
-    context: Context
-    version: int
-    message_count: int
-    created_at: datetime
-    updated_at: datetime
-
-
-class MessageItem(BaseModel):
-    id: int
-    role: str
-    content: str
-    agent: str | None
-    created_at: datetime = Field(description="when the message was stored (arrival)")
-    sent_at: datetime | None = Field(description="the channel's own send time (WhatsApp's timestamp), UTC")
-    session_id: str | None
-    status: str | None
-    has_error: bool
-    error_message: str | None
-    reply_to: int | None
-    processing_time_ms: int | None
-    tools_used: list[Any]
-
-
-class MessagePage(BaseModel):
-    items: list[MessageItem]
-    next_before: int | None = Field(description="pass as ?before= for the next (older) page; null on the last")
-
-
-class ContextPatchBody(ContextPatch):
-    """A context patch; objects merge key by key (null removes a key), lists append."""
-
-
-class ContextResponse(BaseModel):
-    context: Context
-
-
-Ttl = Annotated[int, Field(ge=1, le=MAX_TTL_SECONDS, strict=True), AfterValidator(validation.ttl)]
-
-
-class LockRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    agent: AgentKey
-    ttl: Ttl | None = Field(None, description="seconds; also becomes the session_ttl; default: the current one")
-
-
-class LockChange(BaseModel):
-    agent: str | None
-    locked_at: datetime | None
-    expires_at: datetime | None
-    session_ttl: int
-    version: int
-    previous_agent: str | None = Field(description="the agent that held a live lock before the override")
-
-
-class Timings(BaseModel):
-    db_ms: int | None
-    agent_ms: int | None
-    total_ms: int | None
-
-
-class AuditItem(BaseModel):
-    id: int
-    event: str
-    at: datetime
-    from_agent: str | None
-    to_agent: str | None
-    session_id: str | None
-    message_id: int | None
-    timings: Timings
-
-
-class AuditPage(BaseModel):
-    items: list[AuditItem]
-    next_after: int | None = Field(description="pass as ?after= for the next page; null on the last")
-
-
-class ImportResult(BaseModel):
-    device_id: str
-    session_id: str | None
-    messages: int
-    audit: int
 
 
 Limit = Annotated[int, Query(ge=1, le=200)]
@@ -220,10 +78,7 @@ def list_sessions(
 @router.post("/api/sessions/import", status_code=201, response_model=ImportResult, responses=_errors(409, 413))
 def import_session(tenant: AdminTenant, database: Db, document: ExportDocument) -> ImportResult:
     """Import an export document into the caller's tenant (a tenant named in it is ignored); 409 if it exists."""
-    try:
-        counts = import_device(database.engine, tenant, document)
-    except ImportConflict as err:
-        raise ApiError(409, "conflict", str(err)) from None
+    counts = import_device(database.engine, tenant, document)  # ImportConflict: 409, mapped in app/api/errors.py
     state = document.state
     return ImportResult(
         device_id=document.device_id,
@@ -261,7 +116,7 @@ def session_messages(
     limit: Limit = 50,
     before: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     session_id: Annotated[
-        str | None, Query(min_length=1, max_length=128, json_schema_extra=ID_SCHEMA), AfterValidator(_session_id)
+        str | None, Query(min_length=1, max_length=128, json_schema_extra=ID_SCHEMA), AfterValidator(session_id_text)
     ] = None,
 ) -> MessagePage:
     """Messages of both roles, newest first; page with ?before=<next_before>."""

@@ -8,7 +8,8 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from app.api.auth import AdminTenant
-from app.api.routes.sessions import Admin, ErrorBody
+from app.api.deps import Admin
+from app.api.errors import ErrorBody
 
 router = APIRouter(tags=["sessions"])
 

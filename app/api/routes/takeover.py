@@ -17,8 +17,9 @@ from app import validation
 from app.api.auth import AdminTenant
 from app.api.deps import Db, OperatorSend, Pipe
 from app.api.errors import ApiError
-from app.api.routes.sessions import DeviceId, Ttl, _errors, _not_found
-from app.takeover import DEFAULT_TTL, TakeoverStore
+from app.admin.schemas import Ttl
+from app.api.routes.sessions import DeviceId, _errors, _not_found
+from app.admin.takeover import DEFAULT_TTL, TakeoverStore
 
 router = APIRouter(tags=["takeover"])
 

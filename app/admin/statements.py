@@ -1,30 +1,26 @@
-"""SQL of the session admin API: listing, inspecting, patching, overriding and erasing sessions.
+"""SQL of the session admin API, one statement per operation, always filtered by the caller's tenant.
 
-Each method is one statement, always filtered by the caller's tenant, so a key
-never reads or changes another tenant's rows. Lock overrides write their audit
-row in the same statement as the lock change.
+| statement      | what it does                                    | guarantee                                              |
+|----------------|-------------------------------------------------|--------------------------------------------------------|
+| LIST_SESSIONS  | a tenant's conversations, newest activity first | one tenant's rows only; status judged by now()         |
+| GET_STATE      | one device's state and live lock                | an expired lock reads as none                          |
+| HISTORY        | the device's sessions                           | a device unknown to the tenant is the same as missing  |
+| MESSAGES       | a page of the device's messages                 | as HISTORY                                             |
+| AUDIT          | a page of the device's audit rows               | as HISTORY                                             |
+| PATCH_CONTEXT  | merge a context patch                           | only on a known device; concurrent patches keep keys   |
+| OVERRIDE_SET   | give the lock to an agent, audited              | lock and audit row in one statement                    |
+| OVERRIDE_CLEAR | release the lock, audited                       | as OVERRIDE_SET                                        |
+| ERASE          | everything stored for the device                | one statement: nothing half-erased                     |
+| STATS          | the monitoring figures                          | one snapshot                                           |
 """
 
 from __future__ import annotations
 
-import json
-import logging
-from datetime import datetime
-from typing import Any
-
-from sqlalchemy.engine import Engine
-
-from app import validation
 from app.agents import HUMAN
-from app.context import ContextPatch, normalized
-from app.core.db import run
-from app.core.times import utc_text
-from app.devices import canonical_device_id
-
-logger = logging.getLogger(__name__)
+from app.sql import live
 
 KEY = "s.tenant_id = %(tenant)s AND s.device_id = %(device)s"
-LIVE = "(s.active_agent IS NOT NULL AND s.expires_at > now())"
+LIVE = live("s")
 STATUS = f"""CASE WHEN {LIVE} THEN 'active'
      WHEN s.last_activity_at + make_interval(secs => s.session_ttl) > now() THEN 'idle'
      ELSE 'ended' END"""
@@ -218,139 +214,3 @@ FROM (SELECT 1) one LEFT JOIN LATERAL (SELECT * FROM cleanup_history LIMIT 1) c 
 """
 
 
-class AdminStore:
-    """The admin API's queries; every method takes the caller's tenant first."""
-
-    def __init__(self, engine: Engine, *, context_cap: int = 20):
-        self.engine = engine
-        self.context_cap = context_cap
-
-    def _rows(self, sql: str, params: dict[str, Any], *, read_only: bool = True) -> list[dict[str, Any]]:
-        return [dict(row) for row in run(self.engine, sql, params, rows="all", read_only=read_only)]
-
-    def _first(self, sql: str, params: dict[str, Any], *, read_only: bool = True) -> dict[str, Any] | None:
-        rows = self._rows(sql, params, read_only=read_only)
-        return rows[0] if rows else None
-
-    @staticmethod
-    def _key(tenant: str, device: str) -> dict[str, Any]:
-        return {"tenant": validation.tenant_id(tenant), "device": canonical_device_id(device)}
-
-    def list_sessions(
-        self, tenant: str, *, limit: int, offset: int, agent: str | None = None, status: str | None = None
-    ) -> tuple[list[dict[str, Any]], int]:
-        """One row per device of the tenant, newest activity first, and the number matching."""
-        params = {
-            "tenant": validation.tenant_id(tenant),
-            "limit": limit,
-            "offset": offset,
-            "agent": None if agent is None else validation.agent_key(agent),
-            "status": status,
-        }
-        rows = self._rows(LIST_SESSIONS, params)
-        total = rows[0]["total"] if rows else 0
-        return [row for row in rows if row["device_id"] is not None], total
-
-    def get_state(self, tenant: str, device: str) -> dict[str, Any] | None:
-        """The device's state with its normalized context, or None."""
-        row = self._first(GET_STATE, self._key(tenant, device))
-        if row is not None:
-            row["context"] = normalized(row["context"])
-        return row
-
-    def history(self, tenant: str, device: str) -> list[dict[str, Any]] | None:
-        """The device's sessions, newest first; None for an unknown device."""
-        rows = self._rows(HISTORY, self._key(tenant, device))
-        if not rows or not rows[0]["known"]:
-            return None
-        return [row for row in rows if row["status"] is not None]
-
-    def messages(
-        self, tenant: str, device: str, *, limit: int, before: int | None = None, session_id: str | None = None
-    ) -> list[dict[str, Any]] | None:
-        """Up to limit messages with id < before, newest first; None for an unknown device."""
-        params = self._key(tenant, device) | {"limit": limit, "before": before, "session": session_id}
-        rows = self._rows(MESSAGES, params)
-        if not rows or not rows[0]["known"]:
-            return None
-        return [row for row in rows if row["id"] is not None]
-
-    def audit(self, tenant: str, device: str, *, limit: int, after: int | None = None) -> list[dict[str, Any]] | None:
-        """Up to limit audit rows with id > after, oldest first; None for an unknown device."""
-        rows = self._rows(AUDIT, self._key(tenant, device) | {"limit": limit, "after": after})
-        if not rows or not rows[0]["known"]:
-            return None
-        return [row for row in rows if row["id"] is not None]
-
-    def patch_context(self, tenant: str, device: str, patch: ContextPatch | dict[str, Any]) -> dict[str, Any] | None:
-        """Merge a patch into an existing state's context in SQL; None if the device has no state."""
-        params = self._key(tenant, device)
-        params |= {"patch": json.dumps(ContextPatch.parse(patch).as_json()), "cap": self.context_cap}
-        row = self._first(PATCH_CONTEXT, params, read_only=False)
-        return None if row is None else normalized(row["context"])
-
-    def override_lock(self, tenant: str, device: str, agent: str, ttl: int | None = None) -> dict[str, Any] | None:
-        """Give the lock to agent (ttl also becomes the session_ttl), audited; None if no state."""
-        params = self._key(tenant, device) | {"agent": validation.agent_key(agent), "ttl": validation.ttl(ttl)}
-        row = self._first(OVERRIDE_SET, params, read_only=False)
-        if row is not None:
-            logger.info("operator gave the lock to %s (was %s)", agent, row["previous_agent"])
-        return row
-
-    def release_lock(self, tenant: str, device: str) -> dict[str, Any] | None:
-        """Release any lock, audited; None if the device has no state."""
-        row = self._first(OVERRIDE_CLEAR, self._key(tenant, device), read_only=False)
-        if row is not None and row["previous_agent"] is not None:
-            logger.info("operator released the lock of %s", row["previous_agent"])
-        return row
-
-    def erase(self, tenant: str, device: str) -> bool:
-        """Delete the device's state, messages and audit rows at once; False if there were none."""
-        row = self._first(ERASE, self._key(tenant, device), read_only=False)
-        erased = row is not None and any(row.values())
-        if erased:
-            logger.info("erased a device: %s state, %s messages, %s audit rows", *row.values())
-        return erased
-
-    def stats(self, tenant: str | None) -> dict[str, Any]:
-        """Lock, message and cleanup figures of one tenant (None: all tenants)."""
-        tenant = None if tenant is None else validation.tenant_id(tenant)
-        row = self._rows(STATS, {"tenant": tenant})[0]  # the statement always returns one row
-        last = None
-        if row["cleanup_at"] is not None:
-            last = {
-                "at": row["cleanup_at"],
-                "released": row["cleanup_released"],
-                "deleted": row["cleanup_deleted"],
-                "duration_ms": row["cleanup_duration_ms"],
-            }
-        return {
-            "active_locks_by_agent": {k: int(v) for k, v in row["active_locks_by_agent"].items()},
-            "expired_pending": int(row["expired_pending"]),
-            "avg_lock_age_seconds_by_agent": {k: float(v) for k, v in row["avg_lock_age_seconds_by_agent"].items()},
-            "messages_last_hour": int(row["messages_last_hour"]),
-            "last_cleanup": last,
-        }
-
-
-def stats_table(figures: dict[str, Any], tenant: str | None) -> str:
-    """The figures of stats() as a two-column terminal table, keys named as in GET /api/stats."""
-    lines: list[tuple[str, str]] = []
-    for name, value in figures.items():
-        if isinstance(value, dict) and value:
-            lines += [(f"{name}.{key}", _cell(item)) for key, item in sorted(value.items())]
-        elif isinstance(value, dict):
-            lines.append((name, "-"))
-        elif value is None:
-            lines.append((name, "never"))
-        else:
-            lines.append((name, _cell(value)))
-    width = max(len(name) for name, _ in [("figure", ""), *lines])
-    title = f"stats for tenant {tenant}" if tenant is not None else "stats for all tenants"
-    rows = [f"{'figure':<{width}}  value", f"{'-' * width}  {'-' * 5}"]
-    rows += [f"{name:<{width}}  {value}" for name, value in lines]
-    return "\n".join([title, *rows])
-
-
-def _cell(value: Any) -> str:
-    return utc_text(value) if isinstance(value, datetime) else str(value)

@@ -27,6 +27,7 @@ from sqlalchemy.engine import Engine
 from app import validation
 from app.core.config import MAX_TTL_SECONDS
 from app.core.db import run, store_errors
+from app.errors import ImportConflict
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +38,6 @@ INT32 = 2**31 - 1
 MAX_ID = 2**53 - 1
 
 
-class ImportConflict(Exception):
-    """The tenant already holds rows of the imported device (or of one of its channel ids)."""
 
 
 def _session_id(value: str) -> str:
