@@ -32,7 +32,7 @@ from app.channels.whatsapp.outbox import Outbox, marker_hold
 from app.core.config import Settings
 from app.errors import InvalidInput, StoreError, StoreUnavailable
 from app.ledger import Answer, Ledger, Pending
-from app.pipeline import Inbound, OnReply, OnWorking, Pipeline
+from app.pipeline import Inbound, OnReply, Pipeline
 
 logger = logging.getLogger(__name__)
 
