@@ -27,6 +27,7 @@ from sqlalchemy.engine import Engine
 from app import validation
 from app.core.config import MAX_TTL_SECONDS
 from app.core.db import run, store_errors
+from app.devices import canonical_device_id
 from app.errors import ImportConflict
 
 logger = logging.getLogger(__name__)
@@ -266,7 +267,7 @@ SELECT (SELECT count(*) FROM st) AS states, (SELECT count(*) FROM msg) AS messag
 
 def export_device(engine: Engine, tenant: str, device: str) -> ExportDocument | None:
     """The device's export document, read in one statement (one snapshot); None for an unknown device."""
-    params = {"tenant": validation.tenant_id(tenant), "device": validation.device_id(device)}
+    params = {"tenant": validation.tenant_id(tenant), "device": canonical_device_id(device)}
     row = run(engine, EXPORT, params, read_only=True)
     if row["state"] is None and not row["messages"] and not row["audit"]:
         return None

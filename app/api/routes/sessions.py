@@ -2,7 +2,9 @@
 
 Another tenant's device answers 404, exactly like a device that does not exist.
 Bodies and query parameters that break the schema answer 422; a device id in the
-path that is not 1-128 printable characters answers 400 invalid_device_id.
+path that is not 1-128 printable characters answers 400 invalid_device_id. Device
+ids are validated and canonicalised once, by the store (a UUID in any spelling means
+its stored lowercase form).
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ from app.admin.transfer import ID_SCHEMA, MAX_ID, ExportDocument, export_device,
 from app.api.auth import AdminTenant
 from app.api.deps import Admin, Agents, Db
 from app.api.errors import ApiError, ErrorBody
-from app.devices import canonical_device_id
 
 router = APIRouter(tags=["sessions"])
 
@@ -91,7 +92,7 @@ def import_session(tenant: AdminTenant, database: Db, document: ExportDocument) 
 @router.get("/api/sessions/{device_id}", response_model=SessionDetail, responses=_errors(404))
 def get_session(device_id: DeviceId, tenant: AdminTenant, admin: Admin) -> SessionDetail:
     """The device's state: session, status, live lock, context and version."""
-    row = admin.get_state(tenant, canonical_device_id(device_id))
+    row = admin.get_state(tenant, device_id)
     if row is None:
         raise _not_found()
     lock = Lock(agent=row["active_agent"], locked_at=row["locked_at"], expires_at=row["expires_at"],
@@ -102,7 +103,7 @@ def get_session(device_id: DeviceId, tenant: AdminTenant, admin: Admin) -> Sessi
 @router.get("/api/sessions/{device_id}/history", response_model=History, responses=_errors(404))
 def session_history(device_id: DeviceId, tenant: AdminTenant, admin: Admin) -> History:
     """The device's sessions, newest first; only the current one can be active or idle."""
-    rows = admin.history(tenant, canonical_device_id(device_id))
+    rows = admin.history(tenant, device_id)
     if rows is None:
         raise _not_found()
     return History(items=[HistoryItem(**row) for row in rows])
@@ -120,8 +121,7 @@ def session_messages(
     ] = None,
 ) -> MessagePage:
     """Messages of both roles, newest first; page with ?before=<next_before>."""
-    device = canonical_device_id(device_id)
-    rows = admin.messages(tenant, device, limit=limit + 1, before=before, session_id=session_id)
+    rows = admin.messages(tenant, device_id, limit=limit + 1, before=before, session_id=session_id)
     if rows is None:
         raise _not_found()
     items = [MessageItem(**row) for row in rows[:limit]]
@@ -131,7 +131,7 @@ def session_messages(
 @router.patch("/api/sessions/{device_id}/context", response_model=ContextResponse, responses=_errors(404))
 def patch_context(device_id: DeviceId, patch: ContextPatchBody, tenant: AdminTenant, admin: Admin) -> ContextResponse:
     """Merge a patch into the context in SQL: concurrent patches (and agents') keep each other's keys."""
-    merged = admin.patch_context(tenant, canonical_device_id(device_id), patch)
+    merged = admin.patch_context(tenant, device_id, patch)
     if merged is None:
         raise _not_found()
     return ContextResponse(context=Context(**merged))
@@ -142,10 +142,9 @@ def override_lock(
     device_id: DeviceId, body: LockRequest, tenant: AdminTenant, admin: Admin, registry: Agents
 ) -> LockChange:
     """Operator override: give the lock to an agent (audited as "override")."""
-    device = canonical_device_id(device_id)
     if body.agent not in registry:
         raise ApiError(422, "unknown_agent", f"body.agent: no agent {body.agent!r} in the registry")
-    row = admin.override_lock(tenant, device, body.agent, body.ttl)
+    row = admin.override_lock(tenant, device_id, body.agent, body.ttl)
     if row is None:
         raise _not_found()
     return LockChange(agent=row["active_agent"], **{k: v for k, v in row.items() if k != "active_agent"})
@@ -154,7 +153,7 @@ def override_lock(
 @router.delete("/api/sessions/{device_id}/lock", response_model=LockChange, responses=_errors(404))
 def release_lock(device_id: DeviceId, tenant: AdminTenant, admin: Admin) -> LockChange:
     """Operator override: release the lock (audited as "override" when a live lock was held)."""
-    row = admin.release_lock(tenant, canonical_device_id(device_id))
+    row = admin.release_lock(tenant, device_id)
     if row is None:
         raise _not_found()
     return LockChange(agent=row["active_agent"], **{k: v for k, v in row.items() if k != "active_agent"})
@@ -165,7 +164,7 @@ def release_lock(device_id: DeviceId, tenant: AdminTenant, admin: Admin) -> Lock
 )
 def erase_session(device_id: DeviceId, tenant: AdminTenant, admin: Admin) -> Response:
     """Erase the device's state, messages, audit and deduplication ids, in one transaction."""
-    if not admin.erase(tenant, canonical_device_id(device_id)):
+    if not admin.erase(tenant, device_id):
         raise _not_found()
     return Response(status_code=204)
 
@@ -173,7 +172,7 @@ def erase_session(device_id: DeviceId, tenant: AdminTenant, admin: Admin) -> Res
 @router.get("/api/sessions/{device_id}/export", response_model=ExportDocument, responses=_errors(404))
 def export_session(device_id: DeviceId, tenant: AdminTenant, database: Db) -> ExportDocument:
     """The device as one self-describing JSON document (kind, format_version 1, state, messages, audit)."""
-    document = export_device(database.engine, tenant, canonical_device_id(device_id))
+    document = export_device(database.engine, tenant, device_id)
     if document is None:
         raise _not_found()
     return document
@@ -188,7 +187,7 @@ def session_audit(
     after: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None,
 ) -> AuditPage:
     """Lock events of the device, oldest first; page with ?after=<next_after>."""
-    rows = admin.audit(tenant, canonical_device_id(device_id), limit=limit + 1, after=after)
+    rows = admin.audit(tenant, device_id, limit=limit + 1, after=after)
     if rows is None:
         raise _not_found()
     items = [
