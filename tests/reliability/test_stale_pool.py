@@ -73,8 +73,9 @@ def test_a_write_is_not_retried(proxy: OutageProxy, engine):
         stale.dispose()
 
 
-def test_connections_carry_tcp_keepalives_from_settings(database_url: str):
-    settings = make_settings(database_url, db_keepalives_idle=42, db_keepalives_interval=7, db_keepalives_count=4)
+def test_connections_carry_tcp_keepalives_from_settings(proxy: OutageProxy):
+    # Through the proxy: always TCP, even where the test database is reached over a Unix socket.
+    settings = make_settings(proxy.url, db_keepalives_idle=42, db_keepalives_interval=7, db_keepalives_count=4)
     engine = make_engine(settings)
     try:
         fairy = engine.raw_connection()
