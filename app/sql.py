@@ -15,6 +15,13 @@ def fresh_context(alias: str) -> str:
     return f"jsonb_build_object('user_preferences', COALESCE({alias}.context -> 'user_preferences', '{{}}'))"
 
 
+def known_device() -> str:
+    """True while any row of the device %(tenant)s / %(device)s is left: its state, a message or an audit row."""
+    return """(EXISTS (SELECT 1 FROM conversation_states WHERE tenant_id = %(tenant)s AND device_id = %(device)s)
+    OR EXISTS (SELECT 1 FROM conversation_messages WHERE tenant_id = %(tenant)s AND device_id = %(device)s)
+    OR EXISTS (SELECT 1 FROM conversation_audit WHERE tenant_id = %(tenant)s AND device_id = %(device)s))"""
+
+
 def live_agent(alias: str) -> str:
     """The agent holding a live lock on a conversation_states row, else NULL."""
     return f"CASE WHEN {live(alias)} THEN {alias}.active_agent END"

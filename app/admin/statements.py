@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 from app.agents import HUMAN
-from app.sql import live
+from app.sql import known_device, live
 
 KEY = "s.tenant_id = %(tenant)s AND s.device_id = %(device)s"
 LIVE = live("s")
@@ -29,9 +29,7 @@ LOCK_COLUMNS = f"""CASE WHEN {LIVE} THEN s.active_agent END AS active_agent,
        CASE WHEN {LIVE} THEN s.expires_at END AS expires_at"""
 
 # A device is known while any row of it is left: its state, a message or an audit row.
-KNOWN = """(EXISTS (SELECT 1 FROM conversation_states WHERE tenant_id = %(tenant)s AND device_id = %(device)s)
-    OR EXISTS (SELECT 1 FROM conversation_messages WHERE tenant_id = %(tenant)s AND device_id = %(device)s)
-    OR EXISTS (SELECT 1 FROM conversation_audit WHERE tenant_id = %(tenant)s AND device_id = %(device)s))"""
+KNOWN = known_device()
 
 # A message still waiting for its answer gets its session id when it is answered;
 # until then it belongs to the current session.

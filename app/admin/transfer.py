@@ -29,6 +29,7 @@ from app.core.config import MAX_TTL_SECONDS
 from app.core.db import run, store_errors
 from app.devices import canonical_device_id
 from app.errors import ImportConflict
+from app.sql import known_device
 
 logger = logging.getLogger(__name__)
 
@@ -216,10 +217,8 @@ SELECT
 # Serializes imports of one device, so two of them cannot both find it free.
 LOCK_DEVICE = "SELECT pg_advisory_xact_lock(hashtextextended(%(tenant)s || '/' || %(device)s, 7301))"
 
-CLAIM_IDS = """
-SELECT EXISTS (SELECT 1 FROM conversation_states WHERE tenant_id = %(tenant)s AND device_id = %(device)s)
-    OR EXISTS (SELECT 1 FROM conversation_messages WHERE tenant_id = %(tenant)s AND device_id = %(device)s)
-    OR EXISTS (SELECT 1 FROM conversation_audit WHERE tenant_id = %(tenant)s AND device_id = %(device)s) AS taken,
+CLAIM_IDS = f"""
+SELECT {known_device()} AS taken,
     ARRAY(SELECT nextval(pg_get_serial_sequence('conversation_messages', 'id'))
           FROM generate_series(1, %(n)s)) AS ids
 """
