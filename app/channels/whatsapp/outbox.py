@@ -194,7 +194,11 @@ class Outbox:
         return self.graph.send(phone_number_id, payload, deadline=deadline)
 
     def _record(self, reply_id: int, epoch: int, result: SendOutcome, deadline: float) -> None:
-        """Note the outcome; while the store is unavailable, retried until deadline (RECORD_SECONDS at most)."""
+        """Note the outcome; while the store is unavailable, retried for RECORD_SECONDS.
+
+        Not cut short by the send's deadline: a note lost to a short outage would hold the
+        reply's marker (and the device's later replies behind it) for MIN_MARKER_SECONDS.
+        """
         if result.status != "sent":
             logger.error("whatsapp reply %s not delivered (%s): %s", reply_id, result.status, result.error)
         if result.status == "sent":
@@ -203,7 +207,7 @@ class Outbox:
             delivery = "pending" if result.status == "retry" else result.status
             sql, params = RECORD_UNSENT, {"id": reply_id, "epoch": epoch, "delivery": delivery,
                                           "error": result.error, "attempted": result.attempts > 0}
-        until = min(deadline, time.monotonic() + RECORD_SECONDS)
+        until = time.monotonic() + RECORD_SECONDS
         retrying = Retrying(
             stop=lambda state: time.monotonic() >= until, wait=wait_exponential(multiplier=0.1, max=1),
             retry=retry_if_exception_type(StoreUnavailable), reraise=True,
