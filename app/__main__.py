@@ -37,10 +37,14 @@ def _resolved(settings: Settings) -> Settings:
 
 
 def _migrate(settings: Settings) -> None:
-    from app.core import migrate
+    from sqlalchemy import event
+
+    from app.core import migrate, schema
     from app.core.db import make_engine
 
     engine = make_engine(settings, serverless=True)
+    # This engine brings the schema up to date: "the schema is behind" would be noise here.
+    event.remove(engine, "first_connect", schema.on_first_connect)
     try:
         migrate.upgrade(engine)
     finally:
