@@ -289,12 +289,8 @@ class Pipeline:
 
         threading.Thread(target=call, name=f"working-{turn.last.id}", daemon=True).start()
 
-    def decide(
-        self, turn: Turn | str, tenant: str, device: str, context: dict[str, Any], lock: str | None
-    ) -> Outcome:
+    def decide(self, turn: Turn, tenant: str, device: str, context: dict[str, Any], lock: str | None) -> Outcome:
         """Run the lock holder (or the manager) and any agents it hands off to; no database work."""
-        if isinstance(turn, str):
-            turn = Turn((Pending(0, turn, {}),))
         started = time.perf_counter()
         agent_before = lock
         if lock is not None and lock not in self.registry:

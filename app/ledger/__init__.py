@@ -319,21 +319,6 @@ class Ledger:
             following = Turn(following.messages, (*following.history, reply)[-self.history :])
         return Finished(answer, row["context"], following, bool(row["kept"]))
 
-    def record_exchange(
-        self, tenant: str, device: str, content: str, reply: str, *, external_id: str, metadata: dict[str, Any]
-    ) -> tuple[int, int] | None:
-        """Store a message and its canned reply; (inbound id, reply id), or None for a known external id."""
-        params = {
-            "tenant": tenant, "device": device, "content": content, "reply": reply,
-            "external_id": external_id, "metadata": json.dumps(metadata),
-        }
-        row = run(self.engine, sql.RECORD_EXCHANGE, params)
-        return None if row is None else (row["reply_to"], row["id"])
-
-    def record_delivery(self, reply_id: int, error: str | None) -> None:
-        """Note on an outbound message whether the channel accepted it."""
-        run(self.engine, sql.RECORD_DELIVERY, {"id": reply_id, "failed": error is not None, "error": error})
-
     def stale_devices(self, limit: int) -> list[tuple[str, str]]:
         """Devices with pending messages and no live lease: a crashed worker's leftovers."""
         rows = run(self.engine, sql.STALE_DEVICES, {"limit": limit}, rows="all")

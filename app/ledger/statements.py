@@ -14,7 +14,6 @@
 |               |                                                   | a turn that ends under a live `human` lock (a takeover while the |
 |               |                                                   | agent thought) stores no reply and no effect, and marks the      |
 |               |                                                   | turn's and the pending messages `held`                           |
-| RECORD        | a message and a canned reply, no agents           | once per external id                                             |
 
 Every statement that changes a device's row adds 1 to its version. A claim or
 finish compares the version its snapshot saw with the row it locked: when they
@@ -261,30 +260,6 @@ SELECT st.active_agent, st.expires_at, st.context, st.kept, st.held, outbound.se
        outbound.created_at AS reply_created_at, {_batch_json("started")} AS next_batch,
        {turn_history("(SELECT min(id) FROM nxt)", "(SELECT session_id FROM nxt ORDER BY id LIMIT 1)")} AS history
 FROM st LEFT JOIN outbound ON true
-"""
-
-# A message answered without the agents (a channel's canned reply): both sides
-# stored at once, once per external id, leaving the lock and lease alone.
-RECORD_EXCHANGE = """
-WITH st AS (
-    SELECT session_id FROM conversation_states WHERE tenant_id = %(tenant)s AND device_id = %(device)s
-), inbound AS (
-    INSERT INTO conversation_messages (tenant_id, device_id, role, content, external_id, status, metadata, session_id)
-    SELECT %(tenant)s, %(device)s, 'user', %(content)s, %(external_id)s::text, 'done', %(metadata)s::jsonb,
-           (SELECT session_id FROM st)
-    ON CONFLICT (tenant_id, device_id, external_id) DO NOTHING
-    RETURNING id, session_id
-)
-INSERT INTO conversation_messages (tenant_id, device_id, role, content, reply_to, metadata, session_id)
-SELECT %(tenant)s, %(device)s, 'assistant', %(reply)s, inbound.id, %(metadata)s::jsonb, inbound.session_id
-FROM inbound
-RETURNING reply_to, id
-"""
-
-RECORD_DELIVERY = """
-UPDATE conversation_messages SET has_error = %(failed)s, error_message = %(error)s::text,
-    metadata = metadata || jsonb_build_object('delivered', NOT %(failed)s)
-WHERE id = %(id)s
 """
 
 STALE_DEVICES = f"""

@@ -384,43 +384,34 @@
     }
   }
 
-  async function newConversation() {
-    if (busy) return;
+  // Start afresh on the server (a new session, or nothing left at all), then show an empty conversation.
+  async function restart(method, path, status, retry) {
     clearError();
     try {
-      await asDevice(() => request("POST", "api/chat/new"));
+      await asDevice(() => request(method, path));
       viewing = null;
       ui.viewing.hidden = true;
       ui.form.hidden = false;
       clearLog();
       showChoices([]);
       showLock(null);
-      setStatus("A new conversation has started.");
+      setStatus(status);
       await loadSessions();
     } catch (error) {
-      showError(error, newConversation);
+      showError(error, retry);
     }
     ui.input.focus();
+  }
+
+  async function newConversation() {
+    if (busy) return;
+    await restart("POST", "api/chat/new", "A new conversation has started.", newConversation);
   }
 
   async function deleteHistory() {
     if (busy) return;
     if (!window.confirm("Delete your whole chat history? This cannot be undone.")) return;
-    clearError();
-    try {
-      await asDevice(() => request("DELETE", "api/chat/history"));
-      viewing = null;
-      ui.viewing.hidden = true;
-      ui.form.hidden = false;
-      clearLog();
-      showChoices([]);
-      showLock(null);
-      setStatus("Your history has been deleted.");
-      await loadSessions();
-    } catch (error) {
-      showError(error, deleteHistory);
-    }
-    ui.input.focus();
+    await restart("DELETE", "api/chat/history", "Your history has been deleted.", deleteHistory);
   }
 
   async function start() {
