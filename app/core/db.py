@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import select
 import threading
 import time
+import weakref
 from collections.abc import Iterator
-from typing import Any
-
 from datetime import UTC
+from typing import Any
 
 import psycopg
 import sqlalchemy as sa
@@ -22,14 +21,10 @@ from sqlalchemy.pool import NullPool, QueuePool
 
 from app.core import schema
 from app.core.config import Settings
+from app.core.pool import ConnectionPool, server_closed
 from app.errors import ConfigurationError, StoreError, StoreUnavailable
 
 logger = logging.getLogger(__name__)
-
-
-# Engines whose statement timeout is set per transaction (poolers that refuse
-# startup options) carry it in this execution option, for `run` below.
-LOCAL_TIMEOUT_MS = "agent_sessions_local_timeout_ms"
 
 
 def make_engine(settings: Settings, *, serverless: bool = False, url: str | None = None) -> Engine:
@@ -73,7 +68,6 @@ def make_engine(settings: Settings, *, serverless: bool = False, url: str | None
     engine = sa.create_engine(
         url,
         connect_args=connect_args,
-        execution_options={LOCAL_TIMEOUT_MS: settings.db_statement_timeout_ms if local_timeout else 0},
         pool_pre_ping=settings.db_pre_ping,
         # Every lock operation is one statement: autocommit makes it one round trip
         # (no BEGIN/COMMIT); `run` opens a transaction where SET LOCAL needs one.
@@ -85,14 +79,46 @@ def make_engine(settings: Settings, *, serverless: bool = False, url: str | None
     event.listen(engine, "connect", _utc_timestamps)
     event.listen(engine, "first_connect", schema.on_first_connect)
     event.listen(engine, "checkout", _discard_dead_connection)
-    if local_timeout and settings.db_statement_timeout_ms:
-        ms = int(settings.db_statement_timeout_ms)
+    local_ms = int(settings.db_statement_timeout_ms or 0) if local_timeout else 0
+    if local_ms:
 
         @event.listens_for(engine, "begin")
         def _set_local_timeout(conn: sa.Connection) -> None:
-            conn.exec_driver_sql(f"SET LOCAL statement_timeout = {ms}")
+            conn.exec_driver_sql(f"SET LOCAL statement_timeout = {local_ms}")
 
+    size = settings.db_pool_size if pool == "queue" else 0
+    _register(engine, ConnectionPool(
+        engine, size=size, limit=2 * size, timeout=settings.db_pool_timeout,
+        recycle=1800 if size else None, local_timeout_ms=local_ms, pre_ping=settings.db_pre_ping,
+    ))
     return engine
+
+
+_POOLS: weakref.WeakKeyDictionary[Engine, ConnectionPool] = weakref.WeakKeyDictionary()
+_POOLS_LOCK = threading.Lock()
+
+
+def _register(engine: Engine, pool: ConnectionPool) -> ConnectionPool:
+    with _POOLS_LOCK:
+        existing = _POOLS.get(engine)
+        if existing is not None:
+            return existing
+        _POOLS[engine] = pool
+    # dispose() (shutdown, tests, a disconnect below) retires this pool's connections too.
+    event.listen(engine, "engine_disposed", lambda _engine: pool.discard_all())
+    return pool
+
+
+def connection_pool(engine: Engine) -> ConnectionPool:
+    """The pool `run` draws engine's connections from; made on first use for an engine not from make_engine."""
+    pool = _POOLS.get(engine)
+    if pool is not None:
+        return pool
+    size = engine.pool.size() if isinstance(engine.pool, QueuePool) else 0
+    timeout = engine.pool.timeout() if isinstance(engine.pool, QueuePool) else 30.0
+    # SQLAlchemy's default overflow is 10 connections beyond the pool's size.
+    return _register(engine, ConnectionPool(engine, size=size, limit=size + 10 if size else 0,
+                                            timeout=timeout, recycle=None))
 
 
 def _log_pooler_choice(settings: Settings) -> None:
@@ -138,19 +164,8 @@ def _utc_timestamps(dbapi_conn, record) -> None:  # noqa: ANN001
 
 
 def _discard_dead_connection(dbapi_conn, record, proxy) -> None:  # noqa: ANN001
-    # An idle connection has nothing to read. If its socket is readable the server
-    # has closed it (restart, pg_terminate_backend, idle timeout): replace it now,
-    # for the cost of a poll() instead of a pre-ping round trip.
-    pgconn = getattr(dbapi_conn, "pgconn", None)
-    if pgconn is None:
-        return
-    try:
-        if dbapi_conn.closed or dbapi_conn.broken:
-            raise exc.DisconnectionError("connection closed")
-        readable, _, _ = select.select([pgconn.socket], [], [], 0)
-    except (OSError, ValueError) as err:
-        raise exc.DisconnectionError(str(err)) from err
-    if readable:
+    # The same check as the lock operations' pool, for SQLAlchemy's own checkouts.
+    if isinstance(dbapi_conn, psycopg.Connection) and server_closed(dbapi_conn):
         raise exc.DisconnectionError("server closed the connection")
 
 
@@ -160,6 +175,7 @@ UNAVAILABLE = (
     exc.OperationalError, exc.InterfaceError, exc.TimeoutError, exc.DisconnectionError,
     psycopg.OperationalError, psycopg.InterfaceError,
 )
+FAILURES = (*UNAVAILABLE, psycopg.Error, exc.DBAPIError)
 
 
 @contextlib.contextmanager
@@ -167,78 +183,89 @@ def store_errors() -> Iterator[None]:
     """Turn driver and pool errors into StoreUnavailable / StoreError."""
     try:
         yield
-    except UNAVAILABLE as err:
-        raise StoreUnavailable(_describe(err)) from err
-    except psycopg.Error as err:
-        raise StoreError(_describe(err)) from err
-    except exc.DBAPIError as err:
-        if err.connection_invalidated:
-            raise StoreUnavailable(_describe(err)) from err
-        raise StoreError(_describe(err)) from err
+    except FAILURES as err:
+        raise _store_error(err) from err
+
+
+def _store_error(err: Exception) -> StoreError:
+    if isinstance(err, UNAVAILABLE) or (isinstance(err, exc.DBAPIError) and err.connection_invalidated):
+        return StoreUnavailable(_describe(err))
+    return StoreError(_describe(err))
 
 
 def run(engine: Engine, sql: str, params: dict[str, Any], *, rows: str = "first", read_only: bool = False) -> Any:
     """Run one statement; return its first row (a dict), its first value ("scalar") or all rows ("all").
 
     Every module's one-statement operations come here. The statement runs on a
-    pooled psycopg connection checked out with `Engine.raw_connection()`: on an
-    autocommit engine from make_engine that is one round trip, with no BEGIN or
-    COMMIT; with a per-transaction statement timeout (DB_POOLER=transaction) or on
-    an engine that is not autocommit, it runs in a psycopg transaction.
+    connection of the engine's `connection_pool`: on an autocommit engine from
+    make_engine that is one round trip, with no BEGIN or COMMIT; with a
+    per-transaction statement timeout (DB_POOLER=transaction) or on an engine that
+    is not autocommit, it runs in a psycopg transaction.
 
-    A connection found dead disposes of the engine's pool, so every connection made
-    before it is replaced too: they went through the same outage or middlebox. A
-    read_only statement that failed that way runs once more on a fresh connection;
-    a write never does, since it may have been applied before the connection broke.
+    A connection found dead retires every connection made before it (the pool's and
+    the engine's): they went through the same outage or middlebox. A read_only
+    statement that failed that way runs once more on a fresh connection; a write
+    never does, since it may have been applied before the connection broke.
     Raises StoreUnavailable (down, gone, too slow) or StoreError (refused).
     """
+    pool = connection_pool(engine)
     try:
-        return _run_once(engine, sql, params, rows)
+        return _run_once(pool, sql, params, rows)
     except _Disconnected as err:
         if not read_only:
             raise
         logger.info("retrying a read on a fresh connection after a disconnect: %s", err)
-        return _run_once(engine, sql, params, rows)
+        return _run_once(pool, sql, params, rows)
 
 
 class _Disconnected(StoreUnavailable):
     """A pooled connection turned out dead mid-statement (the pool was disposed of)."""
 
 
-def _run_once(engine: Engine, sql: str, params: dict[str, Any], rows: str) -> Any:
-    with store_errors():
-        pooled = engine.raw_connection()
-    conn = pooled.driver_connection
+def _run_once(pool: ConnectionPool, sql: str, params: dict[str, Any], rows: str) -> Any:
     try:
-        local_timeout = engine.get_execution_options().get(LOCAL_TIMEOUT_MS)
-        if conn.autocommit and not local_timeout:
-            return _execute(conn, sql, params, rows)
-        with conn.transaction():
-            if local_timeout:
-                conn.execute(f"SET LOCAL statement_timeout = {int(local_timeout)}")
-            return _execute(conn, sql, params, rows)
+        lent = pool.get()
+    except FAILURES as err:
+        raise _store_error(err) from err
+    conn = lent.connection
+    try:
+        if conn.autocommit and not pool.local_timeout_ms:
+            result = _execute(conn, sql, params, rows)
+        else:
+            with conn.transaction():
+                if pool.local_timeout_ms:
+                    conn.execute(f"SET LOCAL statement_timeout = {pool.local_timeout_ms}")
+                result = _execute(conn, sql, params, rows)
     except psycopg.Error as err:
-        if conn.broken or engine.dialect.is_disconnect(err, conn, None):
-            pooled.invalidate(err)
+        if conn.broken or pool.engine.dialect.is_disconnect(err, conn, None):
+            pool.put(lent, discard=True)
             # What SQLAlchemy's Connection does on a disconnect: connections older than this
-            # one are not trusted either. dispose() swaps in a fresh pool; checked-out
-            # connections finish their work and are closed on return.
-            engine.dispose(close=False)
+            # one are not trusted either. dispose() retires both pools' idle connections;
+            # lent ones finish their work and are closed on return.
+            pool.engine.dispose(close=False)
             raise _Disconnected(_describe(err)) from err
-        if isinstance(err, psycopg.OperationalError | psycopg.InterfaceError):
-            pooled.invalidate(err)  # a fresh connection next time
+        unavailable = isinstance(err, psycopg.OperationalError | psycopg.InterfaceError)
+        # A refused statement leaves an autocommit connection idle and fit for reuse.
+        pool.put(lent, discard=unavailable)
+        if unavailable:
             raise StoreUnavailable(_describe(err)) from err
         raise StoreError(_describe(err)) from err
-    finally:
-        pooled.close()
+    except BaseException:
+        pool.put(lent, discard=True)
+        raise
+    pool.put(lent)
+    return result
 
 
 def _execute(conn: psycopg.Connection, sql: str, params: dict[str, Any], rows: str) -> Any:
     with conn.cursor(row_factory=tuple_row if rows == "scalar" else dict_row) as cursor:
         cursor.execute(sql, params)
+        # rownumber is None when the statement returned no result set (cheaper than description).
+        if cursor.rownumber is None:
+            return [] if rows == "all" else None
         if rows == "all":
-            return cursor.fetchall() if cursor.description else []
-        row = cursor.fetchone() if cursor.description else None
+            return cursor.fetchall()
+        row = cursor.fetchone()
         return row[0] if rows == "scalar" and row is not None else row
 
 

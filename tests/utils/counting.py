@@ -12,10 +12,11 @@ from sqlalchemy.engine import Engine
 
 @contextlib.contextmanager
 def count_statements(engine: Engine) -> Iterator[list[str]]:
-    """Record each statement executed on a connection checked out of engine while open.
+    """Record each statement executed on engine's connections while open.
 
-    Each checkout gets a cursor class (psycopg's Connection.cursor_factory) that notes
-    the statement before running it; the class is put back at checkin.
+    The engine's idle connections are retired first, and each connection made inside
+    gets a cursor class (psycopg's Connection.cursor_factory) that notes the statement
+    before running it; those connections are retired again on the way out.
     """
     statements: list[str] = []
 
@@ -24,20 +25,16 @@ def count_statements(engine: Engine) -> Iterator[list[str]]:
             statements.append(query if isinstance(query, str) else query.as_string(self))
             return super().execute(query, params, **kwargs)
 
-    def checkout(dbapi_conn, record, proxy) -> None:  # noqa: ANN001
+    def connect(dbapi_conn, record) -> None:  # noqa: ANN001
         dbapi_conn.cursor_factory = Counting
 
-    def checkin(dbapi_conn, record) -> None:  # noqa: ANN001
-        if dbapi_conn is not None:
-            dbapi_conn.cursor_factory = psycopg.Cursor
-
-    event.listen(engine, "checkout", checkout)
-    event.listen(engine, "checkin", checkin)
+    engine.dispose()
+    event.listen(engine, "connect", connect)
     try:
         yield statements
     finally:
-        event.remove(engine, "checkout", checkout)
-        event.remove(engine, "checkin", checkin)
+        event.remove(engine, "connect", connect)
+        engine.dispose()
 
 
 def work(statements: list[str]) -> list[str]:
