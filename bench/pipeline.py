@@ -100,18 +100,15 @@ def round_trips(b: Bench, messages: int, history: int) -> dict[str, Any]:
             finally:
                 db_seconds[0] += time.perf_counter() - statements[-1]
 
-    def before(dbapi_conn, record, proxy):  # noqa: ANN001, ANN202 - a checkout: time its statements
+    def timed(dbapi_conn, record):  # noqa: ANN001, ANN202 - every connection the engine makes
         dbapi_conn.cursor_factory = Timed
 
-    def after(dbapi_conn, record):  # noqa: ANN001, ANN202 - a checkin
-        if dbapi_conn is not None:
-            dbapi_conn.cursor_factory = psycopg.Cursor
-
+    event.listen(engine, "connect", timed)
     conversations = web_devices(max(1, messages // len(SCRIPT)), "in-process")
     for text in SCRIPT:  # warm-up: connect, and let psycopg prepare the statements
         pipeline.handle(Inbound("default", web_devices(1, "warm-up")[0], text))
-    event.listen(engine, "checkout", before)
-    event.listen(engine, "checkin", after)
+    statements.clear()
+    db_seconds[0] = 0.0
     per_message: list[int] = []
     wrong = 0
     started = time.perf_counter()
@@ -125,8 +122,7 @@ def round_trips(b: Bench, messages: int, history: int) -> dict[str, Any]:
             wrong += (result.status, result.agent, result.lock_agent) != ("answered", AGENT, EXPECTED_LOCK[step])
     finally:
         seconds = time.perf_counter() - started
-        event.remove(engine, "checkout", before)
-        event.remove(engine, "checkin", after)
+        event.remove(engine, "connect", timed)
         engine.dispose()
     return {
         "messages": messages, "statements": sum(per_message),

@@ -13,11 +13,10 @@ from typing import Any
 
 import psycopg
 import sqlalchemy as sa
-from sqlalchemy import event
 
 from app import SessionService, validation
 from app.core import migrate
-from app.core.db import _discard_dead_connection, store_errors
+from app.core.db import connection_pool, store_errors
 from app.sessions import GET_LOCK, SET_LOCK
 from bench.common import AGENT, TENANT, TTL, Bench, conninfo, device_sequence, populate_devices, run_for, table
 from tests.utils.postgres import postgres_server, scratch_database
@@ -31,9 +30,7 @@ def variants(b: Bench, op: str, seq: list[str]) -> tuple[dict[str, Callable[[int
     extra = {} if op == "get" else {"agent": AGENT, "ttl": TTL, "new_ttl": TTL}
     engine = b.engine()
     service = SessionService(engine)
-    # The same engine without app/core/db.py's checkout listener (its select() poll per checkout).
-    unpolled = b.engine()
-    event.remove(unpolled, "checkout", _discard_dead_connection)
+    pool = connection_pool(engine)
     bare = psycopg.connect(conninfo(b.url), autocommit=True)
     n = len(seq)
 
@@ -45,17 +42,17 @@ def variants(b: Bench, op: str, seq: list[str]) -> tuple[dict[str, Callable[[int
         while time.perf_counter() < end:
             pass
 
-    def pooled_dbapi(i: int) -> Any:
+    def pooled(i: int) -> Any:
+        lent = pool.get()
+        try:
+            return lent.connection.execute(sql, params(i)).fetchone()
+        finally:
+            pool.put(lent)
+
+    def sa_pooled(i: int) -> Any:
         conn = engine.raw_connection()
         try:
             return conn.driver_connection.execute(sql, params(i)).fetchone()
-        finally:
-            conn.close()
-
-    def pooled_unpolled(i: int) -> Any:
-        conn = unpolled.raw_connection()
-        try:
-            return conn.dbapi_connection.execute(sql, params(i)).fetchone()
         finally:
             conn.close()
 
@@ -78,8 +75,8 @@ def variants(b: Bench, op: str, seq: list[str]) -> tuple[dict[str, Callable[[int
         "bare psycopg (ceiling)": lambda i: bare.execute(sql, params(i)).fetchone(),
         "bare psycopg + 20 us of Python work": lambda i: (bare.execute(sql, params(i)).fetchone(), spin(20e-6)),
         "bare psycopg + validation + store_errors": held_validated,
-        "pool checkout + psycopg cursor": pooled_dbapi,
-        "same, without the checkout listener's poll": pooled_unpolled,
+        "app pool get/put + psycopg cursor": pooled,
+        "SQLAlchemy pool checkout + psycopg cursor": sa_pooled,
         "pool + SQLAlchemy engine.connect()": sa_connect,
         "pool + SQLAlchemy engine.begin()": sa_begin,
         "SessionService": service_call,
@@ -88,7 +85,6 @@ def variants(b: Bench, op: str, seq: list[str]) -> tuple[dict[str, Callable[[int
     def close() -> None:
         bare.close()
         engine.dispose()
-        unpolled.dispose()
 
     return found, close
 

@@ -1,4 +1,4 @@
-"""Engine construction and the boundary where driver errors become StoreError."""
+"""Engine construction, the one-statement path (`run`), and the boundary where driver errors become StoreError."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import contextlib
 import logging
 import threading
 import time
-import weakref
 from collections.abc import Iterator
 from datetime import UTC
 from typing import Any
@@ -32,7 +31,10 @@ def make_engine(settings: Settings, *, serverless: bool = False, url: str | None
 
     Every connection has TCP keepalives (DB_KEEPALIVES_*), hands timestamps back in UTC
     whatever the session's TimeZone, and is bounded by DB_CONNECT_TIMEOUT and
-    DB_STATEMENT_TIMEOUT_MS. Raises ConfigurationError without a URL.
+    DB_STATEMENT_TIMEOUT_MS. `run` draws its connections from the engine's
+    `connection_pool` (DB_POOL_SIZE idle, twice that open at once, DB_POOL_TIMEOUT);
+    SQLAlchemy's own pool serves migrations and imports. Raises ConfigurationError
+    without a URL.
     """
     url = url or settings.database_url
     if not url:
@@ -94,16 +96,18 @@ def make_engine(settings: Settings, *, serverless: bool = False, url: str | None
     return engine
 
 
-_POOLS: weakref.WeakKeyDictionary[Engine, ConnectionPool] = weakref.WeakKeyDictionary()
+# The pool is kept on its engine, so the two are collected together: a registry keyed
+# weakly by engine would keep every engine alive, since its pool refers back to it.
+_POOL_ATTRIBUTE = "_lock_operations_pool"
 _POOLS_LOCK = threading.Lock()
 
 
 def _register(engine: Engine, pool: ConnectionPool) -> ConnectionPool:
     with _POOLS_LOCK:
-        existing = _POOLS.get(engine)
+        existing = getattr(engine, _POOL_ATTRIBUTE, None)
         if existing is not None:
             return existing
-        _POOLS[engine] = pool
+        setattr(engine, _POOL_ATTRIBUTE, pool)
     # dispose() (shutdown, tests, a disconnect below) retires this pool's connections too.
     event.listen(engine, "engine_disposed", lambda _engine: pool.discard_all())
     return pool
@@ -111,7 +115,7 @@ def _register(engine: Engine, pool: ConnectionPool) -> ConnectionPool:
 
 def connection_pool(engine: Engine) -> ConnectionPool:
     """The pool `run` draws engine's connections from; made on first use for an engine not from make_engine."""
-    pool = _POOLS.get(engine)
+    pool = getattr(engine, _POOL_ATTRIBUTE, None)
     if pool is not None:
         return pool
     size = engine.pool.size() if isinstance(engine.pool, QueuePool) else 0

@@ -14,6 +14,7 @@ connect arguments, `connect` listeners and first-connect schema check apply to t
 
 from __future__ import annotations
 
+import collections
 import select
 import threading
 import time
@@ -33,6 +34,20 @@ class Lent:
     connection: psycopg.Connection
     born: float  # time.monotonic() at connect
     generation: int
+
+
+class _Waiter:
+    """One caller waiting in get(): put() hands it a connection, or the slot of one it closed."""
+
+    __slots__ = ("handed", "lent")
+
+    def __init__(self) -> None:
+        self.handed = threading.Event()
+        self.lent: Lent | None = None
+
+    def hand(self, lent: Lent | None) -> None:
+        self.lent = lent
+        self.handed.set()
 
 
 class ConnectionPool:
@@ -59,12 +74,12 @@ class ConnectionPool:
         self.pre_ping = pre_ping
         self.limit = limit
         self._idle: list[Lent] = []
-        self._lent = 0
-        self._waiting = 0
-        # One lock guards the idle list and the count of lent connections; callers wait
-        # on its condition only when the limit is reached.
+        self._lent = 0  # connections out of the pool, or being made: never more than limit
+        # Callers waiting for a connection, first come first served: a returned connection
+        # (or its slot) goes straight to the longest waiter, so a busy thread that returns
+        # and asks again cannot overtake it until it times out.
+        self._waiters: collections.deque[_Waiter] = collections.deque()
         self._lock = threading.Lock()
-        self._freed = threading.Condition(self._lock)
         self._generation = 0
 
     @property
@@ -72,24 +87,37 @@ class ConnectionPool:
         """How many connections wait for reuse."""
         return len(self._idle)
 
-    def get(self) -> Lent:
+    @property
+    def waiting(self) -> int:
+        """How many callers wait in get() for a connection to come back (the limit is reached)."""
+        return len(self._waiters)
+
+    def get(self, timeout: float | None = None) -> Lent:
         """A live connection: the newest idle one that passes the checks, else a new one.
 
-        Raises StoreUnavailable when none frees up within timeout; a connect error
-        comes from the engine as SQLAlchemy raises it.
+        Raises StoreUnavailable when none frees up within timeout seconds (the pool's
+        by default); a connect error comes from the engine as SQLAlchemy raises it.
         """
-        while True:
-            with self._lock:
-                if not self._idle and self.limit and self._lent >= self.limit:
-                    self._wait_for_a_slot()
-                lent = self._idle.pop() if self._idle else None
+        waiter = None
+        with self._lock:
+            if self._idle:
+                lent: Lent | None = self._idle.pop()
                 self._lent += 1
-            if lent is None:
-                break
+            elif not self.limit or self._lent < self.limit:
+                lent = None
+                self._lent += 1
+            else:
+                waiter = _Waiter()
+                self._waiters.append(waiter)
+        if waiter is not None:
+            lent = self._wait(waiter, self.timeout if timeout is None else timeout)
+        # The slot is ours: a dead connection is closed and the next idle one tried in its place.
+        while lent is not None:
             if self._usable(lent):
                 return lent
             lent.connection.close()
-            self._release_slot()
+            with self._lock:
+                lent = self._idle.pop() if self._idle else None
         try:
             return self._connect()
         except BaseException:
@@ -104,35 +132,34 @@ class ConnectionPool:
             and conn.pgconn.transaction_status == TransactionStatus.IDLE
         )
         with self._lock:
-            self._lent -= 1
-            keep = keep and len(self._idle) < self.size and lent.generation == self._generation
-            if keep:
-                self._idle.append(lent)
-            if self._waiting:
-                self._freed.notify()
-        if not keep:
-            conn.close()
+            keep = keep and lent.generation == self._generation and self.size > 0
+            if self._waiters:
+                self._waiters.popleft().hand(lent if keep else None)
+                if keep:
+                    return
+            else:
+                self._lent -= 1
+                keep = keep and len(self._idle) < self.size
+                if keep:
+                    self._idle.append(lent)
+                    return
+        conn.close()
 
     def _release_slot(self) -> None:
         with self._lock:
-            self._lent -= 1
-            if self._waiting:
-                self._freed.notify()
+            if self._waiters:
+                self._waiters.popleft().hand(None)
+            else:
+                self._lent -= 1
 
-    def _wait_for_a_slot(self) -> None:
-        # Called holding the lock; returns holding it, with an idle connection or a free slot.
-        deadline = time.monotonic() + self.timeout
-        self._waiting += 1
-        try:
-            while not self._idle and self._lent >= self.limit:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._freed.wait(remaining):
-                    if not self._idle and self._lent >= self.limit:
-                        raise StoreUnavailable(
-                            f"PoolTimeout: no database connection free within {self.timeout:g} s"
-                        )
-        finally:
-            self._waiting -= 1
+    def _wait(self, waiter: _Waiter, timeout: float) -> Lent | None:
+        """A connection handed over by put() (None: its slot, to connect with); raises on timeout."""
+        if not waiter.handed.wait(timeout):
+            with self._lock:
+                if not waiter.handed.is_set():
+                    self._waiters.remove(waiter)
+                    raise StoreUnavailable(f"PoolTimeout: no database connection free within {timeout:g} s")
+        return waiter.lent
 
     def discard_all(self) -> None:
         """Close every idle connection; those lent out now are closed when they come back."""
@@ -172,8 +199,13 @@ def server_closed(conn: psycopg.Connection) -> bool:
         return True
     # An idle connection has nothing to read. If its socket is readable the server
     # has closed it (restart, pg_terminate_backend, idle timeout): replace it now,
-    # for the cost of a poll() instead of a pre-ping round trip.
+    # for the cost of a poll() instead of a pre-ping round trip. poll(), not select():
+    # select() refuses descriptors from 1024 up, which a busy server's sockets reach.
     try:
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(conn.pgconn.socket, select.POLLIN)
+            return bool(poller.poll(0))
         readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
     except (OSError, ValueError):
         return True
