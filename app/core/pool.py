@@ -19,6 +19,7 @@ import select
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from psycopg.pq import TransactionStatus
@@ -34,6 +35,7 @@ class Lent:
     connection: psycopg.Connection
     born: float  # time.monotonic() at connect
     generation: int
+    poller: Any  # select.poll() on the connection's socket, made once (None where poll() is missing)
 
 
 class _Waiter:
@@ -175,7 +177,7 @@ class ConnectionPool:
         conn = fairy.driver_connection
         # Detached, the connection leaves SQLAlchemy's pool for good: this pool closes it.
         fairy.detach()
-        return Lent(conn, time.monotonic(), generation)
+        return Lent(conn, time.monotonic(), generation, socket_poller(conn))
 
     def _usable(self, lent: Lent) -> bool:
         conn = lent.connection
@@ -183,7 +185,7 @@ class ConnectionPool:
             return False
         if self.recycle is not None and time.monotonic() - lent.born > self.recycle:
             return False
-        if server_closed(conn):
+        if server_closed(conn, lent.poller):
             return False
         if self.pre_ping:
             try:
@@ -193,20 +195,31 @@ class ConnectionPool:
         return True
 
 
-def server_closed(conn: psycopg.Connection) -> bool:
-    """Whether the server has closed an idle connection, learnt without a round trip."""
+def server_closed(conn: psycopg.Connection, poller: Any = None) -> bool:
+    """Whether the server has closed an idle connection, learnt without a round trip.
+
+    poller: a socket_poller(conn) kept with the connection, to spare making one per check.
+    """
     if conn.closed or conn.broken:
         return True
     # An idle connection has nothing to read. If its socket is readable the server
     # has closed it (restart, pg_terminate_backend, idle timeout): replace it now,
-    # for the cost of a poll() instead of a pre-ping round trip. poll(), not select():
-    # select() refuses descriptors from 1024 up, which a busy server's sockets reach.
+    # for the cost of a poll() instead of a pre-ping round trip.
     try:
-        if hasattr(select, "poll"):
-            poller = select.poll()
-            poller.register(conn.pgconn.socket, select.POLLIN)
+        poller = poller or socket_poller(conn)
+        if poller is not None:
             return bool(poller.poll(0))
         readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
     except (OSError, ValueError):
         return True
     return bool(readable)
+
+
+def socket_poller(conn: psycopg.Connection) -> Any:
+    """A poll() object watching conn's socket for input; None where the platform has no poll()."""
+    # poll(), not select(): select() refuses descriptors from 1024 up, which a busy server's sockets reach.
+    if not hasattr(select, "poll"):
+        return None
+    poller = select.poll()
+    poller.register(conn.pgconn.socket, select.POLLIN)
+    return poller
