@@ -20,7 +20,7 @@ from sqlalchemy.pool import NullPool, QueuePool
 
 from app.core import schema
 from app.core.config import Settings
-from app.core.pool import ConnectionPool, server_closed
+from app.core.pool import ConnectionPool, EngineCheckout, server_closed
 from app.errors import ConfigurationError, StoreError, StoreUnavailable
 
 logger = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ _POOL_ATTRIBUTE = "_lock_operations_pool"
 _POOLS_LOCK = threading.Lock()
 
 
-def _register(engine: Engine, pool: ConnectionPool) -> ConnectionPool:
+def _register(engine: Engine, pool: ConnectionPool | EngineCheckout) -> ConnectionPool | EngineCheckout:
     with _POOLS_LOCK:
         existing = getattr(engine, _POOL_ATTRIBUTE, None)
         if existing is not None:
@@ -113,16 +113,12 @@ def _register(engine: Engine, pool: ConnectionPool) -> ConnectionPool:
     return pool
 
 
-def connection_pool(engine: Engine) -> ConnectionPool:
-    """The pool `run` draws engine's connections from; made on first use for an engine not from make_engine."""
+def connection_pool(engine: Engine) -> ConnectionPool | EngineCheckout:
+    """Where `run` takes engine's connections: its ConnectionPool if make_engine made it, else the engine's own pool."""
     pool = getattr(engine, _POOL_ATTRIBUTE, None)
     if pool is not None:
         return pool
-    size = engine.pool.size() if isinstance(engine.pool, QueuePool) else 0
-    timeout = engine.pool.timeout() if isinstance(engine.pool, QueuePool) else 30.0
-    # SQLAlchemy's default overflow is 10 connections beyond the pool's size.
-    return _register(engine, ConnectionPool(engine, size=size, limit=size + 10 if size else 0,
-                                            timeout=timeout, recycle=None))
+    return _register(engine, EngineCheckout(engine))
 
 
 def _log_pooler_choice(settings: Settings) -> None:
@@ -226,7 +222,7 @@ class _Disconnected(StoreUnavailable):
     """A pooled connection turned out dead mid-statement (the pool was disposed of)."""
 
 
-def _run_once(pool: ConnectionPool, sql: str, params: dict[str, Any], rows: str) -> Any:
+def _run_once(pool: ConnectionPool | EngineCheckout, sql: str, params: dict[str, Any], rows: str) -> Any:
     try:
         lent = pool.get()
     except FAILURES as err:
@@ -236,6 +232,11 @@ def _run_once(pool: ConnectionPool, sql: str, params: dict[str, Any], rows: str)
         if conn.autocommit and not pool.local_timeout_ms:
             result = _execute(conn, sql, params, rows)
         else:
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                # A connect listener's statement opened a transaction on a non-autocommit
+                # connection; commit it, or transaction() would only add a savepoint and the
+                # statement below would be rolled back when the connection is closed.
+                conn.commit()
             with conn.transaction():
                 if pool.local_timeout_ms:
                     conn.execute(f"SET LOCAL statement_timeout = {pool.local_timeout_ms}")

@@ -15,6 +15,8 @@ connect arguments, `connect` listeners and first-connect schema check apply to t
 from __future__ import annotations
 
 import collections
+import contextlib
+import os
 import select
 import threading
 import time
@@ -36,6 +38,7 @@ class Lent:
     born: float  # time.monotonic() at connect
     generation: int
     poller: Any  # select.poll() on the connection's socket, made once (None where poll() is missing)
+    checkout: Any = None  # the SQLAlchemy checkout it came from, for an EngineCheckout
 
 
 class _Waiter:
@@ -83,6 +86,7 @@ class ConnectionPool:
         self._waiters: collections.deque[_Waiter] = collections.deque()
         self._lock = threading.Lock()
         self._generation = 0
+        self._pid = os.getpid()
 
     @property
     def idle(self) -> int:
@@ -99,7 +103,9 @@ class ConnectionPool:
 
         Raises StoreUnavailable when none frees up within timeout seconds (the pool's
         by default); a connect error comes from the engine as SQLAlchemy raises it.
+        Whatever interrupts it (even KeyboardInterrupt), the slot it took is given back.
         """
+        self._forget_if_forked()
         waiter = None
         with self._lock:
             if self._idle:
@@ -113,16 +119,19 @@ class ConnectionPool:
                 self._waiters.append(waiter)
         if waiter is not None:
             lent = self._wait(waiter, self.timeout if timeout is None else timeout)
-        # The slot is ours: a dead connection is closed and the next idle one tried in its place.
-        while lent is not None:
-            if self._usable(lent):
-                return lent
-            lent.connection.close()
-            with self._lock:
-                lent = self._idle.pop() if self._idle else None
         try:
+            # The slot is ours: a dead connection is closed and the next idle one tried in its place.
+            while lent is not None:
+                if self._usable(lent):
+                    return lent
+                dead, lent = lent, None
+                dead.connection.close()
+                with self._lock:
+                    lent = self._idle.pop() if self._idle else None
             return self._connect()
         except BaseException:
+            if lent is not None:
+                lent.connection.close()
             self._release_slot()
             raise
 
@@ -130,22 +139,32 @@ class ConnectionPool:
         """Take a connection back; it is closed if discarded, broken, mid-transaction or older than a discard_all."""
         conn = lent.connection
         keep = (
-            not discard and not conn.closed and lent.generation == self._generation
+            not discard and not conn.closed and self.size > 0 and lent.generation == self._generation
             and conn.pgconn.transaction_status == TransactionStatus.IDLE
         )
-        with self._lock:
-            keep = keep and lent.generation == self._generation and self.size > 0
-            if self._waiters:
-                self._waiters.popleft().hand(lent if keep else None)
-                if keep:
-                    return
-            else:
-                self._lent -= 1
-                keep = keep and len(self._idle) < self.size
-                if keep:
-                    self._idle.append(lent)
-                    return
+        if keep:
+            with self._lock:
+                if lent.generation == self._generation:
+                    if self._waiters:
+                        self._waiters.popleft().hand(lent)
+                        return
+                    if len(self._idle) < self.size:
+                        self._lent -= 1
+                        self._idle.append(lent)
+                        return
+        # Closed before its slot is given back, so the limit holds for open connections too.
         conn.close()
+        self._release_slot()
+
+    def discard_all(self) -> None:
+        """Close every idle connection; those lent out now are closed when they come back."""
+        if self._forget_if_forked():
+            return
+        with self._lock:
+            self._generation += 1
+            idle, self._idle = self._idle, []
+        for lent in idle:
+            lent.connection.close()
 
     def _release_slot(self) -> None:
         with self._lock:
@@ -156,20 +175,42 @@ class ConnectionPool:
 
     def _wait(self, waiter: _Waiter, timeout: float) -> Lent | None:
         """A connection handed over by put() (None: its slot, to connect with); raises on timeout."""
-        if not waiter.handed.wait(timeout):
-            with self._lock:
-                if not waiter.handed.is_set():
-                    self._waiters.remove(waiter)
-                    raise StoreUnavailable(f"PoolTimeout: no database connection free within {timeout:g} s")
-        return waiter.lent
-
-    def discard_all(self) -> None:
-        """Close every idle connection; those lent out now are closed when they come back."""
+        try:
+            if waiter.handed.wait(timeout):
+                return waiter.lent
+        except BaseException:
+            self._abandon(waiter)
+            raise
         with self._lock:
-            self._generation += 1
-            idle, self._idle = self._idle, []
-        for lent in idle:
-            lent.connection.close()
+            if not waiter.handed.is_set():
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+                raise StoreUnavailable(f"PoolTimeout: no database connection free within {timeout:g} s")
+        return waiter.lent  # handed over just as the wait timed out
+
+    def _abandon(self, waiter: _Waiter) -> None:
+        # An interrupted waiter leaves the queue; what it was handed meanwhile goes back.
+        with self._lock:
+            if not waiter.handed.is_set():
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+                return
+        if waiter.lent is not None:
+            self.put(waiter.lent, discard=True)
+        else:
+            self._release_slot()
+
+    def _forget_if_forked(self) -> bool:
+        # A forked child shares its parent's sockets: closing them would end the parent's
+        # sessions (SQLAlchemy's dispose(close=False) after a fork leaves them alone too).
+        if self._pid == os.getpid():
+            return False
+        with self._lock:
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._generation += 1
+                self._idle, self._waiters, self._lent = [], collections.deque(), 0
+        return True
 
     def _connect(self) -> Lent:
         generation = self._generation
@@ -177,7 +218,11 @@ class ConnectionPool:
         conn = fairy.driver_connection
         # Detached, the connection leaves SQLAlchemy's pool for good: this pool closes it.
         fairy.detach()
-        return Lent(conn, time.monotonic(), generation, socket_poller(conn))
+        try:
+            return Lent(conn, time.monotonic(), generation, socket_poller(conn))
+        except BaseException:
+            conn.close()
+            raise
 
     def _usable(self, lent: Lent) -> bool:
         conn = lent.connection
@@ -190,9 +235,38 @@ class ConnectionPool:
         if self.pre_ping:
             try:
                 conn.execute("SELECT 1")
+                if not conn.autocommit:
+                    conn.rollback()  # leave no transaction open behind the ping
             except psycopg.Error:
                 return False
         return True
+
+
+class EngineCheckout:
+    """For an engine not made by make_engine: each statement checks a connection out of the engine's own pool.
+
+    The engine's pool settings (size, overflow, recycle, pre-ping) hold as its owner
+    set them; the cost is SQLAlchemy's checkout per statement.
+    """
+
+    local_timeout_ms = 0
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def get(self, timeout: float | None = None) -> Lent:
+        """A connection checked out of the engine's pool (its own timeout applies)."""
+        checkout = self.engine.raw_connection()
+        return Lent(checkout.driver_connection, 0.0, 0, None, checkout)
+
+    def put(self, lent: Lent, *, discard: bool = False) -> None:
+        """Return it to the engine's pool, or invalidate it there."""
+        if discard:
+            lent.checkout.invalidate()
+        lent.checkout.close()
+
+    def discard_all(self) -> None:
+        """Nothing to do: the engine's dispose() empties its own pool."""
 
 
 def server_closed(conn: psycopg.Connection, poller: Any = None) -> bool:

@@ -466,6 +466,87 @@ class TestConcurrency:
             engine.dispose()
 
 
+class Interrupt(BaseException):
+    """Stands for KeyboardInterrupt, or a timeout library's exception, arriving mid-call."""
+
+
+class TestInterrupted:
+    def test_a_waiter_interrupted_leaves_the_queue_and_loses_no_slot(self, make_pool):
+        import signal
+
+        pool = make_pool(size=1, limit=1, timeout=30)
+        held = pool.get()
+        seen_waiting: list[int] = []
+
+        def interrupt(signum, frame):  # noqa: ANN001, ANN202
+            seen_waiting.append(pool.waiting)
+            raise Interrupt
+
+        previous = signal.signal(signal.SIGALRM, interrupt)
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        try:
+            with pytest.raises(Interrupt):
+                pool.get()
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        assert seen_waiting == [1]  # the signal arrived while the caller waited
+        assert pool.waiting == 0
+        pool.put(held)
+        assert pool.idle == 1  # kept, not handed to the caller that left
+        again = pool.get(timeout=1)
+        assert again.connection is held.connection
+        pool.put(again)
+
+
+class TestForeignEngine:
+    def test_an_engine_not_from_make_engine_keeps_its_own_pool_settings(self, direct_url):
+        engine = sa.create_engine(direct_url, pool_size=1, max_overflow=0)
+        try:
+            assert run(engine, "SELECT 1 AS one", {}, rows="scalar") == 1
+            # The statement's connection went back to SQLAlchemy's pool, which keeps it.
+            assert engine.pool.checkedin() == 1 and engine.pool.checkedout() == 0
+            assert run(engine, "SELECT pg_backend_pid()", {}, rows="scalar") == run(
+                engine, "SELECT pg_backend_pid()", {}, rows="scalar")
+        finally:
+            engine.dispose()
+
+    def test_a_write_after_a_connect_listener_statement_is_committed(self, direct_url, observer):
+        # Not autocommit: the listener's SET opens a transaction psycopg would otherwise nest into.
+        engine = sa.create_engine(direct_url, poolclass=sa.pool.NullPool)
+        sa.event.listen(engine, "connect", lambda dbapi_conn, record: dbapi_conn.execute("SET search_path TO public"))
+        table = f"listener_{uuid.uuid4().hex[:8]}"
+        observer.exec_driver_sql(f"CREATE TABLE {table} (v text)")
+        try:
+            run(engine, f"INSERT INTO {table} VALUES ('kept')", {})
+            assert observer.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar() == 1
+        finally:
+            observer.exec_driver_sql(f"DROP TABLE {table}")
+            engine.dispose()
+
+
+class TestFork:
+    @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+    def test_a_forked_child_disposing_leaves_the_parents_connections_open(self, direct_engine, observer):
+        pool = connection_pool(direct_engine)
+        lent = pool.get()
+        pid = lent.connection.info.backend_pid
+        pool.put(lent)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads running: the child only exits
+            child = os.fork()
+        if child == 0:  # the child: what a forking server's worker does before its own work
+            try:
+                direct_engine.dispose(close=False)
+            finally:
+                os._exit(0)
+        os.waitpid(child, 0)
+        assert pid in app_pids(observer)  # the parent's backend is still there
+        again = pool.get()
+        assert again.connection.info.backend_pid == pid and works(again)
+        pool.put(again)
+
+
 class TestOutage:
     @staticmethod
     def unreachable(direct_url: str, where: str) -> str:
