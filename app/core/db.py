@@ -249,12 +249,10 @@ def _run_once(pool: ConnectionPool | EngineCheckout, sql: str, params: dict[str,
             # lent ones finish their work and are closed on return.
             pool.engine.dispose(close=False)
             raise _Disconnected(_describe(err)) from err
-        unavailable = isinstance(err, psycopg.OperationalError | psycopg.InterfaceError)
+        wrapped = _store_error(err)
         # A refused statement leaves an autocommit connection idle and fit for reuse.
-        pool.put(lent, discard=unavailable)
-        if unavailable:
-            raise StoreUnavailable(_describe(err)) from err
-        raise StoreError(_describe(err)) from err
+        pool.put(lent, discard=isinstance(wrapped, StoreUnavailable))
+        raise wrapped from err
     except BaseException:
         pool.put(lent, discard=True)
         raise

@@ -139,7 +139,7 @@ class ConnectionPool:
         """Take a connection back; it is closed if discarded, broken, mid-transaction or older than a discard_all."""
         conn = lent.connection
         keep = (
-            not discard and not conn.closed and self.size > 0 and lent.generation == self._generation
+            not discard and not conn.closed and self.size > 0
             and conn.pgconn.transaction_status == TransactionStatus.IDLE
         )
         if keep:
@@ -176,29 +176,27 @@ class ConnectionPool:
     def _wait(self, waiter: _Waiter, timeout: float) -> Lent | None:
         """A connection handed over by put() (None: its slot, to connect with); raises on timeout."""
         try:
-            if waiter.handed.wait(timeout):
-                return waiter.lent
+            handed = waiter.handed.wait(timeout)
         except BaseException:
-            self._abandon(waiter)
+            # Interrupted: what it was handed meanwhile goes back.
+            if not self._leave(waiter):
+                if waiter.lent is not None:
+                    self.put(waiter.lent, discard=True)
+                else:
+                    self._release_slot()
             raise
-        with self._lock:
-            if not waiter.handed.is_set():
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
-                raise StoreUnavailable(f"PoolTimeout: no database connection free within {timeout:g} s")
-        return waiter.lent  # handed over just as the wait timed out
+        if not handed and self._leave(waiter):
+            raise StoreUnavailable(f"PoolTimeout: no database connection free within {timeout:g} s")
+        return waiter.lent  # handed over, perhaps just as the wait timed out
 
-    def _abandon(self, waiter: _Waiter) -> None:
-        # An interrupted waiter leaves the queue; what it was handed meanwhile goes back.
+    def _leave(self, waiter: _Waiter) -> bool:
+        """Take waiter out of the queue unless put() has handed it something; True if it left."""
         with self._lock:
-            if not waiter.handed.is_set():
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
-                return
-        if waiter.lent is not None:
-            self.put(waiter.lent, discard=True)
-        else:
-            self._release_slot()
+            if waiter.handed.is_set():
+                return False
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+            return True
 
     def _forget_if_forked(self) -> bool:
         # A forked child shares its parent's sockets: closing them would end the parent's

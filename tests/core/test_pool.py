@@ -134,14 +134,20 @@ class TestSize:
         assert [lent.connection.closed for lent in held] == [False, False, True]
 
 
+def queue_a_waiter(pool: ConnectionPool) -> tuple[threading.Thread, list[Lent]]:
+    """Start a thread whose pool.get() waits (the limit is reached); return it and the list its connection lands in."""
+    got: list[Lent] = []
+    waiter = threading.Thread(target=lambda: got.append(pool.get()))
+    waiter.start()
+    assert wait_for(lambda: pool.waiting == 1, seconds=10)
+    return waiter, got
+
+
 class TestLimit:
     def test_a_caller_waits_for_the_connection_put_back(self, make_pool):
         pool = make_pool(size=1, limit=1, timeout=30)
         first = pool.get()
-        got: list[Lent] = []
-        waiter = threading.Thread(target=lambda: got.append(pool.get()))
-        waiter.start()
-        assert wait_for(lambda: pool.waiting == 1, seconds=10)
+        waiter, got = queue_a_waiter(pool)
         assert got == []  # still waiting: the only slot is lent
         pool.put(first)
         waiter.join(10)
@@ -153,10 +159,7 @@ class TestLimit:
     def test_a_waiter_gets_a_new_connection_when_the_returned_one_is_closed(self, make_pool):
         pool = make_pool(size=0, limit=1, timeout=30)
         first = pool.get()
-        got: list[Lent] = []
-        waiter = threading.Thread(target=lambda: got.append(pool.get()))
-        waiter.start()
-        assert wait_for(lambda: pool.waiting == 1, seconds=10)
+        waiter, got = queue_a_waiter(pool)
         pool.put(first)  # size 0: closed, yet its slot is free
         waiter.join(10)
         assert not waiter.is_alive()
@@ -168,10 +171,7 @@ class TestLimit:
         """First come, first served: the thread that returns a connection and asks again cannot overtake a waiter."""
         pool = make_pool(size=1, limit=1, timeout=30)
         first = pool.get()
-        got: list[Lent] = []
-        waiter = threading.Thread(target=lambda: got.append(pool.get()))
-        waiter.start()
-        assert wait_for(lambda: pool.waiting == 1, seconds=10)
+        waiter, got = queue_a_waiter(pool)
         pool.put(first)
         with pytest.raises(StoreUnavailable, match="PoolTimeout"):
             pool.get(timeout=0.2)  # the connection was handed to the waiter, not left for this caller
