@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from app import SessionService, validation
 from app.core import migrate
-from app.core.db import connection_pool, store_errors
+from app.core.db import lock_pools, store_errors
 from app.sessions import GET_LOCK, SET_LOCK
 from bench.common import AGENT, TENANT, TTL, Bench, conninfo, device_sequence, populate_devices, run_for, table
 from tests.utils.postgres import postgres_server, scratch_database
@@ -30,7 +30,7 @@ def variants(b: Bench, op: str, seq: list[str]) -> tuple[dict[str, Callable[[int
     extra = {} if op == "get" else {"agent": AGENT, "ttl": TTL, "new_ttl": TTL}
     engine = b.engine()
     service = SessionService(engine)
-    pool = connection_pool(engine)
+    pool = lock_pools(engine).sync_pool()
     bare = psycopg.connect(conninfo(b.url), autocommit=True)
     n = len(seq)
 
@@ -43,11 +43,8 @@ def variants(b: Bench, op: str, seq: list[str]) -> tuple[dict[str, Callable[[int
             pass
 
     def pooled(i: int) -> Any:
-        lent = pool.get()
-        try:
-            return lent.connection.execute(sql, params(i)).fetchone()
-        finally:
-            pool.put(lent)
+        with pool.connection() as conn:
+            return conn.execute(sql, params(i)).fetchone()
 
     def sa_pooled(i: int) -> Any:
         conn = engine.raw_connection()

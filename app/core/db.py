@@ -7,20 +7,19 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC
 from typing import Any
 
 import psycopg
 import sqlalchemy as sa
 from psycopg.rows import dict_row, tuple_row
-from psycopg.types.datetime import TimestamptzBinaryLoader, TimestamptzLoader
+from psycopg_pool import PoolTimeout
 from sqlalchemy import event, exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool, QueuePool
 
 from app.core import schema
 from app.core.config import Settings
-from app.core.pool import ConnectionPool, EngineCheckout, server_closed
+from app.core.pools import LockPools, PoolConfig, has_input, utc_timestamps
 from app.errors import ConfigurationError, StoreError, StoreUnavailable
 
 logger = logging.getLogger(__name__)
@@ -89,36 +88,31 @@ def make_engine(settings: Settings, *, serverless: bool = False, url: str | None
             conn.exec_driver_sql(f"SET LOCAL statement_timeout = {local_ms}")
 
     size = settings.db_pool_size if pool == "queue" else 0
-    _register(engine, ConnectionPool(
-        engine, size=size, limit=2 * size, timeout=settings.db_pool_timeout,
-        recycle=1800 if size else None, local_timeout_ms=local_ms, pre_ping=settings.db_pre_ping,
-    ))
+    conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    setattr(engine, _POOLS_ATTRIBUTE, LockPools(PoolConfig(
+        conninfo, dict(connect_args), size, settings.db_pool_timeout, settings.db_pre_ping, local_ms,
+    )))
+    # dispose() (shutdown, tests) closes the sync pool too.
+    event.listen(engine, "engine_disposed", lambda _engine: _close_sync(_engine))
     return engine
 
 
-# The pool is kept on its engine, so the two are collected together: a registry keyed
-# weakly by engine would keep every engine alive, since its pool refers back to it.
-_POOL_ATTRIBUTE = "_lock_operations_pool"
-_POOLS_LOCK = threading.Lock()
+# The pools are kept on their engine, so the two are collected together.
+_POOLS_ATTRIBUTE = "_lock_operation_pools"
 
 
-def _register(engine: Engine, pool: ConnectionPool | EngineCheckout) -> ConnectionPool | EngineCheckout:
-    with _POOLS_LOCK:
-        existing = getattr(engine, _POOL_ATTRIBUTE, None)
-        if existing is not None:
-            return existing
-        setattr(engine, _POOL_ATTRIBUTE, pool)
-    # dispose() (shutdown, tests, a disconnect below) retires this pool's connections too.
-    event.listen(engine, "engine_disposed", lambda _engine: pool.discard_all())
-    return pool
+def _close_sync(engine: Engine) -> None:
+    pools: LockPools | None = getattr(engine, _POOLS_ATTRIBUTE, None)
+    if pools is not None:
+        pools.close()
 
 
-def connection_pool(engine: Engine) -> ConnectionPool | EngineCheckout:
-    """Where `run` takes engine's connections: its ConnectionPool if make_engine made it, else the engine's own pool."""
-    pool = getattr(engine, _POOL_ATTRIBUTE, None)
-    if pool is not None:
-        return pool
-    return _register(engine, EngineCheckout(engine))
+def lock_pools(engine: Engine) -> LockPools:
+    """Where `run` and `arun` take engine's connections; ConfigurationError for an engine not from make_engine."""
+    pools = getattr(engine, _POOLS_ATTRIBUTE, None)
+    if pools is None:
+        raise ConfigurationError("this engine was not made by app.core.db.make_engine: it has no lock pools")
+    return pools
 
 
 def _log_pooler_choice(settings: Settings) -> None:
@@ -135,38 +129,17 @@ def _log_pooler_choice(settings: Settings) -> None:
     )
 
 
-UTC_ZONES = frozenset({"UTC", "Etc/UTC", "Etc/UCT", "UCT", "Etc/Universal", "Universal", "Zulu", "Etc/Zulu",
-                       "GMT", "Etc/GMT", "Etc/GMT+0", "Etc/GMT-0", "Etc/Greenwich", "Greenwich", "GMT0"})
-
-
-class _UtcTimestamptzLoader(TimestamptzLoader):
-    # psycopg returns timestamptz in the session's TimeZone (a role or database may set
-    # '+05:30'); the API promises UTC, so convert once here, for every statement.
-    def load(self, data):  # noqa: ANN001, ANN201
-        return super().load(data).astimezone(UTC)
-
-
-class _UtcTimestamptzBinaryLoader(TimestamptzBinaryLoader):
-    def load(self, data):  # noqa: ANN001, ANN201
-        return super().load(data).astimezone(UTC)
-
-
 def _utc_timestamps(dbapi_conn, record) -> None:  # noqa: ANN001
-    # The server reports its TimeZone at startup; under UTC psycopg's own (C) loader is right.
-    info = getattr(dbapi_conn, "info", None)
-    zone = info.parameter_status("TimeZone") if info is not None else None
-    if zone in UTC_ZONES:
-        return
-    adapters = getattr(dbapi_conn, "adapters", None)
-    if adapters is not None:
-        adapters.register_loader("timestamptz", _UtcTimestamptzLoader)
-        adapters.register_loader("timestamptz", _UtcTimestamptzBinaryLoader)
+    utc_timestamps(dbapi_conn)
 
 
 def _discard_dead_connection(dbapi_conn, record, proxy) -> None:  # noqa: ANN001
-    # The same check as the lock operations' pool, for SQLAlchemy's own checkouts.
-    if isinstance(dbapi_conn, psycopg.Connection) and server_closed(dbapi_conn):
-        raise exc.DisconnectionError("server closed the connection")
+    # The same check as the lock operations' pools, for SQLAlchemy's own checkouts.
+    if isinstance(dbapi_conn, psycopg.Connection) and has_input(dbapi_conn):
+        try:
+            dbapi_conn.execute("SELECT 1")
+        except psycopg.Error as err:
+            raise exc.DisconnectionError("server closed the connection") from err
 
 
 # Raised when the server is down, gone or too slow; connect errors from the pool
@@ -196,80 +169,186 @@ def _store_error(err: Exception) -> StoreError:
 def run(engine: Engine, sql: str, params: dict[str, Any], *, rows: str = "first", read_only: bool = False) -> Any:
     """Run one statement; return its first row (a dict), its first value ("scalar") or all rows ("all").
 
-    Every module's one-statement operations come here. The statement runs on a
-    connection of the engine's `connection_pool`: on an autocommit engine from
-    make_engine that is one round trip, with no BEGIN or COMMIT; with a
-    per-transaction statement timeout (DB_POOLER=transaction) or on an engine that
-    is not autocommit, it runs in a psycopg transaction.
+    The sync path (the seed API's SessionService, the CLI, the cleanup run): a
+    connection of engine's sync psycopg pool (`lock_pools`), autocommit, so one round
+    trip with no BEGIN or COMMIT; with a per-transaction statement timeout
+    (DB_POOLER=transaction) the statement runs in a transaction after SET LOCAL.
 
-    A connection found dead retires every connection made before it (the pool's and
-    the engine's): they went through the same outage or middlebox. A read_only
-    statement that failed that way runs once more on a fresh connection; a write
-    never does, since it may have been applied before the connection broke.
+    A connection found dead retires every connection made before it (the pool is
+    drained, SQLAlchemy's too): they went through the same outage or middlebox. A
+    read_only statement that failed that way runs once more on a fresh connection; a
+    write never does, since it may have been applied before the connection broke.
     Raises StoreUnavailable (down, gone, too slow) or StoreError (refused).
     """
-    pool = connection_pool(engine)
+    pools = lock_pools(engine)
     try:
-        return _run_once(pool, sql, params, rows)
+        return _run_once(engine, pools, sql, params, rows)
     except _Disconnected as err:
         if not read_only:
             raise
         logger.info("retrying a read on a fresh connection after a disconnect: %s", err)
-        return _run_once(pool, sql, params, rows)
+        return _run_once(engine, pools, sql, params, rows)
+
+
+async def arun(
+    engine: Engine, sql: str, params: dict[str, Any], *, rows: str = "first", read_only: bool = False
+) -> Any:
+    """`run` as a coroutine, on the running loop's async pool: the request path's one-statement operations.
+
+    The same shapes, errors and retry rule as `run`; no thread is held while the statement runs.
+    """
+    pools = lock_pools(engine)
+    try:
+        return await _arun_once(engine, pools, sql, params, rows)
+    except _Disconnected as err:
+        if not read_only:
+            raise
+        logger.info("retrying a read on a fresh connection after a disconnect: %s", err)
+        return await _arun_once(engine, pools, sql, params, rows)
 
 
 class _Disconnected(StoreUnavailable):
-    """A pooled connection turned out dead mid-statement (the pool was disposed of)."""
+    """A pooled connection turned out dead mid-statement (the pool was drained)."""
 
 
-def _run_once(pool: ConnectionPool | EngineCheckout, sql: str, params: dict[str, Any], rows: str) -> Any:
+def _disconnected(engine: Engine, conn: Any, err: psycopg.Error) -> bool:
+    return bool(conn.broken or engine.dialect.is_disconnect(err, conn, None))
+
+
+def _run_direct(pools: LockPools, sql: str, params: dict[str, Any], rows: str) -> Any:
+    # During an outage: one connection of our own, so the caller learns at once whether the
+    # server is back (connect refused or DB_CONNECT_TIMEOUT), instead of waiting out the pool.
     try:
-        lent = pool.get()
-    except FAILURES as err:
-        raise _store_error(err) from err
-    conn = lent.connection
-    try:
-        if conn.autocommit and not pool.local_timeout_ms:
-            result = _execute(conn, sql, params, rows)
-        else:
-            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                # A connect listener's statement opened a transaction on a non-autocommit
-                # connection; commit it, or transaction() would only add a savepoint and the
-                # statement below would be rolled back when the connection is closed.
-                conn.commit()
-            with conn.transaction():
-                if pool.local_timeout_ms:
-                    conn.execute(f"SET LOCAL statement_timeout = {pool.local_timeout_ms}")
-                result = _execute(conn, sql, params, rows)
+        with psycopg.connect(pools.config.conninfo, **pools.connect_kwargs()) as conn:
+            pools.failed_at = None
+            utc_timestamps(conn)
+            return _execute(conn, sql, params, rows)
     except psycopg.Error as err:
-        if conn.broken or pool.engine.dialect.is_disconnect(err, conn, None):
-            pool.put(lent, discard=True)
-            # What SQLAlchemy's Connection does on a disconnect: connections older than this
-            # one are not trusted either. dispose() retires both pools' idle connections;
-            # lent ones finish their work and are closed on return.
-            pool.engine.dispose(close=False)
+        pools.failed_at = time.monotonic()
+        raise _store_error(err) from err
+
+
+async def _arun_direct(pools: LockPools, sql: str, params: dict[str, Any], rows: str) -> Any:
+    try:
+        async with await psycopg.AsyncConnection.connect(pools.config.conninfo, **pools.connect_kwargs()) as conn:
+            pools.failed_at = None
+            utc_timestamps(conn)
+            return await _aexecute(conn, sql, params, rows)
+    except psycopg.Error as err:
+        pools.failed_at = time.monotonic()
+        raise _store_error(err) from err
+
+
+# A caller waits for a pooled connection in slices this long, looking for an outage between them.
+WAIT_SLICE_SECONDS = 0.25
+
+
+def _run_once(engine: Engine, pools: LockPools, sql: str, params: dict[str, Any], rows: str) -> Any:
+    pool = pools.sync_pool()
+    deadline = time.monotonic() + pools.config.timeout
+    while True:
+        if pools.outage():
+            return _run_direct(pools, sql, params, rows)
+        left = deadline - time.monotonic()
+        try:
+            conn = pool.getconn(timeout=max(0.001, min(WAIT_SLICE_SECONDS, left)))
+            break
+        except PoolTimeout as err:
+            if left <= WAIT_SLICE_SECONDS:
+                raise _store_error(err) from err
+        except FAILURES as err:
+            raise _store_error(err) from err
+    try:
+        if pools.local_timeout_ms:
+            with conn.transaction():
+                conn.execute(f"SET LOCAL statement_timeout = {pools.local_timeout_ms}")
+                result = _execute(conn, sql, params, rows)
+        else:
+            result = _execute(conn, sql, params, rows)
+    except psycopg.Error as err:
+        pool.putconn(conn)  # psycopg_pool discards a broken or non-idle connection itself
+        if _disconnected(engine, conn, err):
+            pools.failed_at = time.monotonic()
+            # What SQLAlchemy does on a disconnect: connections older than this one are not
+            # trusted either. Lent ones finish their work and are closed on return.
+            pools.drain()
+            engine.dispose(close=False)
             raise _Disconnected(_describe(err)) from err
-        wrapped = _store_error(err)
-        # A refused statement leaves an autocommit connection idle and fit for reuse.
-        pool.put(lent, discard=isinstance(wrapped, StoreUnavailable))
-        raise wrapped from err
+        raise _store_error(err) from err
     except BaseException:
-        pool.put(lent, discard=True)
+        conn.close()  # interrupted mid-statement: its state is unknown
+        pool.putconn(conn)
         raise
-    pool.put(lent)
+    pool.putconn(conn)
+    return result
+
+
+async def _arun_once(engine: Engine, pools: LockPools, sql: str, params: dict[str, Any], rows: str) -> Any:
+    pool = await pools.async_pool()
+    deadline = time.monotonic() + pools.config.timeout
+    while True:
+        if pools.outage():
+            return await _arun_direct(pools, sql, params, rows)
+        left = deadline - time.monotonic()
+        try:
+            conn = await pool.getconn(timeout=max(0.001, min(WAIT_SLICE_SECONDS, left)))
+            break
+        except PoolTimeout as err:
+            if left <= WAIT_SLICE_SECONDS:
+                raise _store_error(err) from err
+        except FAILURES as err:
+            raise _store_error(err) from err
+    try:
+        if pools.local_timeout_ms:
+            async with conn.transaction():
+                await conn.execute(f"SET LOCAL statement_timeout = {pools.local_timeout_ms}")
+                result = await _aexecute(conn, sql, params, rows)
+        else:
+            result = await _aexecute(conn, sql, params, rows)
+    except psycopg.Error as err:
+        await pool.putconn(conn)
+        if _disconnected(engine, conn, err):
+            pools.failed_at = time.monotonic()
+            await pools.adrain()
+            engine.dispose(close=False)
+            raise _Disconnected(_describe(err)) from err
+        raise _store_error(err) from err
+    except BaseException:
+        # Cancelled (a timeout, a stop) or interrupted mid-statement: the connection's state
+        # is unknown, so it is closed, never handed to the next caller.
+        await conn.close()
+        await pool.putconn(conn)
+        raise
+    await pool.putconn(conn)
     return result
 
 
 def _execute(conn: psycopg.Connection, sql: str, params: dict[str, Any], rows: str) -> Any:
     with conn.cursor(row_factory=tuple_row if rows == "scalar" else dict_row) as cursor:
         cursor.execute(sql, params)
+        return _fetch(cursor, rows)
+
+
+async def _aexecute(conn: psycopg.AsyncConnection, sql: str, params: dict[str, Any], rows: str) -> Any:
+    async with conn.cursor(row_factory=tuple_row if rows == "scalar" else dict_row) as cursor:
+        await cursor.execute(sql, params)
         # rownumber is None when the statement returned no result set (cheaper than description).
         if cursor.rownumber is None:
             return [] if rows == "all" else None
         if rows == "all":
-            return cursor.fetchall()
-        row = cursor.fetchone()
+            return await cursor.fetchall()
+        row = await cursor.fetchone()
         return row[0] if rows == "scalar" and row is not None else row
+
+
+def _fetch(cursor: psycopg.Cursor, rows: str) -> Any:
+    # rownumber is None when the statement returned no result set (cheaper than description).
+    if cursor.rownumber is None:
+        return [] if rows == "all" else None
+    if rows == "all":
+        return cursor.fetchall()
+    row = cursor.fetchone()
+    return row[0] if rows == "scalar" and row is not None else row
 
 
 def run_batches(engine: Engine, sql: str, params: dict, *, batch_size: int, deadline: float | None) -> int:
@@ -305,5 +384,11 @@ class Database:
         return self._engine
 
     def dispose(self) -> None:
+        """Close the sync pool and SQLAlchemy's connections (async pools: aclose, in their loop)."""
         if self._engine is not None:
             self._engine.dispose()
+
+    async def aclose(self) -> None:
+        """Close the running loop's async pool: an app's shutdown, in the loop that served it."""
+        if self._engine is not None:
+            await lock_pools(self._engine).aclose()

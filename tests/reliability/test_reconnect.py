@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from app.core.db import connection_pool
+from app.core.db import lock_pools
 from tests.utils.agents import wait_for
 from tests.utils.apps import app_client
 
@@ -36,7 +36,7 @@ def test_killed_pooled_connections_are_replaced_without_errors(settings, engine,
     with app_client(settings) as client:
         headers = {"X-Device-ID": DEVICE}
         assert client.post("/api/chat", json={"message": "book"}, headers=headers).status_code == 200
-        assert connection_pool(client.services.database.engine).idle >= 1  # idle, waiting for reuse
+        assert lock_pools(client.services.database.engine).idle() >= 1  # idle, waiting for reuse
         assert terminate_app_connections(database_url) >= 1
         for text in ("monday", "3pm"):
             response = client.post("/api/chat", json={"message": text}, headers=headers)

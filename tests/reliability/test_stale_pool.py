@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.core.db import connection_pool, make_engine
+from app.core.db import lock_pools, make_engine
 from app.sessions import SessionService
 from tests.conftest import make_settings
 from tests.utils.apps import app_client
@@ -25,11 +25,11 @@ def proxy(database_url: str, engine) -> Iterator[OutageProxy]:  # engine: a trun
 
 def fill_pool(engine, count: int = POOLED) -> None:
     """Open count connections at once and return them all to the lock operations' pool, idle."""
-    pool = connection_pool(engine)
-    held = [pool.get() for _ in range(count)]
-    for lent in held:
-        pool.put(lent)
-    assert pool.idle == count
+    pool = lock_pools(engine).sync_pool()
+    held = [pool.getconn() for _ in range(count)]
+    for conn in held:
+        pool.putconn(conn)
+    assert pool.get_stats()["pool_available"] == count
 
 
 def test_one_disconnect_invalidates_the_older_pooled_connections(proxy: OutageProxy):

@@ -1,40 +1,52 @@
-"""Count the SQL statements an engine's connections send, with psycopg's own cursor class hook."""
+"""Count the SQL statements an engine's connections send, at psycopg's cursor, sync and async alike."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from unittest import mock
 
 import psycopg
-from sqlalchemy import event
 from sqlalchemy.engine import Engine
+
+from app.core import schema
+from app.core.db import lock_pools
 
 
 @contextlib.contextmanager
 def count_statements(engine: Engine) -> Iterator[list[str]]:
-    """Record each statement executed on engine's connections while open.
+    """Record each statement that engine's lock pools and SQLAlchemy connections execute while open.
 
-    The engine's idle connections are retired first, and each connection made inside
-    gets a cursor class (psycopg's Connection.cursor_factory) that notes the statement
-    before running it; those connections are retired again on the way out.
+    The engine's connections are told apart by their pool: psycopg_pool names itself on
+    each connection it lends (psycopg_pool sets `_pool`), SQLAlchemy's by the engine's
+    url. Statements of other engines in the process are not counted.
     """
     statements: list[str] = []
+    pools = lock_pools(engine)
 
-    class Counting(psycopg.Cursor):
-        def execute(self, query, params=None, **kwargs):  # noqa: ANN001, ANN201
-            statements.append(query if isinstance(query, str) else query.as_string(self))
-            return super().execute(query, params, **kwargs)
+    def ours(cursor: psycopg.Cursor | psycopg.AsyncCursor) -> bool:
+        owner = getattr(cursor.connection, "_pool", None)
+        return owner is not None and pools.owns(owner)
 
-    def connect(dbapi_conn, record) -> None:  # noqa: ANN001
-        dbapi_conn.cursor_factory = Counting
+    def note(cursor, query) -> None:  # noqa: ANN001
+        text = query if isinstance(query, str) else query.as_string(cursor)
+        # The schema check on an engine's first connection belongs to no operation.
+        if ours(cursor) and text != schema.REVISION:
+            statements.append(text)
 
-    engine.dispose()
-    event.listen(engine, "connect", connect)
-    try:
+    sync_execute, async_execute = psycopg.Cursor.execute, psycopg.AsyncCursor.execute
+
+    def execute(self, query, params=None, **kwargs):  # noqa: ANN001, ANN202
+        note(self, query)
+        return sync_execute(self, query, params, **kwargs)
+
+    async def aexecute(self, query, params=None, **kwargs):  # noqa: ANN001, ANN202
+        note(self, query)
+        return await async_execute(self, query, params, **kwargs)
+
+    with mock.patch.object(psycopg.Cursor, "execute", execute), \
+            mock.patch.object(psycopg.AsyncCursor, "execute", aexecute):
         yield statements
-    finally:
-        event.remove(engine, "connect", connect)
-        engine.dispose()
 
 
 def work(statements: list[str]) -> list[str]:

@@ -1,0 +1,264 @@
+"""The lock operations' connections: psycopg_pool's pools, one sync and one per event loop.
+
+psycopg's own pool does the pooling (bounded size, idle shrink, lifetime with jitter,
+a drain after a disconnect); this module only configures it the way the lock
+operations need:
+
+| piece          | what it does                                                                      |
+|----------------|-----------------------------------------------------------------------------------|
+| `has_input`    | the checkout check: a quiet idle connection passes on a poll(), no round trip      |
+| `_configure`   | every new connection hands timestamps back in UTC, whatever the session TimeZone   |
+| `LockPools`    | the pools of one engine: sync on first use, async per event loop on first use      |
+
+DB_POOL=queue keeps DB_POOL_SIZE connections and opens up to twice that at once;
+DB_POOL=null (serverless) uses psycopg_pool's null pools: a connection per statement,
+closed on return. A pool is made on first use, never at import or engine creation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import select
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from datetime import UTC
+from typing import Any
+
+import anyio
+import psycopg
+from psycopg.types.datetime import TimestamptzBinaryLoader, TimestamptzLoader
+from psycopg_pool import AsyncConnectionPool, AsyncNullConnectionPool, ConnectionPool, NullConnectionPool
+
+from app.core import schema
+
+logger = logging.getLogger(__name__)
+
+UTC_ZONES = frozenset({"UTC", "Etc/UTC", "Etc/UCT", "UCT", "Etc/Universal", "Universal", "Zulu", "Etc/Zulu",
+                       "GMT", "Etc/GMT", "Etc/GMT+0", "Etc/GMT-0", "Etc/Greenwich", "Greenwich", "GMT0"})
+# Connections live at most this long (psycopg_pool adds up to 5% of jitter), idle extras this long.
+MAX_LIFETIME_SECONDS = 1800.0
+MAX_IDLE_SECONDS = 600.0
+
+
+class _UtcTimestamptzLoader(TimestamptzLoader):
+    # psycopg returns timestamptz in the session's TimeZone (a role or database may set
+    # '+05:30'); the API promises UTC, so convert once here, for every statement.
+    def load(self, data):  # noqa: ANN001, ANN201
+        return super().load(data).astimezone(UTC)
+
+
+class _UtcTimestamptzBinaryLoader(TimestamptzBinaryLoader):
+    def load(self, data):  # noqa: ANN001, ANN201
+        return super().load(data).astimezone(UTC)
+
+
+def utc_timestamps(conn: Any) -> None:
+    """Register the UTC loaders on conn unless its server already reports a UTC TimeZone."""
+    info = getattr(conn, "info", None)
+    zone = info.parameter_status("TimeZone") if info is not None else None
+    if zone in UTC_ZONES:
+        return  # psycopg's own (C) loader is right under UTC
+    adapters = getattr(conn, "adapters", None)
+    if adapters is not None:
+        adapters.register_loader("timestamptz", _UtcTimestamptzLoader)
+        adapters.register_loader("timestamptz", _UtcTimestamptzBinaryLoader)
+
+
+def has_input(conn: psycopg.Connection | psycopg.AsyncConnection) -> bool:
+    """Whether an idle connection's socket has something to read (or is gone), learnt without a round trip.
+
+    An idle connection has nothing to read unless the server closed it (restart,
+    pg_terminate_backend, idle timeout) or, under TLS 1.3, sent session tickets after
+    the handshake. poll(), not select(): select() refuses descriptors from 1024 up,
+    which a busy server's sockets reach.
+    """
+    if conn.closed or conn.broken:
+        return True
+    try:
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(conn.pgconn.socket, select.POLLIN | select.POLLERR | select.POLLHUP)
+            return bool(poller.poll(0))
+        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
+# The checkout checks. A quiet socket passes for the cost of a poll(); one with input
+# gets a ping, which fails on a closed connection (it is then replaced) and consumes
+# what TLS left (so the next check is a poll again). DB_PRE_PING pings every time.
+def _check(conn: psycopg.Connection) -> None:
+    if has_input(conn):
+        conn.execute("SELECT 1")
+
+
+async def _acheck(conn: psycopg.AsyncConnection) -> None:
+    if has_input(conn):
+        await conn.execute("SELECT 1")
+
+
+def _ping(conn: psycopg.Connection) -> None:
+    conn.execute("SELECT 1")
+
+
+async def _aping(conn: psycopg.AsyncConnection) -> None:
+    await conn.execute("SELECT 1")
+
+
+@dataclass
+class PoolConfig:
+    """How an engine's pools connect: libpq conninfo, connect kwargs and sizes (0: a null pool)."""
+
+    conninfo: str
+    kwargs: dict[str, Any]
+    size: int
+    timeout: float
+    pre_ping: bool
+    local_timeout_ms: int = 0
+
+
+@dataclass
+class LockPools:
+    """An engine's psycopg pools: one sync pool, and one async pool per running event loop.
+
+    An async pool belongs to the loop that opened it (its workers are that loop's
+    tasks); a process normally has one loop, tests and the CLI may have several.
+    """
+
+    config: PoolConfig
+    _sync: ConnectionPool | None = None
+    _async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncConnectionPool] = field(
+        default_factory=weakref.WeakKeyDictionary
+    )
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _schema_read: bool = False
+    # When the last connect failed or a connection broke mid-statement (None after a
+    # connect succeeds). psycopg_pool lets a caller wait its whole timeout for a
+    # connection while the server is down; during an outage `outage()` lets `run`
+    # connect directly instead, so a request fails fast and the first one after the
+    # recovery gets through at once.
+    failed_at: float | None = None
+
+    def _connect_failed(self, pool: object) -> None:
+        self.failed_at = time.monotonic()
+
+    def outage(self) -> bool:
+        """Whether the server looked down at the last try and no idle connection is left to reuse."""
+        return self.failed_at is not None and self.idle() == 0
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        """What a direct connection during an outage is made with (the pools' own connect arguments)."""
+        return {"autocommit": True, **self.config.kwargs}
+
+    def _configure(self, conn: psycopg.Connection) -> None:
+        self.failed_at = None
+        utc_timestamps(conn)
+        if not self._schema_read:
+            self._schema_read = True
+            schema.on_first_connect(conn, None)
+
+    async def _aconfigure(self, conn: psycopg.AsyncConnection) -> None:
+        self.failed_at = None
+        utc_timestamps(conn)
+        if not self._schema_read:
+            # Once per engine: say in the log when the schema is behind the code.
+            self._schema_read = True
+            try:
+                cursor = await conn.execute(schema.REVISION)
+                row = await cursor.fetchone()
+                revision = row[0] if row else None
+            except psycopg.Error:  # no alembic_version table: never migrated
+                revision = None
+            # Reading the migration scripts touches files: not on the loop.
+            await anyio.to_thread.run_sync(schema.report, revision)
+
+    @property
+    def local_timeout_ms(self) -> int:
+        return self.config.local_timeout_ms
+
+    def sync_pool(self) -> ConnectionPool:
+        """The sync pool, opened on first use (connections are made on demand)."""
+        pool = self._sync
+        if pool is None:
+            with self._lock:
+                if self._sync is None:
+                    self._sync = self._make_sync()
+                pool = self._sync
+        return pool
+
+    def _make_sync(self) -> ConnectionPool:
+        c = self.config
+        common: dict[str, Any] = {
+            "kwargs": {"autocommit": True, **c.kwargs}, "timeout": c.timeout, "configure": self._configure,
+            "check": _ping if c.pre_ping else _check, "name": "lock-operations", "open": True,
+            # One connect attempt per need: a failure is reported at once, not retried in the background.
+            "reconnect_timeout": 0, "reconnect_failed": self._connect_failed,
+        }
+        if not c.size:
+            return NullConnectionPool(c.conninfo, max_size=None, **common)
+        return ConnectionPool(
+            c.conninfo, min_size=0, max_size=2 * c.size, max_lifetime=MAX_LIFETIME_SECONDS,
+            max_idle=MAX_IDLE_SECONDS, **common,
+        )
+
+    async def async_pool(self) -> AsyncConnectionPool:
+        """The running loop's async pool, opened on first use in that loop."""
+        loop = asyncio.get_running_loop()
+        pool = self._async.get(loop)
+        if pool is None:
+            c = self.config
+            common: dict[str, Any] = {
+                "kwargs": {"autocommit": True, **c.kwargs}, "timeout": c.timeout, "configure": self._aconfigure,
+                "check": _aping if c.pre_ping else _acheck, "name": "lock-operations-async", "open": False,
+                "reconnect_timeout": 0, "reconnect_failed": self._connect_failed,
+            }
+            if not c.size:
+                pool = AsyncNullConnectionPool(c.conninfo, max_size=None, **common)
+            else:
+                pool = AsyncConnectionPool(
+                    c.conninfo, min_size=0, max_size=2 * c.size, max_lifetime=MAX_LIFETIME_SECONDS,
+                    max_idle=MAX_IDLE_SECONDS, **common,
+                )
+            self._async[loop] = pool  # set before the first await: one pool per loop
+        if pool.closed:
+            await pool.open()
+        return pool
+
+    def drain(self) -> None:
+        """After a disconnect: connections made before it are not trusted (sync pool; async: adrain)."""
+        if self._sync is not None:
+            self._sync.drain()
+
+    async def adrain(self) -> None:
+        pool = self._async.get(asyncio.get_running_loop())
+        if pool is not None:
+            await pool.drain()
+        self.drain()
+
+    async def aclose(self) -> None:
+        """Close the running loop's async pool (an app's shutdown, in its own loop)."""
+        pool = self._async.pop(asyncio.get_running_loop(), None)
+        if pool is not None:
+            await pool.close()
+
+    def close(self) -> None:
+        """Close the sync pool; async pools of loops that are gone are left to be collected."""
+        with self._lock:
+            pool, self._sync = self._sync, None
+        if pool is not None:
+            pool.close()
+
+    def owns(self, pool: object) -> bool:
+        """Whether pool is one of these pools (the sync one or a loop's async one)."""
+        return pool is self._sync or any(pool is mine for mine in self._async.values())
+
+    def idle(self) -> int:
+        """Connections waiting for reuse, in the sync pool and every loop's async pool."""
+        pools: list[ConnectionPool | AsyncConnectionPool] = [*self._async.values()]
+        if self._sync is not None:
+            pools.append(self._sync)
+        return sum(pool.get_stats().get("pool_available", 0) for pool in pools)
