@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.engine import Engine
 
 from app.core.config import Settings
+from app.core.aio import call_async
 from app.core.db import run, run_batches
 from app.ledger import Answer, Pending
 from app.pipeline import OnReply, Pipeline
@@ -109,7 +110,7 @@ def run_cleanup(
     if settings.orphan_after_hours:
         params = {"hours": settings.orphan_after_hours}
         states = run_batches(engine, DELETE_ORPHANS, params, batch_size=batch, deadline=deadline)
-    recovered = pipeline.recover(on_reply) if pipeline is not None else 0
+    recovered = call_async(pipeline.recover, on_reply) if pipeline is not None else 0
     duration_ms = round((time.perf_counter() - started) * 1000)
     result = CleanupResult(released, messages + states, duration_ms, recovered)
     run(

@@ -85,3 +85,16 @@ class ImportConflict(SessionError):
     """An import names a device the tenant already holds; nothing was written."""
 
     code = "conflict"
+
+
+class Overloaded(SessionError):
+    """This instance holds MAX_CONCURRENT_TURNS turns already, or is shutting down; nothing was stored.
+
+    retry_after: seconds after which a retry is worth it (HTTP Retry-After).
+    """
+
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 from fastapi import FastAPI
 
 from app.api import errors
@@ -23,7 +26,15 @@ def create_app(
     """Build the app around the process's services; the database engine is created on first use, never here."""
     if services is None:
         services = build_services(settings or Settings(), serverless=serverless, database=database)
-    app = FastAPI(title="agent-sessions", version="0.1.0")
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        # After the server's own grace period (uvicorn's timeout_graceful_shutdown, which
+        # cancels the turns still running): no new turn, and this loop's pool is closed.
+        services.runtime.closing = True
+        await services.database.aclose()
+
+    app = FastAPI(title="agent-sessions", version="0.1.0", lifespan=lifespan)
     app.state.services = services  # read only by app/api/deps.py
     errors.install(app)
     limits = {"/api/chat": 64 * KIB, "/api/webhooks/": 1024 * KIB, "/api/sessions/import": 16 * 1024 * KIB}

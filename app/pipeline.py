@@ -6,28 +6,38 @@ worker renews the lease every LEASE_SECONDS / 3, and the result is written in on
 fenced statement. A message that finds the lease taken waits for the holder, who
 answers the device's pending messages in id order (one at a time, or merged into
 one turn with BURST_MODE=merge).
+
+Everything here is a coroutine on the process's event loop: a turn is a task group
+(the agent, and the lease renewal beside it) under AGENT_TIMEOUT_SECONDS, so a
+timeout, a lost lease or a shutdown cancels an async agent's pending model call. A
+sync agent runs on a worker thread under AGENT_THREADS; it cannot be stopped, and
+what it returns after its turn was given up is dropped. A waiter holds no thread:
+it sleeps until a turn of its device finishes in this process (app/runtime.py) or
+its next poll is due.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
-import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import anyio
 from sqlalchemy.engine import Engine
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from app import validation
-from app.agents import HUMAN, MANAGER, AgentInput, AgentReply, Handoff, Registry, Release
+from app.agents import HUMAN, MANAGER, Agent, AgentInput, AgentReply, Handoff, Registry, Release
 from app.context import ContextPatch, normalized
 from app.core.config import Settings
 from app.core.logging import device_hash
 from app.errors import LeaseLost, StoreUnavailable
-from app.ledger import Answer, Lease, Ledger, Outcome, Pending, Turn
+from app.ledger import Answer, Finished, Lease, Ledger, Outcome, Pending, Turn
+from app.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +45,17 @@ MAX_HANDOFFS = 3
 FAILURE_REPLY = "Sorry, something went wrong on our side. Please try again."
 TEXT_ONLY_REPLY = "Sorry, I can only read text messages for now. Could you type your message?"
 
-OnReply = Callable[[Pending, Answer], None]
+# A waiter polls its message at most this often once its backoff has grown (a finished
+# turn in this process wakes it at once): about one statement per second per waiting request.
+POLL_CAP_SECONDS = 1.0
+
+# Called after each stored reply (a channel pushes it); a coroutine function or a plain
+# function, which then runs on a worker thread so that it never blocks the loop.
+OnReply = Callable[[Pending, Answer], Awaitable[None] | None]
 # Called when a turn starts on a message and again at each lease renewal while the
 # agent runs (about every LEASE_SECONDS / 3); a channel shows "typing..." with it.
-OnWorking = Callable[[Pending], None]
+# It runs beside the turn: a slow channel API never delays a renewal.
+OnWorking = Callable[[Pending], Awaitable[None] | None]
 
 
 @dataclass(frozen=True)
@@ -92,9 +109,10 @@ def _answered(answer: Answer, message_id: int | None, *, duplicate: bool = False
 class Pipeline:
     """Runs inbound messages through the ledger and the agents."""
 
-    def __init__(self, engine: Engine, registry: Registry, settings: Settings):
+    def __init__(self, engine: Engine, registry: Registry, settings: Settings, runtime: Runtime | None = None):
         self.registry = registry
         self.settings = settings
+        self.runtime = runtime or Runtime(settings)
         self.ledger = Ledger(
             engine,
             lease_seconds=settings.lease_seconds,
@@ -105,11 +123,11 @@ class Pipeline:
             max_attempts=settings.agent_max_attempts,
         )
 
-    def handle(
+    async def handle(
         self, inbound: Inbound, *, wait: bool = True, on_reply: OnReply | None = None, stateless: bool = True,
         on_working: OnWorking | None = None,
     ) -> Result:
-        """Record and answer one message; with wait, block (bounded) until it is answered.
+        """Record and answer one message; with wait, wait (bounded by CHAT_WAIT_SECONDS) until it is answered.
 
         When the store is unreachable the manager answers statelessly, or with
         stateless=False StoreUnavailable propagates (a webhook asks for redelivery).
@@ -121,7 +139,7 @@ class Pipeline:
         started = time.perf_counter()
         message_id: int | None = None
         try:
-            claim = self.ledger.claim(
+            claim = await self.ledger.claim(
                 tenant, device, inbound.text, external_id=inbound.external_id, metadata=inbound.metadata,
                 sent_at=inbound.sent_at,
             )
@@ -132,13 +150,15 @@ class Pipeline:
                 return _answered(claim.held, claim.message_id)
             message_id = claim.message_id or claim.duplicate_of
             if claim.lease is not None:
-                drained = self._drain(claim.lease, on_reply, on_working, db_ms=claim_ms, started=started)
+                drained = await self._drain(claim.lease, on_reply, on_working, db_ms=claim_ms, started=started)
                 answer = drained.get(message_id)
                 if answer is not None:
                     return _answered(answer, message_id, duplicate=claim.message_id is None)
             if not wait or message_id is None:
                 return Result("queued", message_id=message_id, duplicate=claim.message_id is None)
-            return self._wait(tenant, device, message_id, on_reply, on_working, duplicate=claim.message_id is None)
+            return await self._wait(
+                tenant, device, message_id, on_reply, on_working, duplicate=claim.message_id is None
+            )
         except StoreUnavailable as err:
             if not stateless:
                 raise
@@ -146,38 +166,43 @@ class Pipeline:
                 logger.warning("session store unavailable after message %s was stored: %s", message_id, err)
                 return Result("queued", message_id=message_id)
             logger.warning("session store unavailable, answering statelessly: %s", err)
-            return self.stateless(inbound)
+            return await self.stateless(inbound)
 
-    def _wait(
+    async def _wait(
         self, tenant: str, device: str, message_id: int, on_reply: OnReply | None, on_working: OnWorking | None,
         *, duplicate: bool,
     ) -> Result:
         deadline = time.monotonic() + self.settings.chat_wait_seconds
         delay = 0.01
         while time.monotonic() < deadline:
-            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, 0.25)
-            poll = self.ledger.poll(tenant, device, message_id)
+            # Woken at once when a turn of this device finishes in this process; otherwise
+            # (the holder is another instance) the poll backs off to one a second.
+            await self.runtime.wakeups.wait((tenant, device), min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, POLL_CAP_SECONDS)
+            poll = await self.ledger.poll(tenant, device, message_id)
             answer = poll.answer
             if poll.lease is not None:  # a lease we won must be drained (and so freed) before we leave
-                answer = self._drain(poll.lease, on_reply, on_working).get(message_id) or answer
+                answer = (await self._drain(poll.lease, on_reply, on_working)).get(message_id) or answer
             if answer is not None:
                 return _answered(answer, message_id, duplicate=duplicate)
         logger.info("message %s still queued after %ss", message_id, self.settings.chat_wait_seconds)
         return Result("queued", message_id=message_id, duplicate=duplicate)
 
-    def drain(
+    async def drain(
         self, tenant: str, device: str, on_reply: OnReply | None = None, on_working: OnWorking | None = None
     ) -> int:
         """Handle a device's pending messages if its lease is free (crash recovery); returns how many."""
-        lease = self.ledger.take_free_lease(tenant, device)
-        return 0 if lease is None else len(self._drain(lease, on_reply, on_working))
+        lease = await self.ledger.take_free_lease(tenant, device)
+        return 0 if lease is None else len(await self._drain(lease, on_reply, on_working))
 
-    def recover(self, on_reply: OnReply | None = None, *, limit: int = 100) -> int:
+    async def recover(self, on_reply: OnReply | None = None, *, limit: int = 100) -> int:
         """Handle messages a crashed worker left pending once their lease expired; returns how many."""
-        return sum(self.drain(tenant, device, on_reply) for tenant, device in self.ledger.stale_devices(limit))
+        total = 0
+        for tenant, device in await self.ledger.stale_devices(limit):
+            total += await self.drain(tenant, device, on_reply)
+        return total
 
-    def _drain(
+    async def _drain(
         self,
         lease: Lease,
         on_reply: OnReply | None,
@@ -186,32 +211,58 @@ class Pipeline:
         db_ms: int = 0,
         started: float | None = None,
     ) -> dict[int, Answer]:
-        """Handle pending turns in order while holding the lease; the last finish frees it."""
+        """Handle pending turns in order while holding the lease; the last finish frees it.
+
+        Cancelled (shutdown, a request's task cancelled) in the middle of a turn, the
+        lease is given back at once (fenced): the next holder runs the turn again with
+        its attempt counted, as after a crash, without waiting for the lease to lapse.
+        """
         answers: dict[int, Answer] = {}
-        turn = lease.first or self.ledger.next_turn(lease)
+        try:
+            await self._drain_turns(lease, answers, on_reply, on_working, db_ms=db_ms, started=started)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._give_back(lease)
+            raise
+        finally:
+            self.runtime.wakeups.notify((lease.tenant, lease.device))
+        return answers
+
+    async def _give_back(self, lease: Lease) -> None:
+        try:
+            await self.ledger.release(lease)
+        except Exception as err:  # noqa: BLE001 - the lease lapses on its own after LEASE_SECONDS
+            logger.warning("could not give the lease back after an interrupted turn: %s", err)
+
+    async def _drain_turns(
+        self, lease: Lease, answers: dict[int, Answer], on_reply: OnReply | None, on_working: OnWorking | None,
+        *, db_ms: int, started: float | None,
+    ) -> None:
+        turn = lease.first or await self.ledger.next_turn(lease)
         lock, context = lease.lock, lease.context
         while turn is not None:
             if lock == HUMAN:
                 # Taken over before this turn started: NEXT holds the messages for the person (and
                 # frees the lease); a turn comes back only if the takeover has ended meanwhile.
-                turn, lock = self.ledger.next_turn(lease), None
+                turn, lock = await self.ledger.next_turn(lease), None
                 continue
             started = started or time.perf_counter()
-            outcome = self._run_turn(lease, turn, lock, context, on_working)
+            outcome = await self._run_turn(lease, turn, lock, context, on_working)
             if outcome is None:
-                break
+                return
             finish_started = time.perf_counter()
             try:
-                finished = self.ledger.finish(lease, turn, outcome, db_ms=db_ms, total_ms=_ms(started))
+                finished = await self._finish(lease, turn, outcome, db_ms=db_ms, total_ms=_ms(started))
             except LeaseLost:
                 logger.warning("lease lost on message %s; the new holder will handle it", turn.last.id)
-                break
+                return
             for message in turn.messages:
                 answers[message.id] = finished.answer
+            self.runtime.wakeups.notify((lease.tenant, lease.device))
             lock, context = finished.answer.lock_agent, finished.context
             if finished.held:
                 logger.info("message %s taken over while the agent ran: held, its reply dropped", turn.last.id)
-                turn, lock = (self.ledger.next_turn(lease) if finished.kept else None), None
+                turn, lock = (await self.ledger.next_turn(lease) if finished.kept else None), None
                 continue
             logger.info(
                 "message handled",
@@ -224,72 +275,108 @@ class Pipeline:
             )
             if on_reply is not None:
                 try:
-                    on_reply(turn.last, finished.answer)
+                    await _call_hook(on_reply, turn.last, finished.answer)
                 except Exception:  # noqa: BLE001 - delivery problems are the channel's to record
                     logger.exception("delivering the reply to message %s failed", turn.last.id)
-            turn = finished.next or (self.ledger.next_turn(lease) if finished.kept else None)
+            turn = finished.next or (await self.ledger.next_turn(lease) if finished.kept else None)
             db_ms, started = _ms(finish_started), None
-        return answers
 
-    def _run_turn(
+    async def _finish(self, lease: Lease, turn: Turn, outcome: Outcome, *, db_ms: int, total_ms: int) -> Finished:
+        """The fenced finish, retried while the database is unreachable, for at most LEASE_SECONDS.
+
+        A retry is safe: the statement writes only while the lease is ours and the turn's
+        messages are still pending, so one that was applied before its answer was lost
+        finds nothing to do (LeaseLost; the waiter then reads the stored reply).
+        """
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(StoreUnavailable),
+            stop=stop_after_delay(self.settings.lease_seconds),
+            wait=wait_exponential(multiplier=0.05, max=1.0),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self.ledger.finish(lease, turn, outcome, db_ms=db_ms, total_ms=total_ms)
+        raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
+
+    async def _run_turn(
         self, lease: Lease, turn: Turn, lock: str | None, context: dict[str, Any], on_working: OnWorking | None
     ) -> Outcome | None:
-        """Run a turn's agents in a thread, renewing the lease meanwhile; None when the lease was lost.
+        """Run a turn's agents beside the lease renewal; None when the lease was lost.
 
-        Past AGENT_TIMEOUT_SECONDS the turn fails for good and whatever the agent
-        returns later is dropped; after AGENT_MAX_ATTEMPTS started turns a message
-        is failed without running it again.
+        Past AGENT_TIMEOUT_SECONDS the turn is cancelled and fails for good (a sync agent
+        cannot be stopped: what it returns later is dropped); after AGENT_MAX_ATTEMPTS
+        started turns a message is failed without running it again.
         """
         if turn.attempt > self.settings.agent_max_attempts:
             logger.error("message %s failed: %s attempts started, none finished", turn.last.id, turn.attempt - 1)
             return _failed(lock, f"gave up after {turn.attempt - 1} attempts", 0)
         started = time.perf_counter()
-        result: Future[Outcome] = Future()
-
-        def work() -> None:
-            try:
-                result.set_result(self.decide(turn, lease.tenant, lease.device, context, lock))
-            except BaseException as err:  # noqa: BLE001 - handed to the waiting worker
-                result.set_exception(err)
-
-        self._working(on_working, turn)
-        threading.Thread(target=work, name=f"agent-turn-{turn.last.id}", daemon=True).start()
         timeout = self.settings.agent_timeout_seconds
-        interval = max(self.settings.lease_seconds / 3, 0.05)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return result.result(timeout=max(0.0, min(interval, deadline - time.monotonic())))
-            except TimeoutError:
-                pass
-            if time.monotonic() >= deadline:
-                logger.error("agent turn on message %s timed out after %ss", turn.last.id, timeout)
-                return _failed(lock, f"AgentTimeout: no answer within {timeout:g} s", _ms(started))
-            try:
-                if not self.ledger.renew(lease):
-                    logger.warning("lease lost during the turn on message %s; its result will be dropped",
-                                   turn.last.id)
-                    return None
-            except StoreUnavailable as err:  # the fenced finish still refuses a lapsed lease
-                logger.warning("lease renewal failed, the turn goes on: %s", err)
-                continue
-            self._working(on_working, turn)
+        outcome: Outcome | None = None
+        lost = False
+
+        async def renew(group: anyio.abc.TaskGroup) -> None:
+            nonlocal lost
+            interval = max(self.settings.lease_seconds / 3, 0.05)
+            while True:
+                await anyio.sleep(interval)
+                try:
+                    if not await self.ledger.renew(lease):
+                        logger.warning("lease lost during the turn on message %s; the turn is cancelled",
+                                       turn.last.id)
+                        lost = True
+                        group.cancel_scope.cancel()
+                        return
+                except StoreUnavailable as err:  # the fenced finish still refuses a lapsed lease
+                    logger.warning("lease renewal failed, the turn goes on: %s", err)
+                    continue
+                self._working(group, on_working, turn)
+
+        async with anyio.create_task_group() as group:
+            self._working(group, on_working, turn)
+            group.start_soon(renew, group)
+            with anyio.move_on_after(timeout) as limit:
+                outcome = await self.decide(turn, lease.tenant, lease.device, context, lock)
+            group.cancel_scope.cancel()  # the renewal and any "typing..." call still in flight
+        if lost:
+            return None
+        if limit.cancelled_caught or outcome is None:
+            logger.error("agent turn on message %s timed out after %ss", turn.last.id, timeout)
+            return _failed(lock, f"AgentTimeout: no answer within {timeout:g} s", _ms(started))
+        return outcome
 
     @staticmethod
-    def _working(on_working: OnWorking | None, turn: Turn) -> None:
-        """Call the hook in its own thread: a slow channel API must never delay a lease renewal."""
+    def _working(group: anyio.abc.TaskGroup, on_working: OnWorking | None, turn: Turn) -> None:
+        """Start the hook beside the turn: a slow channel API must never delay a lease renewal."""
         if on_working is None:
             return
 
-        def call() -> None:
+        async def call() -> None:
             try:
-                on_working(turn.last)
+                await _call_hook(on_working, turn.last)
             except Exception:  # noqa: BLE001 - a typing indicator never fails a turn
                 logger.warning("the working hook failed on message %s", turn.last.id, exc_info=True)
 
-        threading.Thread(target=call, name=f"working-{turn.last.id}", daemon=True).start()
+        group.start_soon(call)
 
-    def decide(self, turn: Turn, tenant: str, device: str, context: dict[str, Any], lock: str | None) -> Outcome:
+    async def _call_agent(self, agent: Agent, message: AgentInput) -> Any:
+        """Await an async handle; run a sync one on a worker thread under AGENT_THREADS."""
+        handle = agent.handle
+        if inspect.iscoroutinefunction(handle):
+            return await handle(message)
+        # abandon_on_cancel: a timeout or a stop gives up on the thread at once (it cannot be
+        # interrupted); the result it returns later goes nowhere.
+        result = await anyio.to_thread.run_sync(
+            handle, message, limiter=self.runtime.agent_threads, abandon_on_cancel=True
+        )
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    async def decide(
+        self, turn: Turn, tenant: str, device: str, context: dict[str, Any], lock: str | None
+    ) -> Outcome:
         """Run the lock holder (or the manager) and any agents it hands off to; no database work."""
         started = time.perf_counter()
         agent_before = lock
@@ -305,7 +392,7 @@ class Pipeline:
                 replies.append(TEXT_ONLY_REPLY)
                 break
             try:
-                answer = agent.handle(message)
+                answer = await self._call_agent(agent, message)
                 if not isinstance(answer, AgentReply):
                     raise TypeError(f"agent {key} returned {type(answer).__name__}, not AgentReply")
                 patch = patch.then(ContextPatch.parse(answer.context))
@@ -334,18 +421,30 @@ class Pipeline:
             choices=choices, template=template, metadata=metadata,
         )
 
-    def stateless(self, inbound: Inbound) -> Result:
+    async def stateless(self, inbound: Inbound) -> Result:
         """Answer without the store: the manager replies and nothing is kept."""
         turn = Turn((Pending(0, inbound.text, inbound.metadata),))
         try:
-            answer = self.registry[MANAGER].handle(
-                _agent_input(turn, inbound.tenant_id, inbound.device_id, normalized({}), None)
-            )
+            with anyio.fail_after(self.settings.agent_timeout_seconds):
+                answer = await self._call_agent(
+                    self.registry[MANAGER],
+                    _agent_input(turn, inbound.tenant_id, inbound.device_id, normalized({}), None),
+                )
             reply = answer.reply
         except Exception:  # noqa: BLE001
             logger.exception("manager failed in stateless mode")
             reply = FAILURE_REPLY
         return Result("degraded", reply, MANAGER)
+
+
+async def _call_hook(hook: Callable[..., Any], *args: Any) -> None:
+    """Await a coroutine function hook; run a plain one on a worker thread (it may block)."""
+    if inspect.iscoroutinefunction(hook):
+        await hook(*args)
+        return
+    result = await anyio.to_thread.run_sync(hook, *args)
+    if inspect.isawaitable(result):
+        await result
 
 
 def _agent_input(turn: Turn, tenant: str, device: str, context: dict[str, Any], lock: str | None) -> AgentInput:

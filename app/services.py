@@ -17,6 +17,7 @@ from app.core.config import Settings
 from app.core.db import Database
 from app.ledger import Ledger
 from app.pipeline import OnReply, Pipeline
+from app.runtime import Runtime
 
 
 class ReplyChannel(Protocol):
@@ -33,19 +34,20 @@ class ReplyChannel(Protocol):
 
 @dataclass
 class Services:
-    """Settings, database, agent registry and reply channels (keyed by the "channel" a message names)."""
+    """Settings, database, agent registry, reply channels (keyed by the "channel" a message names) and turn runtime."""
 
     settings: Settings
     database: Database
     registry: Registry
     whatsapp: WhatsAppSender
+    runtime: Runtime
 
     @property
     def channels(self) -> dict[str, ReplyChannel]:
         return {"whatsapp": self.whatsapp}
 
     def pipeline(self, registry: Registry | None = None) -> Pipeline:
-        return Pipeline(self.database.engine, registry or self.registry, self.settings)
+        return Pipeline(self.database.engine, registry or self.registry, self.settings, self.runtime)
 
     def close(self) -> None:
         """Dispose of the engine's connections and close the channels' HTTP clients."""
@@ -61,4 +63,5 @@ def build_services(settings: Settings, *, serverless: bool = False, database: Da
         database=database or Database(settings, serverless=serverless),
         registry=load_registry(settings.agents),
         whatsapp=WhatsAppSender(settings),  # one Graph API client per process; connects on first send
+        runtime=Runtime(settings),
     )

@@ -18,6 +18,7 @@ from app.pipeline import Inbound, Pipeline
 from bench.chatload import EXPECTED_LOCK, SCRIPT, ChatLoad, totals, web_devices, window_stats
 from bench.common import AGENT, DEVICE_BASE, Bench, maintain, ratio, table
 from bench.serve import CpuMeter, postmaster_pid, uvicorn
+from tests.utils import aio
 
 THREADPOOL = 40  # Starlette runs sync routes on anyio's default limiter: at most 40 at once per worker
 CHAT_WAIT_SECONDS = 120
@@ -106,7 +107,7 @@ def round_trips(b: Bench, messages: int, history: int) -> dict[str, Any]:
     event.listen(engine, "connect", timed)
     conversations = web_devices(max(1, messages // len(SCRIPT)), "in-process")
     for text in SCRIPT:  # warm-up: connect, and let psycopg prepare the statements
-        pipeline.handle(Inbound("default", web_devices(1, "warm-up")[0], text))
+        aio.run(pipeline.handle, Inbound("default", web_devices(1, "warm-up")[0], text))
     statements.clear()
     db_seconds[0] = 0.0
     per_message: list[int] = []
@@ -116,7 +117,7 @@ def round_trips(b: Bench, messages: int, history: int) -> dict[str, Any]:
         for i in range(messages):
             step = i % len(SCRIPT)
             seen = len(statements)
-            result = pipeline.handle(Inbound("default", conversations[(i // len(SCRIPT)) % len(conversations)],
+            result = aio.run(pipeline.handle, Inbound("default", conversations[(i // len(SCRIPT)) % len(conversations)],
                                              SCRIPT[step], None, {"channel": "bench"}))
             per_message.append(len(statements) - seen)
             wrong += (result.status, result.agent, result.lock_agent) != ("answered", AGENT, EXPECTED_LOCK[step])

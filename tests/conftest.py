@@ -18,7 +18,7 @@ from app.core import migrate
 from app.core.config import Settings
 from app.core.db import make_engine
 from app.sessions import SessionService
-from tests.utils import pgbouncer
+from tests.utils import aio, pgbouncer
 from tests.utils.graph_api import graph_api
 from tests.utils.postgres import postgres_server, scratch_database
 
@@ -37,6 +37,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         suite = metafunc.definition.path.parent.name
         backends = ["postgres", "pgbouncer"] if suite in POOLED_SUITES else ["postgres"]
         metafunc.parametrize("backend", backends, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _event_loop() -> Iterator[None]:
+    """The loop of the tests' direct calls into the async pipeline (tests/utils/aio.py), stopped last."""
+    yield
+    aio.stop()
 
 
 @pytest.fixture(scope="session")

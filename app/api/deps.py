@@ -54,8 +54,8 @@ async def get_sessions(database: Db, settings: AppSettings) -> SessionService:
     )
 
 
-async def get_pipeline(database: Db, registry: Agents, settings: AppSettings) -> Pipeline:
-    return Pipeline(database.engine, registry, settings)
+async def get_pipeline(services: AppServices, registry: Agents) -> Pipeline:
+    return Pipeline(services.database.engine, registry, services.settings, services.runtime)
 
 
 async def get_chat_history(database: Db) -> ChatHistory:

@@ -16,6 +16,7 @@ from app.errors import (
     ImportConflict,
     InvalidInput,
     LeaseLost,
+    Overloaded,
     SessionError,
     StoreUnavailable,
 )
@@ -27,6 +28,7 @@ STATUS = [
     (ImportConflict, 409),
     (InvalidInput, 400),
     (StoreUnavailable, 503),
+    (Overloaded, 503),
     (LeaseLost, 409),
     (ConfigurationError, 500),
     (SessionError, 500),
@@ -64,6 +66,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(SessionError)
     async def _session_error(request: Request, err: SessionError) -> JSONResponse:
         status = next(code for kind, code in STATUS if isinstance(err, kind))
+        if isinstance(err, Overloaded):  # a bound doing its job, not a fault
+            return error_response(503, err.code, str(err), {"Retry-After": str(err.retry_after)})
         if status >= 500:
             logger.error("%s on %s %s: %s", err.code, request.method, request.url.path, err)
         message = str(err) if status < 500 or isinstance(err, ConfigurationError) else _public(err)

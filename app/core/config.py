@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     agent_history_messages: int = Field(20, ge=0, le=500)  # earlier messages an agent sees; 0: none
     agent_timeout_seconds: float = Field(60.0, gt=0, le=900)  # a turn's bound; past it the failure reply
     agent_max_attempts: int = Field(2, ge=1, le=10)  # turns started on one message (a crashed holder's retried)
+    # Turns (requests inside the pipeline) one process holds at once; past it 503 + Retry-After.
+    max_concurrent_turns: int = Field(1000, ge=1, le=100_000)
+    agent_threads: int = Field(40, ge=1, le=1000)  # sync agents running at once, each on a worker thread
+    # On SIGTERM: running turns get this long to finish, then are cancelled (their messages run again).
+    shutdown_grace_seconds: float = Field(10.0, ge=0, le=900)
     burst_mode: Literal["each", "merge"] = "each"  # merge: one turn answers a device's waiting messages
     burst_max_messages: int = Field(10, ge=2, le=100)  # at most this many messages merged into one turn
     # Send OpenAI Agents SDK runs to OpenAI's trace viewer; off so no conversation leaves unasked.

@@ -121,7 +121,17 @@ class PoolConfig:
     local_timeout_ms: int = 0
 
 
-@dataclass
+# Every LockPools of the process, so that a loop that ends can close its pools (see close_loop_pools).
+_ALL: weakref.WeakSet[LockPools] = weakref.WeakSet()
+
+
+async def close_loop_pools() -> None:
+    """Close every engine's async pool of the running loop: the last thing a loop does before it ends."""
+    for pools in list(_ALL):
+        await pools.aclose()
+
+
+@dataclass(eq=False)
 class LockPools:
     """An engine's psycopg pools: one sync pool, and one async pool per running event loop.
 
@@ -142,6 +152,9 @@ class LockPools:
     # connect directly instead, so a request fails fast and the first one after the
     # recovery gets through at once.
     failed_at: float | None = None
+
+    def __post_init__(self) -> None:
+        _ALL.add(self)
 
     def _connect_failed(self, pool: object) -> None:
         self.failed_at = time.monotonic()

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from app.agents import HUMAN, HistoryItem
-from app.core.db import run
+from app.core.db import arun
 from app.errors import IdempotencyKeyReused, LeaseLost
 from app.ledger import statements as sql
 from app.sessions import new_session_id
@@ -192,7 +192,7 @@ def _answer(row: dict[str, Any], prefix: str, status: str) -> Answer:
 
 
 class Ledger:
-    """SQL for the pipeline; every method is one round trip (next_turn: one, rarely a few)."""
+    """SQL for the pipeline, as coroutines; every method is one round trip (next_turn: one, rarely a few)."""
 
     def __init__(
         self, engine: Engine, *, lease_seconds: int, default_ttl: int, context_cap: int, history: int = 20,
@@ -206,14 +206,14 @@ class Ledger:
         self.batch = batch
         self.max_attempts = max_attempts
 
-    def _row(self, statement: str, params: dict[str, Any]) -> Any:
+    async def _row(self, statement: str, params: dict[str, Any]) -> Any:
         params |= {
             "lease": self.lease_seconds, "default_ttl": self.default_ttl, "history": self.history,
             "batch": self.batch, "max_attempts": self.max_attempts,
         }
-        return run(self.engine, statement, params)
+        return await arun(self.engine, statement, params)
 
-    def claim(
+    async def claim(
         self, tenant: str, device: str, text: str, *, external_id: str | None, metadata: dict[str, Any],
         sent_at: datetime | None = None,
     ) -> Claim:
@@ -226,12 +226,12 @@ class Ledger:
             "tenant": tenant, "device": device, "content": text, "external_id": external_id,
             "metadata": json.dumps(metadata), "hash": digest, "sent_at": sent_at,
         }
-        row = self._row(sql.CLAIM, params | {"token": uuid.uuid4().hex, "new_session": new_session_id()})
+        row = await self._row(sql.CLAIM, params | {"token": uuid.uuid4().hex, "new_session": new_session_id()})
         if row["new_id"] is None and row["dup_id"] is None and external_id is not None:
             # The same external id was stored after this statement's snapshot was taken (a
             # concurrent retry): read it again, now visible. A lease the first read won stays ours.
             won = row
-            row = self._row(sql.CLAIM, params | {"token": uuid.uuid4().hex, "new_session": new_session_id()})
+            row = await self._row(sql.CLAIM, params | {"token": uuid.uuid4().hex, "new_session": new_session_id()})
             if won["lease_epoch"] is not None and row["lease_epoch"] is None:
                 row = {**row, "lease_epoch": won["lease_epoch"], "lock_agent": won["lock_agent"],
                        "context": won["context"], "first": False}
@@ -251,9 +251,9 @@ class Ledger:
         on_hold = held(row["lock_agent"], row["lock_expires_at"]) if row["held"] else None
         return Claim(new_id, lease, duplicate, row["dup_id"], on_hold)
 
-    def poll(self, tenant: str, device: str, message_id: int) -> Poll:
+    async def poll(self, tenant: str, device: str, message_id: int) -> Poll:
         """A waiter's look at its message; takes the lease when it came free with messages pending."""
-        row = self._row(sql.POLL, {"tenant": tenant, "device": device, "message_id": message_id})
+        row = await self._row(sql.POLL, {"tenant": tenant, "device": device, "message_id": message_id})
         answer = None
         if row["status"] in SETTLED:
             answer = _answer(row, "mine", row["status"])
@@ -262,25 +262,30 @@ class Ledger:
             lease = Lease(tenant, device, row["lease_epoch"], row["lease_lock_agent"], row["context"], None)
         return Poll(answer, lease)
 
-    def take_free_lease(self, tenant: str, device: str) -> Lease | None:
+    async def take_free_lease(self, tenant: str, device: str) -> Lease | None:
         """Take the device's lease if it is free and messages are pending (crash recovery)."""
-        return self.poll(tenant, device, 0).lease
+        return (await self.poll(tenant, device, 0)).lease
 
-    def next_turn(self, lease: Lease) -> Turn | None:
+    async def next_turn(self, lease: Lease) -> Turn | None:
         """The holder's next turn, its attempt counted; None frees the lease (or finds it lost)."""
         for _ in range(NEXT_READS):
-            row = self._row(sql.NEXT, {"tenant": lease.tenant, "device": lease.device, "epoch": lease.epoch})
+            row = await self._row(sql.NEXT, {"tenant": lease.tenant, "device": lease.device, "epoch": lease.epoch})
             turn = _turn(row["batch"], row["history"])
             if turn is not None or row["freed"] or not row["held"]:
                 return turn
         return None
 
-    def renew(self, lease: Lease) -> bool:
+    async def renew(self, lease: Lease) -> bool:
         """Slide the lease by lease_seconds; False when it is no longer ours."""
         params = {"tenant": lease.tenant, "device": lease.device, "epoch": lease.epoch}
-        return self._row(sql.RENEW, params) is not None
+        return await self._row(sql.RENEW, params) is not None
 
-    def finish(self, lease: Lease, turn: Turn, outcome: Outcome, *, db_ms: int = 0, total_ms: int = 0) -> Finished:
+    async def release(self, lease: Lease) -> bool:
+        """Give the lease back now (an interrupted turn); False when it was no longer ours."""
+        params = {"tenant": lease.tenant, "device": lease.device, "epoch": lease.epoch}
+        return await self._row(sql.RELEASE, params) is not None
+
+    async def finish(self, lease: Lease, turn: Turn, outcome: Outcome, *, db_ms: int = 0, total_ms: int = 0) -> Finished:
         """Write a turn's reply and effects and start the next turn; LeaseLost when the lease is gone."""
         last = turn.last
         metadata = {**outcome.metadata, **last.metadata}
@@ -290,7 +295,7 @@ class Ledger:
             metadata["template"] = outcome.template
         if len(turn.messages) > 1:
             metadata["merged"] = [message.id for message in turn.messages]
-        row = self._row(
+        row = await self._row(
             sql.FINISH,
             {
                 "tenant": lease.tenant, "device": lease.device, "epoch": lease.epoch,
@@ -319,9 +324,9 @@ class Ledger:
             following = Turn(following.messages, (*following.history, reply)[-self.history :])
         return Finished(answer, row["context"], following, bool(row["kept"]))
 
-    def stale_devices(self, limit: int) -> list[tuple[str, str]]:
+    async def stale_devices(self, limit: int) -> list[tuple[str, str]]:
         """Devices with pending messages and no live lease: a crashed worker's leftovers."""
-        rows = run(self.engine, sql.STALE_DEVICES, {"limit": limit}, rows="all")
+        rows = await arun(self.engine, sql.STALE_DEVICES, {"limit": limit}, rows="all")
         return [(row["tenant_id"], row["device_id"]) for row in rows]
 
 

@@ -10,10 +10,14 @@
 | NEXT          | the holder's next turn, read afresh               | frees the lease only when none is pending and no claim raced it; |
 |               |                                                   | under a live `human` lock it marks the pending messages `held`   |
 | RENEW         | slide a live lease                                | fenced by the epoch; a lost lease is never extended              |
+| RELEASE       | give a live lease back (an interrupted turn)      | fenced by the epoch; the turn's messages stay pending, their     |
+|               |                                                   | attempt counted, for the next holder                             |
 | FINISH        | reply, lock change, context patch, audit, next    | fenced by the epoch: a worker that lost its lease writes nothing;|
 |               |                                                   | a turn that ends under a live `human` lock (a takeover while the |
 |               |                                                   | agent thought) stores no reply and no effect, and marks the      |
-|               |                                                   | turn's and the pending messages `held`                           |
+|               |                                                   | turn's and the pending messages `held`; it writes only while the |
+|               |                                                   | turn's last message is pending, so a retry of a finish that was  |
+|               |                                                   | applied (its answer lost on a disconnect) writes nothing         |
 
 Every statement that changes a device's row adds 1 to its version. A claim or
 finish compares the version its snapshot saw with the row it locked: when they
@@ -188,6 +192,12 @@ WHERE tenant_id = %(tenant)s AND device_id = %(device)s AND lease_epoch = %(epoc
 RETURNING lease_expires_at
 """
 
+RELEASE = """
+UPDATE conversation_states SET lease_expires_at = NULL, version = version + 1
+WHERE tenant_id = %(tenant)s AND device_id = %(device)s AND lease_epoch = %(epoch)s AND lease_expires_at > now()
+RETURNING 1
+"""
+
 # Store the reply, apply the lock change (compare-and-set against the lock the
 # agents saw) and the context patch (merged in SQL, so concurrent patches keep each
 # other's keys), mark the turn's messages done, and start the next turn if one is
@@ -221,6 +231,7 @@ st AS (
         updated_at = now()
     WHERE s.tenant_id = %(tenant)s AND s.device_id = %(device)s
       AND s.lease_epoch = %(epoch)s AND s.lease_expires_at > now()
+      AND EXISTS (SELECT 1 FROM conversation_messages p WHERE p.id = %(last_id)s AND p.status = 'pending')
     RETURNING s.active_agent, s.expires_at, s.context, s.session_id, s.lease_expires_at IS NOT NULL AS kept,
               {HUMAN} AS held
 ), inbound AS (

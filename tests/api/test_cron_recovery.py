@@ -5,13 +5,14 @@ from __future__ import annotations
 from app.ledger import Ledger
 from tests.conftest import make_settings
 from tests.utils.apps import app_client
+from tests.utils import aio
 
 DEVICE = "5e6f7a8b-9c0d-4e1f-a2b3-c4d5e6f7a8b9"
 
 
 def test_cron_cleanup_recovers_a_crashed_workers_message(database_url, engine):
     ledger = Ledger(engine, lease_seconds=30, default_ttl=86400, context_cap=20)
-    ledger.claim("default", DEVICE, "book an appointment", external_id=None, metadata={"channel": "web"})
+    aio.run(ledger.claim, "default", DEVICE, "book an appointment", external_id=None, metadata={"channel": "web"})
     with engine.begin() as conn:  # the worker died; its lease ran out
         conn.exec_driver_sql("UPDATE conversation_states SET lease_expires_at = now() - interval '1 second'")
     settings = make_settings(database_url, cron_secret="c" * 32)

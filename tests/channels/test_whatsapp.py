@@ -29,6 +29,7 @@ from tests.utils.agents import Gate, Scripted
 from tests.utils.apps import app_client, use_registry
 from tests.utils.proxy import outage_proxy
 from tests.utils.states import row
+from tests.utils import aio
 
 DAY = 86400
 
@@ -310,12 +311,12 @@ class TestRecovery:
         pipeline = Pipeline(engine, {"manager": echo}, settings)
         metadata = {"channel": "whatsapp", "phone_number_id": PHONE_ID_2, "wa_message_id": "wamid.L1", "to": USER_2}
         # A worker stores the message, takes the lease and dies before answering.
-        pipeline.ledger.claim("default", USER_2, "left behind", external_id="wa:wamid.L1", metadata=metadata)
+        aio.run(pipeline.ledger.claim, "default", USER_2, "left behind", external_id="wa:wamid.L1", metadata=metadata)
         with engine.begin() as conn:
             conn.exec_driver_sql("UPDATE conversation_states SET lease_expires_at = now() - interval '1 second'")
         sender = WhatsAppSender(settings)
         try:
-            assert pipeline.recover(on_reply=replier(sender, pipeline.ledger)) == 1
+            assert aio.run(pipeline.recover, on_reply=replier(sender, pipeline.ledger)) == 1
         finally:
             sender.close()
         assert [(r.path, r.json["to"], r.json["text"]["body"]) for r in graph.messages] == [
@@ -329,7 +330,7 @@ class TestRecovery:
         sender = WhatsAppSender(settings)
         try:
             on_reply = replier(sender, pipeline.ledger)
-            result = pipeline.handle(Inbound("default", USER, "hi", None, {"channel": "web"}), on_reply=on_reply)
+            result = aio.run(pipeline.handle, Inbound("default", USER, "hi", None, {"channel": "web"}), on_reply=on_reply)
         finally:
             sender.close()
         assert result.reply == "manager: hi"

@@ -17,6 +17,7 @@ from tests.conftest import make_settings
 from tests.utils.agents import Boom, Gate, Scripted, demo_registry, routing_registry
 from tests.utils.counting import count_statements, work
 from tests.utils.states import row
+from tests.utils import aio
 
 DEVICE = "0b7e7f7e-1111-4c4c-9d9d-000000000001"
 OTHER = "0b7e7f7e-1111-4c4c-9d9d-000000000002"
@@ -27,7 +28,7 @@ def make_pipeline(engine, database_url, registry=None, **overrides) -> Pipeline:
 
 
 def send(pipeline: Pipeline, text: str, device: str = DEVICE, **kwargs):
-    return pipeline.handle(Inbound("default", device, text, **kwargs))
+    return aio.run(pipeline.handle, Inbound("default", device, text, **kwargs))
 
 
 def messages(engine, device: str = DEVICE) -> list[tuple]:
@@ -179,8 +180,8 @@ class TestExactlyOnce:
 
     def test_external_ids_are_per_tenant(self, engine, database_url):
         pipeline = make_pipeline(engine, database_url)
-        pipeline.handle(Inbound("acme", DEVICE, "hi", "wamid.9"))
-        result = pipeline.handle(Inbound("globex", DEVICE, "hi", "wamid.9"))
+        aio.run(pipeline.handle, Inbound("acme", DEVICE, "hi", "wamid.9"))
+        result = aio.run(pipeline.handle, Inbound("globex", DEVICE, "hi", "wamid.9"))
         assert not result.duplicate
 
 
@@ -193,32 +194,32 @@ class TestLease:
 
     def test_stale_worker_cannot_finish(self, engine):
         ledger = self.ledger(engine)
-        stale = ledger.claim("default", DEVICE, "first", external_id=None, metadata={})
+        stale = aio.run(ledger.claim, "default", DEVICE, "first", external_id=None, metadata={})
         with engine.begin() as conn:  # the stale worker's lease runs out
             conn.exec_driver_sql("UPDATE conversation_states SET lease_expires_at = now() - interval '1 second'")
-        fresh = ledger.poll("default", DEVICE, stale.message_id)
+        fresh = aio.run(ledger.poll, "default", DEVICE, stale.message_id)
         assert fresh.lease is not None and fresh.lease.epoch == stale.lease.epoch + 1
         with pytest.raises(LeaseLost):
-            ledger.finish(stale.lease, stale.lease.first, self.outcome())
+            aio.run(ledger.finish, stale.lease, stale.lease.first, self.outcome())
         assert [r.status for r in messages(engine)] == ["pending"]
         assert fresh.lease.first is None  # a poll re-reads what is pending once it holds the lease
-        first = ledger.next_turn(fresh.lease)
+        first = aio.run(ledger.next_turn, fresh.lease)
         assert [m.text for m in first.messages] == ["first"] and first.attempt == 2  # the stale worker started it
-        finished = ledger.finish(fresh.lease, first, self.outcome("fresh"))
+        finished = aio.run(ledger.finish, fresh.lease, first, self.outcome("fresh"))
         assert finished.answer.reply == "fresh"
         assert [(r.role, r.content) for r in messages(engine)] == [("user", "first"), ("assistant", "fresh")]
 
     def test_expired_lease_of_same_epoch_cannot_finish(self, engine):
         ledger = self.ledger(engine)
-        claim = ledger.claim("default", DEVICE, "first", external_id=None, metadata={})
+        claim = aio.run(ledger.claim, "default", DEVICE, "first", external_id=None, metadata={})
         with engine.begin() as conn:
             conn.exec_driver_sql("UPDATE conversation_states SET lease_expires_at = now() - interval '1 second'")
         with pytest.raises(LeaseLost):
-            ledger.finish(claim.lease, claim.lease.first, self.outcome())
+            aio.run(ledger.finish, claim.lease, claim.lease.first, self.outcome())
 
     def test_crashed_worker_message_is_handled_once_by_next_message(self, engine, database_url):
         registry = routing_registry()
-        crashed = self.ledger(engine).claim("default", DEVICE, "lost in crash", external_id=None, metadata={})
+        crashed = aio.run(self.ledger(engine).claim, "default", DEVICE, "lost in crash", external_id=None, metadata={})
         assert crashed.lease is not None  # the worker took the lease, then died
         with engine.begin() as conn:
             conn.exec_driver_sql("UPDATE conversation_states SET lease_expires_at = now() - interval '1 second'")
@@ -234,15 +235,15 @@ class TestLease:
 
     def test_drain_picks_up_pending_after_lease_expiry(self, engine, database_url):
         registry = routing_registry()
-        self.ledger(engine).claim("default", DEVICE, "orphan", external_id=None, metadata={})
+        aio.run(self.ledger(engine).claim, "default", DEVICE, "orphan", external_id=None, metadata={})
         pipeline = make_pipeline(engine, database_url, registry)
-        assert pipeline.drain("default", DEVICE) == 0  # lease still live: not ours to take
+        assert aio.run(pipeline.drain, "default", DEVICE) == 0  # lease still live: not ours to take
         with engine.begin() as conn:
             conn.exec_driver_sql("UPDATE conversation_states SET lease_expires_at = now() - interval '1 second'")
         delivered = []
-        assert pipeline.drain("default", DEVICE, lambda m, a: delivered.append((m.text, a.reply))) == 1
+        assert aio.run(pipeline.drain, "default", DEVICE, lambda m, a: delivered.append((m.text, a.reply))) == 1
         assert delivered == [("orphan", "manager: orphan")]
-        assert pipeline.drain("default", DEVICE) == 0
+        assert aio.run(pipeline.drain, "default", DEVICE) == 0
         assert row(engine, DEVICE)["lease_expires_at"] is None
 
 

@@ -15,6 +15,7 @@ from tests.conftest import make_settings
 from tests.utils.agents import Gate, Scripted, wait_for
 from tests.utils.counting import count_statements, work
 from tests.utils.states import row
+from tests.utils import aio
 
 DEVICE = "0b7e7f7e-2222-4c4c-9d9d-000000000001"
 OTHER = "0b7e7f7e-2222-4c4c-9d9d-000000000002"
@@ -36,7 +37,7 @@ def pipeline_with(engine, database_url, registry, **overrides) -> Pipeline:
 
 
 def send(pipeline: Pipeline, text: str, device: str = DEVICE, on_reply=None, **kwargs):
-    return pipeline.handle(Inbound("default", device, text, **kwargs), on_reply=on_reply)
+    return aio.run(pipeline.handle, Inbound("default", device, text, **kwargs), on_reply=on_reply)
 
 
 
@@ -147,18 +148,18 @@ class TestTimeoutsAndAttempts:
     def test_a_crashed_holders_message_runs_again_with_attempt_two(self, engine, database_url):
         echo = Echo()
         pipeline = pipeline_with(engine, database_url, {"manager": echo})
-        crashed = pipeline.ledger.claim("default", DEVICE, "lost", external_id=None, metadata={})
+        crashed = aio.run(pipeline.ledger.claim, "default", DEVICE, "lost", external_id=None, metadata={})
         assert crashed.lease.first.attempt == 1  # the holder started it, then died
         with engine.begin() as conn:
             conn.exec_driver_sql("UPDATE conversation_states SET lease_expires_at = now() - interval '1 second'")
-        assert pipeline.drain("default", DEVICE) == 1
+        assert aio.run(pipeline.drain, "default", DEVICE) == 1
         assert [(m.text, m.attempt) for m in echo.seen] == [("lost", 2)]
         assert [(r.status, r.attempts) for r in inbound_rows(engine)] == [("done", 2)]
 
     def test_after_max_attempts_the_message_fails_and_the_device_moves_on(self, engine, database_url):
         echo = Echo()
         pipeline = pipeline_with(engine, database_url, {"manager": echo}, agent_max_attempts=1)
-        pipeline.ledger.claim("default", DEVICE, "poison", external_id=None, metadata={})
+        aio.run(pipeline.ledger.claim, "default", DEVICE, "poison", external_id=None, metadata={})
         with engine.begin() as conn:
             conn.exec_driver_sql("UPDATE conversation_states SET lease_expires_at = now() - interval '1 second'")
         result = send(pipeline, "next")

@@ -25,6 +25,7 @@ from tests.pipeline.test_turns import DEVICE, Echo, inbound_rows, pipeline_with,
 from tests.utils.agents import Gate, Scripted
 from tests.utils.proxy import outage_proxy
 from tests.utils.states import row
+from tests.utils import aio
 
 CLAIMS = "%WITH known AS%"
 FINISHES = "%WITH snap AS (%), nxt AS (%"  # pg_stat_activity keeps only the statement's start
@@ -108,7 +109,7 @@ class TestConcurrentIdempotencyKeys:
     def test_a_sequential_reuse_while_older_messages_wait_changes_nothing(self, engine, database_url):
         """The refused key must not touch the row even when it could take a freed lease."""
         pipeline = pipeline_with(engine, database_url, {"manager": Echo()})
-        pipeline.ledger.claim("default", DEVICE, "book friday", external_id="web:k", metadata={})
+        aio.run(pipeline.ledger.claim, "default", DEVICE, "book friday", external_id="web:k", metadata={})
         expire_lease(engine)  # the holder died: the message waits, the lease is free
         before = row(engine, DEVICE)
         with pytest.raises(IdempotencyKeyReused):
@@ -126,8 +127,8 @@ class TestMergedAttempts:
         pipeline = pipeline_with(
             engine, database_url, {"manager": echo}, burst_mode="merge", agent_max_attempts=1
         )
-        pipeline.ledger.claim("default", DEVICE, "poison", external_id=None, metadata={})  # started; holder dies
-        pipeline.ledger.claim("default", DEVICE, "waiting", external_id=None, metadata={})  # queued behind it
+        aio.run(pipeline.ledger.claim, "default", DEVICE, "poison", external_id=None, metadata={})  # started; holder dies
+        aio.run(pipeline.ledger.claim, "default", DEVICE, "waiting", external_id=None, metadata={})  # queued behind it
         expire_lease(engine)
         result = send(pipeline, "next")
         statuses = [(r.content, r.status) for r in inbound_rows(engine)]
@@ -228,7 +229,7 @@ class TestFinishRacingAClaim:
         pipeline = pipeline_with(patient, database_url, {"manager": gate}, db_statement_timeout_ms=60_000)
 
         def post(text: str):
-            return pipeline.handle(Inbound("default", DEVICE, text), wait=False)
+            return aio.run(pipeline.handle, Inbound("default", DEVICE, text), wait=False)
 
         with ThreadPoolExecutor(2) as pool:
             first = pool.submit(post, "first")
@@ -268,7 +269,7 @@ class TestTimeouts:
         try:
             assert send(pipeline, "hello").reply == FAILURE_REPLY
             expire_lease(engine)
-            assert pipeline.recover() == 0
+            assert aio.run(pipeline.recover) == 0
             assert calls == ["hello"]
             assert [(r.status, r.attempts) for r in inbound_rows(engine)] == [("failed", 1)]
         finally:
@@ -357,10 +358,10 @@ class TestWorkingHook:
         pipeline = pipeline_with(engine, database_url, {"manager": gate}, lease_seconds=1)
         try:
             with ThreadPoolExecutor(1) as pool:
-                turn = pool.submit(pipeline.handle, Inbound("default", DEVICE, "hello"), on_working=on_working)
+                turn = pool.submit(aio.run, pipeline.handle, Inbound("default", DEVICE, "hello"), on_working=on_working)
                 assert gate.entered.wait(10)
                 wait_for(lambda: len(calls) >= 2 and lapsed(), 10)  # a live turn's lease never lapses
-                pipeline.drain("default", DEVICE)  # the cron's recovery, or any waiter, meanwhile
+                aio.run(pipeline.drain, "default", DEVICE)  # the cron's recovery, or any waiter, meanwhile
                 hook_release.set()
                 gate.release.set()
                 turn.result(timeout=60)

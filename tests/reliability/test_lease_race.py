@@ -17,6 +17,7 @@ from app.pipeline import Inbound, Pipeline
 from tests.conftest import make_settings
 from tests.reliability.ledger_checks import stored_messages
 from tests.utils.load_agents import registry
+from tests.utils import aio
 
 DEVICE = "race-device"
 
@@ -39,9 +40,9 @@ def waiting_on_locks(engine, count: int, seconds: float = 10.0) -> bool:
 def test_a_message_answered_by_the_previous_holder_is_not_answered_again(database_url, engine):
     pipeline = Pipeline(engine, registry, make_settings(database_url))
     ledger = pipeline.ledger
-    first = ledger.claim("default", DEVICE, "first say", external_id=None, metadata={})
+    first = aio.run(ledger.claim, "default", DEVICE, "first say", external_id=None, metadata={})
     assert first.lease is not None and first.lease.first.last.id == first.message_id
-    outcome = pipeline.decide(first.lease.first, "default", DEVICE, first.lease.context, first.lease.lock)
+    outcome = aio.run(pipeline.decide, first.lease.first, "default", DEVICE, first.lease.context, first.lease.lock)
 
     # Hold the first message's row so the holder's finish stops half-way: it has updated (and
     # locked) the device's row and waits to mark the message done, uncommitted.
@@ -61,11 +62,11 @@ def test_a_message_answered_by_the_previous_holder_is_not_answered_again(databas
         conn.exec_driver_sql(
             "SELECT 1 FROM conversation_messages WHERE id = %(id)s FOR UPDATE", {"id": first.message_id}
         )
-        finish = run(lambda: ledger.finish(first.lease, first.lease.first, outcome))
+        finish = run(lambda: aio.run(ledger.finish, first.lease, first.lease.first, outcome))
         finish.start()
         assert waiting_on_locks(engine, 1), "the finish did not block on the held message row"
         # A second message arrives now: its snapshot still sees the first one pending.
-        second = run(lambda: results.setdefault("second", pipeline.handle(Inbound("default", DEVICE, "second say"))))
+        second = run(lambda: results.setdefault("second", aio.run(pipeline.handle, Inbound("default", DEVICE, "second say"))))
         second.start()
         assert waiting_on_locks(engine, 2), "the second claim did not queue behind the finish"
         conn.commit()  # the finish completes (freeing the lease), then the claim wins it
@@ -97,20 +98,20 @@ def test_a_waiter_whose_message_is_answered_leaves_no_lease_behind(database_url,
     # A lease far longer than the test: only what the waiter does can free it.
     pipeline = Pipeline(engine, registry, make_settings(database_url, lease_seconds=300))
     ledger = pipeline.ledger
-    holder = ledger.claim("default", DEVICE, "first say", external_id=None, metadata={})
-    waiter = ledger.claim("default", DEVICE, "second say", external_id=None, metadata={})
-    later = ledger.claim("default", DEVICE, "third say", external_id=None, metadata={})
+    holder = aio.run(ledger.claim, "default", DEVICE, "first say", external_id=None, metadata={})
+    waiter = aio.run(ledger.claim, "default", DEVICE, "second say", external_id=None, metadata={})
+    later = aio.run(ledger.claim, "default", DEVICE, "third say", external_id=None, metadata={})
     assert holder.lease is not None and waiter.lease is None and later.lease is None
     lease, current = holder.lease, holder.lease.first
     for _ in range(2):  # the holder answers the first and second messages, then stops
-        outcome = pipeline.decide(current, "default", DEVICE, lease.context, lease.lock)
-        current = ledger.finish(lease, current, outcome).next
+        outcome = aio.run(pipeline.decide, current, "default", DEVICE, lease.context, lease.lock)
+        current = aio.run(ledger.finish, lease, current, outcome).next
     assert current is not None and current.last.id == later.message_id
     with engine.begin() as conn:  # the holder stops: its lease runs out
         conn.exec_driver_sql("UPDATE conversation_states SET lease_expires_at = now() - interval '1 second'")
     assert not lease_is_live(engine, DEVICE)
 
-    result = pipeline._wait("default", DEVICE, waiter.message_id, None, None, duplicate=False)
+    result = aio.run(pipeline._wait, "default", DEVICE, waiter.message_id, None, None, duplicate=False)
 
     assert result.status == "answered" and "second say" in result.reply
     rows = stored_messages(engine)[DEVICE]

@@ -23,6 +23,15 @@ def proxy(database_url: str, engine) -> Iterator[OutageProxy]:  # engine: a trun
         yield proxy
 
 
+async def fill_async_pool(engine, count: int = POOLED) -> None:
+    """fill_pool for the running loop's async pool: the one the app's routes use."""
+    pool = await lock_pools(engine).async_pool()
+    held = [await pool.getconn() for _ in range(count)]
+    for conn in held:
+        await pool.putconn(conn)
+    assert pool.get_stats()["pool_available"] == count
+
+
 def fill_pool(engine, count: int = POOLED) -> None:
     """Open count connections at once and return them all to the lock operations' pool, idle."""
     pool = lock_pools(engine).sync_pool()
@@ -36,7 +45,7 @@ def test_one_disconnect_invalidates_the_older_pooled_connections(proxy: OutagePr
     settings = make_settings(proxy.url, db_pool="queue", db_pool_size=POOLED)
     with app_client(settings) as client:
         engine = client.services.database.engine
-        fill_pool(engine)
+        client.portal.call(fill_async_pool, engine)  # on the app's own loop
         assert proxy.drop_silently() == POOLED
         replies = [
             client.post("/api/chat", json={"message": text}, headers={"X-Device-ID": DEVICE}).json()

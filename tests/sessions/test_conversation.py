@@ -13,6 +13,7 @@ from app.agents import load_registry
 from app.pipeline import Inbound, Pipeline
 from tests.sessions.conftest import A, admin_settings
 from tests.utils.apps import app_client
+from tests.utils import aio
 
 SESSION_ID = re.compile(r"sess_\d{8}_\d{6}_[0-9a-f]{6}")
 
@@ -136,7 +137,7 @@ class TestConcurrentContextMerges:
     def test_admin_patches_and_agent_patches_lose_no_key(self, database_url, engine, device):
         settings = admin_settings(database_url, agents="tests.sessions.agents:noting")
         pipeline = Pipeline(engine, load_registry(settings.agents), settings)
-        pipeline.handle(Inbound("acme", device, "first"))
+        aio.run(pipeline.handle, Inbound("acme", device, "first"))
         admin_keys = [f"admin-{t}-{n}" for t in range(3) for n in range(8)]
         agent_keys = [f"agent-{n}" for n in range(12)]
         start = threading.Barrier(4)
@@ -156,7 +157,7 @@ class TestConcurrentContextMerges:
                 # One worker: each agent patch is written by the pipeline's finish statement
                 # while the admin patches land in between.
                 start.wait()
-                return [pipeline.handle(Inbound("acme", device, key)).status for key in agent_keys]
+                return [aio.run(pipeline.handle, Inbound("acme", device, key)).status for key in agent_keys]
 
             with ThreadPoolExecutor(4) as pool:
                 patched = [pool.submit(patch, t) for t in range(3)]

@@ -14,6 +14,7 @@ from tests.sessions.conftest import A, B
 from tests.utils.agents import Gate, Scripted
 from tests.utils.apps import use_registry
 from tests.utils.factories import make_message, make_state, scalar, snapshot
+from tests.utils import aio
 
 TENANT = "acme"
 
@@ -106,7 +107,7 @@ class TestTakeover:
         assert take(bot, dev).json()["held"] == 1
         assert messages(engine, dev) == [("user", "are you there?", None, "held", None)]
         # The cleanup run's crash recovery does not answer it either.
-        assert Pipeline(engine, {"manager": manager}, bot.services.settings).recover() == 0
+        assert aio.run(Pipeline(engine, {"manager": manager}, bot.services.settings).recover) == 0
         assert manager.seen == [] and scalar(engine, "SELECT status FROM conversation_messages WHERE id = %(i)s",
                                              i=waiting) == "held"
 

@@ -27,10 +27,12 @@ def app_client(settings: Settings, **kwargs) -> Iterator[AppClient]:
     try:
         with AppClient(app, raise_server_exceptions=False) as client:
             client.services = services
-            yield client
+            try:
+                yield client
+            finally:
+                # Turns and sends that went on after a webhook's answer finish while the app's loop runs.
+                assert services.whatsapp.background.join(60), "whatsapp background work still running after 60 s"
     finally:
-        # Turns and sends that went on after a webhook's answer finish before the engine goes.
-        assert services.whatsapp.background.join(60), "whatsapp background work still running after 60 s"
         services.database.dispose()
 
 

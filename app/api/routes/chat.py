@@ -150,20 +150,24 @@ def new_chat(device: WebDevice, sessions: Sessions) -> NewSession:
 @router.post(
     "/api/chat",
     response_model=ChatResponse,
-    responses={202: {"model": Queued}, **_errors(413, 422)},
+    responses={202: {"model": Queued}, **_errors(413, 422, 503)},
 )
-def chat(
+async def chat(
     body: ChatRequest,
     device: WebDevice,
     pipeline: Pipe,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> ChatResponse | JSONResponse:
-    """Send a message; 200 with the reply, or 202 when it waits behind a busy conversation."""
+    """Send a message; 200 with the reply, 202 when it waits behind a busy conversation.
+
+    503 with Retry-After (nothing stored) when the instance holds MAX_CONCURRENT_TURNS turns.
+    """
     external_id = idempotency_external_id(device.device_id, idempotency_key)
     metadata: dict[str, Any] = {"channel": "web"}
     if body.choice_id is not None:
         metadata["choice_id"] = body.choice_id
-    result = pipeline.handle(Inbound(device.tenant_id, device.device_id, body.message, external_id, metadata))
+    with pipeline.runtime.slot():
+        result = await pipeline.handle(Inbound(device.tenant_id, device.device_id, body.message, external_id, metadata))
     if result.status == "queued":
         queued = Queued(
             device_id=device.device_id,

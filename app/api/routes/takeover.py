@@ -17,6 +17,7 @@ from app import validation
 from app.api.auth import AdminTenant
 from app.api.deps import Db, OperatorSend, Pipe
 from app.api.errors import ApiError
+from app.core.aio import call_async
 from app.admin.schemas import Ttl
 from app.api.routes.sessions import DeviceId, _errors, _not_found
 from app.admin.takeover import DEFAULT_TTL, TakeoverStore
@@ -141,7 +142,9 @@ def release(
         raise _not_found()
     if not row["taken"]:
         raise ApiError(409, "not_taken_over", "no person holds this conversation (released, or the lock expired)")
-    answered = pipeline.drain(tenant, device, send.on_reply(pipeline)) if row["resumed"] else 0
+    answered = 0
+    if row["resumed"]:
+        answered = call_async(pipeline.drain, tenant, device, send.on_reply(pipeline))
     return Released(previous_agent="human", version=row["version"], answered=answered)
 
 

@@ -18,12 +18,18 @@ waits on the Graph API or a slow agent past the budget:
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+from anyio.lowlevel import EventLoopToken
 
 from app import validation
 from app.channels.whatsapp.graph import TYPING_TIMEOUT, GraphApi
@@ -200,6 +206,8 @@ class _Batch:
     sender: WhatsAppSender
     ack_by: float
     jobs: list[_Job]
+    # The app's event loop: the pipeline is async, these threads hand their calls to it.
+    token: EventLoopToken
     acked: bool = False
     cond: threading.Condition = field(default_factory=threading.Condition)
 
@@ -207,6 +215,9 @@ class _Batch:
         # Until the answer is out, everything shares the acknowledgement's budget; after it,
         # each send gets its own bound (nobody waits for it any more).
         return self.ack_by if not self.acked else time.monotonic() + marker_hold(self.sender.settings)
+
+    def _on_loop(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return anyio.from_thread.run(functools.partial(fn, *args, **kwargs), token=self.token)
 
     def _set(self, job: _Job, state: str, *, only_from: tuple[str, ...] | None = None, done: bool = False) -> None:
         with self.cond:
@@ -230,8 +241,9 @@ class _Batch:
                 typing(pending)
 
             try:
-                result = self.pipeline.handle(
-                    job.inbound(), wait=False, on_reply=on_reply, on_working=working, stateless=False
+                result = self._on_loop(
+                    self.pipeline.handle, job.inbound(), wait=False, on_reply=on_reply, on_working=working,
+                    stateless=False,
                 )
                 self._set(job, "duplicate" if result.duplicate else "stored", only_from=("running",), done=True)
             except StoreUnavailable as err:
@@ -266,7 +278,8 @@ class _Batch:
     def _store(self, job: _Job) -> None:
         inbound, started = job.inbound(), job.state != "storing"
         try:
-            claim = self.pipeline.ledger.claim(
+            claim = self._on_loop(
+                self.pipeline.ledger.claim,
                 validation.tenant_id(inbound.tenant_id), validation.device_id(inbound.device_id), inbound.text,
                 external_id=inbound.external_id, metadata=inbound.metadata, sent_at=inbound.sent_at,
             )
@@ -288,7 +301,7 @@ class _Batch:
         on_reply = replier(self.sender, self.pipeline.ledger, self.deadline, typing)
         try:
             # Pipeline.drain only takes a free lease; this one is already ours.
-            self.pipeline._drain(lease, on_reply, typing)  # noqa: SLF001
+            self._on_loop(self.pipeline._drain, lease, on_reply, typing)  # noqa: SLF001
         except Exception:  # noqa: BLE001 - the lease expires and the cleanup run answers them
             logger.exception("draining device after the webhook's answer failed")
 
@@ -317,7 +330,8 @@ def handle_delivery(
             ignored += 1
         else:
             jobs.append(_Job(settings.whatsapp_tenants.get(message.phone_number_id, DEFAULT_TENANT), message))
-    batch = _Batch(pipeline, sender, received + settings.webhook_ack_seconds - ACK_MARGIN_SECONDS, jobs)
+    token = anyio.from_thread.run_sync(anyio.lowlevel.current_token)  # called on a sync route's worker thread
+    batch = _Batch(pipeline, sender, received + settings.webhook_ack_seconds - ACK_MARGIN_SECONDS, jobs, token)
     devices: dict[tuple[str, str], list[_Job]] = {}
     for job in jobs:
         devices.setdefault((job.tenant, job.message.device_id), []).append(job)

@@ -1,0 +1,49 @@
+"""One event loop for the tests' direct calls into the async pipeline and ledger.
+
+A test thread calls `run(coroutine_function, *args, **kwargs)`; the call runs on a
+loop kept in a thread of its own for the whole test session (anyio's blocking
+portal; tests/conftest.py stops it last), so pools made for it last across tests, and calls made from several test
+threads at once run concurrently on it, as requests do on a server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from app.core.pools import close_loop_pools
+
+T = TypeVar("T")
+
+_lock = threading.Lock()
+_portal: BlockingPortal | None = None
+_stack = contextlib.ExitStack()
+
+
+def portal() -> BlockingPortal:
+    """The session's portal, started on first use and stopped at exit."""
+    global _portal
+    with _lock:
+        if _portal is None:
+            _portal = _stack.enter_context(start_blocking_portal())
+        return _portal
+
+
+def stop() -> None:
+    """Close the loop's pools, then the loop (the session's last fixture teardown)."""
+    global _portal
+    with _lock:
+        if _portal is not None:
+            _portal.call(close_loop_pools)  # the pools' worker tasks end with their loop, not destroyed
+            _stack.close()
+            _portal = None
+
+
+def run(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+    """Run coroutine function fn(*args, **kwargs) on the session's loop and return its result."""
+    return portal().call(functools.partial(fn, *args, **kwargs))
