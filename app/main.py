@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from app.api import errors
 from app.api.limits import KIB, BodyLimit
-from app.api.routes import chat, cron, health, sessions, stats, takeover, web, whatsapp
+from app.api.routes import chat, cron, docs, health, sessions, stats, takeover, web, whatsapp
 from app.core.config import Settings
 from app.core.db import Database
 from app.core.logging import RequestContext
@@ -23,7 +23,8 @@ def create_app(
     """Build the app around the process's services; the database engine is created on first use, never here."""
     if services is None:
         services = build_services(settings or Settings(), serverless=serverless, database=database)
-    app = FastAPI(title="agent-sessions", version="0.1.0")
+    # /docs is app/api/routes/docs.py (assets from our own origin, a strict CSP); no ReDoc.
+    app = FastAPI(title="agent-sessions", version="0.1.0", docs_url=None, redoc_url=None)
     app.state.services = services  # read only by app/api/deps.py
     errors.install(app)
     limits = {"/api/chat": 64 * KIB, "/api/webhooks/": 1024 * KIB, "/api/sessions/import": 16 * 1024 * KIB}
@@ -37,4 +38,5 @@ def create_app(
     app.include_router(sessions.router)
     app.include_router(stats.router)
     app.include_router(web.router)
+    docs.install(app)
     return app
