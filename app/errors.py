@@ -21,6 +21,18 @@ class InvalidDeviceId(InvalidInput):
     code = "invalid_device_id"
 
 
+class UnaddressableDeviceId(InvalidDeviceId):
+    """Device id no route can address: it holds `/`, or is `.` or `..` (a path segment clients rewrite)."""
+
+    code = "unaddressable_device_id"
+
+
+class NonFiniteNumber(InvalidInput):
+    """JSON input holds NaN, Infinity or -Infinity (or a number so large it parses as infinity)."""
+
+    code = "non_finite_number"
+
+
 class InvalidTenantId(InvalidInput):
     """Tenant id is not 1-128 printable characters."""
 

@@ -27,7 +27,11 @@ def create_app(
     app = FastAPI(title="agent-sessions", version="0.1.0", docs_url=None, redoc_url=None)
     app.state.services = services  # read only by app/api/deps.py
     errors.install(app)
-    limits = {"/api/chat": 64 * KIB, "/api/webhooks/": 1024 * KIB, "/api/sessions/import": 16 * 1024 * KIB}
+    limits = {
+        "/api/chat": 64 * KIB,
+        "/api/webhooks/": 1024 * KIB,
+        "/api/sessions/import": services.settings.import_max_bytes,
+    }
     app.add_middleware(BodyLimit, limits=limits, default=256 * KIB)
     app.add_middleware(RequestContext)  # outermost: every response and log line gets the request id
     app.include_router(health.router)

@@ -309,6 +309,7 @@ class Pipeline:
                 if not isinstance(answer, AgentReply):
                     raise TypeError(f"agent {key} returned {type(answer).__name__}, not AgentReply")
                 patch = patch.then(ContextPatch.parse(answer.context))
+                validation.storable_json([answer.metadata, answer.template], "reply")  # stored with the reply
             except Exception as err:  # noqa: BLE001 - an agent's failure must not fail the request
                 logger.error("agent %s failed: %s", key, type(err).__name__)  # the text may hold personal data
                 return _failed(agent_before, f"{type(err).__name__}: {err}", _ms(started), agent=key, tools=tools)

@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationInfo,
     model_validator,
 )
 from sqlalchemy import exc
@@ -40,6 +41,16 @@ INT32 = 2**31 - 1
 MAX_ID = 2**53 - 1
 
 
+# Validation context of an import: its device id must also be one the routes can address.
+IMPORTING = {"import": True}
+
+
+def _device_id(value: str, info: ValidationInfo) -> str:
+    # Stored as every route reads it (a UUID in any spelling: its lowercase form), so the
+    # duplicate check sees the device the tenant already has, and the routes find the copy.
+    # An export names a device a route just found, so only an import is checked for that.
+    check = validation.addressable_device_id if (info.context or {}).get("import") else validation.device_id
+    return canonical_device_id(check(value))
 
 
 def _session_id(value: str) -> str:
@@ -67,7 +78,7 @@ AgentKey = Annotated[
     str, Field(max_length=50, pattern=r"^[a-z][a-z0-9_-]{0,49}$"), AfterValidator(validation.agent_key)
 ]
 DeviceId = Annotated[
-    str, Field(min_length=1, max_length=128, json_schema_extra=ID_SCHEMA), AfterValidator(validation.device_id)
+    str, Field(min_length=1, max_length=128, json_schema_extra=ID_SCHEMA), AfterValidator(_device_id)
 ]
 SessionId = Annotated[
     str, Field(min_length=1, max_length=128, json_schema_extra=ID_SCHEMA), AfterValidator(_session_id)
@@ -170,9 +181,11 @@ class ExportDocument(Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _readable(cls, data: Any) -> Any:
-        # Checked first, so a newer document is refused for its version, not for
-        # whatever field it changed.
+    def readable(cls, data: Any) -> Any:
+        """ValueError for a newer format_version or unstorable JSON (NUL, NaN...) anywhere in the document.
+
+        Checked first, so a newer document is refused for its version, not for whatever field it changed.
+        """
         if isinstance(data, dict):
             version = data.get("format_version")
             if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:

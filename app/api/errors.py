@@ -16,8 +16,10 @@ from app.errors import (
     ImportConflict,
     InvalidInput,
     LeaseLost,
+    NonFiniteNumber,
     SessionError,
     StoreUnavailable,
+    UnaddressableDeviceId,
 )
 
 logger = logging.getLogger(__name__)
@@ -31,6 +33,10 @@ STATUS = [
     (ConfigurationError, 500),
     (SessionError, 500),
 ]
+
+# Raised inside body validation, these keep their own code on the 422 instead of
+# "validation_error", so a client can tell them apart without parsing the message.
+TYPED_IN_BODIES = (NonFiniteNumber, UnaddressableDeviceId)
 
 
 class ErrorDetail(BaseModel):
@@ -75,7 +81,8 @@ def install(app: FastAPI) -> None:
         first = err.errors()[0] if err.errors() else {}
         where = ".".join(str(part) for part in first.get("loc", ()))
         message = f"{where}: {first.get('msg', 'invalid request')}" if where else "invalid request"
-        return error_response(422, "validation_error", message)
+        cause = (first.get("ctx") or {}).get("error")
+        return error_response(422, cause.code if isinstance(cause, TYPED_IN_BODIES) else "validation_error", message)
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, err: HTTPException) -> JSONResponse:

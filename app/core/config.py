@@ -86,6 +86,8 @@ class Settings(BaseSettings):
 
     # Session admin API: "tenant:key,tenant:key"; each key sees only its tenant. Parsed once, at start.
     admin_api_keys: SecretStr | None = None
+    # Bytes of a POST /api/sessions/import body; past it 413 before the body is read whole.
+    import_max_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     _admin_keys: list[tuple[str, bytes]] = PrivateAttr(default_factory=list)
 
     # Signed web chat device ids (<uuid>.<tag>); unset keeps plain UUIDs.
