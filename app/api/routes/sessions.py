@@ -86,6 +86,7 @@ def import_session(tenant: AdminTenant, database: Db, document: ExportDocument) 
         session_id=state.session_id if state else None,
         messages=counts["messages"],
         audit=counts["audit"],
+        dropped_metadata=counts["dropped_metadata"],
     )
 
 
