@@ -11,7 +11,9 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-TABLES = ("conversation_states", "conversation_messages", "conversation_audit", "cleanup_runs")
+TABLES = (
+    "conversation_states", "conversation_messages", "conversation_audit", "cleanup_runs", "erased_channel_messages",
+)
 
 
 def make_state(

@@ -30,6 +30,7 @@ from app.channels.whatsapp.graph import TYPING_TIMEOUT, GraphApi
 from app.channels.whatsapp.inbound import CHANNEL, UserMessage, business_tenant, user_messages
 from app.channels.whatsapp.outbox import Outbox, marker_hold
 from app.core.config import Settings
+from app.erasure import ReplayGuard
 from app.errors import InvalidInput, StoreError, StoreUnavailable
 from app.ledger import Answer, Ledger, Pending
 from app.pipeline import Inbound, OnReply, Pipeline
@@ -307,7 +308,8 @@ def handle_delivery(
     """Run the user messages of one delivery, each device's in order; answer within the budget.
 
     received: time.monotonic() when the request arrived. StoreUnavailable propagates
-    (so Meta redelivers) when a message could not be stored.
+    (so Meta redelivers) when a message could not be stored. A message whose device was
+    erased since it was first stored counts as a duplicate (one lookup per delivery).
     """
     received = time.monotonic() if received is None else received
     oldest = time.time() - settings.webhook_max_age_seconds
@@ -320,10 +322,15 @@ def handle_delivery(
             ignored += 1
         else:
             jobs.append(_Job(business_tenant(settings.whatsapp_tenants, message.phone_number_id), message))
+    # Messages of a device erased since (app/erasure.py): duplicates, as they were before the erasure.
+    erased = ReplayGuard.of(settings).erased(pipeline.ledger.engine, [(j.tenant, j.message.external_id) for j in jobs])
+    for n in erased:
+        jobs[n].state, jobs[n].done = "duplicate", True
     batch = _Batch(pipeline, sender, received + settings.webhook_ack_seconds - ACK_MARGIN_SECONDS, jobs)
     devices: dict[tuple[str, str], list[_Job]] = {}
     for job in jobs:
-        devices.setdefault((job.tenant, job.message.device_id), []).append(job)
+        if job.state == "waiting":
+            devices.setdefault((job.tenant, job.message.device_id), []).append(job)
     for device_jobs in devices.values():
         sender.background.start(batch.run_device, device_jobs)
     batch.settle()
