@@ -84,6 +84,7 @@ class TestRoundTrip:
         assert response.status_code == 201, response.text
         assert response.json() == {
             "device_id": DEVICE, "session_id": before["state"]["session_id"], "messages": 14, "audit": 5,
+            "dropped_metadata": 0,  # web messages: nothing routes them
         }
 
         after = everything(scripted)
@@ -116,6 +117,20 @@ class TestRoundTrip:
         assert client.post("/api/sessions/import", json=document, headers=A).status_code == 201
         (reply,) = client.get("/api/sessions/dev/messages", headers=A).json()["items"]
         assert (reply["content"], reply["reply_to"]) == ("a", None)
+
+    def test_channel_routing_metadata_is_dropped_and_counted(self, client, engine):
+        document = seeded_document(client, engine)
+        client.delete("/api/sessions/dev", headers=A)
+        question, answer = document["messages"]
+        question["metadata"] = {"channel": "whatsapp", "phone_number_id": "2200002", "to": "15557770001",
+                                "wa_message_id": "wamid.X", "choice_id": "tue"}
+        answer["metadata"] = {"channel": "web", "recipient": "US.1", "choices": [{"id": "a", "title": "A"}]}
+        response = client.post("/api/sessions/import", json=document, headers=A)
+        assert response.status_code == 201 and response.json()["dropped_metadata"] == 2
+        again = client.get("/api/sessions/dev/export", headers=A).json()
+        assert [m["metadata"] for m in again["messages"]] == [
+            {"choice_id": "tue"}, {"channel": "web", "choices": [{"id": "a", "title": "A"}]},
+        ]
 
     def test_document_without_state_imports_messages_only(self, client, engine):
         make_exchange(engine, "dev", "acme")

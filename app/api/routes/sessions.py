@@ -95,6 +95,7 @@ def import_session(
         session_id=state.session_id if state else None,
         messages=counts["messages"],
         audit=counts["audit"],
+        dropped_metadata=counts["dropped_metadata"],
     )
 
 

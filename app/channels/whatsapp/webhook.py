@@ -27,16 +27,16 @@ from typing import Any
 
 from app import validation
 from app.channels.whatsapp.graph import TYPING_TIMEOUT, GraphApi
-from app.channels.whatsapp.inbound import CHANNEL, UserMessage, user_messages
+from app.channels.whatsapp.inbound import CHANNEL, UserMessage, business_tenant, user_messages
 from app.channels.whatsapp.outbox import Outbox, marker_hold
 from app.core.config import Settings
+from app.erasure import ReplayGuard
 from app.errors import InvalidInput, StoreError, StoreUnavailable
 from app.ledger import Answer, Ledger, Pending
 from app.pipeline import Inbound, OnReply, Pipeline
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TENANT = "default"
 ACK_MARGIN_SECONDS = 0.5  # kept back from the budget for the final stores and the answer itself
 
 Deadline = Callable[[], float]
@@ -144,8 +144,8 @@ class Typist:
     (at most TYPING_TIMEOUT) for a call in flight: "typing..." never follows the reply.
     """
 
-    def __init__(self, sender: WhatsAppSender, deadline: Deadline | None = None):
-        self.sender, self.deadline = sender, deadline
+    def __init__(self, sender: WhatsAppSender, deadline: Deadline | None = None, tenant: str | None = None):
+        self.sender, self.deadline, self.tenant = sender, deadline, tenant
         self.interval = sender.settings.whatsapp_typing_interval_seconds
         self._last: dict[str, float] = {}
         self._done: set[str] = set()  # messages whose first typing call has ended
@@ -156,6 +156,9 @@ class Typist:
         message_id, phone_number_id = metadata.get("wa_message_id"), metadata.get("phone_number_id")
         if metadata.get("channel") != CHANNEL or not message_id or not phone_number_id:
             return
+        tenants = self.sender.settings.whatsapp_tenants
+        if self.tenant is None or business_tenant(tenants, str(phone_number_id)) != self.tenant:
+            return  # only on a number of the tenant whose delivery this is
         now = time.monotonic()
         with self._cond:
             if message_id in self._last and now - self._last[message_id] < self.interval:
@@ -176,8 +179,9 @@ class Typist:
             self._cond.wait_for(lambda: message_id in self._done, timeout=TYPING_TIMEOUT)
 
 
-def typist(sender: WhatsAppSender, deadline: Deadline | None = None) -> Typist:
-    return Typist(sender, deadline)
+def typist(sender: WhatsAppSender, deadline: Deadline | None = None, tenant: str | None = None) -> Typist:
+    """The Typist of one tenant's delivery: it marks only messages that came in on the tenant's own numbers."""
+    return Typist(sender, deadline, tenant)
 
 
 @dataclass
@@ -216,7 +220,7 @@ class _Batch:
             self.cond.notify_all()
 
     def run_device(self, jobs: list[_Job]) -> None:
-        typing = typist(self.sender, self.deadline)
+        typing = typist(self.sender, self.deadline, jobs[0].tenant)
         on_reply = replier(self.sender, self.pipeline.ledger, self.deadline, typing)
         for job in jobs:
             with self.cond:
@@ -284,7 +288,7 @@ class _Batch:
             self.sender.background.start(self._drain, claim.lease)
 
     def _drain(self, lease: Any) -> None:
-        typing = typist(self.sender, self.deadline)
+        typing = typist(self.sender, self.deadline, lease.tenant)
         on_reply = replier(self.sender, self.pipeline.ledger, self.deadline, typing)
         try:
             # Pipeline.drain only takes a free lease; this one is already ours.
@@ -304,7 +308,8 @@ def handle_delivery(
     """Run the user messages of one delivery, each device's in order; answer within the budget.
 
     received: time.monotonic() when the request arrived. StoreUnavailable propagates
-    (so Meta redelivers) when a message could not be stored.
+    (so Meta redelivers) when a message could not be stored. A message whose device was
+    erased since it was first stored counts as a duplicate (one lookup per delivery).
     """
     received = time.monotonic() if received is None else received
     oldest = time.time() - settings.webhook_max_age_seconds
@@ -316,11 +321,16 @@ def handle_delivery(
             logger.info("whatsapp message %s is older than WEBHOOK_MAX_AGE_SECONDS: ignored", message.id)
             ignored += 1
         else:
-            jobs.append(_Job(settings.whatsapp_tenants.get(message.phone_number_id, DEFAULT_TENANT), message))
+            jobs.append(_Job(business_tenant(settings.whatsapp_tenants, message.phone_number_id), message))
+    # Messages of a device erased since (app/erasure.py): duplicates, as they were before the erasure.
+    erased = ReplayGuard.of(settings).erased(pipeline.ledger.engine, [(j.tenant, j.message.external_id) for j in jobs])
+    for n in erased:
+        jobs[n].state, jobs[n].done = "duplicate", True
     batch = _Batch(pipeline, sender, received + settings.webhook_ack_seconds - ACK_MARGIN_SECONDS, jobs)
     devices: dict[tuple[str, str], list[_Job]] = {}
     for job in jobs:
-        devices.setdefault((job.tenant, job.message.device_id), []).append(job)
+        if job.state == "waiting":
+            devices.setdefault((job.tenant, job.message.device_id), []).append(job)
     for device_jobs in devices.values():
         sender.background.start(batch.run_device, device_jobs)
     batch.settle()
