@@ -1,7 +1,8 @@
 """The web chat API: POST /api/chat, and the device's own conversations under /api/chat.
 
-Every route but POST /api/devices speaks for one device: X-Device-ID (signed when
-DEVICE_ID_SECRET is set; 400 missing or malformed, 401 unsigned) and X-Tenant-ID.
+Every route but POST /api/devices speaks for one device: X-Device-ID (signed for its
+tenant when DEVICE_ID_SECRET is set; 400 missing or malformed, 401 unsigned or signed for
+another tenant) and X-Tenant-ID (one of WEB_TENANTS, else 400 unknown_tenant).
 A device sees only its own data: another device's session answers the same 404
 as a session that does not exist.
 """
@@ -16,7 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, Field
 
 from app import devices
-from app.api.auth import WebDevice
+from app.api.auth import WebDevice, WebTenant
 from app.api.deps import AppSettings, History, Pipe, Sessions
 from app.api.errors import ApiError, ErrorBody
 from app.pipeline import Inbound, Result
@@ -134,11 +135,12 @@ SESSION_ID = {"min_length": 1, "max_length": 128, "json_schema_extra": ID_SCHEMA
 NO_SESSION = "no such session for this device"
 
 
-@router.post("/api/devices", status_code=201, response_model=Device)
-def new_device(settings: AppSettings) -> Device:
-    """Issue a device id for a new web chat client (signed when DEVICE_ID_SECRET is set)."""
+@router.post("/api/devices", status_code=201, response_model=Device, responses={400: {"model": ErrorBody}})
+def new_device(settings: AppSettings, tenant: WebTenant) -> Device:
+    """Issue a device id for a new web chat client of the X-Tenant-ID tenant (signed, and bound to
+    that tenant, when DEVICE_ID_SECRET is set)."""
     secret = settings.device_id_secret.get_secret_value() if settings.device_id_secret else None
-    return Device(device_id=devices.issue(secret))
+    return Device(device_id=devices.issue(secret, tenant))
 
 
 @router.post("/api/chat/new", status_code=201, response_model=NewSession, responses=_errors())
