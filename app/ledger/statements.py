@@ -130,8 +130,8 @@ lease AS (
         version = s.version + 1,
         updated_at = now()
     WHERE {WITHIN_LIMIT}
-    RETURNING true AS present, s.lease_token = %(token)s AS won, s.lease_epoch, {live_agent("s")} AS lock_agent, s.context,
-              s.session_id, s.version = COALESCE((SELECT version + 1 FROM snap), 0) AS exact,
+    RETURNING true AS present, s.lease_token = %(token)s AS won, s.lease_epoch, {live_agent("s")} AS lock_agent,
+              s.context, s.session_id, s.version = COALESCE((SELECT version + 1 FROM snap), 0) AS exact,
               {HUMAN} AS held, {live_until("s")} AS lock_expires_at
 ), turn AS (
     SELECT lease.won AND lease.exact AND NOT EXISTS (SELECT 1 FROM older) AS first FROM lease

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -108,3 +110,21 @@ class TestNewDevicesPerAddress:
         with engine.begin() as conn:
             keys = conn.exec_driver_sql("SELECT key FROM rate_limit_windows").scalars().all()
         assert keys == ["198.51.100.2"]
+
+
+def test_concurrent_messages_of_one_device_never_pass_the_limit(engine):
+    ledger = Ledger(engine, lease_seconds=30, default_ttl=86400, context_cap=20, rate_limit=5)
+    start = threading.Barrier(12)
+
+    def claim(n: int) -> str:
+        start.wait()
+        try:
+            ledger.claim("default", DEVICE, f"m{n}", external_id=None, metadata={})
+        except RateLimited:
+            return "limited"
+        return "stored"
+
+    with ThreadPoolExecutor(12) as pool:
+        outcomes = list(pool.map(claim, range(12)))
+    assert outcomes.count("stored") == 5 and outcomes.count("limited") == 7
+    assert len(inbound(engine)) == 5
