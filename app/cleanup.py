@@ -74,6 +74,8 @@ DELETE_ORPHANS = _batch(
 
 # Keyed hashes of erased channel message ids past their replay window (app/erasure.py).
 DELETE_EXPIRED_ERASED = _batch("erased_channel_messages", "s.expires_at <= now()")
+# Rate limit windows that are over (app/rate_limits.py): the next hit would start afresh anyway.
+DELETE_OVER_WINDOWS = _batch("rate_limit_windows", "s.window_start <= now() - interval '60 seconds'")
 
 RECORD_RUN = """
 INSERT INTO cleanup_runs (started_at, released, deleted_messages, deleted_states, recovered, duration_ms)
@@ -114,6 +116,7 @@ def run_cleanup(
     if settings.orphan_after_hours:
         params = {"hours": settings.orphan_after_hours}
         states = run_batches(engine, DELETE_ORPHANS, params, batch_size=batch, deadline=deadline)
+    run_batches(engine, DELETE_OVER_WINDOWS, {}, batch_size=batch, deadline=deadline)
     recovered = pipeline.recover(on_reply) if pipeline is not None else 0
     duration_ms = round((time.perf_counter() - started) * 1000)
     result = CleanupResult(released, messages + states, duration_ms, recovered)

@@ -97,3 +97,16 @@ class ImportConflict(SessionError):
     """An import names a device the tenant already holds; nothing was written."""
 
     code = "conflict"
+
+
+class RateLimited(SessionError):
+    """Past a rate limit (RATE_LIMIT_PER_DEVICE, RATE_LIMIT_NEW_DEVICES); nothing was stored.
+
+    retry_after: whole seconds (1-60) until the current one-minute window ends.
+    """
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after

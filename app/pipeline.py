@@ -103,6 +103,7 @@ class Pipeline:
             history=settings.agent_history_messages,
             batch=settings.burst_max_messages if settings.burst_mode == "merge" else 1,
             max_attempts=settings.agent_max_attempts,
+            rate_limit=settings.rate_limit_per_device,
         )
 
     def handle(
@@ -113,7 +114,8 @@ class Pipeline:
 
         When the store is unreachable the manager answers statelessly, or with
         stateless=False StoreUnavailable propagates (a webhook asks for redelivery).
-        Raises IdempotencyKeyReused when the external id is known with another text.
+        Raises IdempotencyKeyReused when the external id is known with another text, RateLimited
+        past RATE_LIMIT_PER_DEVICE (nothing stored).
         """
         tenant = validation.tenant_id(inbound.tenant_id)
         device = validation.device_id(inbound.device_id)

@@ -17,6 +17,7 @@ from app.errors import (
     InvalidInput,
     LeaseLost,
     NonFiniteNumber,
+    RateLimited,
     SessionError,
     StoreUnavailable,
     UnaddressableDeviceId,
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 STATUS = [
     (IdempotencyKeyReused, 422),
+    (RateLimited, 429),
     (ImportConflict, 409),
     (InvalidInput, 400),
     (StoreUnavailable, 503),
@@ -74,6 +76,8 @@ def install(app: FastAPI) -> None:
             logger.error("%s on %s %s: %s", err.code, request.method, request.url.path, err)
         message = str(err) if status < 500 or isinstance(err, ConfigurationError) else _public(err)
         headers = {"Retry-After": "5"} if status == 503 else None
+        if isinstance(err, RateLimited):
+            headers = {"Retry-After": str(err.retry_after)}
         return error_response(status, err.code, message, headers)
 
     @app.exception_handler(RequestValidationError)

@@ -25,7 +25,7 @@ TABLES = (
 
 def hardened_settings(database_url: str, graph_url: str = "http://127.0.0.1:9", **overrides):
     """Every secret set, outbound calls to a local address."""
-    values = {"admin_api_keys": ADMIN_KEYS, "cron_secret": CRON_SECRET}
+    values = {"admin_api_keys": ADMIN_KEYS, "cron_secret": CRON_SECRET, "web_tenants": "default,acme,globex"}
     return whatsapp_settings(database_url, graph_url, **(values | overrides))
 
 

@@ -30,8 +30,9 @@ from app.channels.whatsapp.graph import TYPING_TIMEOUT, GraphApi
 from app.channels.whatsapp.inbound import CHANNEL, UserMessage, business_tenant, user_messages
 from app.channels.whatsapp.outbox import Outbox, marker_hold
 from app.core.config import Settings
+from app.core.logging import device_hash
 from app.erasure import ReplayGuard
-from app.errors import InvalidInput, StoreError, StoreUnavailable
+from app.errors import InvalidInput, RateLimited, StoreError, StoreUnavailable
 from app.ledger import Answer, Ledger, Pending
 from app.pipeline import Inbound, OnReply, Pipeline
 
@@ -207,6 +208,16 @@ class _Batch:
     acked: bool = False
     cond: threading.Condition = field(default_factory=threading.Condition)
 
+    def dropped(self, job: _Job, err: RateLimited) -> None:
+        """Record a message refused by RATE_LIMIT_PER_DEVICE: acknowledged (Meta must not
+        redeliver it), never stored, never answered."""
+        logger.warning(
+            "whatsapp message %s from device %s dropped: over the rate limit (RATE_LIMIT_PER_DEVICE), "
+            "window ends in %s s", job.message.id, device_hash(self.sender.settings, job.message.device_id),
+            err.retry_after,
+        )
+        self._set(job, "ignored", done=True)
+
     def deadline(self) -> float:
         # Until the answer is out, everything shares the acknowledgement's budget; after it,
         # each send gets its own bound (nobody waits for it any more).
@@ -243,6 +254,8 @@ class _Batch:
                 for rest in jobs[jobs.index(job):]:
                     self._set(rest, "unavailable", only_from=("waiting", "running"), done=True)
                 return  # the request stores them itself, or answers 503
+            except RateLimited as err:
+                self.dropped(job, err)
             except (InvalidInput, StoreError) as err:
                 # A redelivery would carry the same value, and a statement the database
                 # refuses would fail again: acknowledge and keep the batch going.
@@ -276,6 +289,9 @@ class _Batch:
             )
         except StoreUnavailable:
             raise  # 503: Meta delivers again once the store is back
+        except RateLimited as err:
+            self.dropped(job, err)
+            return
         except (InvalidInput, StoreError) as err:
             logger.error("whatsapp message %s ignored: %s", job.message.id, err)
             self._set(job, "ignored")
