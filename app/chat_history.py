@@ -5,8 +5,10 @@ DEVICE_MESSAGES  -> one session of the device only (default: the current one, wi
                     waiting for an answer); found is false for a session the device does not have
 HISTORY (admin)  -> the device's sessions, newest first (the admin API's statement, reused)
 DELETE_SESSION   -> the messages of one session of the device, in one statement; the state row (lock,
-                    context, lease) is not touched; found is false for a session the device does not have
-ERASE (admin)    -> state, messages (with their deduplication ids) and audit of the device, all or nothing
+                    context, lease) is not touched; found is false for a session the device does not have;
+                    keyed hashes of its channel message ids stay for the replay window (app/erasure.py)
+ERASE (admin)    -> state, messages (with their deduplication ids) and audit of the device, all or nothing;
+                    as DELETE_SESSION, the keyed hashes of its channel message ids stay
 
 Every statement is filtered by tenant and device, so a device never reads or changes
 another device's rows, and another device's session looks exactly like a missing one.
@@ -22,6 +24,7 @@ from sqlalchemy.engine import Engine
 from app import validation
 from app.admin.statements import ERASE, HISTORY, KEY
 from app.core.db import run
+from app.erasure import NO_GUARD, ReplayGuard, keep_erased
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +64,8 @@ WITH cur AS (
     SELECT 1 FROM conversation_states s WHERE {KEY} AND s.session_id = %(session)s
 ), gone AS (
     DELETE FROM conversation_messages m WHERE {DEVICE} AND m.session_id = %(session)s
-    RETURNING 1
+    RETURNING m.external_id, m.created_at, m.sent_at
+), kept AS ({keep_erased("gone")}
 )
 SELECT EXISTS (SELECT 1 FROM cur) OR EXISTS (SELECT 1 FROM gone) AS found, (SELECT count(*) FROM gone) AS messages
 """
@@ -70,8 +74,9 @@ SELECT EXISTS (SELECT 1 FROM cur) OR EXISTS (SELECT 1 FROM gone) AS found, (SELE
 class ChatHistory:
     """A device's own messages and sessions; every method takes the tenant and device first."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, guard: ReplayGuard = NO_GUARD):
         self.engine = engine
+        self.guard = guard  # NO_GUARD: an erasure keeps no hashes of its channel message ids
 
     def _rows(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         return run(self.engine, sql, params, rows="all")
@@ -100,12 +105,16 @@ class ChatHistory:
 
     def delete_session(self, tenant: str, device: str, session_id: str) -> bool:
         """Delete the messages of one of the device's sessions; False if it has no such session."""
-        row = self._rows(DELETE_SESSION, self._key(tenant, device) | {"session": session_id})[0]
+        params = self._key(tenant, device) | {"session": session_id} | self.guard.params()
+        row = self._rows(DELETE_SESSION, params)[0]
         if row["found"]:
             logger.info("a device deleted one of its sessions: %s messages", row["messages"])
         return bool(row["found"])
 
     def erase(self, tenant: str, device: str) -> None:
-        """Delete everything stored for the device (state, messages, deduplication ids, audit)."""
-        row = self._rows(ERASE, self._key(tenant, device))[0]
+        """Delete everything stored for the device (state, messages, deduplication ids, audit).
+
+        Keyed hashes of its channel message ids stay for the replay window (app/erasure.py).
+        """
+        row = self._rows(ERASE, self._key(tenant, device) | self.guard.params())[0]
         logger.info("a device erased its history: %s state, %s messages, %s audit rows", *row.values())

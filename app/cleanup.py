@@ -73,6 +73,11 @@ DELETE_ORPHANS = _batch(
           WHERE m.tenant_id = s.tenant_id AND m.device_id = s.device_id AND m.status = 'pending')""",
 )
 
+# Keyed hashes of erased channel message ids past their replay window (app/erasure.py).
+DELETE_EXPIRED_ERASED = _batch("erased_channel_messages", "s.expires_at <= now()")
+# Rate limit windows that are over (app/rate_limits.py): the next hit would start afresh anyway.
+DELETE_OVER_WINDOWS = _batch("rate_limit_windows", "s.window_start <= now() - interval '60 seconds'")
+
 RECORD_RUN = """
 INSERT INTO cleanup_runs (started_at, released, deleted_messages, deleted_states, recovered, duration_ms)
 VALUES (now() - make_interval(secs => %(duration_ms)s / 1000.0), %(released)s, %(messages)s, %(states)s,
@@ -94,7 +99,8 @@ class CleanupResult:
 def run_cleanup(
     engine: Engine, settings: Settings, *, pipeline: Pipeline | None = None, on_reply: OnReply | None = None
 ) -> CleanupResult:
-    """Release expired locks, apply retention, recover stale pending messages, and record the run."""
+    """Release expired locks, apply retention, drop expired erasure hashes, recover stale pending messages,
+    and record the run."""
     started = time.perf_counter()
     deadline = None if settings.cleanup_max_seconds is None else time.monotonic() + settings.cleanup_max_seconds
     batch = settings.cleanup_batch_size
@@ -107,9 +113,11 @@ def run_cleanup(
         messages = run_batches(engine, DELETE_OLD_MESSAGES, params, batch_size=batch, deadline=deadline)
         run_batches(engine, BLANK_OLD_CONTENT, params, batch_size=batch, deadline=deadline)
         run_batches(engine, DELETE_OLD_AUDIT, params, batch_size=batch, deadline=deadline)
+    run_batches(engine, DELETE_EXPIRED_ERASED, {}, batch_size=batch, deadline=deadline)
     if settings.orphan_after_hours:
         params = {"hours": settings.orphan_after_hours}
         states = run_batches(engine, DELETE_ORPHANS, params, batch_size=batch, deadline=deadline)
+    run_batches(engine, DELETE_OVER_WINDOWS, {}, batch_size=batch, deadline=deadline)
     recovered = call_async(pipeline.recover, on_reply) if pipeline is not None else 0
     duration_ms = round((time.perf_counter() - started) * 1000)
     result = CleanupResult(released, messages + states, duration_ms, recovered)

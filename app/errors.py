@@ -21,6 +21,18 @@ class InvalidDeviceId(InvalidInput):
     code = "invalid_device_id"
 
 
+class UnaddressableDeviceId(InvalidDeviceId):
+    """Device id no route can address: it holds `/`, or is `.` or `..` (a path segment clients rewrite)."""
+
+    code = "unaddressable_device_id"
+
+
+class NonFiniteNumber(InvalidInput):
+    """JSON input holds NaN, Infinity or -Infinity (or a number so large it parses as infinity)."""
+
+    code = "non_finite_number"
+
+
 class InvalidTenantId(InvalidInput):
     """Tenant id is not 1-128 printable characters."""
 
@@ -96,5 +108,18 @@ class Overloaded(SessionError):
     code = "overloaded"
 
     def __init__(self, message: str, *, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RateLimited(SessionError):
+    """Past a rate limit (RATE_LIMIT_PER_DEVICE, RATE_LIMIT_NEW_DEVICES); nothing was stored.
+
+    retry_after: whole seconds (1-60) until the current one-minute window ends.
+    """
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: int):
         super().__init__(message)
         self.retry_after = retry_after

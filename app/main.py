@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from app.api import errors
 from app.api.limits import KIB, BodyLimit
-from app.api.routes import chat, cron, health, sessions, stats, takeover, web, whatsapp
+from app.api.routes import chat, cron, docs, health, sessions, stats, takeover, web, whatsapp
 from app.core.config import Settings
 from app.core.db import Database
 from app.core.logging import RequestContext
@@ -34,10 +34,15 @@ def create_app(
         services.runtime.closing = True
         await services.database.aclose()
 
-    app = FastAPI(title="agent-sessions", version="0.1.0", lifespan=lifespan)
+    # /docs is app/api/routes/docs.py (assets from our own origin, a strict CSP); no ReDoc.
+    app = FastAPI(title="agent-sessions", version="0.1.0", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.services = services  # read only by app/api/deps.py
     errors.install(app)
-    limits = {"/api/chat": 64 * KIB, "/api/webhooks/": 1024 * KIB, "/api/sessions/import": 16 * 1024 * KIB}
+    limits = {
+        "/api/chat": 64 * KIB,
+        "/api/webhooks/": 1024 * KIB,
+        "/api/sessions/import": services.settings.import_max_bytes,
+    }
     app.add_middleware(BodyLimit, limits=limits, default=256 * KIB)
     app.add_middleware(RequestContext)  # outermost: every response and log line gets the request id
     app.include_router(health.router)
@@ -48,4 +53,5 @@ def create_app(
     app.include_router(sessions.router)
     app.include_router(stats.router)
     app.include_router(web.router)
+    docs.install(app)
     return app

@@ -121,6 +121,7 @@ class Pipeline:
             history=settings.agent_history_messages,
             batch=settings.burst_max_messages if settings.burst_mode == "merge" else 1,
             max_attempts=settings.agent_max_attempts,
+            rate_limit=settings.rate_limit_per_device,
         )
 
     async def handle(
@@ -131,7 +132,8 @@ class Pipeline:
 
         When the store is unreachable the manager answers statelessly, or with
         stateless=False StoreUnavailable propagates (a webhook asks for redelivery).
-        Raises IdempotencyKeyReused when the external id is known with another text.
+        Raises IdempotencyKeyReused when the external id is known with another text, RateLimited
+        past RATE_LIMIT_PER_DEVICE (nothing stored).
         """
         tenant = validation.tenant_id(inbound.tenant_id)
         device = validation.device_id(inbound.device_id)
@@ -396,6 +398,7 @@ class Pipeline:
                 if not isinstance(answer, AgentReply):
                     raise TypeError(f"agent {key} returned {type(answer).__name__}, not AgentReply")
                 patch = patch.then(ContextPatch.parse(answer.context))
+                validation.storable_json([answer.metadata, answer.template], "reply")  # stored with the reply
             except Exception as err:  # noqa: BLE001 - an agent's failure must not fail the request
                 logger.error("agent %s failed: %s", key, type(err).__name__)  # the text may hold personal data
                 return _failed(agent_before, f"{type(err).__name__}: {err}", _ms(started), agent=key, tools=tools)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -12,6 +13,8 @@ from app.errors import (
     InvalidMessage,
     InvalidTenantId,
     InvalidTTL,
+    NonFiniteNumber,
+    UnaddressableDeviceId,
 )
 
 AGENT_KEY = re.compile(r"[a-z][a-z0-9_-]{0,49}")
@@ -29,6 +32,22 @@ def device_id(value: object) -> str:
     if not _is_id(value):
         raise InvalidDeviceId("device id must be 1-128 printable characters without whitespace")
     return value  # type: ignore[return-value]
+
+
+# Path segments that URL clients resolve (browsers even when percent-encoded) instead of sending.
+DOT_SEGMENTS = (".", "..")
+
+
+def addressable_device_id(value: object) -> str:
+    """Return value if it is a valid device id the routes can address in a URL path.
+
+    Raises InvalidDeviceId for an invalid id, UnaddressableDeviceId for one holding `/`
+    (no route's path parameter matches it, even percent-encoded) or being `.` or `..`.
+    """
+    device = device_id(value)
+    if "/" in device or device in DOT_SEGMENTS:
+        raise UnaddressableDeviceId("device id must not contain '/' nor be '.' or '..': no route could address it")
+    return device
 
 
 def tenant_id(value: object) -> str:
@@ -70,10 +89,18 @@ def message_text(value: object) -> str:
 
 
 def storable_json(value: Any, where: str = "", depth: int = 0) -> None:
-    """Raise ValueError if a JSON value nests deeper than MAX_JSON_DEPTH or holds text PostgreSQL cannot store."""
+    """Raise ValueError if a JSON value nests deeper than MAX_JSON_DEPTH or holds what PostgreSQL cannot store.
+
+    Unstorable: text with NUL or a lone surrogate, and non-finite numbers (NonFiniteNumber,
+    a ValueError): Python's json reads NaN, Infinity, -Infinity and 1e400 (as inf), but
+    jsonb refuses them, and pydantic would quietly write them as null.
+    """
     if depth > MAX_JSON_DEPTH:
         raise ValueError(f"{where or 'value'}: nested deeper than {MAX_JSON_DEPTH} levels")
-    if isinstance(value, str):
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise NonFiniteNumber(f"{where or 'value'}: {value} is not a finite number (JSON has no NaN or Infinity)")
+    elif isinstance(value, str):
         if _unstorable(value):
             raise ValueError(f"{where or 'value'}: text must not contain NUL characters or lone surrogates")
     elif isinstance(value, dict):

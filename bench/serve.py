@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy.engine import Engine
 
+from bench.common import NO_RATE_LIMITS
 from tests.utils.server import app_env, free_port
 
 START_SECONDS = 60.0
@@ -55,7 +56,7 @@ def uvicorn(
     module: what `python -m` runs with uvicorn's arguments (bench.nodelay for the TCP_NODELAY diagnostic);
     app: the factory to serve.
     """
-    env = app_env(database_url, **settings)
+    env = app_env(database_url, **(NO_RATE_LIMITS | settings))
     with tempfile.TemporaryDirectory(prefix="bench-uvicorn-") as tmp:
         log_path = Path(tmp) / "server.log"
         port = free_port()

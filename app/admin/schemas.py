@@ -153,3 +153,7 @@ class ImportResult(BaseModel):
     session_id: str | None
     messages: int
     audit: int
+    dropped_metadata: int = Field(
+        description="messages whose channel routing metadata (WhatsApp number, phone, channel) was dropped: "
+        "an imported device is answered on WhatsApp only after its user writes again"
+    )

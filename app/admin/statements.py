@@ -10,13 +10,15 @@
 | PATCH_CONTEXT  | merge a context patch                           | only on a known device; concurrent patches keep keys   |
 | OVERRIDE_SET   | give the lock to an agent, audited              | lock and audit row in one statement                    |
 | OVERRIDE_CLEAR | release the lock, audited                       | as OVERRIDE_SET                                        |
-| ERASE          | everything stored for the device                | one statement: nothing half-erased                     |
+| ERASE          | everything stored for the device                | one statement: nothing half-erased; keyed hashes of    |
+|                |                                                 | its channel message ids stay for the replay window     |
 | STATS          | the monitoring figures                          | one snapshot                                           |
 """
 
 from __future__ import annotations
 
 from app.agents import HUMAN
+from app.erasure import keep_erased
 from app.sql import known_device, live
 
 KEY = "s.tenant_id = %(tenant)s AND s.device_id = %(device)s"
@@ -175,13 +177,16 @@ SELECT NULL::text AS active_agent, NULL::timestamptz AS locked_at, NULL::timesta
 FROM old
 """
 
-# One statement, so the erasure is all or nothing; the channel ids kept for
-# deduplication go with the messages.
-ERASE = """
+# One statement, so the erasure is all or nothing. The channel ids that deduplicate
+# deliveries go with the messages; only their keyed hashes stay, for the replay window
+# (app/erasure.py), so a replayed delivery is still a duplicate.
+ERASE = f"""
 WITH st AS (
     DELETE FROM conversation_states WHERE tenant_id = %(tenant)s AND device_id = %(device)s RETURNING 1
 ), msg AS (
-    DELETE FROM conversation_messages WHERE tenant_id = %(tenant)s AND device_id = %(device)s RETURNING 1
+    DELETE FROM conversation_messages WHERE tenant_id = %(tenant)s AND device_id = %(device)s
+    RETURNING external_id, created_at, sent_at
+), kept AS ({keep_erased("msg")}
 ), aud AS (
     DELETE FROM conversation_audit WHERE tenant_id = %(tenant)s AND device_id = %(device)s RETURNING 1
 )

@@ -17,6 +17,7 @@ from app import validation
 from app.context import ContextPatch, normalized
 from app.core.db import run
 from app.devices import canonical_device_id
+from app.erasure import NO_GUARD, ReplayGuard
 from app.admin.statements import (
     AUDIT, ERASE, GET_STATE, HISTORY, LIST_SESSIONS, MESSAGES, OVERRIDE_CLEAR, OVERRIDE_SET, PATCH_CONTEXT, STATS,
 )
@@ -27,9 +28,10 @@ logger = logging.getLogger(__name__)
 class AdminStore:
     """The admin API's queries; every method takes the caller's tenant first."""
 
-    def __init__(self, engine: Engine, *, context_cap: int = 20):
+    def __init__(self, engine: Engine, *, context_cap: int = 20, guard: ReplayGuard = NO_GUARD):
         self.engine = engine
         self.context_cap = context_cap
+        self.guard = guard  # NO_GUARD: an erasure keeps no hashes of its channel message ids
 
     def _rows(self, sql: str, params: dict[str, Any], *, read_only: bool = True) -> list[dict[str, Any]]:
         return [dict(row) for row in run(self.engine, sql, params, rows="all", read_only=read_only)]
@@ -111,8 +113,11 @@ class AdminStore:
         return row
 
     def erase(self, tenant: str, device: str) -> bool:
-        """Delete the device's state, messages and audit rows at once; False if there were none."""
-        row = self._first(ERASE, self._key(tenant, device), read_only=False)
+        """Delete the device's state, messages and audit rows at once; False if there were none.
+
+        Keyed hashes of its channel message ids stay for the replay window (app/erasure.py).
+        """
+        row = self._first(ERASE, self._key(tenant, device) | self.guard.params(), read_only=False)
         erased = row is not None and any(row.values())
         if erased:
             logger.info("erased a device: %s state, %s messages, %s audit rows", *row.values())

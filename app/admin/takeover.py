@@ -90,7 +90,8 @@ SELECT old.taken, COALESCE((SELECT version FROM changed), old.version) AS versio
 FROM old
 """
 
-# The device's channel and address come from its latest inbound message.
+# The device's channel comes from its latest inbound message; the address keys are copied for the
+# record only (the outbox sends from the tenant's own number to the device, app/channels/whatsapp/outbox.py).
 REPLY = f"""
 WITH st AS (
     SELECT s.session_id, s.operator, s.operator_ttl, {human_lock("s")} AS taken

@@ -4,6 +4,12 @@ The document carries the state (context, lock and session fields), the messages
 and the audit trail. Import re-assigns message ids (keeping their order) and maps
 reply links and audit message ids from old to new; it writes everything in one
 transaction or nothing.
+
+Import drops channel routing metadata (a channel other than "web", the WhatsApp
+business number, phone, BSUID and message id: app.channels.whatsapp.inbound.ROUTING_KEYS)
+and counts the messages it dropped them from: a document is client data, and nothing a
+client sends may decide where an outbound message goes. An imported WhatsApp device is
+a plain device until its user writes again through the webhook.
 """
 
 from __future__ import annotations
@@ -19,12 +25,14 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationInfo,
     model_validator,
 )
 from sqlalchemy import exc
 from sqlalchemy.engine import Engine
 
 from app import validation
+from app.channels.whatsapp.inbound import ROUTING_KEYS
 from app.core.config import MAX_TTL_SECONDS
 from app.core.db import run, store_errors
 from app.devices import canonical_device_id
@@ -40,6 +48,16 @@ INT32 = 2**31 - 1
 MAX_ID = 2**53 - 1
 
 
+# Validation context of an import: its device id must also be one the routes can address.
+IMPORTING = {"import": True}
+
+
+def _device_id(value: str, info: ValidationInfo) -> str:
+    # Stored as every route reads it (a UUID in any spelling: its lowercase form), so the
+    # duplicate check sees the device the tenant already has, and the routes find the copy.
+    # An export names a device a route just found, so only an import is checked for that.
+    check = validation.addressable_device_id if (info.context or {}).get("import") else validation.device_id
+    return canonical_device_id(check(value))
 
 
 def _session_id(value: str) -> str:
@@ -67,7 +85,7 @@ AgentKey = Annotated[
     str, Field(max_length=50, pattern=r"^[a-z][a-z0-9_-]{0,49}$"), AfterValidator(validation.agent_key)
 ]
 DeviceId = Annotated[
-    str, Field(min_length=1, max_length=128, json_schema_extra=ID_SCHEMA), AfterValidator(validation.device_id)
+    str, Field(min_length=1, max_length=128, json_schema_extra=ID_SCHEMA), AfterValidator(_device_id)
 ]
 SessionId = Annotated[
     str, Field(min_length=1, max_length=128, json_schema_extra=ID_SCHEMA), AfterValidator(_session_id)
@@ -170,9 +188,11 @@ class ExportDocument(Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _readable(cls, data: Any) -> Any:
-        # Checked first, so a newer document is refused for its version, not for
-        # whatever field it changed.
+    def readable(cls, data: Any) -> Any:
+        """ValueError for a newer format_version or unstorable JSON (NUL, NaN...) anywhere in the document.
+
+        Checked first, so a newer document is refused for its version, not for whatever field it changed.
+        """
         if isinstance(data, dict):
             version = data.get("format_version")
             if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
@@ -264,6 +284,14 @@ SELECT (SELECT count(*) FROM st) AS states, (SELECT count(*) FROM msg) AS messag
 """
 
 
+def unrouted(metadata: dict[str, Any]) -> dict[str, Any]:
+    """metadata without channel routing keys: any channel but "web", and ROUTING_KEYS."""
+    return {
+        key: value for key, value in metadata.items()
+        if key not in ROUTING_KEYS and not (key == "channel" and value != "web")
+    }
+
+
 def export_device(engine: Engine, tenant: str, device: str) -> ExportDocument | None:
     """The device's export document, read in one statement (one snapshot); None for an unknown device."""
     params = {"tenant": validation.tenant_id(tenant), "device": canonical_device_id(device)}
@@ -283,7 +311,11 @@ def export_device(engine: Engine, tenant: str, device: str) -> ExportDocument | 
 
 
 def import_device(engine: Engine, tenant: str, document: ExportDocument) -> dict[str, int]:
-    """Write the document's device into tenant in one transaction; ImportConflict if the tenant has it."""
+    """Write the document's device into tenant in one transaction; ImportConflict if the tenant has it.
+
+    Returns counts: states, messages, audit, dropped_metadata (messages whose channel
+    routing metadata was dropped).
+    """
     tenant = validation.tenant_id(tenant)
     device = document.device_id
     key = {"tenant": tenant, "device": device}
@@ -294,8 +326,9 @@ def import_device(engine: Engine, tenant: str, document: ExportDocument) -> dict
         except exc.IntegrityError as err:
             # A concurrent first message of the device, or a channel id the tenant uses on another device.
             raise ImportConflict("the tenant already holds this device or one of its channel message ids") from err
-    logger.info("imported a device: %s messages, %s audit rows", counts["messages"], counts["audit"])
-    return dict(counts)
+    logger.info("imported a device: %s messages (%s without their channel routing), %s audit rows",
+                counts["messages"], counts["dropped_metadata"], counts["audit"])
+    return counts
 
 
 def _insert(engine: Engine, key: dict[str, str], document: ExportDocument, messages: list[ExportedMessage]) -> Any:
@@ -311,7 +344,8 @@ def _insert(engine: Engine, key: dict[str, str], document: ExportDocument, messa
             new_id = dict(zip((m.id for m in messages), sorted(claim["ids"]), strict=True))
             # Links to messages that are not in the document (lost to retention) become null.
             rows = [
-                m.model_copy(update={"id": new_id[m.id], "reply_to": new_id.get(m.reply_to)}
+                m.model_copy(update={"id": new_id[m.id], "reply_to": new_id.get(m.reply_to),
+                                     "metadata": unrouted(m.metadata)}
                              | ({"merged_into": new_id.get(m.merged_into)} if m.role == "user" else {}))
                 for m in messages
             ]
@@ -325,4 +359,6 @@ def _insert(engine: Engine, key: dict[str, str], document: ExportDocument, messa
                 "messages": json.dumps([m.model_dump(mode="json") for m in rows]),
                 "audit": json.dumps(audit),
             }
-            return conn.exec_driver_sql(INSERT, params).mappings().one()
+            counts = dict(conn.exec_driver_sql(INSERT, params).mappings().one())
+            counts["dropped_metadata"] = sum(1 for m, r in zip(messages, rows, strict=True) if m.metadata != r.metadata)
+            return counts

@@ -73,8 +73,9 @@ class DeviceKey:
     device_id: str
 
 
-def web_device_id(value: str | None, settings: Settings) -> str:
-    """The X-Device-ID header as a canonical UUID; 400 when missing or malformed, 401 when unsigned."""
+def web_device_id(value: str | None, settings: Settings, tenant: str = devices.DEFAULT_TENANT) -> str:
+    """The X-Device-ID header as a canonical UUID; 400 when missing or malformed, 401 when unsigned
+    or signed for another tenant."""
     if value is None or not value.strip():
         raise ApiError(400, "missing_device_id", "the X-Device-ID header is required")
     value = value.strip()
@@ -84,31 +85,46 @@ def web_device_id(value: str | None, settings: Settings) -> str:
         if device_uuid is None:
             raise ApiError(400, "invalid_device_id", "X-Device-ID must be a UUID")
         return device_uuid
-    device_uuid = devices.verify(secret, value)
+    device_uuid, verdict = devices.check(secret, tenant, value)
     if device_uuid is None:
-        security.warning("refused a device id with a missing or wrong signature")
-        raise ApiError(401, "invalid_device_signature", "X-Device-ID must be a device id issued by POST /api/devices")
+        security.warning("refused a device id with a missing or wrong signature (%s)", verdict)
+        message = "X-Device-ID must be a device id issued by POST /api/devices for this X-Tenant-ID"
+        if verdict == "other_tenant":
+            message = ("this device id was issued before ids were bound to a tenant and is valid in the "
+                       "default tenant only; get a new one from POST /api/devices with this X-Tenant-ID")
+        raise ApiError(401, "invalid_device_signature", message)
     return device_uuid
 
 
-def request_tenant(value: str | None) -> str:
-    """The X-Tenant-ID header, "default" when absent; 400 when invalid."""
-    if value is None:
-        return "default"
+def request_tenant(value: str | None, settings: Settings) -> str:
+    """The X-Tenant-ID header, "default" when absent; 400 when invalid or not listed in WEB_TENANTS."""
+    tenant = devices.DEFAULT_TENANT if value is None else value
     try:
-        return validation.tenant_id(value)
+        validation.tenant_id(tenant)
     except InvalidInput as err:
         raise ApiError(400, err.code, str(err)) from None
+    if tenant not in settings.web_tenants:
+        # Only the configured tenants: a client must not create tenants, or write into one it guessed.
+        security.warning("refused a web request for a tenant not in WEB_TENANTS")
+        raise ApiError(400, "unknown_tenant", "X-Tenant-ID names no tenant this service accepts")
+    return tenant
+
+
+async def web_tenant(settings: AppSettings, x_tenant_id: Annotated[str | None, Header()] = None) -> str:
+    """The tenant of an anonymous web request (X-Tenant-ID, one of WEB_TENANTS; default "default")."""
+    return request_tenant(x_tenant_id, settings)
+
+
+WebTenant = Annotated[str, Depends(web_tenant)]
 
 
 async def web_device(
     settings: AppSettings,
+    tenant: WebTenant,
     x_device_id: Annotated[str | None, Header()] = None,
-    x_tenant_id: Annotated[str | None, Header()] = None,
 ) -> DeviceKey:
-    """The device of a web chat request (X-Device-ID, signed when DEVICE_ID_SECRET is set; X-Tenant-ID)."""
-    device_id = web_device_id(x_device_id, settings)
-    return DeviceKey(request_tenant(x_tenant_id), device_id)
+    """The device of a web chat request (X-Device-ID, signed for its tenant when DEVICE_ID_SECRET is set)."""
+    return DeviceKey(tenant, web_device_id(x_device_id, settings, tenant))
 
 
 WebDevice = Annotated[DeviceKey, Depends(web_device)]

@@ -15,6 +15,7 @@ from app.channels.whatsapp import WhatsAppSender
 from app.chat_history import ChatHistory
 from app.core.config import Settings
 from app.core.db import Database
+from app.erasure import ReplayGuard
 from app.agents import Registry
 from app.pipeline import Pipeline
 from app.services import Services
@@ -58,8 +59,8 @@ async def get_pipeline(services: AppServices, registry: Agents) -> Pipeline:
     return Pipeline(services.database.engine, registry, services.settings, services.runtime)
 
 
-async def get_chat_history(database: Db) -> ChatHistory:
-    return ChatHistory(database.engine)
+async def get_chat_history(database: Db, settings: AppSettings) -> ChatHistory:
+    return ChatHistory(database.engine, ReplayGuard.of(settings))
 
 
 Sessions = Annotated[SessionService, Depends(get_sessions)]
@@ -90,7 +91,7 @@ OperatorSend = Annotated[OperatorChannel, Depends(get_operator_channel)]
 
 async def get_admin(database: Db, settings: AppSettings) -> AdminStore:
     """The session admin store on the process's engine."""
-    return AdminStore(database.engine, context_cap=settings.context_list_cap)
+    return AdminStore(database.engine, context_cap=settings.context_list_cap, guard=ReplayGuard.of(settings))
 
 
 Admin = Annotated[AdminStore, Depends(get_admin)]

@@ -17,14 +17,18 @@ from app.errors import (
     InvalidInput,
     LeaseLost,
     Overloaded,
+    NonFiniteNumber,
+    RateLimited,
     SessionError,
     StoreUnavailable,
+    UnaddressableDeviceId,
 )
 
 logger = logging.getLogger(__name__)
 
 STATUS = [
     (IdempotencyKeyReused, 422),
+    (RateLimited, 429),
     (ImportConflict, 409),
     (InvalidInput, 400),
     (StoreUnavailable, 503),
@@ -33,6 +37,10 @@ STATUS = [
     (ConfigurationError, 500),
     (SessionError, 500),
 ]
+
+# Raised inside body validation, these keep their own code on the 422 instead of
+# "validation_error", so a client can tell them apart without parsing the message.
+TYPED_IN_BODIES = (NonFiniteNumber, UnaddressableDeviceId)
 
 
 class ErrorDetail(BaseModel):
@@ -72,6 +80,8 @@ def install(app: FastAPI) -> None:
             logger.error("%s on %s %s: %s", err.code, request.method, request.url.path, err)
         message = str(err) if status < 500 or isinstance(err, ConfigurationError) else _public(err)
         headers = {"Retry-After": "5"} if status == 503 else None
+        if isinstance(err, RateLimited):
+            headers = {"Retry-After": str(err.retry_after)}
         return error_response(status, err.code, message, headers)
 
     @app.exception_handler(RequestValidationError)
@@ -79,7 +89,8 @@ def install(app: FastAPI) -> None:
         first = err.errors()[0] if err.errors() else {}
         where = ".".join(str(part) for part in first.get("loc", ()))
         message = f"{where}: {first.get('msg', 'invalid request')}" if where else "invalid request"
-        return error_response(422, "validation_error", message)
+        cause = (first.get("ctx") or {}).get("error")
+        return error_response(422, cause.code if isinstance(cause, TYPED_IN_BODIES) else "validation_error", message)
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, err: HTTPException) -> JSONResponse:

@@ -91,10 +91,17 @@ class Settings(BaseSettings):
 
     # Session admin API: "tenant:key,tenant:key"; each key sees only its tenant. Parsed once, at start.
     admin_api_keys: SecretStr | None = None
+    # Bytes of a POST /api/sessions/import body; past it 413 before the body is read whole.
+    import_max_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     _admin_keys: list[tuple[str, bytes]] = PrivateAttr(default_factory=list)
 
     # Signed web chat device ids (<uuid>.<tag>); unset keeps plain UUIDs.
     device_id_secret: SecretStr | None = None
+    # The tenants an anonymous web client may name in X-Tenant-ID ("default,acme"); any other is a 400.
+    web_tenants: Annotated[tuple[str, ...], NoDecode] = ("default",)
+    # Abuse limits, per minute, counted in PostgreSQL (so they hold across instances); 0 turns one off.
+    rate_limit_per_device: int = Field(30, ge=0, le=100_000)  # inbound messages per device
+    rate_limit_new_devices: int = Field(20, ge=0, le=100_000)  # POST /api/devices per client address
     # Key of the hash that stands for device ids in logs; unset: a random key per process.
     log_hash_key: SecretStr | None = None
     log_format: Literal["auto", "json", "text"] = "auto"
@@ -160,6 +167,26 @@ class Settings(BaseSettings):
             pairs = (item.split(":", 1) for item in value.split(",") if item.strip())
             return {key.strip(): tenant.strip() for key, tenant in pairs}
         return value
+
+    @field_validator("web_tenants", mode="before")
+    @classmethod
+    def _web_tenants(cls, value: object) -> object:
+        from app import validation  # app.validation imports this module
+
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple, set, frozenset)):
+            raise ValueError("WEB_TENANTS must be a comma-separated list of tenant ids")
+        tenants = tuple(dict.fromkeys(item.strip() if isinstance(item, str) else item for item in items))
+        tenants = tuple(tenant for tenant in tenants if tenant != "")
+        if not tenants:
+            raise ValueError("WEB_TENANTS must name at least one tenant")
+        for number, tenant in enumerate(tenants, start=1):
+            try:
+                validation.tenant_id(tenant)
+            except ValueError:
+                raise ValueError(f"WEB_TENANTS entry {number} is not a valid tenant id "
+                                 "(1-128 printable characters without whitespace)") from None
+        return tenants
 
     @field_validator("whatsapp_api_base_url")
     @classmethod

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 
 from app.agents import HUMAN, HistoryItem
 from app.core.db import arun
-from app.errors import IdempotencyKeyReused, LeaseLost
+from app.errors import IdempotencyKeyReused, LeaseLost, RateLimited
 from app.ledger import statements as sql
 from app.sessions import new_session_id
 
@@ -196,7 +196,7 @@ class Ledger:
 
     def __init__(
         self, engine: Engine, *, lease_seconds: int, default_ttl: int, context_cap: int, history: int = 20,
-        batch: int = 1, max_attempts: int = 2,
+        batch: int = 1, max_attempts: int = 2, rate_limit: int = 0,
     ):
         self.engine = engine
         self.lease_seconds = lease_seconds
@@ -205,11 +205,12 @@ class Ledger:
         self.history = history
         self.batch = batch
         self.max_attempts = max_attempts
+        self.rate_limit = rate_limit  # new messages per device per minute; 0: no limit
 
     async def _row(self, statement: str, params: dict[str, Any]) -> Any:
         params |= {
             "lease": self.lease_seconds, "default_ttl": self.default_ttl, "history": self.history,
-            "batch": self.batch, "max_attempts": self.max_attempts,
+            "batch": self.batch, "max_attempts": self.max_attempts, "rate_limit": self.rate_limit,
         }
         return await arun(self.engine, statement, params)
 
@@ -219,7 +220,8 @@ class Ledger:
     ) -> Claim:
         """Store a message and take the device's lease if it is free.
 
-        Raises IdempotencyKeyReused (nothing stored) when external_id is known with another request.
+        Raises IdempotencyKeyReused (nothing stored) when external_id is known with another request,
+        RateLimited (nothing stored or changed) past rate_limit new messages in the device's minute.
         """
         digest = request_hash(text, metadata)
         params = {
@@ -227,6 +229,8 @@ class Ledger:
             "metadata": json.dumps(metadata), "hash": digest, "sent_at": sent_at,
         }
         row = await self._row(sql.CLAIM, params | {"token": uuid.uuid4().hex, "new_session": new_session_id()})
+        if row["limited"]:
+            raise RateLimited("too many messages from this device; nothing was stored", row["retry_after"])
         if row["new_id"] is None and row["dup_id"] is None and external_id is not None:
             # The same external id was stored after this statement's snapshot was taken (a
             # concurrent retry): read it again, now visible. A lease the first read won stays ours.

@@ -5,7 +5,9 @@
 | CLAIM         | store a message, note activity, take a free lease | ids of one device are drawn under its row lock, so id order is   |
 |               |                                                   | commit order; a known idempotency key stores nothing; under a    |
 |               |                                                   | live `human` lock (read on the locked row) the message is stored |
-|               |                                                   | `held` and no lease is taken: no agent runs on it                |
+|               |                                                   | `held` and no lease is taken: no agent runs on it; past the      |
+|               |                                                   | device's rate limit (counted on the locked row, so exact across  |
+|               |                                                   | instances) nothing is stored or changed and `limited` is true    |
 | POLL          | a waiter's look: my reply, else a freed lease     | a lease left free with messages pending is taken by one waiter  |
 | NEXT          | the holder's next turn, read afresh               | frees the lease only when none is pending and no claim raced it; |
 |               |                                                   | under a live `human` lock it marks the pending messages `held`   |
@@ -73,26 +75,49 @@ HUMAN = human_lock("s")
 # A claim takes a free lease unless a person holds the conversation.
 TAKE = f"({FREE} AND NOT {HUMAN})"
 
+# RATE_LIMIT_PER_DEVICE, a fixed one-minute window per device kept on its state row:
+# rate_window_start opens with the first new message after the last window ended, and
+# rate_count counts the new messages stored in it. The claim reads and writes both in
+# its ON CONFLICT DO UPDATE, which runs on the row it has locked, in its latest committed
+# version: concurrent claims of one device (on any instance) count one after the other,
+# so no more than %(rate_limit)s new messages are stored in a window, exactly. Known
+# external ids (idempotent retries, channel redeliveries) are never counted nor refused.
+# A window is fixed, not sliding: up to twice the limit can fall in the minute that
+# straddles two windows. %(rate_limit)s = 0 counts but never refuses.
+RATE_WINDOW = "interval '60 seconds'"
+WINDOW_OVER = f"(s.rate_window_start IS NULL OR s.rate_window_start <= now() - {RATE_WINDOW})"
+KNOWN = "EXISTS (SELECT 1 FROM known)"
+WITHIN_LIMIT = f"(%(rate_limit)s = 0 OR {KNOWN} OR {WINDOW_OVER} OR s.rate_count < %(rate_limit)s)"
+# Whole seconds until the refused claim's window ends, from the snapshot's row (1-60):
+# advisory only; when the snapshot predates the window (a concurrent claim opened it),
+# the full minute.
+RETRY_AFTER = f"""LEAST(60, GREATEST(1, COALESCE(
+    CASE WHEN snap.rate_window_start > now() - {RATE_WINDOW}
+         THEN ceil(extract(epoch FROM snap.rate_window_start + {RATE_WINDOW} - now())) END, 60)))::integer"""
+
 # Lock the device's row first (taking the lease if free, rotating a quiet session),
 # then draw the message's id: ids of one device are drawn in the order their claims
 # commit, so a later id can never be answered before an earlier one. A known
 # external id (an idempotency key, a channel's message id) stores nothing; it only
 # takes a freed lease when older messages wait. Under a live `human` lock, read on
 # the row this statement locked (so a takeover that committed first is seen), the
-# message is stored `held` and the lease is left alone.
+# message is stored `held` and the lease is left alone. Past the device's rate limit
+# the ON CONFLICT's WHERE leaves the row as it was: no lease, no message (the rows below
+# read `lease` and find none), and the answer says `limited` with `retry_after`.
 CLAIM = f"""
 WITH known AS (
     SELECT id, request_hash FROM conversation_messages
     WHERE tenant_id = %(tenant)s AND device_id = %(device)s AND external_id = %(external_id)s::text
 ), snap AS (
-    SELECT version FROM conversation_states WHERE tenant_id = %(tenant)s AND device_id = %(device)s
+    SELECT version, rate_window_start FROM conversation_states WHERE tenant_id = %(tenant)s AND device_id = %(device)s
 ), older AS ({PENDING} ORDER BY id LIMIT 1),
 lease AS (
     INSERT INTO conversation_states AS s
         (tenant_id, device_id, session_ttl, lease_epoch, lease_expires_at, lease_token,
-         session_id, session_started_at, last_activity_at)
+         session_id, session_started_at, last_activity_at, rate_window_start, rate_count)
     SELECT %(tenant)s, %(device)s, %(default_ttl)s, nextval('conversation_lease_epoch'),
-           now() + make_interval(secs => %(lease)s), %(token)s, %(new_session)s, now(), now()
+           now() + make_interval(secs => %(lease)s), %(token)s, %(new_session)s, now(), now(),
+           now(), CASE WHEN {KNOWN} THEN 0 ELSE 1 END
     WHERE NOT EXISTS (SELECT 1 FROM known)
        OR (EXISTS (SELECT 1 FROM older)
            AND NOT EXISTS (SELECT 1 FROM known WHERE request_hash IS DISTINCT FROM %(hash)s))
@@ -104,10 +129,13 @@ lease AS (
         session_started_at = CASE WHEN {ROTATE} THEN now() ELSE s.session_started_at END,
         context = CASE WHEN {ROTATE} THEN {fresh_context("s")} ELSE s.context END,
         last_activity_at = CASE WHEN NOT EXISTS (SELECT 1 FROM known) THEN now() ELSE s.last_activity_at END,
+        rate_window_start = CASE WHEN NOT {KNOWN} AND {WINDOW_OVER} THEN now() ELSE s.rate_window_start END,
+        rate_count = CASE WHEN {KNOWN} THEN s.rate_count WHEN {WINDOW_OVER} THEN 1 ELSE s.rate_count + 1 END,
         version = s.version + 1,
         updated_at = now()
-    RETURNING s.lease_token = %(token)s AS won, s.lease_epoch, {live_agent("s")} AS lock_agent, s.context,
-              s.session_id, s.version = COALESCE((SELECT version + 1 FROM snap), 0) AS exact,
+    WHERE {WITHIN_LIMIT}
+    RETURNING true AS present, s.lease_token = %(token)s AS won, s.lease_epoch, {live_agent("s")} AS lock_agent,
+              s.context, s.session_id, s.version = COALESCE((SELECT version + 1 FROM snap), 0) AS exact,
               {HUMAN} AS held, {live_until("s")} AS lock_expires_at
 ), turn AS (
     SELECT lease.won AND lease.exact AND NOT EXISTS (SELECT 1 FROM older) AS first FROM lease
@@ -131,9 +159,12 @@ SELECT new.id AS new_id, lease.held AND new.id IS NOT NULL AS held, lease.lock_e
             THEN {turn_history("new.id", "new.session_id")} END AS history,
        dup.id AS dup_id, dup.status AS dup_status, dup.request_hash AS dup_hash, dup.reply AS dup_reply,
        dup.reply_agent AS dup_agent, dup.reply_metadata AS dup_metadata,
-       dup.lock_agent AS dup_lock_agent, dup.lock_expires_at AS dup_lock_expires_at
+       dup.lock_agent AS dup_lock_agent, dup.lock_expires_at AS dup_lock_expires_at,
+       lease.present IS NULL AND NOT {KNOWN} AS limited,
+       CASE WHEN lease.present IS NULL AND NOT {KNOWN} THEN {RETRY_AFTER} END AS retry_after
 FROM (SELECT 1) one
 LEFT JOIN lease ON true LEFT JOIN turn ON true LEFT JOIN new ON true LEFT JOIN dup ON true
+LEFT JOIN snap ON true
 """
 
 # A waiter's poll: is my message answered yet, else take the lease if it came free.

@@ -96,6 +96,7 @@
     if (error instanceof ApiError) {
       if (error.status === 413 || error.status === 422) return "That message could not be sent: it is empty or too long.";
       if (error.status === 503) return "The chat is not available right now. Please try again in a moment.";
+      if (error.status === 429) return "You are sending messages too quickly. Please wait a minute and try again.";
       if (error.status === 404) return "That conversation no longer exists.";
       if (error.status >= 500) return "Something went wrong on our side. Please try again.";
       return `The request was refused (${error.status}). Please reload the page.`;

@@ -89,10 +89,11 @@ class TestConversation:
         chat(client, "book", device=DEVICE.upper())
         assert row(engine, DEVICE)["active_agent"] == "scheduling"
 
-    def test_tenant_header_separates_conversations(self, client):
-        chat(client, "book", **{"X-Tenant-ID": "acme"})
-        assert chat(client, "hello").json()["agent"] == "manager"
-        assert chat(client, "monday", **{"X-Tenant-ID": "acme"}).json()["agent"] == "scheduling"
+    def test_tenant_header_separates_conversations(self, database_url, engine):
+        with app_client(make_settings(database_url, web_tenants="default,acme")) as client:
+            chat(client, "book", **{"X-Tenant-ID": "acme"})
+            assert chat(client, "hello").json()["agent"] == "manager"
+            assert chat(client, "monday", **{"X-Tenant-ID": "acme"}).json()["agent"] == "scheduling"
 
 
 class TestIdempotency:

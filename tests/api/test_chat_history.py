@@ -26,6 +26,12 @@ def client(settings, engine):
         yield client
 
 
+@pytest.fixture
+def two_tenants(database_url, engine):
+    with app_client(make_settings(database_url, web_tenants="default,acme")) as client:
+        yield client
+
+
 def headers(device: str = DEVICE, **more: str) -> dict[str, str]:
     return {"X-Device-ID": device, **more}
 
@@ -165,7 +171,8 @@ class TestOwnDataOnly:
         assert client.get("/api/chat/sessions", headers=headers()).json() == {"items": []}
         assert snapshot(engine) == before
 
-    def test_another_tenants_data_of_the_same_device_is_never_shown(self, client, engine):
+    def test_another_tenants_data_of_the_same_device_is_never_shown(self, two_tenants, engine):
+        client = two_tenants
         make_state(engine, DEVICE, "acme", session_id="sess_acme")
         make_exchange(engine, DEVICE, "acme", text="acme secret", session_id="sess_acme")
         chat(client, "hi")

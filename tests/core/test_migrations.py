@@ -13,7 +13,10 @@ from alembic.script import ScriptDirectory
 from app.core import migrate
 from tests.utils.postgres import scratch_database
 
-TABLES = {"conversation_states", "conversation_messages", "conversation_audit", "cleanup_runs"}
+TABLES = {
+    "conversation_states", "conversation_messages", "conversation_audit", "cleanup_runs", "erased_channel_messages",
+    "rate_limit_windows",
+}
 VIEWS = {"active_locks_by_agent", "expired_locks_pending", "lock_duration_by_agent", "cleanup_history"}
 FUNCTIONS = {"cs_merge_object", "cs_append_capped", "cs_merge_context"}
 
@@ -124,3 +127,63 @@ def test_every_unique_key_of_the_device_tables_leads_with_tenant_and_device(empt
         "tenant_id", "device_id", "external_id",
     ]
     assert unique_indexes == []
+
+
+U1 = "9b2e4f6a-1c3d-4e5f-8a7b-6c5d4e3f2a1b"
+U2 = "0b7e7f7e-2222-4c4c-9d9d-000000000002"
+# (tenant, device as stored before 0007): spellings the routes read as U1/U2, and ids they keep as they are.
+OLD_ROWS = [
+    ("acme", "{" + U1.upper() + "}"),  # only spelling of U1 in acme: becomes U1
+    ("globex", "urn:uuid:" + U1),  # another tenant: its own U1
+    ("acme", U2),  # canonical already ...
+    ("acme", U2.upper()),  # ... so this twin cannot take its name
+    ("acme", U2.replace("-", "")),  # nor this one
+    ("acme", "15551230001"),  # not a UUID: kept
+    ("acme", "a/b"),  # unaddressable, but no UUID to turn it into: kept
+]
+
+
+def device_rows(conn) -> dict[str, list[tuple[str, str]]]:
+    return {
+        table: conn.exec_driver_sql(f"SELECT tenant_id, device_id FROM {table} ORDER BY 1, 2").all()
+        for table in ("conversation_states", "conversation_messages", "conversation_audit")
+    }
+
+
+def test_0007_stores_every_uuid_device_id_in_the_form_the_routes_use(empty_url):
+    engine = sa.create_engine(empty_url, poolclass=sa.pool.NullPool)
+    try:
+        migrate.upgrade(engine, "0006")
+        with engine.begin() as conn:
+            for tenant, device in OLD_ROWS:
+                key = {"t": tenant, "d": device}
+                conn.exec_driver_sql(
+                    "INSERT INTO conversation_states (tenant_id, device_id) VALUES (%(t)s, %(d)s)", key
+                )
+                conn.exec_driver_sql(
+                    "INSERT INTO conversation_messages (tenant_id, device_id, role, content, status) "
+                    "VALUES (%(t)s, %(d)s, 'user', %(d)s, 'done')", key,
+                )
+                conn.exec_driver_sql(
+                    "INSERT INTO conversation_audit (tenant_id, device_id, event) VALUES (%(t)s, %(d)s, 'set')", key
+                )
+        migrate.upgrade(engine)
+        with engine.begin() as conn:
+            rows = device_rows(conn)
+            contents = dict(conn.exec_driver_sql(
+                "SELECT content, device_id FROM conversation_messages WHERE tenant_id = 'acme'"
+            ).all())
+        expected = sorted([
+            ("acme", U1), ("globex", U1), ("acme", U2), ("acme", f"{U2}~dup1"), ("acme", f"{U2}~dup2"),
+            ("acme", "15551230001"), ("acme", "a/b"),
+        ])
+        assert rows == {table: expected for table in rows}
+        # Each twin keeps its own rows together under its new name, in the order the ids sort.
+        assert contents[U2] == U2
+        assert {contents[U2.upper()], contents[U2.replace("-", "")]} == {f"{U2}~dup1", f"{U2}~dup2"}
+        assert contents["{" + U1.upper() + "}"] == U1
+        migrate.downgrade(engine, "0006")  # nothing to undo: the canonical form was always valid
+        with engine.begin() as conn:
+            assert device_rows(conn)["conversation_states"] == expected
+    finally:
+        engine.dispose()

@@ -171,6 +171,44 @@ class TestTimeoutsAndAttempts:
         assert [r.content for r in replies(engine)] == [FAILURE_REPLY, "re: next"]
 
 
+def _unstorable_replies() -> dict:
+    from app.context import ContextPatch
+
+    nan, inf = float("nan"), float("inf")
+    return {
+        "nan in the patch": {"context": {"conversation_state": {"score": nan}}},
+        "inf in a patch list": {"context": {"recent_interactions": [1, {"x": inf}]}},
+        "-inf in a patch key's value": {"context": {"user_preferences": {"a": [-inf]}}},
+        "unvalidated ContextPatch": {"context": ContextPatch.model_construct(conversation_state={"x": nan})},
+        "nan in the reply metadata": {"metadata": {"usage": {"cost": nan}}},
+    }
+
+
+class TestUnstorableAgentOutput:
+    @pytest.mark.parametrize("case", list(_unstorable_replies()))
+    def test_the_turn_fails_with_the_failure_reply_and_the_device_is_free_at_once(
+        self, engine, database_url, case
+    ):
+        fields = _unstorable_replies()[case]
+
+        class Poisoned:
+            def handle(self, message: AgentInput) -> AgentReply:
+                if message.text == "poison":
+                    return AgentReply("fine", **fields)
+                return AgentReply(f"re: {message.text}", context={"conversation_state": {"ok": 1}})
+
+        # No waiting behind a busy device: a lease left held would answer "queued" at once.
+        pipeline = pipeline_with(engine, database_url, {"manager": Poisoned()}, chat_wait_seconds=0)
+        first = send(pipeline, "poison")
+        assert (first.status, first.reply) == ("answered", FAILURE_REPLY)
+        second = send(pipeline, "next")
+        assert (second.status, second.reply) == ("answered", "re: next")
+        rows = inbound_rows(engine)
+        assert [(r.content, r.status, r.has_error) for r in rows] == [("poison", "failed", True), ("next", "done", False)]
+        assert [r.content for r in replies(engine)] == [FAILURE_REPLY, "re: next"]
+        assert row(engine, DEVICE)["context"]["conversation_state"] == {"ok": 1}
+
+
 class TestAnsweredHandoff:
     def test_the_receiving_agent_is_not_run_again(self, engine, database_url):
         billing = Scripted("billing")

@@ -112,6 +112,7 @@ class TestDatabaseRestart:
                 pg.url, agents=AGENTS, lease_seconds=2, chat_wait_seconds=15, db_connect_timeout=2, db_pool_size=5,
                 whatsapp_app_secret=SECRET, whatsapp_verify_token=VERIFY_TOKEN, whatsapp_access_token=ACCESS_TOKEN,
                 whatsapp_api_base_url=graph.url, whatsapp_timeout_seconds=2, cron_secret=CRON_SECRET,
+                rate_limit_per_device=0,  # steady traffic on a few devices for minutes: no limit
             )
             with running_app(env) as server:
                 load = Load(server.url, timeout=30, deadline_seconds=90)
@@ -254,7 +255,8 @@ class TestCleanupUnderLoad:
                 if len(tally.outcomes) >= self.MIN_MESSAGES:
                     stop.set()
 
-        env = app_env(database_url, agents=AGENTS, db_pool_size=10, chat_wait_seconds=60)
+        # PER_DEVICE messages per device within the cleanup: RATE_LIMIT_PER_DEVICE off.
+        env = app_env(database_url, agents=AGENTS, db_pool_size=10, chat_wait_seconds=60, rate_limit_per_device=0)
         try:
             with running_app(env) as server:
                 load = Load(server.url, timeout=60, deadline_seconds=120)

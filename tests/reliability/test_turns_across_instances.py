@@ -28,7 +28,9 @@ LEASE_SECONDS = 2
 
 
 def env_for(database_url: str, log, **settings) -> dict[str, str]:
-    values = {"agents": AGENTS, "lease_seconds": LEASE_SECONDS, "chat_wait_seconds": 120, "db_pool_size": 20}
+    # Bursts of hundreds of messages on one device: RATE_LIMIT_PER_DEVICE off (test_rate_limit_across_instances.py).
+    values = {"agents": AGENTS, "lease_seconds": LEASE_SECONDS, "chat_wait_seconds": 120, "db_pool_size": 20,
+              "rate_limit_per_device": 0}
     return app_env(database_url, **(values | settings)) | {"TURN_LOG": str(log)}
 
 

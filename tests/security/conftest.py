@@ -18,12 +18,14 @@ B = {"Authorization": f"Bearer {KEY_B}"}
 ADMIN_KEYS = f"acme:{KEY_A},globex:{KEY_B}"
 CRON_SECRET = "cron-secret-for-security-tests-91c4"
 DEVICE = "3f1c2b4a-5d6e-4f70-8a9b-0c1d2e3f4a5b"
-TABLES = ("conversation_states", "conversation_messages", "conversation_audit", "cleanup_runs")
+TABLES = (
+    "conversation_states", "conversation_messages", "conversation_audit", "cleanup_runs", "erased_channel_messages",
+)
 
 
 def hardened_settings(database_url: str, graph_url: str = "http://127.0.0.1:9", **overrides):
     """Every secret set, outbound calls to a local address."""
-    values = {"admin_api_keys": ADMIN_KEYS, "cron_secret": CRON_SECRET}
+    values = {"admin_api_keys": ADMIN_KEYS, "cron_secret": CRON_SECRET, "web_tenants": "default,acme,globex"}
     return whatsapp_settings(database_url, graph_url, **(values | overrides))
 
 

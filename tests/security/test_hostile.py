@@ -23,8 +23,10 @@ from tests.security.conftest import (
     A,
     asgi_call,
     assert_clean_refusal,
+    hardened_settings,
     raw_http,
 )
+from tests.utils.apps import app_client
 from tests.utils.factories import make_exchange, make_state, snapshot
 from tests.utils.server import app_env, running_app
 
@@ -196,11 +198,13 @@ class TestSqlAsData:
         assert response.json()["error"]["code"] == code
         assert snapshot(engine) == seeded and tables_exist(engine)
 
-    def test_sql_shaped_but_valid_ids_are_opaque_data(self, client, engine):
-        response = client.post(
-            "/api/chat", json={"message": SQL}, headers={"X-Device-ID": DEVICE, "X-Tenant-ID": SQL_NO_SPACE,
-                                                         "Idempotency-Key": SQL}
-        )
+    def test_sql_shaped_but_valid_ids_are_opaque_data(self, database_url, engine, graph):
+        settings = hardened_settings(database_url, graph.url, web_tenants=f"default,{SQL_NO_SPACE}")
+        with app_client(settings) as client:
+            response = client.post(
+                "/api/chat", json={"message": SQL}, headers={"X-Device-ID": DEVICE, "X-Tenant-ID": SQL_NO_SPACE,
+                                                             "Idempotency-Key": SQL}
+            )
         assert response.status_code == 200
         with engine.begin() as conn:
             stored = conn.exec_driver_sql(

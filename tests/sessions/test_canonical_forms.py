@@ -66,7 +66,7 @@ def times(value, where: str = "") -> Iterator[tuple[str, str]]:
 
 
 def test_every_time_in_responses_is_utc_with_z_whatever_the_session_time_zone(kolkata_url: str):
-    settings = make_settings(kolkata_url, admin_api_keys=ADMIN_KEYS, db_pool="queue")
+    settings = make_settings(kolkata_url, admin_api_keys=ADMIN_KEYS, web_tenants="default,acme", db_pool="queue")
     with app_client(settings) as client:
         engine = client.services.database.engine
         with engine.connect() as conn:

@@ -84,6 +84,7 @@ class TestRoundTrip:
         assert response.status_code == 201, response.text
         assert response.json() == {
             "device_id": DEVICE, "session_id": before["state"]["session_id"], "messages": 14, "audit": 5,
+            "dropped_metadata": 0,  # web messages: nothing routes them
         }
 
         after = everything(scripted)
@@ -116,6 +117,20 @@ class TestRoundTrip:
         assert client.post("/api/sessions/import", json=document, headers=A).status_code == 201
         (reply,) = client.get("/api/sessions/dev/messages", headers=A).json()["items"]
         assert (reply["content"], reply["reply_to"]) == ("a", None)
+
+    def test_channel_routing_metadata_is_dropped_and_counted(self, client, engine):
+        document = seeded_document(client, engine)
+        client.delete("/api/sessions/dev", headers=A)
+        question, answer = document["messages"]
+        question["metadata"] = {"channel": "whatsapp", "phone_number_id": "2200002", "to": "15557770001",
+                                "wa_message_id": "wamid.X", "choice_id": "tue"}
+        answer["metadata"] = {"channel": "web", "recipient": "US.1", "choices": [{"id": "a", "title": "A"}]}
+        response = client.post("/api/sessions/import", json=document, headers=A)
+        assert response.status_code == 201 and response.json()["dropped_metadata"] == 2
+        again = client.get("/api/sessions/dev/export", headers=A).json()
+        assert [m["metadata"] for m in again["messages"]] == [
+            {"choice_id": "tue"}, {"channel": "web", "choices": [{"id": "a", "title": "A"}]},
+        ]
 
     def test_document_without_state_imports_messages_only(self, client, engine):
         make_exchange(engine, "dev", "acme")
@@ -235,7 +250,118 @@ class TestMalformedImport:
         assert response.status_code == 422
         assert snapshot(engine)["conversation_states"] == []
 
+    def test_a_long_document_is_checked_in_slices_that_still_name_the_message(self, client, engine):
+        document = seeded_document(client, engine)
+        client.delete("/api/sessions/dev", headers=A)
+        question = document["messages"][0] | {"reply_to": None}
+        document["messages"] = [question | {"id": n} for n in range(1, 1001)]  # five slices
+        document["messages"][650]["role"] = "robot"
+        before = snapshot(engine)
+        response = client.post("/api/sessions/import", json=document, headers=A)
+        assert response.status_code == 422
+        assert response.json()["error"]["message"].startswith("body.messages.650: ")
+        document["format_version"] = 2  # the version is still judged first
+        assert "format_version 2 is newer" in client.post(
+            "/api/sessions/import", json=document, headers=A).json()["error"]["message"]
+        assert snapshot(engine) == before
+        document["format_version"] = 1
+        document["messages"][650]["role"] = "user"
+        response = client.post("/api/sessions/import", json=document, headers=A)
+        assert (response.status_code, response.json()["messages"]) == (201, 1000)
+
     def test_the_unchanged_document_imports(self, client, engine):
         document = seeded_document(client, engine)
         client.delete("/api/sessions/dev", headers=A)
         assert client.post("/api/sessions/import", json=document, headers=A).status_code == 201
+
+
+UUID_DEVICE = "9b2e4f6a-1c3d-4e5f-8a7b-6c5d4e3f2a1b"
+UUID_SPELLINGS = ["{" + UUID_DEVICE.upper() + "}", UUID_DEVICE.upper(), "urn:uuid:" + UUID_DEVICE,
+                  UUID_DEVICE.replace("-", "")]
+
+
+def uuid_document(client, engine) -> dict:
+    make_state(engine, UUID_DEVICE, "acme", agent="billing")
+    make_exchange(engine, UUID_DEVICE, "acme")
+    return client.get(f"/api/sessions/{UUID_DEVICE}/export", headers=A).json()
+
+
+def stored_device_ids(engine) -> set[str]:
+    with engine.begin() as conn:
+        return set(conn.exec_driver_sql(
+            "SELECT device_id FROM conversation_states UNION SELECT device_id FROM conversation_messages "
+            "UNION SELECT device_id FROM conversation_audit"
+        ).scalars())
+
+
+class TestImportedDeviceIds:
+    @pytest.mark.parametrize("spelling", UUID_SPELLINGS)
+    def test_a_uuid_spelled_otherwise_is_the_same_device_so_409(self, client, engine, spelling):
+        document = uuid_document(client, engine)
+        document["device_id"] = spelling
+        before = snapshot(engine)
+        response = client.post("/api/sessions/import", json=document, headers=A)
+        assert (response.status_code, response.json()["error"]["code"]) == (409, "conflict")
+        assert snapshot(engine) == before
+
+    @pytest.mark.parametrize("spelling", UUID_SPELLINGS)
+    def test_a_uuid_spelled_otherwise_is_stored_as_the_routes_address_it(self, client, engine, spelling):
+        document = uuid_document(client, engine)
+        assert client.delete(f"/api/sessions/{UUID_DEVICE}", headers=A).status_code == 204
+        document["device_id"] = spelling
+        response = client.post("/api/sessions/import", json=document, headers=A)
+        assert response.status_code == 201, response.text
+        assert response.json()["device_id"] == UUID_DEVICE
+        assert stored_device_ids(engine) == {UUID_DEVICE}
+        # Every spelling the routes accept reaches it, and erasing it leaves nothing behind.
+        assert client.get(f"/api/sessions/{spelling}/export", headers=A).json()["device_id"] == UUID_DEVICE
+        assert client.delete(f"/api/sessions/{spelling}", headers=A).status_code == 204
+        assert stored_device_ids(engine) == set()
+
+    @pytest.mark.parametrize("device", ["a/b", "/", "b/", ".", ".."])
+    def test_an_id_no_route_can_address_is_422_and_changes_nothing(self, client, engine, device):
+        document = seeded_document(client, engine)
+        document["device_id"] = device
+        before = snapshot(engine)
+        response = client.post("/api/sessions/import", json=document, headers=A)
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["code"] == "unaddressable_device_id"
+        assert "device_id" in response.json()["error"]["message"]
+        assert snapshot(engine) == before
+
+    def test_every_other_printable_ascii_character_imports_and_is_addressable(self, client, engine):
+        from urllib.parse import quote
+
+        document = seeded_document(client, engine)
+        for char in sorted(set(map(chr, range(0x21, 0x7F))) - {"/"}):
+            device = f"d{char}x"
+            document["device_id"] = device
+            response = client.post("/api/sessions/import", json=document, headers=A)
+            assert (response.status_code, response.json()["device_id"]) == (201, device), char
+            path = f"/api/sessions/{quote(device, safe='')}"
+            assert client.get(f"{path}/export", headers=A).json()["device_id"] == device, char
+            assert client.delete(path, headers=A).status_code == 204, char
+
+
+NON_FINITE = ["NaN", "Infinity", "-Infinity", "1e400", "-1e400"]
+
+
+class TestNonFiniteNumbers:
+    @pytest.mark.parametrize("number", NON_FINITE)
+    @pytest.mark.parametrize("where", ["context", "metadata", "tools_used"])
+    def test_a_non_finite_number_anywhere_is_422_and_changes_nothing(self, client, engine, number, where):
+        document = seeded_document(client, engine)
+        client.delete("/api/sessions/dev", headers=A)
+        marker = "__NUMBER__"
+        if where == "context":
+            document["state"]["context"]["conversation_state"]["x"] = [1, marker]
+        elif where == "metadata":
+            document["messages"][0]["metadata"]["usage"] = {"cost": marker}
+        else:
+            document["messages"][1]["tools_used"] = [marker]
+        body = json.dumps(document).replace(f'"{marker}"', number)
+        before = snapshot(engine)
+        response = client.post("/api/sessions/import", headers=A | {"Content-Type": "application/json"}, content=body)
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["code"] == "non_finite_number"
+        assert snapshot(engine) == before

@@ -86,6 +86,21 @@ class TestContextPatch:
         assert response.json()["error"]["code"] == "validation_error"
         assert snapshot(engine) == before
 
+    @pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e400", "-1e999"])
+    @pytest.mark.parametrize(
+        "template",
+        ['{"conversation_state": {"x": %s}}', '{"user_preferences": {"a": {"b": [1, %s]}}}',
+         '{"recent_interactions": [%s]}', '{"interrupted_queries": [{"score": %s}]}'],
+    )
+    def test_a_non_finite_number_is_422_and_changes_nothing(self, client, engine, number, template):
+        make_state(engine, DEVICE, "acme", context={"user_preferences": {"lang": "en"}})
+        before = snapshot(engine)
+        headers = A | {"Content-Type": "application/json"}
+        response = client.patch(f"/api/sessions/{DEVICE}/context", headers=headers, content=template % number)
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["code"] == "non_finite_number"
+        assert snapshot(engine) == before
+
     def test_invalid_device_is_400(self, client):
         response = client.patch("/api/sessions/a%20b/context", headers=A, json={})
         assert (response.status_code, response.json()["error"]["code"]) == (400, "invalid_device_id")

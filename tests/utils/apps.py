@@ -22,10 +22,12 @@ class AppClient(TestClient):
 
 @contextlib.contextmanager
 def app_client(settings: Settings, **kwargs) -> Iterator[AppClient]:
+    """peer: the (host, port) requests come from, as the ASGI server reports it (default TestClient's)."""
     services = build_services(settings, serverless=kwargs.pop("serverless", False), database=kwargs.pop("database", None))
+    peer = kwargs.pop("peer", ("testclient", 50000))
     app = create_app(services=services, **kwargs)
     try:
-        with AppClient(app, raise_server_exceptions=False) as client:
+        with AppClient(app, raise_server_exceptions=False, client=peer) as client:
             client.services = services
             try:
                 yield client

@@ -30,8 +30,22 @@ def unavailable() -> str | None:
     return None
 
 
-def chromium(profile: Path, *, width: int = 1280, height: int = 900) -> Any:
-    """A headless Chromium with a fresh profile in `profile`, recording its network log."""
+# Every host name but 127.0.0.1 fails to resolve, and no proxy is used: the page gets the
+# local server and nothing else, as on a machine without a network.
+OFFLINE = ("--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1", "--no-proxy-server")
+# Run before any page script: collects the page's Content-Security-Policy violations.
+RECORD_VIOLATIONS = (
+    "window.cspViolations = [];"
+    "document.addEventListener('securitypolicyviolation', e =>"
+    "  window.cspViolations.push(e.effectiveDirective + ' ' + (e.blockedURI || 'inline')));"
+)
+
+
+def chromium(profile: Path, *, width: int = 1280, height: int = 900, offline: bool = False) -> Any:
+    """A headless Chromium with a fresh profile in `profile`, recording its network and console logs.
+
+    offline: only 127.0.0.1 is reachable (see OFFLINE); every page records its CSP violations (csp_violations).
+    """
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -42,10 +56,42 @@ def chromium(profile: Path, *, width: int = 1280, height: int = 900) -> Any:
         "--no-first-run", "--disable-extensions", f"--user-data-dir={profile}", f"--window-size={width},{height}",
     ):
         options.add_argument(argument)
+    for argument in OFFLINE if offline else ():
+        options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(executable_path=_which(DRIVER_NAMES)))
     driver.set_page_load_timeout(WAIT_SECONDS)
+    driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": RECORD_VIOLATIONS})
     return driver
+
+
+def csp_violations(driver: Any) -> list[str]:
+    """The current page's CSP violations so far, as "directive blocked-uri" strings."""
+    return driver.execute_script("return window.cspViolations || []")
+
+
+def console_errors(driver: Any) -> list[str]:
+    """The console's error messages (failed loads, refused scripts, exceptions) since the last call."""
+    return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+def failed_requests(driver: Any) -> list[str]:
+    """Requests since the last call that failed or got a 4xx/5xx, as "url: reason" strings.
+
+    Reads (and so empties) the performance log, as sent_requests does.
+    """
+    urls: dict[str, str] = {}
+    failed = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        params = message.get("params", {})
+        if message["method"] == "Network.requestWillBeSent":
+            urls[params["requestId"]] = params["request"]["url"]
+        elif message["method"] == "Network.loadingFailed":
+            failed.append(f"{urls.get(params['requestId'], '?')}: {params['errorText']}")
+        elif message["method"] == "Network.responseReceived" and params["response"]["status"] >= 400:
+            failed.append(f"{params['response']['url']}: {params['response']['status']}")
+    return failed
 
 
 def sent_requests(driver: Any) -> list[dict[str, Any]]:

@@ -11,7 +11,9 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-TABLES = ("conversation_states", "conversation_messages", "conversation_audit", "cleanup_runs")
+TABLES = (
+    "conversation_states", "conversation_messages", "conversation_audit", "cleanup_runs", "erased_channel_messages",
+)
 
 
 def make_state(
@@ -63,6 +65,7 @@ def make_message(
     external_id: str | None = None,
     age_seconds: int = 0,
     has_error: bool = False,
+    metadata: dict[str, Any] | None = None,
 ) -> int:
     """One ledger row; returns its id. Non-user rows never carry a status."""
     with engine.begin() as conn:
@@ -70,15 +73,15 @@ def make_message(
             """
             INSERT INTO conversation_messages
                 (tenant_id, device_id, role, content, agent, external_id, status, reply_to, session_id,
-                 has_error, created_at)
-            VALUES (%(t)s, %(d)s, %(r)s, %(c)s, %(a)s, %(x)s, %(s)s, %(rt)s, %(sid)s, %(e)s,
+                 has_error, metadata, created_at)
+            VALUES (%(t)s, %(d)s, %(r)s, %(c)s, %(a)s, %(x)s, %(s)s, %(rt)s, %(sid)s, %(e)s, %(m)s::jsonb,
                     now() - make_interval(secs => %(age)s))
             RETURNING id
             """,
             {
                 "t": tenant_id, "d": device_id, "r": role, "c": content, "a": agent, "x": external_id,
                 "s": status if role == "user" else None, "rt": reply_to, "sid": session_id, "e": has_error,
-                "age": age_seconds,
+                "age": age_seconds, "m": json.dumps(metadata or {}),
             },
         ).scalar_one()
 

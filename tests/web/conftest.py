@@ -30,3 +30,15 @@ def browser(tmp_path: Path):
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture
+def offline_browser(tmp_path: Path):
+    """A browser that reaches 127.0.0.1 and nothing else."""
+    if REASON:
+        pytest.skip(REASON)
+    driver = chromium(tmp_path / "profile", offline=True)
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -1,7 +1,8 @@
 """The web chat API: POST /api/chat, and the device's own conversations under /api/chat.
 
-Every route but POST /api/devices speaks for one device: X-Device-ID (signed when
-DEVICE_ID_SECRET is set; 400 missing or malformed, 401 unsigned) and X-Tenant-ID.
+Every route but POST /api/devices speaks for one device: X-Device-ID (signed for its
+tenant when DEVICE_ID_SECRET is set; 400 missing or malformed, 401 unsigned or signed for
+another tenant) and X-Tenant-ID (one of WEB_TENANTS, else 400 unknown_tenant).
 A device sees only its own data: another device's session answers the same 404
 as a session that does not exist.
 """
@@ -11,13 +12,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Path, Query, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, Field
 
-from app import devices
-from app.api.auth import WebDevice
-from app.api.deps import AppSettings, History, Pipe, Sessions
+from app import devices, rate_limits
+from app.api.auth import WebDevice, WebTenant
+from app.api.deps import AppSettings, Db, History, Pipe, Sessions
 from app.api.errors import ApiError, ErrorBody
 from app.pipeline import Inbound, Result
 from app.admin.transfer import ID_SCHEMA, MAX_ID
@@ -134,11 +135,18 @@ SESSION_ID = {"min_length": 1, "max_length": 128, "json_schema_extra": ID_SCHEMA
 NO_SESSION = "no such session for this device"
 
 
-@router.post("/api/devices", status_code=201, response_model=Device)
-def new_device(settings: AppSettings) -> Device:
-    """Issue a device id for a new web chat client (signed when DEVICE_ID_SECRET is set)."""
+@router.post(
+    "/api/devices", status_code=201, response_model=Device, responses={c: {"model": ErrorBody} for c in (400, 429)}
+)
+def new_device(request: Request, settings: AppSettings, database: Db, tenant: WebTenant) -> Device:
+    """Issue a device id for a new web chat client of the X-Tenant-ID tenant (signed, and bound to
+    that tenant, when DEVICE_ID_SECRET is set); 429 past RATE_LIMIT_NEW_DEVICES from the client's address."""
+    # The address of the connection as the ASGI server reports it: never X-Forwarded-For
+    # itself (uvicorn rewrites it only for the proxies FORWARDED_ALLOW_IPS trusts).
+    address = request.client.host if request.client else "unknown"
+    rate_limits.hit(database.engine, rate_limits.NEW_DEVICES, address, settings.rate_limit_new_devices)
     secret = settings.device_id_secret.get_secret_value() if settings.device_id_secret else None
-    return Device(device_id=devices.issue(secret))
+    return Device(device_id=devices.issue(secret, tenant))
 
 
 @router.post("/api/chat/new", status_code=201, response_model=NewSession, responses=_errors())
@@ -150,7 +158,7 @@ def new_chat(device: WebDevice, sessions: Sessions) -> NewSession:
 @router.post(
     "/api/chat",
     response_model=ChatResponse,
-    responses={202: {"model": Queued}, **_errors(413, 422, 503)},
+    responses={202: {"model": Queued}, **_errors(413, 422, 429, 503)},
 )
 async def chat(
     body: ChatRequest,
@@ -160,7 +168,9 @@ async def chat(
 ) -> ChatResponse | JSONResponse:
     """Send a message; 200 with the reply, 202 when it waits behind a busy conversation.
 
-    503 with Retry-After (nothing stored) when the instance holds MAX_CONCURRENT_TURNS turns.
+    429 (with Retry-After, nothing stored) past RATE_LIMIT_PER_DEVICE new messages in the
+    device's minute; 503 with Retry-After (nothing stored) when the instance holds
+    MAX_CONCURRENT_TURNS turns.
     """
     external_id = idempotency_external_id(device.device_id, idempotency_key)
     metadata: dict[str, Any] = {"channel": "web"}

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Body, Path, Query, Response
+from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator
 
 from app.admin.schemas import (
@@ -35,6 +36,7 @@ from app.admin.schemas import (
     Timings,
     session_id_text,
 )
+from app.admin.import_body import DocumentBody, InvalidDocument, parse_document
 from app.admin.transfer import ID_SCHEMA, MAX_ID, ExportDocument, export_device, import_device
 from app.api.auth import AdminTenant
 from app.api.deps import Admin, Agents, Db
@@ -77,8 +79,15 @@ def list_sessions(
 
 
 @router.post("/api/sessions/import", status_code=201, response_model=ImportResult, responses=_errors(409, 413))
-def import_session(tenant: AdminTenant, database: Db, document: ExportDocument) -> ImportResult:
+def import_session(
+    tenant: AdminTenant, database: Db, body: Annotated[Any, DocumentBody(), Body()]
+) -> ImportResult:
     """Import an export document into the caller's tenant (a tenant named in it is ignored); 409 if it exists."""
+    # A sync route runs in the threadpool: validating a big document here leaves the event loop free.
+    try:
+        document = parse_document(body)
+    except InvalidDocument as err:
+        raise RequestValidationError([e | {"loc": ("body", *e["loc"])} for e in err.errors]) from None
     counts = import_device(database.engine, tenant, document)  # ImportConflict: 409, mapped in app/api/errors.py
     state = document.state
     return ImportResult(
@@ -86,6 +95,7 @@ def import_session(tenant: AdminTenant, database: Db, document: ExportDocument) 
         session_id=state.session_id if state else None,
         messages=counts["messages"],
         audit=counts["audit"],
+        dropped_metadata=counts["dropped_metadata"],
     )
 
 

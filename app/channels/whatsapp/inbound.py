@@ -8,6 +8,10 @@ and skipped while the rest of its batch goes on.
 A sender is identified by its business-scoped user id (BSUID, `messages[].from_user_id`
 or `contacts[].user_id`) when Meta sends one, else by its phone number (`from`). A reply
 goes to the phone number when there is one (`to`), else to the BSUID (`recipient`).
+
+Where an outbound message goes is never read from what a client could have written:
+the business number must belong to the message's tenant by WHATSAPP_TENANTS
+(business_tenant), and the recipient is the device itself (recipient_of).
 """
 
 from __future__ import annotations
@@ -26,7 +30,12 @@ from app import validation
 logger = logging.getLogger(__name__)
 
 CHANNEL = "whatsapp"
+DEFAULT_TENANT = "default"  # the tenant of business numbers WHATSAPP_TENANTS does not list
 PHONE_NUMBER_ID = re.compile(r"[0-9]{1,32}")
+WA_ID = re.compile(r"[0-9]{1,32}")  # a phone number as WhatsApp writes it (`from`, `wa_id`): digits only
+# The metadata keys that say where a message came from and where its answer goes. Only
+# the webhook writes them on inbound messages; an import drops them (app.admin.transfer).
+ROUTING_KEYS = ("phone_number_id", "to", "recipient", "wa_message_id")
 MEDIA_TYPES = frozenset({"image", "audio", "video", "document", "sticker"})
 # Nothing the user expects an answer to: a reaction to a message, a number change notice.
 SILENT_TYPES = frozenset({"reaction", "system"})
@@ -157,6 +166,27 @@ class UserMessage:
         if self.attachments:
             data["attachments"] = list(self.attachments)
         return data
+
+
+def business_tenant(tenants: dict[str, str], phone_number_id: str) -> str:
+    """The tenant a business number belongs to: WHATSAPP_TENANTS, else DEFAULT_TENANT (inbound and outbound)."""
+    return tenants.get(phone_number_id, DEFAULT_TENANT)
+
+
+def recipient_of(device_id: str, inbound: dict[str, Any]) -> dict[str, str]:
+    """Where a device's messages go: the device's own WhatsApp id, never an address stored for it.
+
+    A device keyed by phone number gets {"to": device_id}. A device keyed by BSUID gets
+    the phone of its latest inbound message when Meta sent one (inbound: that message's
+    metadata, written by the webhook from a signed delivery; an import drops it), else
+    {"recipient": device_id}.
+    """
+    if WA_ID.fullmatch(device_id):
+        return {"to": device_id}
+    phone = inbound.get("to")
+    if isinstance(phone, str) and WA_ID.fullmatch(phone):
+        return {"to": phone}
+    return {"recipient": device_id}
 
 
 def _clean(value: str | None) -> str:

@@ -8,6 +8,11 @@
 | DUE_DEVICES | devices with a reply due for another try (backoff over, no live marker), for the cleanup run |
 | LAST_INBOUND / INSERT_OUTBOUND | a message to a device outside any turn (operator takeover): stored, then sent like a reply |
 
+Where a send goes is never taken from the reply's own metadata (an agent or an import
+may have written it): the business number is the one the device's WhatsApp message
+came in on (the reply's inbound, else the device's latest), and only if WHATSAPP_TENANTS
+gives it to the reply's tenant; the recipient is the device itself (inbound.recipient_of).
+
 The customer-service window (Meta: "Customer service windows") opens with each
 message from the user and lasts 24 hours; only templates may be sent outside it.
 It is judged by the database clock against the user's own send time (`sent_at`,
@@ -29,7 +34,7 @@ from tenacity import Retrying, retry_if_exception_type, wait_exponential
 
 from app import validation
 from app.channels.whatsapp.graph import GraphApi, SendOutcome, message_payload
-from app.channels.whatsapp.inbound import CHANNEL, PHONE_NUMBER_ID
+from app.channels.whatsapp.inbound import CHANNEL, PHONE_NUMBER_ID, business_tenant, recipient_of
 from app.core.config import Settings
 from app.core.db import run
 from app.errors import StoreError, StoreUnavailable
@@ -37,6 +42,7 @@ from app.errors import StoreError, StoreUnavailable
 logger = logging.getLogger(__name__)
 
 WINDOW = "interval '24 hours'"
+NOT_OURS = "the business number is not this tenant's (WHATSAPP_TENANTS): not sent"
 OUTSIDE_WINDOW = "outside the 24-hour customer-service window: not sent (send a template instead)"
 RETRY_BASE_SECONDS = 30  # cleanup backoff: 30 s, 60 s, 120 s ... capped at MAX_RETRY_SECONDS
 MAX_RETRY_SECONDS = 1800
@@ -85,10 +91,16 @@ WITH dev AS (
     WHERE r.id = c.id AND {OURS}
       AND (r.send_expires_at IS NULL OR r.send_expires_at <= now())
       AND (NOT %(due_only)s OR r.next_send_at IS NULL OR r.next_send_at <= now())
-    RETURNING r.id, r.reply_to, r.content, r.metadata, r.send_epoch, c.sendable
+    RETURNING r.id, r.tenant_id, r.device_id, r.reply_to, r.content, r.metadata, r.send_epoch, c.sendable
 )
 SELECT claimed.*, u.metadata AS inbound_metadata
-FROM claimed LEFT JOIN conversation_messages u ON u.id = claimed.reply_to
+FROM claimed LEFT JOIN LATERAL (
+    -- The message answered when it is one of the device's WhatsApp messages, else the latest of them.
+    SELECT u.metadata FROM conversation_messages u
+    WHERE u.tenant_id = claimed.tenant_id AND u.device_id = claimed.device_id AND u.role = 'user'
+      AND (u.metadata ->> 'channel') = '{CHANNEL}'
+    ORDER BY u.id IS NOT DISTINCT FROM claimed.reply_to DESC, u.id DESC LIMIT 1
+) u ON true
 """
 
 RECORD_SENT = """
@@ -126,7 +138,7 @@ SELECT %(tenant)s, %(device)s, 'assistant', %(content)s, %(agent)s, %(metadata)s
 RETURNING id
 """
 
-# The address keys a reply takes from its inbound message (or, for an outbound-only message, its own).
+# Copied onto an outbound-only message for the record; its send reads the device's inbound instead.
 ADDRESS_KEYS = ("phone_number_id", "to", "recipient", "wa_message_id")
 
 
@@ -183,11 +195,13 @@ class Outbox:
 
     def _send(self, row: Any, deadline: float) -> SendOutcome:
         own, inbound = row["metadata"] or {}, row["inbound_metadata"] or {}
-        source = inbound if inbound.get("phone_number_id") else own
-        phone_number_id = str(source.get("phone_number_id") or "")
-        address = {key: source[key] for key in ("to", "recipient") if isinstance(source.get(key), str) and source[key]}
-        if not PHONE_NUMBER_ID.fullmatch(phone_number_id) or len(address) != 1:
-            return SendOutcome("failed", "no phone_number_id or recipient in the message metadata")
+        phone_number_id = str(inbound.get("phone_number_id") or "")
+        if not PHONE_NUMBER_ID.fullmatch(phone_number_id):
+            return SendOutcome("failed", "no WhatsApp message of this device names a business number")
+        if business_tenant(self.graph.settings.whatsapp_tenants, phone_number_id) != row["tenant_id"]:
+            logger.error("whatsapp reply %s not sent: its business number is not its tenant's", row["id"])
+            return SendOutcome("failed", NOT_OURS)
+        address = recipient_of(row["device_id"], inbound)
         template = own.get("template") if isinstance(own.get("template"), dict) else None
         choices = own.get("choices") if isinstance(own.get("choices"), list) else []
         payload = message_payload(address, row["content"], [c for c in choices if isinstance(c, dict)], template)
@@ -256,8 +270,9 @@ def send_to_device(
     """Store a message to a WhatsApp device and send it (text, or a template), honouring the window.
 
     For the operator takeover: the message joins the device's history as an
-    assistant message (agent, e.g. "operator"), goes to the address of the user's
-    last message, and is sent after any earlier unsent reply. Raises InvalidInput
+    assistant message (agent, e.g. "operator"), goes to the device itself from the
+    business number of the user's last message (only if it is the tenant's: else
+    "failed"), and is sent after any earlier unsent reply. Raises InvalidInput
     for a bad tenant or device and StoreUnavailable when the store is down.
     """
     tenant, device = validation.tenant_id(tenant), validation.device_id(device)

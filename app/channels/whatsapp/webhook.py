@@ -33,16 +33,17 @@ from anyio.lowlevel import EventLoopToken
 
 from app import validation
 from app.channels.whatsapp.graph import TYPING_TIMEOUT, GraphApi
-from app.channels.whatsapp.inbound import CHANNEL, UserMessage, user_messages
+from app.channels.whatsapp.inbound import CHANNEL, UserMessage, business_tenant, user_messages
 from app.channels.whatsapp.outbox import Outbox, marker_hold
 from app.core.config import Settings
-from app.errors import InvalidInput, StoreError, StoreUnavailable
+from app.core.logging import device_hash
+from app.erasure import ReplayGuard
+from app.errors import InvalidInput, RateLimited, StoreError, StoreUnavailable
 from app.ledger import Answer, Ledger, Pending
 from app.pipeline import Inbound, OnReply, Pipeline
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TENANT = "default"
 ACK_MARGIN_SECONDS = 0.5  # kept back from the budget for the final stores and the answer itself
 
 Deadline = Callable[[], float]
@@ -150,8 +151,8 @@ class Typist:
     (at most TYPING_TIMEOUT) for a call in flight: "typing..." never follows the reply.
     """
 
-    def __init__(self, sender: WhatsAppSender, deadline: Deadline | None = None):
-        self.sender, self.deadline = sender, deadline
+    def __init__(self, sender: WhatsAppSender, deadline: Deadline | None = None, tenant: str | None = None):
+        self.sender, self.deadline, self.tenant = sender, deadline, tenant
         self.interval = sender.settings.whatsapp_typing_interval_seconds
         self._last: dict[str, float] = {}
         self._done: set[str] = set()  # messages whose first typing call has ended
@@ -162,6 +163,9 @@ class Typist:
         message_id, phone_number_id = metadata.get("wa_message_id"), metadata.get("phone_number_id")
         if metadata.get("channel") != CHANNEL or not message_id or not phone_number_id:
             return
+        tenants = self.sender.settings.whatsapp_tenants
+        if self.tenant is None or business_tenant(tenants, str(phone_number_id)) != self.tenant:
+            return  # only on a number of the tenant whose delivery this is
         now = time.monotonic()
         with self._cond:
             if message_id in self._last and now - self._last[message_id] < self.interval:
@@ -182,8 +186,9 @@ class Typist:
             self._cond.wait_for(lambda: message_id in self._done, timeout=TYPING_TIMEOUT)
 
 
-def typist(sender: WhatsAppSender, deadline: Deadline | None = None) -> Typist:
-    return Typist(sender, deadline)
+def typist(sender: WhatsAppSender, deadline: Deadline | None = None, tenant: str | None = None) -> Typist:
+    """The Typist of one tenant's delivery: it marks only messages that came in on the tenant's own numbers."""
+    return Typist(sender, deadline, tenant)
 
 
 @dataclass
@@ -211,6 +216,16 @@ class _Batch:
     acked: bool = False
     cond: threading.Condition = field(default_factory=threading.Condition)
 
+    def dropped(self, job: _Job, err: RateLimited) -> None:
+        """Record a message refused by RATE_LIMIT_PER_DEVICE: acknowledged (Meta must not
+        redeliver it), never stored, never answered."""
+        logger.warning(
+            "whatsapp message %s from device %s dropped: over the rate limit (RATE_LIMIT_PER_DEVICE), "
+            "window ends in %s s", job.message.id, device_hash(self.sender.settings, job.message.device_id),
+            err.retry_after,
+        )
+        self._set(job, "ignored", done=True)
+
     def deadline(self) -> float:
         # Until the answer is out, everything shares the acknowledgement's budget; after it,
         # each send gets its own bound (nobody waits for it any more).
@@ -227,7 +242,7 @@ class _Batch:
             self.cond.notify_all()
 
     def run_device(self, jobs: list[_Job]) -> None:
-        typing = typist(self.sender, self.deadline)
+        typing = typist(self.sender, self.deadline, jobs[0].tenant)
         on_reply = replier(self.sender, self.pipeline.ledger, self.deadline, typing)
         for job in jobs:
             with self.cond:
@@ -251,6 +266,8 @@ class _Batch:
                 for rest in jobs[jobs.index(job):]:
                     self._set(rest, "unavailable", only_from=("waiting", "running"), done=True)
                 return  # the request stores them itself, or answers 503
+            except RateLimited as err:
+                self.dropped(job, err)
             except (InvalidInput, StoreError) as err:
                 # A redelivery would carry the same value, and a statement the database
                 # refuses would fail again: acknowledge and keep the batch going.
@@ -285,6 +302,9 @@ class _Batch:
             )
         except StoreUnavailable:
             raise  # 503: Meta delivers again once the store is back
+        except RateLimited as err:
+            self.dropped(job, err)
+            return
         except (InvalidInput, StoreError) as err:
             logger.error("whatsapp message %s ignored: %s", job.message.id, err)
             self._set(job, "ignored")
@@ -297,7 +317,7 @@ class _Batch:
             self.sender.background.start(self._drain, claim.lease)
 
     def _drain(self, lease: Any) -> None:
-        typing = typist(self.sender, self.deadline)
+        typing = typist(self.sender, self.deadline, lease.tenant)
         on_reply = replier(self.sender, self.pipeline.ledger, self.deadline, typing)
         try:
             # Pipeline.drain only takes a free lease; this one is already ours.
@@ -317,7 +337,8 @@ def handle_delivery(
     """Run the user messages of one delivery, each device's in order; answer within the budget.
 
     received: time.monotonic() when the request arrived. StoreUnavailable propagates
-    (so Meta redelivers) when a message could not be stored.
+    (so Meta redelivers) when a message could not be stored. A message whose device was
+    erased since it was first stored counts as a duplicate (one lookup per delivery).
     """
     received = time.monotonic() if received is None else received
     oldest = time.time() - settings.webhook_max_age_seconds
@@ -329,12 +350,17 @@ def handle_delivery(
             logger.info("whatsapp message %s is older than WEBHOOK_MAX_AGE_SECONDS: ignored", message.id)
             ignored += 1
         else:
-            jobs.append(_Job(settings.whatsapp_tenants.get(message.phone_number_id, DEFAULT_TENANT), message))
+            jobs.append(_Job(business_tenant(settings.whatsapp_tenants, message.phone_number_id), message))
+    # Messages of a device erased since (app/erasure.py): duplicates, as they were before the erasure.
+    erased = ReplayGuard.of(settings).erased(pipeline.ledger.engine, [(j.tenant, j.message.external_id) for j in jobs])
+    for n in erased:
+        jobs[n].state, jobs[n].done = "duplicate", True
     token = anyio.from_thread.run_sync(anyio.lowlevel.current_token)  # called on a sync route's worker thread
     batch = _Batch(pipeline, sender, received + settings.webhook_ack_seconds - ACK_MARGIN_SECONDS, jobs, token)
     devices: dict[tuple[str, str], list[_Job]] = {}
     for job in jobs:
-        devices.setdefault((job.tenant, job.message.device_id), []).append(job)
+        if job.state == "waiting":
+            devices.setdefault((job.tenant, job.message.device_id), []).append(job)
     for device_jobs in devices.values():
         sender.background.start(batch.run_device, device_jobs)
     batch.settle()
