@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from datetime import datetime
@@ -71,6 +72,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", host, "--port", str(port),
         "--workers", str(args.workers), "--log-level", settings.log_level.lower(),
         "--no-access-log",  # app.access logs each request, with its request id
+        # On SIGTERM uvicorn stops accepting, lets running turns finish for this long, then
+        # cancels them: their leases are given back and the next holder runs them again.
+        "--timeout-graceful-shutdown", str(math.ceil(settings.shutdown_grace_seconds)),
     ]
     os.execve(sys.executable, command, env)
     return 0  # not reached

@@ -8,8 +8,6 @@ import time
 from collections import Counter
 from typing import Any
 
-import psycopg
-from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from app.agents import load_registry
@@ -19,6 +17,7 @@ from bench.chatload import EXPECTED_LOCK, SCRIPT, ChatLoad, totals, web_devices,
 from bench.common import AGENT, DEVICE_BASE, Bench, maintain, ratio, table
 from bench.serve import CpuMeter, postmaster_pid, uvicorn
 from tests.utils import aio
+from tests.utils.counting import count_statements
 
 THREADPOOL = 40  # Starlette runs sync routes on anyio's default limiter: at most 40 at once per worker
 CHAT_WAIT_SECONDS = 120
@@ -90,41 +89,24 @@ def round_trips(b: Bench, messages: int, history: int) -> dict[str, Any]:
     settings = b.settings().model_copy(update={"agent_history_messages": history})
     engine = b.engine()
     pipeline = Pipeline(engine, load_registry(settings.agents), settings)
-    statements: list[float] = []  # perf_counter at each statement's start
-    db_seconds = [0.0]
-
-    class Timed(psycopg.Cursor):
-        def execute(self, query, params=None, **kwargs):  # noqa: ANN001, ANN201
-            statements.append(time.perf_counter())
-            try:
-                return super().execute(query, params, **kwargs)
-            finally:
-                db_seconds[0] += time.perf_counter() - statements[-1]
-
-    def timed(dbapi_conn, record):  # noqa: ANN001, ANN202 - every connection the engine makes
-        dbapi_conn.cursor_factory = Timed
-
-    event.listen(engine, "connect", timed)
     conversations = web_devices(max(1, messages // len(SCRIPT)), "in-process")
     for text in SCRIPT:  # warm-up: connect, and let psycopg prepare the statements
         aio.run(pipeline.handle, Inbound("default", web_devices(1, "warm-up")[0], text))
-    statements.clear()
-    db_seconds[0] = 0.0
     per_message: list[int] = []
     wrong = 0
+    durations: list[float] = []
     started = time.perf_counter()
-    try:
+    with count_statements(engine, durations) as statements:
         for i in range(messages):
             step = i % len(SCRIPT)
             seen = len(statements)
-            result = aio.run(pipeline.handle, Inbound("default", conversations[(i // len(SCRIPT)) % len(conversations)],
-                                             SCRIPT[step], None, {"channel": "bench"}))
+            device = conversations[(i // len(SCRIPT)) % len(conversations)]
+            result = aio.run(pipeline.handle, Inbound("default", device, SCRIPT[step], None, {"channel": "bench"}))
             per_message.append(len(statements) - seen)
             wrong += (result.status, result.agent, result.lock_agent) != ("answered", AGENT, EXPECTED_LOCK[step])
-    finally:
-        seconds = time.perf_counter() - started
-        event.remove(engine, "connect", timed)
-        engine.dispose()
+    seconds = time.perf_counter() - started
+    engine.dispose()
+    db_seconds = [sum(durations)]
     return {
         "messages": messages, "statements": sum(per_message),
         "per_message_mean": round(statistics.mean(per_message), 3), "per_message_max": max(per_message),

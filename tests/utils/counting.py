@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from unittest import mock
 
@@ -14,12 +15,12 @@ from app.core.db import lock_pools
 
 
 @contextlib.contextmanager
-def count_statements(engine: Engine) -> Iterator[list[str]]:
-    """Record each statement that engine's lock pools and SQLAlchemy connections execute while open.
+def count_statements(engine: Engine, seconds: list[float] | None = None) -> Iterator[list[str]]:
+    """Record each statement that engine's lock pools execute while open (seconds: each one's duration).
 
-    The engine's connections are told apart by their pool: psycopg_pool names itself on
-    each connection it lends (psycopg_pool sets `_pool`), SQLAlchemy's by the engine's
-    url. Statements of other engines in the process are not counted.
+    The engine's connections are told apart by their pool (psycopg_pool marks each
+    connection it lends with `_pool`); statements of other engines in the process, and
+    the schema check of an engine's first connection, are not counted.
     """
     statements: list[str] = []
     pools = lock_pools(engine)
@@ -38,11 +39,21 @@ def count_statements(engine: Engine) -> Iterator[list[str]]:
 
     def execute(self, query, params=None, **kwargs):  # noqa: ANN001, ANN202
         note(self, query)
-        return sync_execute(self, query, params, **kwargs)
+        started = time.perf_counter()
+        try:
+            return sync_execute(self, query, params, **kwargs)
+        finally:
+            if seconds is not None:
+                seconds.append(time.perf_counter() - started)
 
     async def aexecute(self, query, params=None, **kwargs):  # noqa: ANN001, ANN202
         note(self, query)
-        return await async_execute(self, query, params, **kwargs)
+        started = time.perf_counter()
+        try:
+            return await async_execute(self, query, params, **kwargs)
+        finally:
+            if seconds is not None:
+                seconds.append(time.perf_counter() - started)
 
     with mock.patch.object(psycopg.Cursor, "execute", execute), \
             mock.patch.object(psycopg.AsyncCursor, "execute", aexecute):
