@@ -12,7 +12,7 @@ from app.errors import (
     StoreError,
     StoreUnavailable,
 )
-from app.sessions import SessionService
+from app.sessions import AsyncSessionService, SessionService
 
 __all__ = [
     "ConfigurationError",
@@ -23,6 +23,7 @@ __all__ = [
     "InvalidTenantId",
     "LeaseLost",
     "SessionError",
+    "AsyncSessionService",
     "SessionService",
     "StoreError",
     "StoreUnavailable",

@@ -361,6 +361,16 @@ def run_batches(engine: Engine, sql: str, params: dict, *, batch_size: int, dead
             return total
 
 
+async def arun_batches(engine: Engine, sql: str, params: dict, *, batch_size: int, deadline: float | None) -> int:
+    """run_batches as a coroutine, on the running loop's async pool."""
+    total = 0
+    while True:
+        count = await arun(engine, sql, {**params, "batch": batch_size}, rows="scalar") or 0
+        total += count
+        if count < batch_size or (deadline is not None and time.monotonic() >= deadline):
+            return total
+
+
 def _describe(err: Exception) -> str:
     orig = getattr(err, "orig", None) or err
     return f"{type(orig).__name__}: {str(orig).strip().splitlines()[0] if str(orig).strip() else ''}"
