@@ -29,6 +29,7 @@ SECTIONS: dict[str, str | None] = {
     "cleanup": "bench.cleanup",
     "coldstart": "bench.coldstart",
     "memory": "bench.memory",
+    "slowturns": "bench.slowturns",
 }
 
 

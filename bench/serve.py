@@ -49,14 +49,17 @@ class Uvicorn:
 
 @contextlib.contextmanager
 def uvicorn(
-    database_url: str, workers: int, *, module: str = "uvicorn", app: str = "app.main:create_app", **settings: object
+    database_url: str, workers: int, *, module: str = "uvicorn", app: str = "app.main:create_app",
+    path_first: list[str] | None = None, **settings: object,
 ) -> Iterator[Uvicorn]:
     """Start `python -m uvicorn app.main:create_app --factory --workers N`, wait until every worker is up, stop it.
 
     module: what `python -m` runs with uvicorn's arguments (bench.nodelay for the TCP_NODELAY diagnostic);
-    app: the factory to serve.
+    app: the factory to serve; path_first: folders searched before this checkout (another commit's tree).
     """
     env = app_env(database_url, **(NO_RATE_LIMITS | settings))
+    if path_first:
+        env["PYTHONPATH"] = os.pathsep.join([*path_first, env["PYTHONPATH"]])
     with tempfile.TemporaryDirectory(prefix="bench-uvicorn-") as tmp:
         log_path = Path(tmp) / "server.log"
         port = free_port()
