@@ -24,28 +24,40 @@ from app.errors import Overloaded
 
 
 class Wakeups:
-    """Per-device events: a waiter awaits `wait(key, seconds)`, a finished turn calls `notify(key)`."""
+    """Per-device events: a waiter awaits `wait(key, seconds)`, a finished turn calls `notify(key)`.
+
+    An event exists only while someone waits on it: the last waiter to leave removes it,
+    so devices that were waited on once cost nothing afterwards.
+    """
 
     def __init__(self) -> None:
-        self._events: dict[tuple[str, str], anyio.Event] = {}
+        self._events: dict[tuple[str, str], tuple[anyio.Event, list[int]]] = {}
 
     async def wait(self, key: tuple[str, str], seconds: float) -> bool:
         """Sleep until key is notified or seconds pass; True when notified."""
-        event = self._events.get(key)
-        if event is None:
-            event = self._events[key] = anyio.Event()
-        with anyio.move_on_after(seconds):
-            await event.wait()
-            return True
-        return False
+        entry = self._events.get(key)
+        if entry is None:
+            entry = self._events[key] = (anyio.Event(), [0])
+        event, waiters = entry
+        waiters[0] += 1
+        try:
+            with anyio.move_on_after(seconds):
+                await event.wait()
+                return True
+            return False
+        finally:
+            waiters[0] -= 1
+            if not waiters[0] and self._events.get(key) is entry:
+                del self._events[key]
 
     def notify(self, key: tuple[str, str]) -> None:
         """Wake every waiter of key (they poll the database at once)."""
-        event = self._events.pop(key, None)
-        if event is not None:
-            event.set()
+        entry = self._events.pop(key, None)
+        if entry is not None:
+            entry[0].set()
 
     def __len__(self) -> int:
+        """Devices with someone waiting on them now."""
         return len(self._events)
 
 
