@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import platform
@@ -9,8 +10,9 @@ import random
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -59,6 +61,23 @@ class Bench:
 
 
 # RATE_LIMIT_PER_DEVICE and RATE_LIMIT_NEW_DEVICES off (0): the claim still counts, so the cost is measured.
+# The last commit before the async runtime (main at the start of that round): sections that
+# compare with it run it from a worktree, side by side in the same run (full mode).
+BEFORE = "3fb1da3"
+
+
+@contextlib.contextmanager
+def checkout(commit: str) -> Iterator[Path]:
+    """A detached worktree of commit (its app serves from there through uvicorn's path_first), removed after."""
+    with tempfile.TemporaryDirectory(prefix="bench-before-") as tmp:
+        tree = Path(tmp) / "tree"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree), commit], check=True)
+        try:
+            yield tree
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
+
+
 NO_RATE_LIMITS = {"rate_limit_per_device": 0, "rate_limit_new_devices": 0}
 
 

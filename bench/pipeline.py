@@ -14,7 +14,7 @@ from app.agents import load_registry
 from app.cleanup import run_cleanup
 from app.pipeline import Inbound, Pipeline
 from bench.chatload import EXPECTED_LOCK, SCRIPT, ChatLoad, totals, web_devices, window_stats
-from bench.common import AGENT, DEVICE_BASE, Bench, maintain, ratio, table
+from bench.common import AGENT, BEFORE, DEVICE_BASE, Bench, checkout, maintain, ratio, table
 from bench.serve import CpuMeter, postmaster_pid, uvicorn
 from tests.utils import aio
 from tests.utils.counting import count_statements
@@ -54,6 +54,16 @@ def run(b: Bench) -> dict[str, Any]:
                 out["http"][f"{name}, {label}"] = http_load(
                     b, setup, workers, module, clients, devices, warmup, window, agent_history_messages=history
                 )
+        if not b.quick:
+            # The same load on the commit before the async runtime, in the same run.
+            with checkout(BEFORE) as before:
+                reset(setup)
+                out["http"][f"2 workers, history 20 @ {BEFORE}"] = http_load(
+                    b, setup, 2, "uvicorn", clients, devices, warmup, window, path_first=[str(before)],
+                    agent_history_messages=20,
+                )
+            now, then = out["http"]["2 workers, history 20"], out["http"][f"2 workers, history 20 @ {BEFORE}"]
+            out["before_msg_s_ratio"] = ratio(now["window"]["messages_per_s"], then["window"]["messages_per_s"])
         both = [out["http"].get(f"2 workers, {label}") for label in HISTORY]
         if all(both):
             out["history_msg_s_ratio"] = ratio(both[0]["window"]["messages_per_s"], both[1]["window"]["messages_per_s"])
@@ -119,11 +129,11 @@ def round_trips(b: Bench, messages: int, history: int) -> dict[str, Any]:
 
 
 def http_load(b: Bench, setup: Engine, workers: int, module: str, clients: int, devices: int, warmup: float,
-              window: float, **settings: object) -> dict[str, Any]:
+              window: float, *, path_first: list[str] | None = None, **settings: object) -> dict[str, Any]:
     """Closed-loop conversations for warmup + window seconds; figures from the messages done in the window."""
     pool = pool_size(setup, workers, clients)
     with uvicorn(b.url, workers, module=module, db_pool_size=pool, chat_wait_seconds=CHAT_WAIT_SECONDS,
-                 **settings) as server:
+                 path_first=path_first, **settings) as server:
         load = ChatLoad(server.url, web_devices(devices, f"http-{workers}-{module}"), clients)
         load.start()
         try:
@@ -247,6 +257,8 @@ def _print(out: dict[str, Any]) -> None:
                  "unexpected", "xact/msg", "client CPU", "server CPU", "PG CPU", "machine busy"], rows))
     if "history_msg_s_ratio" in out:
         print(f"2 workers, msg/s with history 20 / without: {out['history_msg_s_ratio']}")
+    if "before_msg_s_ratio" in out:
+        print(f"2 workers, msg/s now / at {BEFORE} (before the async runtime): {out['before_msg_s_ratio']}")
     cl = out["cleanup"]
     c = cl["cleanup"]
     print(f"2 workers while run_cleanup releases {cl['expired']:,} expired locks: released {c['released']:,} in "

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
 import tempfile
 import time
 import uuid
@@ -24,12 +23,9 @@ from typing import Any
 
 import httpx
 
-from bench.common import Bench, table
+from bench.common import BEFORE, Bench, checkout, table
 from bench.serve import uvicorn
-from tests.utils.server import ROOT
 
-# The last commit before the async runtime (main at the start of the round).
-BEFORE = "3fb1da3"
 AGENTS_MODULE = "bench_slow_agents"
 # Written to a folder of its own, so the commit before this work imports it as well.
 AGENTS_SOURCE = '''
@@ -69,7 +65,7 @@ def run(b: Bench) -> dict[str, Any]:
         ]
         with contextlib.ExitStack() as stack:
             if not b.quick:
-                before = stack.enter_context(_checkout(BEFORE))
+                before = stack.enter_context(checkout(BEFORE))
                 variants.append((f"sync agent @ {BEFORE}", "sync_registry", [str(before), agents_dir]))
             for label, registry, path in variants:
                 results[label] = _measure(b, turns, seconds, f"{AGENTS_MODULE}:{registry}", path)
@@ -89,18 +85,6 @@ def _agents_dir() -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="bench-agents-") as tmp:
         (Path(tmp) / f"{AGENTS_MODULE}.py").write_text(AGENTS_SOURCE)
         yield tmp
-
-
-@contextlib.contextmanager
-def _checkout(commit: str) -> Iterator[Path]:
-    """A detached worktree of commit, removed afterwards."""
-    with tempfile.TemporaryDirectory(prefix="bench-before-") as tmp:
-        tree = Path(tmp) / "tree"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree), commit], check=True)
-        try:
-            yield tree
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
 
 
 def _measure(b: Bench, turns: int, seconds: float, agents: str, path: list[str]) -> dict[str, Any]:

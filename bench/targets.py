@@ -10,7 +10,7 @@ def evaluate(sections: dict[str, Any]) -> list[dict[str, Any]]:
     locks = sections.get("locks", {}).get("ratios") or {}
     for op in ("get", "set", "mix"):
         value = locks.get(op, {}).get("service/bare_psycopg")
-        rows.append(_at_least(f"{op}: SessionService >= 0.8x bare psycopg", value, 0.8, "x"))
+        rows.append(_at_least(f"{op}: SessionService >= 0.85x bare psycopg", value, 0.85, "x"))
     for op in ("get", "set", "mix"):
         value = locks.get(op, {}).get("service/naive_orm")
         rows.append(_at_least(f"{op}: SessionService >= 4x naive ORM", value, 4.0, "x"))
@@ -32,10 +32,21 @@ def evaluate(sections: dict[str, Any]) -> list[dict[str, Any]]:
         "deleted_per_s"), 300_000, "/s"))
     rows.append(_at_most("p99 of lock operations during retention <= 2x without",
                          (retention.get("latency") or {}).get("p99_ratio"), 2.0, "x"))
+    rows += _slow_turns(sections.get("slowturns", {}))
     cold = sections.get("coldstart", {})
     label = f"cold import of {cold.get('module', 'app.lambda_handler')} <= 1.2x bare dependency import"
     rows.append(_at_most(label, cold.get("ratio_app/deps"), 1.2, "x"))
     return rows
+
+
+def _slow_turns(slow: dict[str, Any]) -> list[dict[str, Any]]:
+    run = slow.get("async agent") or {}
+    turns = slow.get("turns")
+    return [
+        _at_most(f"slow turns: {turns or 1000} async turns of {slow.get('agent_seconds', 2):g} s on one process, "
+                 "wall time <= 2x one turn", run.get("wall_s") and run["wall_s"] / slow["agent_seconds"], 2.0, "x"),
+        _at_most("slow turns: /api/health p99 <= 100 ms meanwhile", run.get("health_p99_ms"), 100, " ms"),
+    ]
 
 
 def _pipeline(pipe: dict[str, Any]) -> list[dict[str, Any]]:
@@ -48,6 +59,8 @@ def _pipeline(pipe: dict[str, Any]) -> list[dict[str, Any]]:
                              trips.get("per_message_max"), 2, ""))
     rows.append(_at_least("pipeline: msg/s with agent history 20 >= 0.9x without (2 workers, side by side)",
                           pipe.get("history_msg_s_ratio"), 0.9, "x"))
+    rows.append(_at_least("pipeline: msg/s with 2 workers >= 1.5x the commit before the async runtime",
+                          pipe.get("before_msg_s_ratio"), 1.5, "x"))
     rows.append(_at_most("pipeline: p99 of POST /api/chat during cleanup <= 2x without",
                          (pipe.get("cleanup") or {}).get("p99_ratio"), 2.0, "x"))
     runs = [run for run in (*http.values(), pipe.get("cleanup")) if run and "all_requests" in run]
