@@ -13,6 +13,9 @@ import psycopg
 import sqlalchemy as sa
 from psycopg.rows import dict_row, tuple_row
 from psycopg_pool import PoolTimeout
+from tenacity import (
+    AsyncRetrying, RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_random,
+)
 from sqlalchemy import event, exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool, QueuePool
@@ -174,7 +177,9 @@ def run(engine: Engine, sql: str, params: dict[str, Any], *, rows: str = "first"
     trip with no BEGIN or COMMIT; with a per-transaction statement timeout
     (DB_POOLER=transaction) the statement runs in a transaction after SET LOCAL.
 
-    A connection found dead retires every connection made before it (the pool is
+    A statement the server rolled back to break a deadlock or a serialization conflict
+    runs once more (nothing of it was applied). A connection found dead retires every
+    connection made before it (the pool is
     drained, SQLAlchemy's too): they went through the same outage or middlebox. A
     read_only statement that failed that way runs once more on a fresh connection; a
     write never does, since it may have been applied before the connection broke.
@@ -182,7 +187,10 @@ def run(engine: Engine, sql: str, params: dict[str, Any], *, rows: str = "first"
     """
     pools = lock_pools(engine)
     try:
-        return _run_once(engine, pools, sql, params, rows)
+        for attempt in Retrying(**CONFLICT_RETRY):
+            with attempt:
+                return _run_once(engine, pools, sql, params, rows)
+        raise AssertionError("unreachable: tenacity returns or reraises")  # pragma: no cover
     except _Disconnected as err:
         if not read_only:
             raise
@@ -199,7 +207,10 @@ async def arun(
     """
     pools = lock_pools(engine)
     try:
-        return await _arun_once(engine, pools, sql, params, rows)
+        async for attempt in AsyncRetrying(**CONFLICT_RETRY):
+            with attempt:
+                return await _arun_once(engine, pools, sql, params, rows)
+        raise AssertionError("unreachable: tenacity returns or reraises")  # pragma: no cover
     except _Disconnected as err:
         if not read_only:
             raise
@@ -209,6 +220,31 @@ async def arun(
 
 class _Disconnected(StoreUnavailable):
     """A pooled connection turned out dead mid-statement (the pool was drained)."""
+
+
+class _Conflict(StoreError):
+    """The server rolled the statement back to break a deadlock or a serialization conflict.
+
+    Every statement here runs alone (autocommit, or its own transaction), so nothing of it
+    was applied: running it once more is safe, and is what PostgreSQL's manual advises
+    ("Serialization Failure Handling"). A second conflict is reported as StoreError.
+    """
+
+
+# SQLSTATE 40P01 deadlock_detected, 40001 serialization_failure.
+CONFLICTS = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+
+
+def _log_conflict(state: RetryCallState) -> None:
+    logger.info("retrying a statement the server rolled back: %s", state.outcome.exception() if state.outcome else "")
+
+
+# Once more, after a short random pause: run at once, it could meet the same other
+# transaction at the same lock again.
+CONFLICT_RETRY: dict[str, Any] = {
+    "retry": retry_if_exception_type(_Conflict), "stop": stop_after_attempt(2), "wait": wait_random(0.01, 0.05),
+    "before_sleep": _log_conflict, "reraise": True,
+}
 
 
 def _disconnected(engine: Engine, conn: Any, err: psycopg.Error) -> bool:
@@ -274,6 +310,8 @@ def _run_once(engine: Engine, pools: LockPools, sql: str, params: dict[str, Any]
             pools.drain()
             engine.dispose(close=False)
             raise _Disconnected(_describe(err)) from err
+        if isinstance(err, CONFLICTS):
+            raise _Conflict(_describe(err)) from err
         raise _store_error(err) from err
     except BaseException:
         conn.close()  # interrupted mid-statement: its state is unknown
@@ -312,6 +350,8 @@ async def _arun_once(engine: Engine, pools: LockPools, sql: str, params: dict[st
             await pools.adrain()
             engine.dispose(close=False)
             raise _Disconnected(_describe(err)) from err
+        if isinstance(err, CONFLICTS):
+            raise _Conflict(_describe(err)) from err
         raise _store_error(err) from err
     except BaseException:
         # Cancelled (a timeout, a stop) or interrupted mid-statement: the connection's state

@@ -1,0 +1,71 @@
+"""A statement the server rolls back to break a deadlock runs once more instead of failing the request."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import psycopg
+import pytest
+
+from app import SessionService
+from app.core.db import arun, run
+from tests.utils import aio
+from tests.utils.agents import wait_for
+from tests.utils.counting import count_statements, work
+
+FIRST = "6d1e2f3a-4b5c-4d6e-8f7a-9b0c1d2e3f4a"
+SECOND = "7e2f3a4b-5c6d-4e7f-8a9b-0c1d2e3f4a5b"
+# One statement that locks FIRST's row, then SECOND's (a DO block runs its updates in order).
+BUMP_BOTH = f"""
+DO $$ BEGIN
+    UPDATE conversation_states SET version = version + 1 WHERE device_id = '{FIRST}';
+    UPDATE conversation_states SET version = version + 1 WHERE device_id = '{SECOND}';
+END $$
+"""
+WAITING = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+
+
+def versions(conn: psycopg.Connection) -> list[int]:
+    rows = conn.execute(
+        "SELECT version FROM conversation_states WHERE device_id = ANY(%s) ORDER BY device_id", [[FIRST, SECOND]]
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_the_deadlock_victim_is_run_again(engine, database_url, caplog, mode):
+    sessions = SessionService(engine)
+    for device in (FIRST, SECOND):
+        sessions.set_session_lock(device, "billing")
+    conninfo = database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(conninfo, autocommit=True) as watcher, psycopg.connect(conninfo) as blocker:
+        before = versions(watcher)
+        # The blocker checks for deadlocks late, so the statement under test (waiting first) is the victim.
+        blocker.execute("SET deadlock_timeout = '30s'")
+        blocker.execute(f"UPDATE conversation_states SET version = version + 1 WHERE device_id = '{SECOND}'")
+        outcome: dict[str, object] = {}
+
+        def statement() -> None:
+            try:
+                if mode == "sync":
+                    run(engine, BUMP_BOTH, {}, rows="all")
+                else:
+                    aio.run(arun, engine, BUMP_BOTH, {}, rows="all")
+                outcome["ok"] = True
+            except Exception as err:  # noqa: BLE001 - the test reports what it was
+                outcome["error"] = err
+
+        with caplog.at_level(logging.INFO, logger="app.core.db"), count_statements(engine) as statements:
+            worker = threading.Thread(target=statement)
+            worker.start()
+            assert wait_for(lambda: watcher.execute(WAITING).fetchone()[0] == 1, 10), "never waited on the lock"
+            # Closing the cycle: the statement under test is rolled back, then this update goes through.
+            blocker.execute(f"UPDATE conversation_states SET version = version + 1 WHERE device_id = '{FIRST}'")
+            blocker.commit()
+            worker.join(30)
+        assert outcome == {"ok": True}
+        assert len(work(statements)) == 2  # the first run, rolled back, and the second
+        assert any("rolled back" in record.getMessage() for record in caplog.records)
+        # The blocker's two updates and one run of the statement (the rolled-back one left nothing).
+        assert versions(watcher) == [v + 2 for v in before]
