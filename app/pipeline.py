@@ -220,14 +220,15 @@ class Pipeline:
         its attempt counted, as after a crash, without waiting for the lease to lapse.
         """
         answers: dict[int, Answer] = {}
-        try:
-            await self._drain_turns(lease, answers, on_reply, on_working, db_ms=db_ms, started=started)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self._give_back(lease)
-            raise
-        finally:
-            self.runtime.wakeups.notify((lease.tenant, lease.device))
+        with self.runtime.holding():  # a shutdown waits for the give-back before closing the pool
+            try:
+                await self._drain_turns(lease, answers, on_reply, on_working, db_ms=db_ms, started=started)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await self._give_back(lease)
+                raise
+            finally:
+                self.runtime.wakeups.notify((lease.tenant, lease.device))
         return answers
 
     async def _give_back(self, lease: Lease) -> None:
