@@ -13,7 +13,7 @@ from app.api.limits import KIB, BodyLimit
 from app.api.routes import chat, cron, docs, health, sessions, stats, takeover, web, whatsapp
 from app.core.config import Settings
 from app.core.db import Database
-from app.core.logging import RequestContext
+from app.core.logging import RequestContext, configure_logging
 from app.services import Services, build_services
 
 logger = logging.getLogger(__name__)
@@ -65,3 +65,14 @@ def create_app(
     app.include_router(web.router)
     docs.install(app)
     return app
+
+
+def serve_app() -> FastAPI:
+    """The factory `python -m app serve` hands uvicorn: the CLI's logging, then the app.
+
+    serve execs uvicorn, so the logging its own process configured is gone; without this
+    the app's lines (app.access, "message handled", the agents') went nowhere.
+    """
+    settings = Settings()
+    configure_logging(settings, serverless=False)
+    return create_app(settings)
