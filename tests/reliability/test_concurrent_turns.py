@@ -11,54 +11,17 @@ import pytest
 
 from tests.reliability.ledger_checks import check_device, stored_messages
 from tests.utils import aio
+from tests.utils.chat_at_once import CLIENT_SECONDS, post_all
 from tests.utils.gate import gate
 from tests.utils.server import app_env, running_app
 
 pytestmark = pytest.mark.slow
 
 SLOW_AGENTS = "tests.utils.slow_agents:registry"
-CLIENT_SECONDS = 60.0  # a bound on the test, never a measure of speed
 
 
 def device_id(test: str, number: int) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"runtime/{test}/{number}"))
-
-
-class Responses(dict):
-    """Responses by device, and a way to await how many have come."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.changed = anyio.Condition()
-
-    async def add(self, device: str, response: httpx.Response) -> None:
-        async with self.changed:
-            self[device] = response
-            self.changed.notify_all()
-
-    async def wait_count(self, count: int) -> None:
-        with anyio.fail_after(CLIENT_SECONDS):
-            async with self.changed:
-                while len(self) < count:
-                    await self.changed.wait()
-
-
-async def post_all(url: str, messages: dict[str, str], during) -> tuple[Responses, object]:
-    """POST each device's message at once; `during(client, responses)` runs meanwhile; returns
-    the responses and what `during` returned."""
-    responses = Responses()
-    limits = httpx.Limits(max_connections=len(messages) + 10, max_keepalive_connections=len(messages) + 10)
-    async with httpx.AsyncClient(base_url=url, timeout=CLIENT_SECONDS, limits=limits) as client:
-
-        async def post(device: str, text: str) -> None:
-            response = await client.post("/api/chat", json={"message": text}, headers={"X-Device-ID": device})
-            await responses.add(device, response)
-
-        async with anyio.create_task_group() as group:
-            for device, text in messages.items():
-                group.start_soon(post, device, text)
-            seen = await during(client, responses)
-    return responses, seen
 
 
 def test_three_hundred_slow_turns_run_at_once_and_health_answers_meanwhile(database_url, engine):
