@@ -69,7 +69,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     # the child's environment only, and this process becomes uvicorn (same pid, same signals).
     env = {**os.environ, "DATABASE_URL": settings.database_url or ""}
     command = [
-        sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", host, "--port", str(port),
+        sys.executable, "-m", "uvicorn", "app.main:serve_app", "--factory", "--host", host, "--port", str(port),
         "--workers", str(args.workers), "--log-level", settings.log_level.lower(),
         "--no-access-log",  # app.access logs each request, with its request id
         # On SIGTERM uvicorn stops accepting, lets running turns finish for this long, then

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
@@ -12,8 +13,13 @@ from app.api.limits import KIB, BodyLimit
 from app.api.routes import chat, cron, docs, health, sessions, stats, takeover, web, whatsapp
 from app.core.config import Settings
 from app.core.db import Database
-from app.core.logging import RequestContext
+from app.core.logging import RequestContext, configure_logging
 from app.services import Services, build_services
+
+logger = logging.getLogger(__name__)
+
+# How long a shutdown waits for cancelled turns to give their leases back (a statement each).
+SETTLE_SECONDS = 10.0
 
 
 def create_app(
@@ -31,7 +37,11 @@ def create_app(
         yield
         # After the server's own grace period (uvicorn's timeout_graceful_shutdown, which
         # cancels the turns still running): no new turn, and this loop's pool is closed.
+        # uvicorn does not wait for the turns it cancelled: wait here while they give their
+        # leases back (one statement each), or the next holder waits LEASE_SECONDS for them.
         services.runtime.closing = True
+        if not await services.runtime.settle(SETTLE_SECONDS):
+            logger.warning("%s leases still held at shutdown: they lapse after LEASE_SECONDS", services.runtime.holders)
         await services.database.aclose()
 
     # /docs is app/api/routes/docs.py (assets from our own origin, a strict CSP); no ReDoc.
@@ -55,3 +65,14 @@ def create_app(
     app.include_router(web.router)
     docs.install(app)
     return app
+
+
+def serve_app() -> FastAPI:
+    """The factory `python -m app serve` hands uvicorn: the CLI's logging, then the app.
+
+    serve execs uvicorn, so the logging its own process configured is gone; without this
+    the app's lines (app.access, "message handled", the agents') went nowhere.
+    """
+    settings = Settings()
+    configure_logging(settings, serverless=False)
+    return create_app(settings)

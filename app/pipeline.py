@@ -28,7 +28,7 @@ from typing import Any
 
 import anyio
 from sqlalchemy.engine import Engine
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from app import validation
 from app.agents import HUMAN, MANAGER, Agent, AgentInput, AgentReply, Handoff, Registry, Release
@@ -220,14 +220,15 @@ class Pipeline:
         its attempt counted, as after a crash, without waiting for the lease to lapse.
         """
         answers: dict[int, Answer] = {}
-        try:
-            await self._drain_turns(lease, answers, on_reply, on_working, db_ms=db_ms, started=started)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self._give_back(lease)
-            raise
-        finally:
-            self.runtime.wakeups.notify((lease.tenant, lease.device))
+        with self.runtime.holding():  # a shutdown waits for the give-back before closing the pool
+            try:
+                await self._drain_turns(lease, answers, on_reply, on_working, db_ms=db_ms, started=started)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await self._give_back(lease)
+                raise
+            finally:
+                self.runtime.wakeups.notify((lease.tenant, lease.device))
         return answers
 
     async def _give_back(self, lease: Lease) -> None:
@@ -290,10 +291,15 @@ class Pipeline:
         messages are still pending, so one that was applied before its answer was lost
         finds nothing to do (LeaseLost; the waiter then reads the stored reply).
         """
+        def failed(state: RetryCallState) -> None:
+            logger.warning("finishing the turn on message %s failed, retrying: %s", turn.last.id,
+                           state.outcome.exception() if state.outcome else None)
+
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(StoreUnavailable),
             stop=stop_after_delay(self.settings.lease_seconds),
             wait=wait_exponential(multiplier=0.05, max=1.0),
+            before_sleep=failed,
             reraise=True,
         )
         async for attempt in retrying:

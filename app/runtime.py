@@ -8,6 +8,7 @@ One `Runtime` per process (built with the services), shared by every pipeline:
 | `agent_threads`| AGENT_THREADS sync agents running at once (an async agent takes no thread)           |
 | `wakeups`      | a waiter sleeps until its device's turn finishes in this process, or its poll is due |
 | `closing`      | set at shutdown: no new turn starts                                                  |
+| `holding()`    | counts the leases held in this process; `settle()` waits until none is (shutdown)    |
 
 Everything here runs on the one event loop of the process, so plain counters need no lock.
 """
@@ -70,6 +71,8 @@ class Runtime:
         self.wakeups = Wakeups()
         self.active = 0
         self.closing = False
+        self.holders = 0  # leases held by this process's pipelines (a turn, or its give-back)
+        self._settled: anyio.Event | None = None
 
     @contextlib.contextmanager
     def slot(self) -> Iterator[None]:
@@ -83,3 +86,29 @@ class Runtime:
             yield
         finally:
             self.active -= 1
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """Count a held lease until its last turn is finished or the lease given back."""
+        self.holders += 1
+        try:
+            yield
+        finally:
+            self.holders -= 1
+            if self.holders == 0 and self._settled is not None:
+                self._settled.set()
+                self._settled = None
+
+    async def settle(self, seconds: float) -> bool:
+        """Wait (at most seconds) until no lease is held here; False when some still is.
+
+        At shutdown the server cancels the turns left after its grace period without
+        waiting for them: each then gives its lease back, which needs the database pool
+        that the shutdown closes next. This wait lets those statements run first.
+        """
+        with anyio.move_on_after(seconds):
+            while self.holders:
+                if self._settled is None:
+                    self._settled = anyio.Event()
+                await self._settled.wait()
+        return self.holders == 0

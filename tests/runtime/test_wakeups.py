@@ -1,53 +1,68 @@
-"""Wakeups: a waiter sleeps until its device's turn finishes in this process, and leaves nothing behind."""
+"""A waiter costs little database: woken by the holder's finish in this process, it polls about once a second."""
 
 from __future__ import annotations
 
-import anyio
+import threading
+import time
 
-from app.runtime import Wakeups
-from tests.utils import aio
+from app.ledger import statements as sql
+from tests.utils.agents import wait_for
+from tests.utils.apps import app_client, use_registry
+from tests.utils.counting import count_statements
+from tests.utils.gate import gate
+from tests.utils.slow_agents import Slow
 
-KEY = ("default", "4c1d2e3f-5a6b-4c7d-8e9f-0a1b2c3d4e5f")
-
-
-async def _notified_while_waiting() -> tuple[bool, bool, int]:
-    wakeups = Wakeups()
-    results: list[bool] = []
-
-    async def waiter() -> None:
-        results.append(await wakeups.wait(KEY, 60))
-
-    async with anyio.create_task_group() as group:
-        group.start_soon(waiter)
-        group.start_soon(waiter)
-        while len(wakeups) == 0:  # both waiters registered on the same event
-            await anyio.sleep(0)
-        await anyio.wait_all_tasks_blocked()
-        wakeups.notify(KEY)
-    return results[0], results[1], len(wakeups)
+DEVICE = "9a8b7c6d-5e4f-4a3b-9c2d-1e0f9a8b7c6d"
+# The waiter's backoff starts at 10 ms and doubles up to 1 s: 7 polls in its first 1.27 s,
+# then one a second, and one more when it is woken. A bound on a count, not on time.
+BACKOFF_POLLS = 8
+WAIT_SECONDS = 60.0  # a bound on the test, never a measure of speed
 
 
-def test_a_notify_wakes_every_waiter_of_the_device():
-    first, second, left = aio.run(_notified_while_waiting)
-    assert (first, second) == (True, True)
-    assert left == 0
+def test_a_waiter_is_woken_by_the_holders_finish_and_polls_about_once_a_second(settings, engine):
+    with gate() as turn_gate, app_client(settings) as client:
+        use_registry(client, {"manager": Slow()})
+        engine_ = client.services.database.engine
+        wakes: list[bool] = []
+        wakeups = client.services.runtime.wakeups
+        wait = wakeups.wait
 
+        async def recorded(key, seconds):  # noqa: ANN001, ANN202
+            woken = await wait(key, seconds)
+            wakes.append(woken)
+            return woken
 
-async def _timed_out() -> tuple[bool, int]:
-    wakeups = Wakeups()
-    woken = await wakeups.wait(KEY, 0)
-    return woken, len(wakeups)
+        wakeups.wait = recorded
+        responses: dict[str, object] = {}
 
+        def post(name: str, text: str) -> None:
+            started = time.monotonic()
+            response = client.post("/api/chat", json={"message": text}, headers={"X-Device-ID": DEVICE})
+            responses[name] = (response, time.monotonic() - started)
 
-def test_a_waiter_that_times_out_leaves_no_event_behind():
-    assert aio.run(_timed_out) == (False, 0)
+        with count_statements(engine_) as statements:
+            holder = threading.Thread(target=post, args=("holder", f"first gate={turn_gate.port}"))
+            holder.start()
+            assert turn_gate.wait_arrived(1)  # the device's turn is running: its lease is taken
+            waiter = threading.Thread(target=post, args=("waiter", "second"))
+            waiter.start()
 
+            def polls() -> int:
+                return sum(1 for s in list(statements) if s == sql.POLL)
 
-async def _other_device() -> tuple[bool, int]:
-    wakeups = Wakeups()
-    wakeups.notify(("default", "someone-else"))  # nobody waits on it: a no-op
-    return await wakeups.wait(KEY, 0), len(wakeups)
+            # Let the waiter wait long enough to reach its one-a-second polls (counted, not timed).
+            assert wait_for(lambda: polls() >= BACKOFF_POLLS + 2, WAIT_SECONDS)
+            turn_gate.open()
+            holder.join(WAIT_SECONDS)
+            waiter.join(WAIT_SECONDS)
+            issued = list(statements)
 
-
-def test_a_notify_for_another_device_wakes_nobody():
-    assert aio.run(_other_device) == (False, 0)
+    (first, _), (second, waited) = responses["holder"], responses["waiter"]
+    assert first.status_code == second.status_code == 200
+    assert second.json()["reply"] == "slow: second attempt=1"  # answered by the holder, in order
+    polls = [s for s in issued if s == sql.POLL]
+    assert len(polls) <= waited + BACKOFF_POLLS, (len(polls), waited)
+    # The holder's finish woke the waiter: its last sleep ended by the wake-up, and one poll read the reply.
+    assert wakes[-1] is True, wakes
+    last_finish = max(i for i, s in enumerate(issued) if s == sql.FINISH)
+    assert [s for s in issued[last_finish + 1 :] if s == sql.POLL] == [sql.POLL]
