@@ -9,6 +9,8 @@
 | OTEL_METRICS_EXPORTER                         | as OTEL_TRACES_EXPORTER, for metrics (`prometheus` is our   |
 |                                               | GET /metrics, see METRICS)                                   |
 | OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES   | the resource (default service name: agent-sessions)         |
+| OTEL_PYTHON_ID_GENERATOR                      | trace id generator by entry point name (`xray`, from       |
+|                                               | opentelemetry-sdk-extension-aws, for X-Ray's time-based ids) |
 | OTEL_BSP_*, OTEL_METRIC_EXPORT_INTERVAL ...   | read by the SDK's processors and readers                    |
 
 Unlike the SDK's own default, no exporter is assumed: with none of these set nothing is
@@ -61,6 +63,16 @@ def _exporter(signal: str, name: str) -> Any:
     return point.load()()
 
 
+def _id_generator(environ: Mapping[str, str]) -> Any:
+    name = environ.get("OTEL_PYTHON_ID_GENERATOR", "").strip()
+    if not name:
+        return None  # the SDK's random ids
+    found = {point.name: point for point in entry_points(group="opentelemetry_id_generator")}
+    if name not in found:
+        raise RuntimeError(f"OTEL_PYTHON_ID_GENERATOR names {name!r}, which is not installed")
+    return found[name].load()()
+
+
 def _resource() -> Any:
     from opentelemetry.sdk.resources import Resource
 
@@ -90,7 +102,7 @@ def build(settings: Settings, *, serverless: bool, environ: Mapping[str, str] | 
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-        tracer_provider = TracerProvider(resource=resource)
+        tracer_provider = TracerProvider(resource=resource, id_generator=_id_generator(environ))
         for name in traces:
             tracer_provider.add_span_processor(BatchSpanProcessor(_exporter("traces", name)))
         trace.set_tracer_provider(tracer_provider)
