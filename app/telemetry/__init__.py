@@ -89,7 +89,7 @@ def flush(timeout_ms: int = 2000) -> None:
 def span(name: str, settings: Settings, tenant: str, device: str) -> contextlib.AbstractContextManager[Any]:
     """A current span for one step on a device (claim, finish), with its tenant and device hash."""
     telemetry = active()
-    return telemetry.span(name, telemetry.device(settings, tenant, device))
+    return telemetry.span(name, lambda: telemetry.device(settings, tenant, device))
 
 
 @contextlib.contextmanager

@@ -127,11 +127,14 @@ class Telemetry:
         return {"agent_sessions.tenant": tenant, "agent_sessions.device.hash": device_hash(settings, device)}
 
     @contextlib.contextmanager
-    def span(self, name: str, attributes: dict[str, Any]) -> Iterator[Span]:
-        """A current span; an exception marks it (error.type, error status) and goes on."""
-        with self.tracer.start_as_current_span(
-            name, attributes=attributes, record_exception=False, set_status_on_exception=False
-        ) as span:
+    def span(self, name: str, attributes: Callable[[], dict[str, Any]]) -> Iterator[Span]:
+        """A current span; an exception marks it (error.type, error status) and goes on.
+
+        attributes is called only when the span records: with telemetry off no hash is computed.
+        """
+        with self.tracer.start_as_current_span(name, record_exception=False, set_status_on_exception=False) as span:
+            if span.is_recording():
+                span.set_attributes(attributes())
             try:
                 yield span
             except BaseException as err:
@@ -144,11 +147,12 @@ class Telemetry:
         key = (tenant, device)
         queued = self._waiting[key] = self._waiting.get(key, 0) + 1
         self.queued.record(queued)
-        attributes = self.device(settings, tenant, device) | {
-            "agent_sessions.wait.reason": reason, "agent_sessions.wait.queued": queued,
-        }
-        wait = Wait(self.tracer.start_span("agent_sessions.wait", attributes=attributes), self.wait_duration,
-                    {"reason": reason})
+        span = self.tracer.start_span("agent_sessions.wait")
+        if span.is_recording():
+            span.set_attributes(self.device(settings, tenant, device) | {
+                "agent_sessions.wait.reason": reason, "agent_sessions.wait.queued": queued,
+            })
+        wait = Wait(span, self.wait_duration, {"reason": reason})
         try:
             yield wait
         except BaseException as err:
@@ -164,18 +168,18 @@ class Telemetry:
     @contextlib.contextmanager
     def turn(self, settings: Settings, lease: Any, turn: Any, agent: str) -> Iterator[TurnRecord]:
         """The span of one agent turn (current while the agents run: their own spans nest under it)."""
-        attributes = self.device(settings, lease.tenant, lease.device) | {
-            "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent,
-            "agent_sessions.turn.attempt": turn.attempt, "agent_sessions.turn.messages": len(turn.messages),
-            "agent_sessions.message.id": turn.last.id,
-        }
-        if turn.last.session_id:
-            attributes["gen_ai.conversation.id"] = turn.last.session_id
         started = time.perf_counter()
         with self.tracer.start_as_current_span(
-            f"invoke_agent {agent}", kind=SpanKind.INTERNAL, attributes=attributes, record_exception=False,
-            set_status_on_exception=False,
+            f"invoke_agent {agent}", kind=SpanKind.INTERNAL, record_exception=False, set_status_on_exception=False,
         ) as span:
+            if span.is_recording():
+                span.set_attributes(self.device(settings, lease.tenant, lease.device) | {
+                    "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent,
+                    "agent_sessions.turn.attempt": turn.attempt, "agent_sessions.turn.messages": len(turn.messages),
+                    "agent_sessions.message.id": turn.last.id,
+                })
+                if turn.last.session_id:
+                    span.set_attribute("gen_ai.conversation.id", turn.last.session_id)
             record = TurnRecord(span)
             try:
                 yield record
@@ -206,7 +210,7 @@ class Telemetry:
 
     @contextlib.contextmanager
     def send_span(self) -> Iterator[Callable[[Any], Any]]:
-        with self.span("whatsapp.send", {}) as span:
+        with self.span("whatsapp.send", dict) as span:
             def note(outcome: Any) -> Any:
                 span.set_attribute("agent_sessions.whatsapp.status", outcome.status)
                 span.set_attribute("agent_sessions.whatsapp.attempts", outcome.attempts)
