@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Engine
 
+from app import telemetry
 from app.core.config import Settings
 from app.core.aio import call_async
 from app.core.db import run, run_batches
@@ -121,6 +122,7 @@ def run_cleanup(
     recovered = call_async(pipeline.recover, on_reply) if pipeline is not None else 0
     duration_ms = round((time.perf_counter() - started) * 1000)
     result = CleanupResult(released, messages + states, duration_ms, recovered)
+    telemetry.cleaned(released, messages + states)
     run(
         engine,
         RECORD_RUN,

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from mangum import Mangum
 from pydantic import ValidationError
 
+from app import telemetry
 from app.cleanup import scheduled_cleanup
 from app.core.config import Settings, settings_problem
 from app.core.logging import configure_logging
@@ -58,11 +59,23 @@ def _build() -> tuple[FastAPI, Mangum, Services | None]:
     return web, http_handler(web, settings), built
 
 
-app, handler, services = _build()
+app, _serve, services = _build()
+
+
+def handler(event: Any, context: Any) -> dict[str, Any]:
+    """One HTTP event; spans and metrics buffered during it are exported before it returns (when
+    OTEL_* configures an exporter), since Lambda may freeze the environment until the next event."""
+    try:
+        return _serve(event, context)
+    finally:
+        telemetry.flush()
 
 
 def cleanup_handler(event: Any, context: Any) -> dict[str, Any]:
     """Scheduled cleanup; the event is ignored (EventBridge rule and Scheduler payloads differ)."""
     if services is None:
         return dict(CONFIGURATION_ERROR)
-    return cleanup(services)
+    try:
+        return cleanup(services)
+    finally:
+        telemetry.flush()

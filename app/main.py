@@ -10,7 +10,8 @@ from fastapi import FastAPI
 
 from app.api import errors
 from app.api.limits import KIB, BodyLimit
-from app.api.routes import chat, cron, docs, health, sessions, stats, takeover, web, whatsapp
+from app import telemetry
+from app.api.routes import chat, cron, docs, health, metrics, sessions, stats, takeover, web, whatsapp
 from app.core.config import Settings
 from app.core.db import Database
 from app.core.logging import RequestContext, configure_logging
@@ -32,6 +33,7 @@ def create_app(
     """Build the app around the process's services; the database engine is created on first use, never here."""
     if services is None:
         services = build_services(settings or Settings(), serverless=serverless, database=database)
+    telemetry.install(services.settings, serverless=services.database.serverless)  # once per process: OTEL_*
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
@@ -63,7 +65,9 @@ def create_app(
     app.include_router(sessions.router)
     app.include_router(stats.router)
     app.include_router(web.router)
+    app.include_router(metrics.router)
     docs.install(app)
+    telemetry.instrument(app)  # a span per request, when traces go somewhere
     return app
 
 

@@ -30,7 +30,7 @@ import anyio
 from sqlalchemy.engine import Engine
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from app import validation
+from app import telemetry, validation
 from app.agents import HUMAN, MANAGER, Agent, AgentInput, AgentReply, Handoff, Registry, Release
 from app.context import ContextPatch, normalized
 from app.core.config import Settings
@@ -141,10 +141,11 @@ class Pipeline:
         started = time.perf_counter()
         message_id: int | None = None
         try:
-            claim = await self.ledger.claim(
-                tenant, device, inbound.text, external_id=inbound.external_id, metadata=inbound.metadata,
-                sent_at=inbound.sent_at,
-            )
+            with telemetry.span("agent_sessions.claim", self.settings, tenant, device):
+                claim = await self.ledger.claim(
+                    tenant, device, inbound.text, external_id=inbound.external_id, metadata=inbound.metadata,
+                    sent_at=inbound.sent_at,
+                )
             claim_ms = _ms(started)
             if claim.duplicate is not None:
                 return _answered(claim.duplicate, claim.duplicate_of, duplicate=True)
@@ -158,9 +159,12 @@ class Pipeline:
                     return _answered(answer, message_id, duplicate=claim.message_id is None)
             if not wait or message_id is None:
                 return Result("queued", message_id=message_id, duplicate=claim.message_id is None)
-            return await self._wait(
-                tenant, device, message_id, on_reply, on_working, duplicate=claim.message_id is None
-            )
+            with telemetry.waiting(self.settings, tenant, device) as waited:
+                result = await self._wait(
+                    tenant, device, message_id, on_reply, on_working, duplicate=claim.message_id is None
+                )
+                waited.end(result.status)
+            return result
         except StoreUnavailable as err:
             if not stateless:
                 raise
@@ -184,6 +188,7 @@ class Pipeline:
             poll = await self.ledger.poll(tenant, device, message_id)
             answer = poll.answer
             if poll.lease is not None:  # a lease we won must be drained (and so freed) before we leave
+                telemetry.lease_taken()
                 answer = (await self._drain(poll.lease, on_reply, on_working)).get(message_id) or answer
             if answer is not None:
                 return _answered(answer, message_id, duplicate=duplicate)
@@ -250,13 +255,17 @@ class Pipeline:
                 turn, lock = await self.ledger.next_turn(lease), None
                 continue
             started = started or time.perf_counter()
-            outcome = await self._run_turn(lease, turn, lock, context, on_working)
+            with telemetry.turn(self.settings, lease, turn, lock or MANAGER) as traced:
+                outcome = await self._run_turn(lease, turn, lock, context, on_working)
+                traced.outcome(outcome)
             if outcome is None:
                 return
             finish_started = time.perf_counter()
             try:
-                finished = await self._finish(lease, turn, outcome, db_ms=db_ms, total_ms=_ms(started))
+                with telemetry.span("agent_sessions.finish", self.settings, lease.tenant, lease.device):
+                    finished = await self._finish(lease, turn, outcome, db_ms=db_ms, total_ms=_ms(started))
             except LeaseLost:
+                telemetry.lease_lost("finish")
                 logger.warning("lease lost on message %s; the new holder will handle it", turn.last.id)
                 return
             for message in turn.messages:
@@ -331,14 +340,17 @@ class Pipeline:
                 await anyio.sleep(interval)
                 try:
                     if not await self.ledger.renew(lease):
+                        telemetry.renewal("lost")
                         logger.warning("lease lost during the turn on message %s; the turn is cancelled",
                                        turn.last.id)
                         lost = True
                         group.cancel_scope.cancel()
                         return
                 except StoreUnavailable as err:  # the fenced finish still refuses a lapsed lease
+                    telemetry.renewal("failed")
                     logger.warning("lease renewal failed, the turn goes on: %s", err)
                     continue
+                telemetry.renewal("renewed")
                 self._working(group, on_working, turn)
 
         async with anyio.create_task_group() as group:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from sqlalchemy.engine import Engine
 
+from app import telemetry
 from app.core.db import run
 from app.errors import RateLimited
 
@@ -55,4 +56,5 @@ def hit(engine: Engine, scope: str, key: str, limit: int) -> None:
         return
     row = run(engine, HIT, {"scope": scope, "key": key, "limit": limit})
     if not row["allowed"]:
+        telemetry.rate_limited("address")
         raise RateLimited("too many requests from this address; try again later", row["retry_after"])

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 import anyio
 
 from app.core.config import Settings
+from app import telemetry
 from app.errors import Overloaded
 
 
@@ -78,8 +79,10 @@ class Runtime:
     def slot(self) -> Iterator[None]:
         """Hold one of MAX_CONCURRENT_TURNS places; Overloaded (nothing done) when none is free or closing."""
         if self.closing:
+            telemetry.refused("closing")
             raise Overloaded("the server is shutting down: retry on another instance", retry_after=1)
         if self.active >= self.max_turns:
+            telemetry.refused("overloaded")
             raise Overloaded(f"this instance holds {self.max_turns} turns already: retry shortly", retry_after=1)
         self.active += 1
         try:

@@ -105,6 +105,11 @@ class Settings(BaseSettings):
     # Key of the hash that stands for device ids in logs; unset: a random key per process.
     log_hash_key: SecretStr | None = None
     log_format: Literal["auto", "json", "text"] = "auto"
+    # GET /metrics (Prometheus text): on, off, or auto (on except on Lambda, where each
+    # execution environment would count apart). Behind an admin key unless METRICS_PUBLIC.
+    # Traces and pushed metrics are configured by the standard OTEL_* variables (app/telemetry/setup.py).
+    metrics: Literal["auto", "on", "off"] = "auto"
+    metrics_public: bool = False
 
     # Serverless entry points.
     api_gateway_base_path: str = "/"

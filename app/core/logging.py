@@ -14,6 +14,7 @@ import secrets
 import time
 import uuid
 
+from opentelemetry import trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.config import Settings
@@ -24,6 +25,8 @@ access = logging.getLogger("app.access")
 # Fields a log call may add with extra=...; anything else is left out of the JSON.
 FIELDS = ("device", "tenant", "agent", "event", "outcome", "status", "method", "path", "duration_ms",
           "db_ms", "agent_ms", "total_ms", "messages", "released", "deleted", "recovered")
+# The readable format: the request id, then the trace and span ids (to find the line's trace).
+TEXT_FORMAT = "%(asctime)s %(levelname)s [%(request_id)s %(trace_id)s %(span_id)s] %(name)s: %(message)s"
 _process_key: tuple[int, bytes] | None = None  # (pid, key), made on first use
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
@@ -45,8 +48,15 @@ def _fallback_key() -> bytes:
 
 
 class RequestIdFilter(logging.Filter):
+    """Adds request_id, and the current span's trace_id (32 hex) and span_id (16 hex); "-" outside a trace."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id.get()
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            record.trace_id, record.span_id = f"{context.trace_id:032x}", f"{context.span_id:016x}"
+        else:
+            record.trace_id = record.span_id = "-"
         return True
 
 
@@ -58,6 +68,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
             "request_id": getattr(record, "request_id", "-"),
+            "trace_id": getattr(record, "trace_id", "-"),
+            "span_id": getattr(record, "span_id", "-"),
         }
         entry.update({name: getattr(record, name) for name in FIELDS if hasattr(record, name)})
         if record.exc_info:
@@ -75,7 +87,7 @@ def configure_logging(settings: Settings, *, serverless: bool) -> None:
     handler.addFilter(RequestIdFilter())
     use_json = settings.log_format == "json" or (settings.log_format == "auto" and serverless)
     handler.setFormatter(
-        JsonFormatter() if use_json else logging.Formatter("%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s")
+        JsonFormatter() if use_json else logging.Formatter(TEXT_FORMAT)
     )
     root.handlers = [h for h in root.handlers if not isinstance(h, logging.StreamHandler)] + [handler]
     root.setLevel(settings.log_level.upper())

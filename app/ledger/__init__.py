@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from app import telemetry
 from app.agents import HUMAN, HistoryItem
 from app.core.db import arun
 from app.errors import IdempotencyKeyReused, LeaseLost, RateLimited
@@ -230,6 +231,7 @@ class Ledger:
         }
         row = await self._row(sql.CLAIM, params | {"token": uuid.uuid4().hex, "new_session": new_session_id()})
         if row["limited"]:
+            telemetry.rate_limited("device")
             raise RateLimited("too many messages from this device; nothing was stored", row["retry_after"])
         if row["new_id"] is None and row["dup_id"] is None and external_id is not None:
             # The same external id was stored after this statement's snapshot was taken (a

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from tenacity import RetryCallState, Retrying, retry_if_result, wait_exponential
 
+from app import telemetry
 from app.core.config import Settings
 
 if TYPE_CHECKING:
@@ -120,6 +121,7 @@ class GraphApi:
         settings = self.settings
         return f"{settings.whatsapp_api_base_url}/{settings.whatsapp_api_version}/{phone_number_id}/messages"
 
+    @telemetry.whatsapp_send  # a client span (status, attempts) and a count by status
     def send(self, phone_number_id: str, payload: dict[str, Any], *, deadline: float) -> SendOutcome:
         """POST one message, retrying timeouts, connection errors, 429 and 5xx until accepted or out of time.
 

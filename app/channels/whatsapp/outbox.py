@@ -32,7 +32,7 @@ from typing import Any, Literal
 from sqlalchemy.engine import Engine
 from tenacity import Retrying, retry_if_exception_type, wait_exponential
 
-from app import validation
+from app import telemetry, validation
 from app.channels.whatsapp.graph import GraphApi, SendOutcome, message_payload
 from app.channels.whatsapp.inbound import CHANNEL, PHONE_NUMBER_ID, business_tenant, recipient_of
 from app.core.config import Settings
@@ -240,6 +240,7 @@ class Outbox:
         """
         sent = 0
         rows = run(self.engine, DUE_DEVICES, {"limit": limit}, rows="all")
+        telemetry.outbox_backlog(len(rows))
         for row in rows:
             if time.monotonic() >= deadline:
                 break
