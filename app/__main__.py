@@ -53,7 +53,8 @@ def _migrate(settings: Settings) -> None:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    if settings.database_url is None or args.migrate:
+    embedded = settings.database_url is None
+    if embedded or args.migrate:
         # The embedded default (and `make run`) migrate first. An external database is
         # migrated by `python -m app migrate`: serve starts without it, answers degraded,
         # and reports the schema in /api/health once the database answers.
@@ -76,8 +77,26 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         # cancels them: their leases are given back and the next holder runs them again.
         "--timeout-graceful-shutdown", str(math.ceil(settings.shutdown_grace_seconds)),
     ]
-    os.execve(sys.executable, command, env)
-    return 0  # not reached
+    if not embedded:
+        os.execve(sys.executable, command, env)  # this process becomes uvicorn (same pid, same signals)
+    return _serve_beside_embedded(command, env)
+
+
+def _serve_beside_embedded(command: list[str], env: dict[str, str]) -> int:
+    """Run uvicorn as a child and wait: the embedded PostgreSQL this process started stops when it ends.
+
+    SIGTERM is passed on to uvicorn; SIGINT (Ctrl-C) reaches it from the terminal directly,
+    so it is not passed on twice (a second one makes uvicorn quit without its grace period).
+    """
+    import signal
+    import subprocess
+
+    child = subprocess.Popen(command, env=env)
+    signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signal.SIGTERM))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    code = child.wait()
+    print("server stopped; stopping the embedded PostgreSQL", flush=True)
+    return 0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else code
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:

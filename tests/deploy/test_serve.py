@@ -151,3 +151,18 @@ def test_a_database_url_that_is_not_postgresql_is_one_line_and_exit_2(tmp_path: 
         "postgresql://user:password@host:5432/database (schemes: postgres, postgresql, postgresql+psycopg)"
     )
     assert ADMIN_KEY not in done.stderr
+
+
+def test_serve_stops_the_embedded_postgresql_it_started(tmp_path: Path):
+    """`make run` without DATABASE_URL: when the server stops, so does the database it started."""
+    data = tmp_path / "pg"
+    env = app_env("")
+    env.pop("DATABASE_URL")
+    env["DATA_DIR"] = str(data)
+    with serving(env) as server:
+        with httpx.Client(timeout=10) as client:
+            assert poll(lambda: client.get(f"{server.url}/api/health"), lambda r: r.status_code == 200)
+        assert (data / "postmaster.pid").exists()  # the embedded server runs while serve does
+        assert server.stop() == 0
+    # PostgreSQL removes postmaster.pid when it shuts down cleanly.
+    assert not (data / "postmaster.pid").exists(), "the embedded PostgreSQL was left running"
