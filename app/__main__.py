@@ -1,4 +1,8 @@
-"""Command line: `python -m app serve|migrate|cleanup|stats`."""
+"""Command line: `python -m app serve|migrate|cleanup|invoke|stats`.
+
+Without DATABASE_URL every command uses the embedded PostgreSQL of this checkout
+(DATA_DIR, default .data/postgres), started on demand.
+"""
 
 from __future__ import annotations
 
@@ -53,7 +57,8 @@ def _migrate(settings: Settings) -> None:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    if settings.database_url is None or args.migrate:
+    embedded = settings.database_url is None
+    if embedded or args.migrate:
         # The embedded default (and `make run`) migrate first. An external database is
         # migrated by `python -m app migrate`: serve starts without it, answers degraded,
         # and reports the schema in /api/health once the database answers.
@@ -76,8 +81,26 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         # cancels them: their leases are given back and the next holder runs them again.
         "--timeout-graceful-shutdown", str(math.ceil(settings.shutdown_grace_seconds)),
     ]
-    os.execve(sys.executable, command, env)
-    return 0  # not reached
+    if not embedded:
+        os.execve(sys.executable, command, env)  # this process becomes uvicorn (same pid, same signals)
+    return _serve_beside_embedded(command, env)
+
+
+def _serve_beside_embedded(command: list[str], env: dict[str, str]) -> int:
+    """Run uvicorn as a child and wait: the embedded PostgreSQL this process started stops when it ends.
+
+    SIGTERM is passed on to uvicorn; SIGINT (Ctrl-C) reaches it from the terminal directly,
+    so it is not passed on twice (a second one makes uvicorn quit without its grace period).
+    """
+    import signal
+    import subprocess
+
+    child = subprocess.Popen(command, env=env)
+    signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signal.SIGTERM))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    code = child.wait()
+    print("server stopped; stopping the embedded PostgreSQL", flush=True)
+    return 0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else code
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -101,20 +124,31 @@ def cmd_cleanup(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+class NotMigrated(Exception):
+    """The database has no schema: `migrate` was never run on it."""
+
+
 def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
     from app.admin import AdminStore
-    from app.core.db import make_engine
-    from app.errors import InvalidInput
+    from app.core import schema
+    from app.core.db import make_engine, run
+    from app.errors import InvalidInput, StoreError
 
     engine = make_engine(_resolved(settings), serverless=True)  # reads: no migration
     try:
+        try:
+            run(engine, schema.REVISION, {}, rows="scalar", read_only=True)
+        except StoreUnavailable:
+            raise
+        except StoreError as err:  # no alembic_version table
+            raise NotMigrated from err
         figures = AdminStore(engine).stats(args.tenant)
     except InvalidInput as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:
         engine.dispose()
-    print(stats_table(figures, args.tenant))
+    print(stats_table(figures, args.tenant), flush=True)
     return 0
 
 
@@ -148,26 +182,44 @@ def cmd_invoke(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="serve the HTTP API with uvicorn")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--workers", type=int, default=1)
-    serve.add_argument("--migrate", action="store_true", help="apply migrations first (always done for the embedded database)")
-    serve.set_defaults(run=cmd_serve)
-    sub.add_parser("migrate", help="apply database migrations (the only command that changes the schema)").set_defaults(
-        run=cmd_migrate
+    parser = argparse.ArgumentParser(
+        prog="python -m app", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = sub.add_parser(
+        "serve", help="serve the HTTP API with uvicorn",
+        description="Serve the HTTP API with uvicorn. On SIGTERM running turns get SHUTDOWN_GRACE_SECONDS.",
+    )
+    serve.add_argument("--host", help="address to bind (default: the HOST setting, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default: the PORT setting, 8000)")
+    serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default: 1)")
+    serve.add_argument(
+        "--migrate", action="store_true", help="apply migrations first (default: only for the embedded database, which is always migrated)"
+    )
+    serve.set_defaults(run=cmd_serve)
+    sub.add_parser(
+        "migrate", help="apply database migrations (the only command that changes the schema)",
+        description="Apply database migrations up to this code's newest; safe to run again.",
+    ).set_defaults(run=cmd_migrate)
     sub.add_parser(
         "cleanup",
         help="release expired locks, apply message retention, answer messages a crashed worker left pending "
         "and send again replies not delivered in time",
+        description="One scheduled cleanup run, within CLEANUP_MAX_SECONDS.",
     ).set_defaults(run=cmd_cleanup)
-    invoke = sub.add_parser("invoke", help="run the Lambda handler on an event file (see events/)")
-    invoke.add_argument("event", help="path to an API Gateway v1/v2 or scheduled event JSON")
+    invoke = sub.add_parser(
+        "invoke", help="run the Lambda handler on an event file (see events/)",
+        description="Run the Lambda entry points on one event, as AWS would, and print the result. Events: "
+        "API Gateway REST (v1) and HTTP (v2) proxy events, Application Load Balancer events and Lambda "
+        "Function URL events go to the HTTP handler; an EventBridge scheduled event runs the cleanup. "
+        "Examples are in events/.",
+    )
+    invoke.add_argument("event", help="path to the event's JSON file")
     invoke.set_defaults(run=cmd_invoke)
-    stats = sub.add_parser("stats", help="print the figures of GET /api/stats as a table")
+    stats = sub.add_parser(
+        "stats", help="print the figures of GET /api/stats as a table",
+        description="Print the figures of GET /api/stats (locks by agent, messages, the last cleanup) as a table.",
+    )
     stats.add_argument("--tenant", help="one tenant (default: all tenants)")
     stats.set_defaults(run=cmd_stats)
     args = parser.parse_args(argv)
@@ -183,6 +235,15 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args, settings)
     except StoreUnavailable as err:
         print(f"{parser.prog} {args.command}: the database is unavailable: {err}", file=sys.stderr, flush=True)
+        return 1
+    except NotMigrated:
+        print(f"{parser.prog} {args.command}: the database has no schema yet: run `python -m app migrate` first",
+              file=sys.stderr, flush=True)
+        return 1
+    except BrokenPipeError:
+        # The reader went away (`python -m app stats | head`): end quietly, as the Python docs advise,
+        # with stdout pointed at devnull so that the interpreter's own flush at exit does not complain.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
 
 

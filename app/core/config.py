@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -11,6 +12,11 @@ from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_valid
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.errors import ConfigurationError
+
+logger = logging.getLogger(__name__)
+
+# What DATABASE_URL may start with: hosting providers hand out the first two.
+POSTGRES_SCHEMES = frozenset({"postgres", "postgresql", "postgresql+psycopg"})
 
 MAX_TTL_SECONDS = 30 * 24 * 3600
 MIN_ADMIN_KEY_LENGTH = 16
@@ -193,25 +199,45 @@ class Settings(BaseSettings):
                                  "(1-128 printable characters without whitespace)") from None
         return tenants
 
+    @model_validator(mode="before")
+    @classmethod
+    def _versioned_base_url(cls, values: object) -> object:
+        # Earlier releases documented WHATSAPP_API_BASE_URL with the version at its end
+        # (".../v20.0"). It keeps working: the version in it is used, and one warning says
+        # where it belongs now, so an upgrade never takes a deployment down.
+        if not isinstance(values, dict):
+            return values
+        key = next((k for k in values if k.lower() == "whatsapp_api_base_url"), None)
+        url = values.get(key) if key else None
+        found = re.search(r"/(v[0-9]{1,3}\.[0-9]{1,2})/*$", url) if isinstance(url, str) else None
+        if key is None or found is None:
+            return values
+        version_key = next((k for k in values if k.lower() == "whatsapp_api_version"), "whatsapp_api_version")
+        logger.warning(
+            "WHATSAPP_API_BASE_URL ends in a Graph API version (%s): it is used, but set it as "
+            "WHATSAPP_API_VERSION and leave the version out of the base URL", found.group(1),
+        )
+        return {**values, key: url[: found.start()], version_key: found.group(1)}
+
     @field_validator("whatsapp_api_base_url")
     @classmethod
-    def _unversioned(cls, url: str) -> str:
-        # The version has its own setting: a URL that still ends in one would pin it twice.
-        url = url.rstrip("/")
-        if re.search(r"/v[0-9]+\.[0-9]+$", url):
-            raise ValueError("WHATSAPP_API_BASE_URL must not end in a version: set WHATSAPP_API_VERSION instead")
-        return url
+    def _trailing_slash(cls, url: str) -> str:
+        return url.rstrip("/")
 
     @field_validator("database_url")
     @classmethod
     def _driver(cls, url: str | None) -> str | None:
-        # Accept the URLs hosting providers hand out; SQLAlchemy needs the driver named.
+        # Accept the URLs hosting providers hand out; SQLAlchemy needs the driver named. The
+        # message never repeats the value: it may hold a password.
         if not url:
             return None
-        for prefix in ("postgres://", "postgresql://"):
-            if url.startswith(prefix):
-                return "postgresql+psycopg://" + url[len(prefix):]
-        return url
+        scheme, sep, rest = url.partition("://")
+        if not sep or scheme.lower() not in POSTGRES_SCHEMES or not rest:
+            raise ValueError(
+                "must be a PostgreSQL URL such as postgresql://user:password@host:5432/database "
+                f"(schemes: {', '.join(sorted(POSTGRES_SCHEMES))})"
+            )
+        return "postgresql+psycopg://" + rest
 
 
 def parse_admin_keys(raw: SecretStr | str | None) -> list[tuple[str, bytes]]:

@@ -132,7 +132,37 @@ def test_serve_refuses_bad_settings_in_one_line(tmp_path: Path, setting: dict, f
     env = app_env("postgresql://app@127.0.0.1:1/app", **setting)
     done = subprocess.run([sys.executable, "-m", "app", "serve"], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
+    # The value is never repeated: a URL or a key may be a secret.
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("python -m app serve: invalid settings: ") and fragment in lines[0]
     assert ADMIN_KEY not in done.stderr and done.stdout == ""
+
+
+@pytest.mark.parametrize("command", ["migrate", "stats", "serve"])
+@pytest.mark.parametrize("url", ["not a url", f"mysql://app:{ADMIN_KEY}@db/app"])
+def test_a_database_url_that_is_not_postgresql_is_one_line_and_exit_2(tmp_path: Path, command: str, url: str):
+    env = app_env(url)
+    done = subprocess.run([sys.executable, "-m", "app", command], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (
+        f"python -m app {command}: invalid settings: DATABASE_URL: must be a PostgreSQL URL such as "
+        "postgresql://user:password@host:5432/database (schemes: postgres, postgresql, postgresql+psycopg)"
+    )
+    assert ADMIN_KEY not in done.stderr
+
+
+def test_serve_stops_the_embedded_postgresql_it_started(tmp_path: Path):
+    """`make run` without DATABASE_URL: when the server stops, so does the database it started."""
+    data = tmp_path / "pg"
+    env = app_env("")
+    env.pop("DATABASE_URL")
+    env["DATA_DIR"] = str(data)
+    with serving(env) as server:
+        with httpx.Client(timeout=10) as client:
+            assert poll(lambda: client.get(f"{server.url}/api/health"), lambda r: r.status_code == 200)
+        assert (data / "postmaster.pid").exists()  # the embedded server runs while serve does
+        assert server.stop() == 0
+    # PostgreSQL removes postmaster.pid when it shuts down cleanly.
+    assert not (data / "postmaster.pid").exists(), "the embedded PostgreSQL was left running"

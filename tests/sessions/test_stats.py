@@ -127,3 +127,29 @@ class TestCommandLine:
         assert done.returncode == 2
         assert "tenant id must be" in done.stderr
         assert "Traceback" not in done.stderr
+
+
+class TestCliEdges:
+    def test_a_database_never_migrated_is_told_to_run_migrate(self, pg_server):
+        from tests.utils.postgres import scratch_database
+
+        with scratch_database(pg_server) as empty:
+            done = run_stats(empty)
+        assert done.returncode == 1 and done.stdout == ""
+        assert done.stderr.strip().splitlines()[-1] == (
+            "python -m app stats: the database has no schema yet: run `python -m app migrate` first"
+        )
+        assert "Traceback" not in done.stderr
+
+    def test_a_reader_that_goes_away_ends_it_quietly(self, database_url, engine):
+        seed(engine)
+        # `python -m app stats | head -1`: the pipe closes after the first line.
+        stats = subprocess.Popen(
+            [sys.executable, "-m", "app", "stats"], env=subprocess_env(database_url), cwd=ROOT,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        assert stats.stdout is not None and stats.stderr is not None
+        stats.stdout.close()  # the reader is gone before the table is written
+        errors = stats.stderr.read()
+        assert stats.wait(120) == 1
+        assert "Traceback" not in errors and "BrokenPipeError" not in errors
