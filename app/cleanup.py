@@ -119,7 +119,7 @@ def run_cleanup(
         params = {"hours": settings.orphan_after_hours}
         states = run_batches(engine, DELETE_ORPHANS, params, batch_size=batch, deadline=deadline)
     run_batches(engine, DELETE_OVER_WINDOWS, {}, batch_size=batch, deadline=deadline)
-    recovered = call_async(pipeline.recover, on_reply) if pipeline is not None else 0
+    recovered = call_async(pipeline.recover, on_reply, deadline=deadline) if pipeline is not None else 0
     duration_ms = round((time.perf_counter() - started) * 1000)
     result = CleanupResult(released, messages + states, duration_ms, recovered)
     telemetry.cleaned(released, messages + states)

@@ -202,10 +202,19 @@ class Pipeline:
         lease = await self.ledger.take_free_lease(tenant, device)
         return 0 if lease is None else len(await self._drain(lease, on_reply, on_working))
 
-    async def recover(self, on_reply: OnReply | None = None, *, limit: int = 100) -> int:
-        """Handle messages a crashed worker left pending once their lease expired; returns how many."""
+    async def recover(
+        self, on_reply: OnReply | None = None, *, limit: int = 100, deadline: float | None = None
+    ) -> int:
+        """Handle messages a crashed worker left pending once their lease expired; returns how many.
+
+        deadline: a time.monotonic() after which no further device is started (the cleanup
+        run's CLEANUP_MAX_SECONDS); the ones left wait for the next run.
+        """
         total = 0
         for tenant, device in await self.ledger.stale_devices(limit):
+            if deadline is not None and time.monotonic() >= deadline:
+                logger.info("recovery stopped at the cleanup's deadline; the rest waits for the next run")
+                break
             total += await self.drain(tenant, device, on_reply)
         return total
 
