@@ -8,6 +8,7 @@ One `Runtime` per process (built with the services), shared by every pipeline:
 | `agent_threads`| AGENT_THREADS sync agents running at once (an async agent takes no thread)           |
 | `wakeups`      | a waiter sleeps until its device's turn finishes in this process, or its poll is due |
 | `closing`      | set at shutdown: no new turn starts                                                  |
+| `streams`      | the drafts being written here and the task group of streamed turns (app/streams)     |
 
 Everything here runs on the one event loop of the process, so plain counters need no lock.
 """
@@ -21,6 +22,7 @@ import anyio
 
 from app.core.config import Settings
 from app.errors import Overloaded
+from app.streams.hub import Hub
 
 
 class Wakeups:
@@ -56,6 +58,7 @@ class Runtime:
         self.max_turns = settings.max_concurrent_turns
         self.agent_threads = anyio.CapacityLimiter(settings.agent_threads)
         self.wakeups = Wakeups()
+        self.streams = Hub()  # the drafts this process's turns write, and the streamed turns' task group
         self.active = 0
         self.closing = False
 
