@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from app.api import errors
 from app.api.limits import KIB, BodyLimit
-from app.api.routes import chat, cron, docs, health, sessions, stats, takeover, web, whatsapp
+from app.api.routes import chat, cron, docs, health, sessions, stats, stream, takeover, web, whatsapp
 from app.core.config import Settings
 from app.core.db import Database
 from app.core.logging import RequestContext
@@ -28,7 +28,9 @@ def create_app(
         services = build_services(settings or Settings(), serverless=serverless, database=database)
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
+        # Streamed requests' turns run in this group, so a client that leaves does not cancel them.
+        async with services.runtime.streams.running():
+            yield
         # After the server's own grace period (uvicorn's timeout_graceful_shutdown, which
         # cancels the turns still running): no new turn, and this loop's pool is closed.
         services.runtime.closing = True
@@ -40,6 +42,7 @@ def create_app(
     errors.install(app)
     limits = {
         "/api/chat": 64 * KIB,
+        "/api/chat/stream": 1024 * KIB,  # the AI SDK sends the whole conversation with each message
         "/api/webhooks/": 1024 * KIB,
         "/api/sessions/import": services.settings.import_max_bytes,
     }
@@ -47,6 +50,7 @@ def create_app(
     app.add_middleware(RequestContext)  # outermost: every response and log line gets the request id
     app.include_router(health.router)
     app.include_router(chat.router)
+    app.include_router(stream.router)
     app.include_router(cron.router)
     app.include_router(whatsapp.router)
     app.include_router(takeover.router)

@@ -18,6 +18,7 @@ its next poll is due.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import time
@@ -367,6 +368,8 @@ class Pipeline:
             return None
         if writer is not None and stop_scope.cancelled_caught:
             return _stopped(lock, writer, _ms(started))
+        if writer is not None and writer.events and outcome is not None:  # kept with the reply, for readers
+            outcome = dataclasses.replace(outcome, metadata={**outcome.metadata, "stream_events": writer.events})
         if limit.cancelled_caught or outcome is None:
             logger.error("agent turn on message %s timed out after %ss", turn.last.id, timeout)
             return _failed(lock, f"AgentTimeout: no answer within {timeout:g} s", _ms(started))
@@ -520,7 +523,8 @@ def _failed(
 def _stopped(lock: str | None, writer: DraftWriter, elapsed_ms: int) -> Outcome:
     """A turn stopped by POST /api/chat/stop: the text streamed so far, marked stopped; no lock change or patch."""
     return Outcome(
-        writer.text, writer.agent or lock or MANAGER, lock, lock, None, {}, [], elapsed_ms, metadata={"stopped": True}
+        writer.text, writer.agent or lock or MANAGER, lock, lock, None, {}, [], elapsed_ms,
+        metadata={"stopped": True, **({"stream_events": writer.events} if writer.events else {})},
     )
 
 
