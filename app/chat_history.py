@@ -47,7 +47,8 @@ WITH cur AS (
 )
 SELECT f.found, p.* FROM f
 LEFT JOIN LATERAL (
-    SELECT m.id, m.role, m.content, m.agent, m.created_at, m.sent_at, m.reply_to
+    SELECT m.id, m.role, m.content, m.agent, m.created_at, m.sent_at, m.reply_to,
+           COALESCE((m.metadata->>'stopped')::boolean, false) AS stopped
     FROM conversation_messages m
     WHERE {DEVICE}
       AND (m.session_id = f.session_id OR (f.current AND m.session_id IS NULL AND m.status = 'pending'))

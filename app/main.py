@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from app.api import errors
 from app.api.limits import KIB, BodyLimit
 from app import telemetry
-from app.api.routes import chat, cron, docs, health, metrics, sessions, stats, takeover, web, whatsapp
+from app.api.routes import chat, cron, docs, health, metrics, sessions, stats, stream, takeover, web, whatsapp
 from app.core.config import Settings
 from app.core.db import Database
 from app.core.logging import RequestContext, configure_logging
@@ -36,7 +36,9 @@ def create_app(
     telemetry.install(services.settings, serverless=services.database.serverless)  # once per process: OTEL_*
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
+        # Streamed requests' turns run in this group, so a client that leaves does not cancel them.
+        async with services.runtime.streams.running():
+            yield
         # After the server's own grace period (uvicorn's timeout_graceful_shutdown, which
         # cancels the turns still running): no new turn, and this loop's pool is closed.
         # uvicorn does not wait for the turns it cancelled: wait here while they give their
@@ -52,6 +54,7 @@ def create_app(
     errors.install(app)
     limits = {
         "/api/chat": 64 * KIB,
+        "/api/chat/stream": 1024 * KIB,  # the AI SDK sends the whole conversation with each message
         "/api/webhooks/": 1024 * KIB,
         "/api/sessions/import": services.settings.import_max_bytes,
     }
@@ -59,6 +62,7 @@ def create_app(
     app.add_middleware(RequestContext)  # outermost: every response and log line gets the request id
     app.include_router(health.router)
     app.include_router(chat.router)
+    app.include_router(stream.router)
     app.include_router(cron.router)
     app.include_router(whatsapp.router)
     app.include_router(takeover.router)

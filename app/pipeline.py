@@ -18,6 +18,7 @@ its next poll is due.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import time
@@ -38,6 +39,7 @@ from app.core.logging import device_hash
 from app.errors import LeaseLost, StoreUnavailable
 from app.ledger import Answer, Finished, Lease, Ledger, Outcome, Pending, Turn
 from app.runtime import Runtime
+from app.streams.writer import DraftWriter, collect
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +93,7 @@ class Result:
     duplicate: bool = False
     merged: bool = False  # answered together with other messages of a burst (BURST_MODE=merge)
     choices: tuple[dict[str, str], ...] = ()  # {"id", "title"} offered with the reply
+    stopped: bool = False  # POST /api/chat/stop ended the turn: reply is the partial text
 
     @property
     def degraded(self) -> bool:
@@ -102,7 +105,7 @@ def _answered(answer: Answer, message_id: int | None, *, duplicate: bool = False
         return Result("held", None, HUMAN, answer.lock_agent, answer.lock_expires_at, message_id, duplicate)
     return Result(
         "answered", answer.reply, answer.agent, answer.lock_agent, answer.lock_expires_at, message_id, duplicate,
-        answer.merged, answer.choices,
+        answer.merged, answer.choices, answer.stopped,
     )
 
 
@@ -126,9 +129,12 @@ class Pipeline:
 
     async def handle(
         self, inbound: Inbound, *, wait: bool = True, on_reply: OnReply | None = None, stateless: bool = True,
-        on_working: OnWorking | None = None,
+        on_working: OnWorking | None = None, on_claimed: Callable[[int | None], None] | None = None,
     ) -> Result:
         """Record and answer one message; with wait, wait (bounded by CHAT_WAIT_SECONDS) until it is answered.
+
+        on_claimed(message_id) is called once the message is stored (or known: a duplicate),
+        before any agent runs: a streaming route starts its response there.
 
         When the store is unreachable the manager answers statelessly, or with
         stateless=False StoreUnavailable propagates (a webhook asks for redelivery).
@@ -147,6 +153,8 @@ class Pipeline:
                     sent_at=inbound.sent_at,
                 )
             claim_ms = _ms(started)
+            if on_claimed is not None:
+                on_claimed(claim.message_id or claim.duplicate_of)
             if claim.duplicate is not None:
                 return _answered(claim.duplicate, claim.duplicate_of, duplicate=True)
             if claim.held is not None:  # a person holds the conversation: stored for them, no agent runs
@@ -243,6 +251,7 @@ class Pipeline:
                 raise
             finally:
                 self.runtime.wakeups.notify((lease.tenant, lease.device))
+                self.runtime.streams.notify((lease.tenant, lease.device))
         return answers
 
     async def _give_back(self, lease: Lease) -> None:
@@ -280,6 +289,7 @@ class Pipeline:
             for message in turn.messages:
                 answers[message.id] = finished.answer
             self.runtime.wakeups.notify((lease.tenant, lease.device))
+            self.runtime.streams.notify((lease.tenant, lease.device))  # stream readers here read the reply
             lock, context = finished.answer.lock_agent, finished.context
             if finished.held:
                 logger.info("message %s taken over while the agent ran: held, its reply dropped", turn.last.id)
@@ -362,18 +372,45 @@ class Pipeline:
                 telemetry.renewal("renewed")
                 self._working(group, on_working, turn)
 
-        async with anyio.create_task_group() as group:
-            self._working(group, on_working, turn)
-            group.start_soon(renew, group)
-            with anyio.move_on_after(timeout) as limit:
-                outcome = await self.decide(turn, lease.tenant, lease.device, context, lock)
-            group.cancel_scope.cancel()  # the renewal and any "typing..." call still in flight
+        # A web turn streams: its draft is written for readers on any instance, and a stop
+        # request (POST /api/chat/stop) cancels the agent through the writer's scope.
+        writer = self._writer(lease, turn)
+        stop_scope = writer.stoppable() if writer is not None else anyio.CancelScope()
+        if writer is not None:
+            self.runtime.streams.publish((lease.tenant, lease.device), writer)
+        try:
+            async with anyio.create_task_group() as group:
+                self._working(group, on_working, turn)
+                group.start_soon(renew, group)
+                if writer is not None:
+                    group.start_soon(writer.run)
+                with anyio.move_on_after(timeout) as limit, stop_scope:
+                    outcome = await self.decide(turn, lease.tenant, lease.device, context, lock, writer=writer)
+                group.cancel_scope.cancel()  # the renewal, the draft writer and any "typing..." call
+        finally:
+            if writer is not None:
+                writer.ended = True
+                self.runtime.streams.retire((lease.tenant, lease.device), writer)
         if lost:
             return None
+        if writer is not None and stop_scope.cancelled_caught:
+            return _stopped(lock, writer, _ms(started))
+        if writer is not None and writer.events and outcome is not None:  # kept with the reply, for readers
+            outcome = dataclasses.replace(outcome, metadata={**outcome.metadata, "stream_events": writer.events})
         if limit.cancelled_caught or outcome is None:
             logger.error("agent turn on message %s timed out after %ss", turn.last.id, timeout)
             return _failed(lock, f"AgentTimeout: no answer within {timeout:g} s", _ms(started))
         return outcome
+
+    def _writer(self, lease: Lease, turn: Turn) -> DraftWriter | None:
+        """A draft writer for a web turn (the channels that cannot stream get none)."""
+        if (turn.last.metadata.get("channel") or "web") != "web":
+            return None
+        return DraftWriter(
+            self.ledger.engine, self.runtime.streams, tenant=lease.tenant, device=lease.device, epoch=lease.epoch,
+            attempt=turn.attempt, message_ids=[message.id for message in turn.messages],
+            flush_seconds=self.settings.stream_flush_ms / 1000,
+        )
 
     @staticmethod
     def _working(group: anyio.abc.TaskGroup, on_working: OnWorking | None, turn: Turn) -> None:
@@ -389,8 +426,19 @@ class Pipeline:
 
         group.start_soon(call)
 
-    async def _call_agent(self, agent: Agent, message: AgentInput) -> Any:
-        """Await an async handle; run a sync one on a worker thread under AGENT_THREADS."""
+    async def _call_agent(
+        self, agent: Agent, message: AgentInput, writer: DraftWriter | None = None, key: str = MANAGER
+    ) -> Any:
+        """Stream an agent's `stream` into the writer; await an async handle; run a sync one on a worker
+        thread under AGENT_THREADS. With no writer, a stream-only agent's deltas are dropped (its
+        AgentReply holds the whole text)."""
+        stream = getattr(agent, "stream", None)
+        if writer is not None:
+            writer.begin_agent(key)
+        if stream is not None and writer is not None:
+            return await writer.consume(stream(message))
+        if stream is not None and not hasattr(agent, "handle"):
+            return await collect(stream(message))
         handle = agent.handle
         if inspect.iscoroutinefunction(handle):
             return await handle(message)
@@ -404,9 +452,11 @@ class Pipeline:
         return result
 
     async def decide(
-        self, turn: Turn, tenant: str, device: str, context: dict[str, Any], lock: str | None
+        self, turn: Turn, tenant: str, device: str, context: dict[str, Any], lock: str | None,
+        *, writer: DraftWriter | None = None,
     ) -> Outcome:
-        """Run the lock holder (or the manager) and any agents it hands off to; no database work."""
+        """Run the lock holder (or the manager) and any agents it hands off to; no database work here
+        (the writer, when given, streams the agents' text: app/streams/writer.py)."""
         started = time.perf_counter()
         agent_before = lock
         if lock is not None and lock not in self.registry:
@@ -421,7 +471,7 @@ class Pipeline:
                 replies.append(TEXT_ONLY_REPLY)
                 break
             try:
-                answer = await self._call_agent(agent, message)
+                answer = await self._call_agent(agent, message, writer, key)
                 if not isinstance(answer, AgentReply):
                     raise TypeError(f"agent {key} returned {type(answer).__name__}, not AgentReply")
                 patch = patch.then(ContextPatch.parse(answer.context))
@@ -494,6 +544,14 @@ def _failed(
     return Outcome(
         FAILURE_REPLY, agent or lock or MANAGER, lock, lock, None, {}, tools or [], elapsed_ms, status="failed",
         error=error[:500],
+    )
+
+
+def _stopped(lock: str | None, writer: DraftWriter, elapsed_ms: int) -> Outcome:
+    """A turn stopped by POST /api/chat/stop: the text streamed so far, marked stopped; no lock change or patch."""
+    return Outcome(
+        writer.text, writer.agent or lock or MANAGER, lock, lock, None, {}, [], elapsed_ms,
+        metadata={"stopped": True, **({"stream_events": writer.events} if writer.events else {})},
     )
 
 

@@ -9,6 +9,7 @@ One `Runtime` per process (built with the services), shared by every pipeline:
 | `wakeups`      | a waiter sleeps until its device's turn finishes in this process, or its poll is due |
 | `closing`      | set at shutdown: no new turn starts                                                  |
 | `holding()`    | counts the leases held in this process; `settle()` waits until none is (shutdown)    |
+| `streams`      | the drafts being written here and the task group of streamed turns (app/streams)     |
 
 Everything here runs on the one event loop of the process, so plain counters need no lock.
 """
@@ -23,6 +24,7 @@ import anyio
 from app.core.config import Settings
 from app import telemetry
 from app.errors import Overloaded
+from app.streams.hub import Hub
 
 
 class Wakeups:
@@ -70,6 +72,7 @@ class Runtime:
         self.max_turns = settings.max_concurrent_turns
         self.agent_threads = anyio.CapacityLimiter(settings.agent_threads)
         self.wakeups = Wakeups()
+        self.streams = Hub()  # the drafts this process's turns write, and the streamed turns' task group
         self.active = 0
         self.closing = False
         self.holders = 0  # leases held by this process's pipelines (a turn, or its give-back)

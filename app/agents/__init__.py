@@ -3,6 +3,11 @@
 The agent contract (README, "Agents"): the pipeline calls `handle(AgentInput)` with
 no transaction open, renews the device's lease while it runs, and bounds the turn by
 AGENT_TIMEOUT_SECONDS. A turn whose worker died is run again with `attempt` 2.
+
+An agent may also stream (README, "Streamed replies"): `async def stream(message)`
+yields text deltas (str) and optional StreamEvents, then one AgentReply whose
+`reply` is the whole text. The pipeline streams a web turn through it when it exists;
+an agent with only `handle` is streamed as one delta, its reply.
 """
 
 from __future__ import annotations
@@ -111,6 +116,25 @@ class AgentReply:
     choices: list[Choice] = field(default_factory=list)
     template: dict[str, Any] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """A tool call or its result inside a streamed reply (the UI shows them between text deltas).
+
+    kind "tool-call": name and input (JSON-ready) set; kind "tool-result": output (JSON-ready)
+    set. call_id pairs a result with its call.
+    """
+
+    kind: Literal["tool-call", "tool-result"]
+    call_id: str
+    name: str | None = None
+    input: Any = None
+    output: Any = None
+
+
+# What `stream` yields: text deltas and events, ending with the AgentReply.
+StreamItem = str | StreamEvent | AgentReply
 
 
 class Agent(Protocol):

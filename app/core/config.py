@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(10.0, ge=0, le=900)
     burst_mode: Literal["each", "merge"] = "each"  # merge: one turn answers a device's waiting messages
     burst_max_messages: int = Field(10, ge=2, le=100)  # at most this many messages merged into one turn
+    # Streamed replies: a web turn's draft is written at most once per this many ms while text arrives.
+    stream_flush_ms: int = Field(100, ge=10, le=10_000)
     # Send OpenAI Agents SDK runs to OpenAI's trace viewer; off so no conversation leaves unasked.
     openai_agents_tracing: bool = False
 

@@ -89,6 +89,7 @@ class Answer:
     template: dict[str, Any] | None = None
     merged: bool = False
     held: bool = False
+    stopped: bool = False  # POST /api/chat/stop ended the turn: reply is the partial text
 
 
 def held(lock_agent: str | None, lock_expires_at: datetime | None) -> Answer:
@@ -189,6 +190,7 @@ def _answer(row: dict[str, Any], prefix: str, status: str) -> Answer:
         choices=tuple(metadata.get("choices") or ()),
         template=metadata.get("template"),
         merged=bool(metadata.get("merged")),
+        stopped=bool(metadata.get("stopped")),
     )
 
 
@@ -320,7 +322,7 @@ class Ledger:
             return Finished(held(row["active_agent"], lock_expires), row["context"], None, bool(row["kept"]), True)
         answer = Answer(
             outcome.reply, outcome.agent, row["active_agent"], lock_expires, row["reply_id"], outcome.choices,
-            outcome.template, len(turn.messages) > 1,
+            outcome.template, len(turn.messages) > 1, stopped=bool(outcome.metadata.get("stopped")),
         )
         answered = {message.id: outcome.agent for message in turn.messages}
         following = _turn(row["next_batch"], row["history"], answered)

@@ -20,6 +20,7 @@
 |               |                                                   | turn's and the pending messages `held`; it writes only while the |
 |               |                                                   | turn's last message is pending, so a retry of a finish that was  |
 |               |                                                   | applied (its answer lost on a disconnect) writes nothing         |
+|               |                                                   | and deletes the device's streamed draft (app/streams) with it    |
 
 Every statement that changes a device's row adds 1 to its version. A claim or
 finish compares the version its snapshot saw with the row it locked: when they
@@ -297,6 +298,9 @@ st AS (
     SELECT %(tenant)s, %(device)s, st.session_id, %(event)s::text, %(agent_before)s::text, %(agent_after)s::text,
            %(last_id)s, %(db_ms)s, %(elapsed_ms)s, %(total_ms)s
     FROM st WHERE %(event)s::text IS NOT NULL AND NOT st.held
+), drafted AS (
+    -- The turn's streamed draft (app/streams) ends with it: the reply is stored above.
+    DELETE FROM conversation_drafts d USING st WHERE d.tenant_id = %(tenant)s AND d.device_id = %(device)s
 )
 SELECT st.active_agent, st.expires_at, st.context, st.kept, st.held, outbound.session_id, outbound.id AS reply_id,
        outbound.created_at AS reply_created_at, {_batch_json("started")} AS next_batch,

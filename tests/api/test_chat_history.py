@@ -17,7 +17,7 @@ from tests.utils.states import row
 DEVICE = "0b6f9c1e-3d2a-4f5b-8c7d-9e0a1b2c3d4e"
 OTHER = "7c1d2e3f-4a5b-4c6d-8e7f-0a1b2c3d4e5f"
 VOLATILE = {"x-request-id", "date"}
-ITEM_KEYS = {"id", "role", "content", "agent", "created_at", "sent_at", "reply_to"}
+ITEM_KEYS = {"id", "role", "content", "agent", "created_at", "sent_at", "reply_to", "stopped"}
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from tests.utils.postgres import scratch_database
 TABLES = {
     "conversation_states", "conversation_messages", "conversation_audit", "cleanup_runs", "erased_channel_messages",
     "rate_limit_windows",
+    "conversation_drafts",
 }
 VIEWS = {"active_locks_by_agent", "expired_locks_pending", "lock_duration_by_agent", "cleanup_history"}
 FUNCTIONS = {"cs_merge_object", "cs_append_capped", "cs_merge_context"}

@@ -102,6 +102,7 @@ class MessageItem(BaseModel):
     created_at: datetime
     sent_at: datetime | None = Field(None, description="the channel's own send time (WhatsApp's timestamp), UTC")
     reply_to: int | None = Field(description="for a reply: the id of the message it answers")
+    stopped: bool = Field(False, description="a reply cut short by POST /api/chat/stop: the text written until then")
 
 
 class MessagePage(BaseModel):

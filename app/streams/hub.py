@@ -1,0 +1,76 @@
+"""The process's streams: the drafts its turns write right now, and the tasks that outlive a request.
+
+One `Hub` per process (Runtime.streams). A reader in the same process as the turn's
+worker follows the writer in memory (no statement per delta); a reader elsewhere
+follows the draft in PostgreSQL (app/streams/reader.py). `tasks` is a task group the
+app's lifespan opens: a streamed request's turn runs there, so a client that goes away
+does not cancel it. Without a lifespan (Mangum on Lambda) it is None, and a streaming
+request is answered as one body.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.abc
+
+if TYPE_CHECKING:
+    from app.streams.writer import DraftWriter
+
+Key = tuple[str, str]  # (tenant, device)
+
+
+class Hub:
+    """Live writers by device, and the background task group; everything runs on the process's one loop."""
+
+    def __init__(self) -> None:
+        self.tasks: anyio.abc.TaskGroup | None = None
+        self._writers: dict[Key, DraftWriter] = {}
+        self._events: dict[Key, anyio.Event] = {}
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Open the background task group for the app's lifetime; at exit its turns are cancelled.
+
+        A cancelled turn gives its lease back (app/pipeline.py), so its message runs again
+        on the next holder, as after a crash.
+        """
+        async with anyio.create_task_group() as group:
+            self.tasks = group
+            try:
+                yield
+            finally:
+                self.tasks = None
+                group.cancel_scope.cancel()
+
+    def writer(self, key: Key) -> DraftWriter | None:
+        """The writer of the device's turn running in this process, if any."""
+        return self._writers.get(key)
+
+    def publish(self, key: Key, writer: DraftWriter) -> None:
+        self._writers[key] = writer
+        self.notify(key)
+
+    def retire(self, key: Key, writer: DraftWriter) -> None:
+        if self._writers.get(key) is writer:
+            del self._writers[key]
+        self.notify(key)
+
+    def notify(self, key: Key) -> None:
+        """Wake the device's readers in this process (new text, a writer came or went)."""
+        event = self._events.pop(key, None)
+        if event is not None:
+            event.set()
+
+    async def wait(self, key: Key, seconds: float) -> bool:
+        """Sleep until the device's stream changes in this process or seconds pass; True when woken."""
+        event = self._events.get(key)
+        if event is None:
+            event = self._events[key] = anyio.Event()
+        with anyio.move_on_after(seconds):
+            await event.wait()
+            return True
+        return False
