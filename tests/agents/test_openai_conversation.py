@@ -17,7 +17,6 @@ from agents.models.openai_provider import OpenAIProvider
 from openai import AsyncOpenAI
 
 from app.agents import AgentInput
-
 from app.agents.openai_agents import registry_from_agents
 from app.agents.openai_example import build
 from app.errors import AgentFailed
@@ -25,7 +24,7 @@ from app.pipeline import FAILURE_REPLY
 from tests.channels.conftest import wa_settings
 from tests.channels.payloads import USER, change, delivery, post, rows, text
 from tests.conftest import make_settings
-from tests.utils import openai_registry
+from tests.utils import aio, openai_registry
 from tests.utils.apps import app_client, use_registry
 from tests.utils.fake_llm import Call, Fail, FakeModel, read_log
 from tests.utils.no_network import loopback_only
@@ -209,5 +208,5 @@ class TestNoNetwork:
             Agent(name="Triage", model="gpt-4.1-mini"), run_config=RunConfig(model_provider=provider)
         )
         with loopback_only() as attempts, pytest.raises(AgentFailed, match="^APIConnectionError"):
-            registry["manager"].handle(AgentInput("hi", "default", str(uuid.uuid4()), {}, None))
+            aio.run(registry["manager"].handle, AgentInput("hi", "default", str(uuid.uuid4()), {}, None))
         assert attempts and all("api.openai.com" in attempt for attempt in attempts)
