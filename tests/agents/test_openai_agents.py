@@ -206,7 +206,8 @@ class TestTurn:
             return f"{ctx.context.tenant_id}/{ctx.context.device_id}"
 
         model = FakeModel("triage", [Call("whoami"), Say("ok")])
-        aio.run(registry_from_agents(Agent(name="Triage", model=model, tools=[whoami]))["manager"].handle, message("hi"))
+        registry = registry_from_agents(Agent(name="Triage", model=model, tools=[whoami]))
+        aio.run(registry["manager"].handle, message("hi"))
         assert model.calls[1].tool_output("whoami") == "default/device-1"
 
 
