@@ -1,8 +1,21 @@
 """Agents: who answers a message, and what happens to the device's lock afterwards.
 
-The agent contract (README, "Agents"): the pipeline calls `handle(AgentInput)` with
-no transaction open, renews the device's lease while it runs, and bounds the turn by
-AGENT_TIMEOUT_SECONDS. A turn whose worker died is run again with `attempt` 2.
+The agent contract (README, "The agent contract"): the pipeline calls
+`handle(AgentInput)` with no transaction open, renews the device's lease while it
+runs, and bounds the turn by AGENT_TIMEOUT_SECONDS. A turn whose worker died is run
+again with `attempt` 2.
+
+`handle` is either a coroutine function (preferred) or a plain function:
+
+- `async def handle(message) -> AgentReply` is awaited on the server's event loop.
+  Past the timeout (or when the lease is lost, or at shutdown) it is cancelled: its
+  pending await (an HTTP call to a model) is closed, and nothing after it runs.
+- `def handle(message) -> AgentReply` runs on a worker thread, at most AGENT_THREADS
+  at once. Past the timeout it cannot be stopped: it runs on, and what it returns is
+  dropped.
+
+An async agent must not block its loop (time.sleep, a sync HTTP or database client):
+every other turn of the process waits while it does.
 
 An agent may also stream (README, "Streamed replies"): `async def stream(message)`
 yields text deltas (str) and optional StreamEvents, then one AgentReply whose
@@ -13,7 +26,7 @@ an agent with only `handle` is streamed as one delta, its reply.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -138,9 +151,15 @@ StreamItem = str | StreamEvent | AgentReply
 
 
 class Agent(Protocol):
-    """Anything with a handle method: plain rules, an LLM call, a graph."""
+    """Anything with a handle method: plain rules, an LLM call, a graph.
 
-    def handle(self, message: AgentInput) -> AgentReply: ...
+    `async def handle(message) -> AgentReply` (preferred) and
+    `def handle(message) -> AgentReply` both conform: a coroutine function's return
+    value is an Awaitable[AgentReply]. The pipeline awaits the one and runs the other
+    on a worker thread (see the module docstring for what a timeout does to each).
+    """
+
+    def handle(self, message: AgentInput) -> AgentReply | Awaitable[AgentReply]: ...
 
 
 Registry = Mapping[str, Agent]

@@ -1,4 +1,9 @@
-"""A deterministic, offline demo registry: manager, scheduling and billing."""
+"""A deterministic, offline demo registry: manager, scheduling and billing.
+
+The agents are async (`async def handle`), as the agent contract prefers: the
+pipeline awaits them on its event loop, with no worker thread. They do no I/O, so
+each turn runs to its end without yielding.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ def _words(text: str) -> str:
 class Manager:
     """Greets and routes; holds no lock of its own."""
 
-    def handle(self, message: AgentInput) -> AgentReply:
+    async def handle(self, message: AgentInput) -> AgentReply:
         text = _words(message.text)
         if re.search(r"\b(appointment|schedul|book)", text):
             return AgentReply("Sure, let me get you to scheduling.", lock=Handoff("scheduling"))
@@ -73,7 +78,7 @@ FLOW_RESET = {"flow": None, "step": None, "day": None, "time": None, "invoice": 
 class Scheduling:
     """Asks for a day, then a time, then confirmation; holds the lock for the whole flow."""
 
-    def handle(self, message: AgentInput) -> AgentReply:
+    async def handle(self, message: AgentInput) -> AgentReply:
         state = message.context.get("conversation_state", {})
         text = message.text
         if CANCEL.search(_words(text)):
@@ -117,7 +122,7 @@ class Scheduling:
 class Billing:
     """Asks for an invoice number, then offers a payment link; releases the lock at the end."""
 
-    def handle(self, message: AgentInput) -> AgentReply:
+    async def handle(self, message: AgentInput) -> AgentReply:
         state = message.context.get("conversation_state", {})
         text = _words(message.text)
         if CANCEL.search(text):

@@ -6,8 +6,12 @@ message, on any instance, starts at that agent.
 
     registry = registry_from_agents(triage)     # AGENTS=package.module:registry
 
-One turn (`handle`) is one SDK run from the lock holder (or the manager), waited for
-on the calling thread (see _RunLoop for why not Runner.run_sync):
+One turn (`handle`, a coroutine) is one SDK run from the lock holder (or the
+manager), `Runner.run` awaited on the caller's event loop, the server's own: past
+AGENT_TIMEOUT_SECONDS the pipeline cancels it, and its pending model call with it.
+The SDK's OpenAI client keeps its pooled connections bound to the loop that opened
+them, so a process runs its turns on one loop: the server's (uvicorn's, or Mangum's
+on Lambda). A turn on a new loop after that one closed fails ("Event loop is closed").
 
 | the run ends on                                  | lock action                           |
 | ------------------------------------------------ | ------------------------------------- |
@@ -28,14 +32,11 @@ app imports without it. Tracing to OpenAI is off unless OPENAI_AGENTS_TRACING is
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import logging
-import os
 import re
-import threading
-from collections.abc import Coroutine, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 try:
@@ -84,19 +85,18 @@ class SdkEntry:
     def __init__(self, graph: _Graph, key: str, agent: SdkAgent):
         self.graph, self.key, self.agent = graph, key, agent
 
-    def handle(self, message: AgentInput) -> AgentReply:
+    async def handle(self, message: AgentInput) -> AgentReply:
         """Run the graph from this agent on the history and the message; the last agent gets the lock.
 
         Raises AgentFailed (naming the error type only, never its text, which may quote
         the conversation) on a model error, MaxTurnsExceeded or a guardrail tripwire.
+        Cancellation (the turn's timeout) is not a failure of the run: it propagates.
         """
         graph = self.graph
         try:
-            result = _LOOP.run(
-                Runner.run(
-                    self.agent, input_items(message), context=message, max_turns=graph.max_turns,
-                    run_config=graph.run_config,
-                )
+            result = await Runner.run(
+                self.agent, input_items(message), context=message, max_turns=graph.max_turns,
+                run_config=graph.run_config,
             )
         except Exception as err:  # noqa: BLE001 - every failure takes the pipeline's failure path
             # The type only: an SDK or provider error's text may quote the conversation.
@@ -247,36 +247,6 @@ def _add_release_tool(agent: SdkAgent) -> None:
         raise ConfigurationError(f"agent {agent.name!r} already has a tool named {RELEASE_TOOL!r}")
     if not same:
         agent.tools = [*agent.tools, release_conversation]
-
-
-class _RunLoop:
-    """One event loop on a daemon thread that runs every SDK run of this process.
-
-    Why not Runner.run_sync on the calling thread: the pipeline runs each turn on a
-    new thread, so run_sync would make a new event loop per turn, and the SDK's cached
-    OpenAI client keeps pooled connections bound to the loop that opened them: the
-    next turn fails ("bound to a different event loop"). One long-lived loop reuses
-    the connections, and works the same whether or not the caller's thread runs a loop.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._pid = 0
-
-    def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
-        """Run coroutine on the loop and wait for its result, from any thread but the loop's own."""
-        return asyncio.run_coroutine_threadsafe(coroutine, self._running()).result()
-
-    def _running(self) -> asyncio.AbstractEventLoop:
-        with self._lock:
-            if self._loop is None or self._pid != os.getpid():  # a forked child starts its own
-                self._loop, self._pid = asyncio.new_event_loop(), os.getpid()
-                threading.Thread(target=self._loop.run_forever, name="openai-agents-loop", daemon=True).start()
-            return self._loop
-
-
-_LOOP = _RunLoop()
 
 
 def _text(output: Any) -> str:

@@ -1,14 +1,18 @@
-"""The OpenAI Agents SDK adapter on scripted models: keys, lock actions, replay, failures, threads, tracing."""
+"""The OpenAI Agents SDK adapter on scripted models: keys, lock actions, replay, failures, the loop, tracing."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import subprocess
 import sys
 import threading
+import uuid
 from datetime import datetime, timezone
 
+import anyio
+import anyio.to_thread
 import pytest
 from agents import Agent, RunConfig, RunContextWrapper, TracingProcessor, function_tool, handoff, set_trace_processors
 from agents.models.openai_provider import OpenAIProvider
@@ -18,8 +22,10 @@ from app.agents import AgentInput, Handoff, HistoryItem, Keep, Release, load_reg
 from app.agents.openai_example import build
 from app.agents.openai_agents import RELEASE_TOOL, agent_key, registry_from_agents, release_conversation
 from app.errors import AgentFailed, ConfigurationError
-from tests.utils import openai_registry
-from tests.utils.fake_llm import Call, Fail, FakeModel, HandTo, Say
+from tests.conftest import make_settings
+from tests.utils import aio, openai_registry
+from tests.utils.apps import app_client, use_registry
+from tests.utils.fake_llm import Call, Fail, FakeModel, HandTo, Say, StuckModel
 from tests.utils.no_network import loopback_only
 from tests.utils.openai_server import chat_completions
 from tests.utils.server import ROOT
@@ -119,7 +125,7 @@ class TestTurn:
     def test_a_handoff_is_answered_by_the_receiving_agent_and_moves_the_lock(self):
         manager, models = graph([HandTo("Billing")], [Say("What is the invoice number?")])
         registry = registry_from_agents(manager, ttl=120, tracing=False)
-        reply = registry["manager"].handle(message("I'd like to pay my bill"))
+        reply = aio.run(registry["manager"].handle, message("I'd like to pay my bill"))
         assert reply.reply == "What is the invoice number?"
         assert reply.lock == Handoff("billing", 120, answered=True)
         assert [len(models[name].calls) for name in ("Triage", "Billing")] == [1, 1]
@@ -133,7 +139,7 @@ class TestTurn:
             HistoryItem("user", "I'd like to pay my bill", None, NOW),
             HistoryItem("assistant", "What is the invoice number?", "billing", NOW),
         ]
-        reply = registry["billing"].handle(message("4417", "billing", history))
+        reply = aio.run(registry["billing"].handle, message("4417", "billing", history))
         assert reply.lock == Keep()
         [call] = models["Billing"].calls
         assert call.input == [
@@ -152,11 +158,11 @@ class TestTurn:
         model = FakeModel("billing", [Call("invoice_status", {"invoice_number": "4417"}), Say("$132.00 is due."), Say("Yes.")])
         billing = Agent(name="Billing", model=model, tools=[invoice_status])
         registry = registry_from_agents(Agent(name="Triage", handoffs=[billing]))
-        first = registry["billing"].handle(message("4417", "billing"))
+        first = aio.run(registry["billing"].handle, message("4417", "billing"))
         assert first.tools_used == ["invoice_status"]
         assert [item.get("type") for item in model.calls[1].input] == [None, "function_call", "function_call_output"]
         history = [HistoryItem("user", "4417", None, NOW), HistoryItem("assistant", first.reply, "billing", NOW)]
-        registry["billing"].handle(message("is that all?", "billing", history))
+        aio.run(registry["billing"].handle, message("is that all?", "billing", history))
         assert model.calls[2].input == [
             {"role": "user", "content": "4417"},
             {"role": "assistant", "content": "$132.00 is due."},
@@ -165,32 +171,32 @@ class TestTurn:
 
     def test_release_conversation_releases_the_lock(self):
         manager, models = graph([], [Call(RELEASE_TOOL), Say("Glad I could help.")])
-        reply = registry_from_agents(manager)["billing"].handle(message("thanks, that's all", "billing"))
+        reply = aio.run(registry_from_agents(manager)["billing"].handle, message("thanks, that's all", "billing"))
         assert (reply.reply, reply.lock, reply.tools_used) == ("Glad I could help.", Release(), [RELEASE_TOOL])
         assert models["Billing"].calls[1].tool_output(RELEASE_TOOL).startswith("Released")
 
     def test_handing_back_to_the_manager_releases_and_the_manager_answers(self):
         manager, models = graph([Say("Hi! What can I do for you?")], [HandTo("Triage")])
-        reply = registry_from_agents(manager)["billing"].handle(message("something else", "billing"))
+        reply = aio.run(registry_from_agents(manager)["billing"].handle, message("something else", "billing"))
         assert (reply.reply, reply.lock) == ("Hi! What can I do for you?", Release())
 
     def test_a_manager_turn_that_stays_with_the_manager_releases(self):
         manager, _ = graph([Say("Hi!")], [])
-        assert registry_from_agents(manager)["manager"].handle(message("hello")).lock == Release()
+        assert aio.run(registry_from_agents(manager)["manager"].handle, message("hello")).lock == Release()
 
     def test_specialist_to_specialist_handoff_moves_the_lock(self):
         manager, models = graph([], [Say("What is the invoice number?")], [HandTo("Billing")])
-        reply = registry_from_agents(manager, ttl=60)["scheduling"].handle(message("my bill", "scheduling"))
+        reply = aio.run(registry_from_agents(manager, ttl=60)["scheduling"].handle, message("my bill", "scheduling"))
         assert reply.lock == Handoff("billing", 60, answered=True)
 
     def test_a_release_before_a_handoff_does_not_release_the_new_holder(self):
         manager, _ = graph([], [Say("What is the invoice number?")], [Call(RELEASE_TOOL), HandTo("Billing")])
-        reply = registry_from_agents(manager)["scheduling"].handle(message("my bill", "scheduling"))
+        reply = aio.run(registry_from_agents(manager)["scheduling"].handle, message("my bill", "scheduling"))
         assert reply.lock == Handoff("billing", None, answered=True)
 
     def test_usage_of_every_model_call_is_in_the_metadata(self):
         manager, _ = graph([HandTo("Billing")], [Say("What is the invoice number?")])
-        reply = registry_from_agents(manager)["manager"].handle(message("my bill"))
+        reply = aio.run(registry_from_agents(manager)["manager"].handle, message("my bill"))
         assert reply.metadata == {"usage": {"requests": 2, "input_tokens": 22, "output_tokens": 14, "total_tokens": 36}}
 
     def test_tools_see_the_agent_input_as_run_context(self):
@@ -200,7 +206,8 @@ class TestTurn:
             return f"{ctx.context.tenant_id}/{ctx.context.device_id}"
 
         model = FakeModel("triage", [Call("whoami"), Say("ok")])
-        registry_from_agents(Agent(name="Triage", model=model, tools=[whoami]))["manager"].handle(message("hi"))
+        registry = registry_from_agents(Agent(name="Triage", model=model, tools=[whoami]))
+        aio.run(registry["manager"].handle, message("hi"))
         assert model.calls[1].tool_output("whoami") == "default/device-1"
 
 
@@ -209,7 +216,7 @@ class TestFailures:
         manager, _ = graph([Fail(ConnectionError(SECRET_TEXT))], [])
         caplog.set_level(logging.DEBUG)
         with pytest.raises(AgentFailed) as raised:
-            registry_from_agents(manager)["manager"].handle(message(SECRET_TEXT))
+            aio.run(registry_from_agents(manager)["manager"].handle, message(SECRET_TEXT))
         assert str(raised.value) == "ConnectionError in the run from agent manager"
         assert raised.value.__cause__ is None and raised.value.__suppress_context__
         assert "SDK run from agent manager failed: ConnectionError" in caplog.text
@@ -224,27 +231,52 @@ class TestFailures:
         model = FakeModel("triage", lambda seen: Call("lookup"))
         registry = registry_from_agents(Agent(name="Triage", model=model, tools=[lookup]), max_turns=3)
         with pytest.raises(AgentFailed, match="^MaxTurnsExceeded"):
-            registry["manager"].handle(message("loop"))
+            aio.run(registry["manager"].handle, message("loop"))
         assert len(model.calls) == 3
 
 
-class TestThreads:
-    def test_runs_in_a_worker_thread_without_an_event_loop(self):
-        manager, _ = graph([Say("from a worker")], [])
-        registry, replies = registry_from_agents(manager), []
-        worker = threading.Thread(target=lambda: replies.append(registry["manager"].handle(message("hi")).reply))
-        worker.start()
-        worker.join(30)
-        assert replies == ["from a worker"]
+class TestEventLoop:
+    def test_a_turn_is_a_coroutine_run_on_the_callers_loop_with_no_thread_of_its_own(self):
+        loops = []
 
-    def test_runs_in_a_thread_whose_event_loop_is_running(self):
-        manager, _ = graph([Say("from inside a loop")], [])
-        registry = registry_from_agents(manager)
+        @function_tool
+        async def where() -> str:
+            """Where the run is."""
+            loops.append(asyncio.get_running_loop())
+            return "here"
 
-        async def inside() -> str:
-            return registry["manager"].handle(message("hi")).reply
+        model = FakeModel("triage", [Call("where"), Say("done")])
+        entry = registry_from_agents(Agent(name="Triage", model=model, tools=[where]))["manager"]
+        assert inspect.iscoroutinefunction(entry.handle)
+        aio.portal()  # the tests' own loop thread, started before the count
+        threads = set(threading.enumerate())
 
-        assert asyncio.run(inside()) == "from inside a loop"
+        async def caller() -> str:
+            loops.append(asyncio.get_running_loop())
+            return (await entry.handle(message("hi"))).reply
+
+        assert aio.run(caller) == "done"
+        assert len(loops) == 2 and loops[0] is loops[1]
+        assert set(threading.enumerate()) <= threads  # no loop thread, no worker thread started
+
+    def test_cancelling_a_turn_cancels_its_pending_model_call(self):
+        model = StuckModel()
+        entry = registry_from_agents(Agent(name="Triage", model=model))["manager"]
+        assert inspect.iscoroutinefunction(entry.handle)  # a sync handle would block the loop below for good
+        finished = []
+
+        async def cancelled_turn() -> None:
+            async with anyio.create_task_group() as group:
+                async def turn() -> None:
+                    finished.append(await entry.handle(message("hi")))
+
+                group.start_soon(turn)
+                await anyio.to_thread.run_sync(model.entered.wait, 30)
+                group.cancel_scope.cancel()  # what the pipeline does at AGENT_TIMEOUT_SECONDS
+
+        aio.run(cancelled_turn)
+        assert model.entered.is_set() and model.cancelled.is_set()
+        assert finished == []  # neither a reply nor an AgentFailed: the cancellation went through
 
 
 class Recorder(TracingProcessor):
@@ -284,7 +316,7 @@ class TestTracing:
         else:
             monkeypatch.setenv("OPENAI_AGENTS_TRACING", env)
         manager, models = graph([Say("hi")], [])
-        registry_from_agents(manager, tracing=tracing)["manager"].handle(message("hi"))
+        aio.run(registry_from_agents(manager, tracing=tracing)["manager"].handle, message("hi"))
         assert models["Triage"].calls[0].tracing == ("ENABLED" if on else "DISABLED")
         assert traces == (["Agent workflow"] if on else [])
 
@@ -309,8 +341,10 @@ def test_the_app_imports_without_the_sdk():
 
 
 class TestOpenAICompatibleServer:
-    def test_the_sdk_client_serves_turns_on_new_threads_through_openai_base_url(self, monkeypatch):
-        """The pipeline runs each turn on a new thread; the SDK's pooled client must survive that."""
+    def test_the_sdk_client_serves_turns_on_the_servers_loop_through_openai_base_url(
+        self, monkeypatch, database_url, engine
+    ):
+        """Turns run on the app's loop, one after another; the SDK's pooled client serves them all."""
         with chat_completions("Hello from a local server") as api, loopback_only() as attempts:
             monkeypatch.setenv("OPENAI_BASE_URL", api.base_url)
             monkeypatch.setenv("OPENAI_API_KEY", "sk-offline-test-key")
@@ -319,13 +353,21 @@ class TestOpenAICompatibleServer:
             registry = registry_from_agents(
                 Agent(name="Triage", model="local-model"), run_config=RunConfig(model_provider=provider)
             )
-            replies = []
-            for number in range(3):
-                turn = threading.Thread(target=lambda: replies.append(registry["manager"].handle(message(f"hi {number}"))))
-                turn.start()
-                turn.join(30)
-        assert [reply.reply for reply in replies] == ["Hello from a local server"] * 3
-        assert replies[0].metadata["usage"] == {"requests": 1, "input_tokens": 5, "output_tokens": 2, "total_tokens": 7}
+            with app_client(make_settings(database_url)) as client:
+                use_registry(client, registry)
+                bodies = []
+                for number in range(3):
+                    response = client.post(
+                        "/api/chat", json={"message": f"hi {number}"}, headers={"X-Device-ID": str(uuid.uuid4())}
+                    )
+                    assert response.status_code == 200, response.text
+                    bodies.append(response.json())
+        assert [(body["reply"], body["agent"]) for body in bodies] == [("Hello from a local server", "manager")] * 3
+        with engine.begin() as conn:
+            usage = conn.exec_driver_sql(
+                "SELECT metadata -> 'usage' FROM conversation_messages WHERE role = 'assistant' ORDER BY id"
+            ).scalars().all()
+        assert usage == [{"requests": 1, "input_tokens": 5, "output_tokens": 2, "total_tokens": 7}] * 3
         assert [(r["path"], r["model"], r["messages"][-1]) for r in api.requests] == [
             ("/v1/chat/completions", "local-model", {"role": "user", "content": f"hi {n}"}) for n in range(3)
         ]
@@ -342,14 +384,14 @@ class TestExample:
     def test_a_specialist_hands_back_and_triage_hands_on_in_one_run(self):
         models = openai_registry.models()
         registry = registry_from_agents(build(models))
-        reply = registry["scheduling"].handle(message("actually, a question about my bill", "scheduling"))
+        reply = aio.run(registry["scheduling"].handle, message("actually, a question about my bill", "scheduling"))
         assert (reply.reply, reply.lock) == (openai_registry.ASK_INVOICE, Handoff("billing", None, answered=True))
         assert [len(models[name].calls) for name in ("Scheduling", "Triage", "Billing")] == [1, 1, 1]
 
     def test_the_tools_are_deterministic(self):
         models = openai_registry.models()
         registry = registry_from_agents(build(models))
-        first = registry["scheduling"].handle(message("tomorrow at 10am", "scheduling"))
-        again = registry["scheduling"].handle(message("tomorrow at 10am", "scheduling"))
+        first = aio.run(registry["scheduling"].handle, message("tomorrow at 10am", "scheduling"))
+        again = aio.run(registry["scheduling"].handle, message("tomorrow at 10am", "scheduling"))
         assert first.reply == again.reply == "Booked tomorrow at 10:00, confirmation S-7254."
         assert (first.tools_used, first.lock) == (["book_slot"], Keep())

@@ -17,17 +17,17 @@ from agents.models.openai_provider import OpenAIProvider
 from openai import AsyncOpenAI
 
 from app.agents import AgentInput
-
 from app.agents.openai_agents import registry_from_agents
 from app.agents.openai_example import build
+from app.core.logging import request_id
 from app.errors import AgentFailed
 from app.pipeline import FAILURE_REPLY
 from tests.channels.conftest import wa_settings
 from tests.channels.payloads import USER, change, delivery, post, rows, text
 from tests.conftest import make_settings
-from tests.utils import openai_registry
+from tests.utils import aio, openai_registry
 from tests.utils.apps import app_client, use_registry
-from tests.utils.fake_llm import Call, Fail, FakeModel, read_log
+from tests.utils.fake_llm import Call, Fail, FakeModel, Say, read_log
 from tests.utils.no_network import loopback_only
 from tests.utils.server import app_env, running_app
 from tests.utils.states import row
@@ -189,6 +189,26 @@ class TestFailures:
         assert models["Triage"].calls == []
 
 
+class TestRequestContext:
+    def test_the_tools_of_a_run_see_the_requests_id(self, chat_app):
+        """The run is awaited in the request's own task, so its log lines carry the request id."""
+        seen = []
+
+        @function_tool
+        def note() -> str:
+            """Note the request."""
+            seen.append(request_id.get())
+            return "noted"
+
+        model = FakeModel("triage", [Call("note"), Say("ok")])
+        use_registry(chat_app, registry_from_agents(Agent(name="Triage", model=model, tools=[note])))
+        response = chat_app.post(
+            "/api/chat", json={"message": "hi"}, headers={"X-Device-ID": DEVICE, "X-Request-ID": "req-sdk-7"}
+        )
+        assert (response.status_code, response.json()["reply"]) == (200, "ok")
+        assert seen == ["req-sdk-7"]
+
+
 class TestNoNetwork:
     def test_the_guard_refuses_and_records_what_would_leave_the_machine(self):
         with loopback_only() as attempts:
@@ -209,5 +229,5 @@ class TestNoNetwork:
             Agent(name="Triage", model="gpt-4.1-mini"), run_config=RunConfig(model_provider=provider)
         )
         with loopback_only() as attempts, pytest.raises(AgentFailed, match="^APIConnectionError"):
-            registry["manager"].handle(AgentInput("hi", "default", str(uuid.uuid4()), {}, None))
+            aio.run(registry["manager"].handle, AgentInput("hi", "default", str(uuid.uuid4()), {}, None))
         assert attempts and all("api.openai.com" in attempt for attempt in attempts)

@@ -5,6 +5,7 @@ answers with the next step of a list, or with what a rule (a function of the cal
 picks. Steps: Say (the final text), Call (a function tool call), HandTo (the handoff
 tool offered for an agent name), Fail (raise). With a log path every call is also
 appended there as a JSON line, so a test can read what a model in a child process saw.
+StuckModel is a model call that never answers, for cancellation tests.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
 from agents import Model, ModelResponse, Usage
 from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessage, ResponseOutputText
 
@@ -146,6 +149,29 @@ class FakeModel(Model):
     def _usage(self) -> Usage:
         given, taken = self.tokens
         return Usage(requests=1, input_tokens=given, output_tokens=taken, total_tokens=given + taken)
+
+
+class StuckModel(Model):
+    """A model call that awaits an event nobody sets: it ends only by cancellation.
+
+    entered: set once the call is awaiting; cancelled: set when the call was cancelled
+    (a turn's timeout). Threading events, so that a test thread can wait on them.
+    """
+
+    def __init__(self) -> None:
+        self.entered, self.cancelled = threading.Event(), threading.Event()
+
+    async def get_response(self, *args: Any, **kwargs: Any) -> ModelResponse:
+        self.entered.set()
+        try:
+            await anyio.Event().wait()  # never set
+        except anyio.get_cancelled_exc_class():
+            self.cancelled.set()
+            raise
+        raise AssertionError("unreachable: nothing sets the event")
+
+    def stream_response(self, *args: Any, **kwargs: Any):
+        raise NotImplementedError("the adapter never streams")
 
 
 def read_log(path: Path | str) -> list[Seen]:

@@ -1,14 +1,15 @@
 """Agents for the browser tests' server: the demo agents, but "slow" waits for a file to appear.
 
 The server runs in a child process, so the test releases the agent through the file
-named by WEB_TEST_RELEASE_FILE instead of an in-process event.
+named by WEB_TEST_RELEASE_FILE instead of an in-process event. Async, like the demo
+agents it wraps: the wait holds no thread and never blocks the server's loop.
 """
 
 from __future__ import annotations
 
 import os
-import time
-from pathlib import Path
+
+import anyio
 
 from app.agents import AgentInput, AgentReply
 from app.agents.demo import registry as demo
@@ -22,16 +23,15 @@ class FileGate:
     def __init__(self, inner):
         self.inner = inner
 
-    def handle(self, message: AgentInput) -> AgentReply:
+    async def handle(self, message: AgentInput) -> AgentReply:
         if message.text == "slow":
-            release = Path(os.environ["WEB_TEST_RELEASE_FILE"])
-            deadline = time.monotonic() + WAIT_SECONDS
-            while not release.exists():
-                if time.monotonic() > deadline:
-                    raise TimeoutError("the test never released the slow agent")
-                time.sleep(0.05)
-            return AgentReply("Sorry for the wait: here I am.")
-        return self.inner.handle(message)
+            release = anyio.Path(os.environ["WEB_TEST_RELEASE_FILE"])
+            with anyio.move_on_after(WAIT_SECONDS):
+                while not await release.exists():  # a file from another process: polled, not awaited
+                    await anyio.sleep(0.05)
+                return AgentReply("Sorry for the wait: here I am.")
+            raise TimeoutError("the test never released the slow agent")
+        return await self.inner.handle(message)
 
 
 registry = {**demo, "manager": FileGate(demo["manager"])}
