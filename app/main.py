@@ -28,10 +28,14 @@ def create_app(
         services = build_services(settings or Settings(), serverless=serverless, database=database)
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        # After the server's own grace period (uvicorn's timeout_graceful_shutdown, which
-        # cancels the turns still running): no new turn, and this loop's pool is closed.
-        services.runtime.closing = True
+        # The runtime's task group holds the work that outlives a request (a webhook's turns
+        # after its answer). At shutdown, after the server's own grace period (uvicorn's
+        # timeout_graceful_shutdown, which cancels the requests still running): no new turn,
+        # that work gets SHUTDOWN_GRACE_SECONDS and is cancelled, then this loop's HTTP
+        # client and pool are closed.
+        async with services.runtime.serve():
+            yield
+        await services.whatsapp.aclose()
         await services.database.aclose()
 
     # /docs is app/api/routes/docs.py (assets from our own origin, a strict CSP); no ReDoc.
