@@ -10,9 +10,10 @@ the app's event loop; no thread is held while a turn runs or a message waits.
 - A device whose task finds no free place has nothing stored: the request answers
   503 with Retry-After and Meta delivers the batch again (what was stored meanwhile
   is then a duplicate). A 200 is only ever answered for messages that are stored.
-- Sends and their retries are bounded by what is left of the budget; a reply not
-  accepted in time stays unsent and the cleanup run (or the device's next delivery)
-  sends it.
+- A send and its retries get their own bound (attempts x timeout): the request stops
+  waiting for them at the budget, they go on. Without a lifespan (below) they are
+  bounded by what is left of the budget; a reply not accepted in time stays unsent and
+  the cleanup run (or the device's next delivery) sends it.
 - When the budget runs out, every message not yet stored is stored by the request
   itself before it answers: nothing acknowledged is lost. Turns and sends are
   fenced, so none is done twice.
@@ -205,9 +206,12 @@ class _Batch:
         self._set(job, "ignored", done=True)
 
     def deadline(self) -> float:
-        # Until the answer is out, everything shares the acknowledgement's budget; after it,
-        # each send gets its own bound (nobody waits for it any more).
-        return self.ack_by if not self.acked else time.monotonic() + marker_hold(self.sender.settings)
+        # Where turns outlive the answer (a lifespan), a send gets its own bound: the request
+        # stops waiting at the budget, the send goes on. Without a lifespan everything ends
+        # with the request, so until the answer is out it all shares the budget.
+        if self.acked or self.runtime.background.running:
+            return time.monotonic() + marker_hold(self.sender.settings)
+        return self.ack_by
 
     def _set(self, job: _Job, state: str, *, only_from: tuple[str, ...] | None = None, done: bool = False) -> None:
         if only_from is None or job.state in only_from:
