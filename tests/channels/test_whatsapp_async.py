@@ -128,7 +128,8 @@ def test_a_failing_send_after_the_answer_is_logged_with_the_request_id_of_its_de
     graph.fail(500)
     settings = wa_settings(database_url, graph, webhook_ack_seconds=1, whatsapp_send_attempts=1)
     messages = channel_lines(settings, graph, "rid-wa-2")
-    assert [m for m, _ in messages if "typing indicator refused" in m] == ["whatsapp typing indicator refused: HTTP 500"]
+    refused = [m for m, _ in messages if "typing indicator refused" in m]
+    assert refused == ["whatsapp typing indicator refused: HTTP 500"]
     assert len([m for m, _ in messages if "not delivered" in m]) == 1
     assert {rid for _, rid in messages} == {"rid-wa-2"}
 
