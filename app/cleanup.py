@@ -146,10 +146,10 @@ def scheduled_cleanup(services: Services) -> CleanupResult:
     pipeline = services.pipeline()
     repliers = {name: channel.replier(pipeline.ledger) for name, channel in services.channels.items()}
 
-    def on_reply(pending: Pending, answer: Answer) -> None:
+    async def on_reply(pending: Pending, answer: Answer) -> None:  # the channels' repliers are coroutine functions
         replier = repliers.get(pending.metadata.get("channel"))
         if replier is not None:
-            replier(pending, answer)
+            await replier(pending, answer)
 
     result = run_cleanup(engine, settings, pipeline=pipeline, on_reply=on_reply)
     budget = settings.cleanup_max_seconds

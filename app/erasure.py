@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.core.config import Settings
-from app.core.db import run
+from app.core.db import arun
 
 CHANNEL_PREFIX = "wa:"  # external ids of channel messages (WhatsApp); web idempotency keys are not kept
 KEY_LABEL = b"agent-sessions/erased-channel-message-ids"
@@ -85,14 +85,14 @@ class ReplayGuard:
         """The parameters keep_erased() reads, to add to an erasing statement's."""
         return {"erased_key": self.key, "replay_window": self.window_seconds}
 
-    def erased(self, engine: Any, pairs: list[tuple[str, str]]) -> set[int]:
+    async def erased(self, engine: Any, pairs: list[tuple[str, str]]) -> set[int]:
         """Indexes into pairs ((tenant, external id), ...) of the messages an erasure kept; one statement.
 
         Raises StoreUnavailable when the store is down (the webhook answers 503).
         """
         if self.key is None or not pairs:
             return set()
-        rows = run(engine, ERASED, {
+        rows = await arun(engine, ERASED, {
             "erased_key": self.key, "tenants": [t for t, _ in pairs], "external_ids": [x for _, x in pairs],
         }, rows="all", read_only=True)
         return {row["n"] - 1 for row in rows}

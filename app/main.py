@@ -36,16 +36,17 @@ def create_app(
     telemetry.install(services.settings, serverless=services.database.serverless)  # once per process: OTEL_*
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Streamed requests' turns run in this group, so a client that leaves does not cancel them.
-        async with services.runtime.streams.running():
+        # The runtime's task group holds the work that outlives a request (a webhook's turns
+        # after its answer, a streamed reply whose client left). At shutdown, after the
+        # server's own grace period (uvicorn's timeout_graceful_shutdown, which cancels the
+        # requests still running): no new turn, that work gets SHUTDOWN_GRACE_SECONDS and is
+        # cancelled; uvicorn does not wait for the turns it cancelled, so wait here while they
+        # give their leases back (one statement each), then close this loop's HTTP client and pool.
+        async with services.runtime.serve():
             yield
-        # After the server's own grace period (uvicorn's timeout_graceful_shutdown, which
-        # cancels the turns still running): no new turn, and this loop's pool is closed.
-        # uvicorn does not wait for the turns it cancelled: wait here while they give their
-        # leases back (one statement each), or the next holder waits LEASE_SECONDS for them.
-        services.runtime.closing = True
         if not await services.runtime.settle(SETTLE_SECONDS):
             logger.warning("%s leases still held at shutdown: they lapse after LEASE_SECONDS", services.runtime.holders)
+        await services.whatsapp.aclose()
         await services.database.aclose()
 
     # /docs is app/api/routes/docs.py (assets from our own origin, a strict CSP); no ReDoc.

@@ -10,6 +10,8 @@ One `Runtime` per process (built with the services), shared by every pipeline:
 | `closing`      | set at shutdown: no new turn starts                                                  |
 | `holding()`    | counts the leases held in this process; `settle()` waits until none is (shutdown)    |
 | `streams`      | the drafts being written here and the task group of streamed turns (app/streams)     |
+| `background`   | work that outlives its request (a webhook's turns after its answer), in a task group |
+|                | the app's lifespan owns; at shutdown it gets SHUTDOWN_GRACE_SECONDS, then is cancelled |
 
 Everything here runs on the one event loop of the process, so plain counters need no lock.
 """
@@ -17,14 +19,20 @@ Everything here runs on the one event loop of the process, so plain counters nee
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import contextvars
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import anyio
+import anyio.abc
 
 from app.core.config import Settings
 from app import telemetry
 from app.errors import Overloaded
 from app.streams.hub import Hub
+
+logger = logging.getLogger(__name__)
 
 
 class Wakeups:
@@ -65,6 +73,76 @@ class Wakeups:
         return len(self._events)
 
 
+class Background:
+    """Tasks that outlive the request that started them, in the app's task group (see `serve`).
+
+    Without a lifespan (Lambda through Mangum with lifespan="off") there is no group:
+    `running` is False and callers keep their work inside the request.
+    """
+
+    def __init__(self) -> None:
+        self._group: anyio.abc.TaskGroup | None = None
+        self._count = 0
+        self._idle: anyio.Event | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether tasks can be started: the app's lifespan is between its start and its shutdown."""
+        return self._group is not None
+
+    def __len__(self) -> int:
+        return self._count
+
+    def start(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run fn(*args) in the app's task group, in a copy of the caller's context (its request id).
+
+        An exception is logged, never raised into the group (it would stop the app's other tasks).
+        RuntimeError when the group is not running.
+        """
+        if self._group is None:
+            raise RuntimeError("no background task group: the app's lifespan is not running")
+        context = contextvars.copy_context()
+
+        async def run() -> None:
+            for var, value in context.items():  # whatever backend starts the task: the request's context
+                var.set(value)
+            try:
+                await fn(*args)
+            except Exception:  # noqa: BLE001 - see the docstring
+                logger.exception("background task failed")
+            finally:
+                self._count -= 1
+                if self._count == 0 and self._idle is not None:
+                    self._idle.set()
+                    self._idle = None
+
+        self._count += 1
+        self._group.start_soon(run)
+
+    async def join(self, timeout: float) -> bool:
+        """Wait (at most timeout seconds) until no background task is left; True when none is."""
+        with anyio.move_on_after(timeout):
+            while self._count:
+                if self._idle is None:
+                    self._idle = anyio.Event()
+                await self._idle.wait()
+        return self._count == 0
+
+    @contextlib.asynccontextmanager
+    async def serve(self, grace: float) -> AsyncIterator[None]:
+        """Own the task group for the body's length (the app's lifespan); at exit, wait up to grace
+        seconds for the tasks, then cancel them (a cancelled turn gives its lease back)."""
+        async with anyio.create_task_group() as group:
+            self._group = group
+            try:
+                yield
+            finally:
+                if not await self.join(grace):
+                    logger.warning("%s background tasks still running after %ss: cancelled", self._count, grace)
+                self._group = None
+                group.cancel_scope.cancel()
+
+
 class Runtime:
     """The bound on turns, the limiter of sync agents' threads and the wake-ups; see the module doc."""
 
@@ -77,6 +155,18 @@ class Runtime:
         self.closing = False
         self.holders = 0  # leases held by this process's pipelines (a turn, or its give-back)
         self._settled: anyio.Event | None = None
+        self.background = Background()
+        self.grace = settings.shutdown_grace_seconds
+
+    @contextlib.asynccontextmanager
+    async def serve(self) -> AsyncIterator[None]:
+        """The app's lifespan: background tasks run in its body; at exit no new turn starts,
+        running ones get SHUTDOWN_GRACE_SECONDS, then are cancelled."""
+        async with self.background.serve(self.grace):
+            try:
+                yield
+            finally:
+                self.closing = True
 
     @contextlib.contextmanager
     def slot(self) -> Iterator[None]:

@@ -24,10 +24,16 @@ class ReplyChannel(Protocol):
     """A channel that pushes replies to people (WhatsApp); web chat replies are read, not pushed."""
 
     def replier(self, ledger: Ledger) -> OnReply:
-        """The pipeline's on_reply for this channel's messages."""
+        """The pipeline's on_reply for this channel's messages (a coroutine function)."""
 
     def send_due(self, engine: Engine, *, deadline: float) -> int:
-        """Send replies a failed or late send left behind, until time.monotonic() reaches deadline; how many."""
+        """Send replies a failed or late send left behind, until time.monotonic() reaches deadline; how many.
+
+        Sync (the scheduled cleanup's entry points are): the channel goes through call_async.
+        """
+
+    async def aclose(self) -> None:
+        """Close the running loop's HTTP client (the app's shutdown)."""
 
     def close(self) -> None: ...
 

@@ -9,7 +9,8 @@
 While the `human` lock is live the pipeline stores the device's messages as `held`
 and runs no agent (app/ledger/statements.py). When it expires the bot answers the
 next message, as after a release; held messages stay unanswered unless a release
-asks for them. Every statement is filtered by the caller's tenant.
+asks for them. Every statement is filtered by the caller's tenant. Statements run with
+app.core.db.arun and sends on the async Graph API client: nothing here holds a thread.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from sqlalchemy.engine import Engine
 from app import validation
 from app.agents import HUMAN
 from app.channels.whatsapp import WhatsAppSender, replier
-from app.core.db import run
+from app.core.db import arun
 from app.devices import canonical_device_id
 from app.pipeline import OnReply, Pipeline
 from app.sql import human_lock, live_agent
@@ -148,31 +149,31 @@ class TakeoverStore:
     def __init__(self, engine: Engine):
         self.engine = engine
 
-    def _first(self, sql: str, params: dict[str, Any]) -> dict[str, Any] | None:
-        row = run(self.engine, sql, params)
+    async def _first(self, sql: str, params: dict[str, Any]) -> dict[str, Any] | None:
+        row = await arun(self.engine, sql, params)
         return None if row is None else dict(row)
 
     @staticmethod
     def _key(tenant: str, device: str) -> dict[str, Any]:
         return {"tenant": validation.tenant_id(tenant), "device": canonical_device_id(device)}
 
-    def take_over(self, tenant: str, device: str, operator: str, ttl: int = DEFAULT_TTL) -> dict[str, Any] | None:
+    async def take_over(self, tenant: str, device: str, operator: str, ttl: int = DEFAULT_TTL) -> dict[str, Any] | None:
         """Give the lock to `human` for operator (ttl seconds), audited; None if the device has no state."""
         params = self._key(tenant, device) | {"operator": operator, "ttl": validation.ttl(ttl)}
-        row = self._first(TAKEOVER, params)
+        row = await self._first(TAKEOVER, params)
         if row is not None:
             logger.info("operator took a conversation over from %s (%s messages held)", row["previous_agent"],
                         row["held"])
         return row
 
-    def release(self, tenant: str, device: str, *, answer_held: bool = False) -> dict[str, Any] | None:
+    async def release(self, tenant: str, device: str, *, answer_held: bool = False) -> dict[str, Any] | None:
         """Release a live `human` lock, audited; None if no state. taken False: there was none to release."""
-        row = self._first(RELEASE, self._key(tenant, device) | {"answer_held": answer_held})
+        row = await self._first(RELEASE, self._key(tenant, device) | {"answer_held": answer_held})
         if row is not None and row["taken"]:
             logger.info("operator released a conversation (%s held messages to answer)", row["resumed"])
         return row
 
-    def reply(
+    async def reply(
         self, tenant: str, device: str, text: str, *, template: dict[str, Any] | None = None
     ) -> Reply:
         """Store the operator's reply under a live `human` lock (sliding it); refused replies store nothing."""
@@ -180,7 +181,7 @@ class TakeoverStore:
             "content": validation.message_text(text), "address_keys": list(ADDRESS_KEYS),
             "template": None if template is None else json.dumps(template),
         }
-        row = self._first(REPLY, params)
+        row = await self._first(REPLY, params)
         if row is None:
             return Reply(None, "no_state")
         if not row["taken"]:
@@ -204,7 +205,7 @@ class OperatorChannel:
         """The pipeline's on_reply for the bot's answers to held messages (WhatsApp sends them)."""
         return replier(self.sender, pipeline.ledger)
 
-    def deliver(self, message_id: int) -> str:
+    async def deliver(self, message_id: int) -> str:
         """Send a stored operator reply to its WhatsApp user, after any earlier unsent reply of the device.
 
         The WhatsApp outbox does what send_to_device does once it has stored a message: it
@@ -214,7 +215,7 @@ class OperatorChannel:
         """
         outbox = self.sender.outbox(self.engine)
         bound = time.monotonic() + outbox.hold
-        for delivered in outbox.flush(reply_id=message_id, deadline=lambda: bound):
+        for delivered in await outbox.flush(reply_id=message_id, deadline=lambda: bound):
             if delivered.reply_id == message_id:
                 return delivered.status
         return "retry"  # queued behind an earlier reply that was not accepted yet

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -24,6 +25,27 @@ from app.core.pools import close_loop_pools
 T = TypeVar("T")
 
 _local = threading.local()
+
+# Per loop: coroutine functions that close what was made for that loop (an HTTP client).
+_AT_END: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[Callable[[], Awaitable[None]]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def at_loop_end(closer: Callable[[], Awaitable[None]]) -> None:
+    """Have closer() awaited when the running loop ends through close_loop(): call it on the loop.
+
+    For resources bound to one loop (an httpx.AsyncClient): the app's lifespan closes its
+    own, a loop of call_async's own (or the tests' session loop) closes them here.
+    """
+    _AT_END.setdefault(asyncio.get_running_loop(), []).append(closer)
+
+
+async def close_loop() -> None:
+    """Close what at_loop_end registered for the running loop, then the loop's database pools."""
+    for closer in _AT_END.pop(asyncio.get_running_loop(), []):
+        await closer()
+    await close_loop_pools()
 
 
 def in_worker_thread() -> bool:
@@ -47,8 +69,7 @@ def thread_loop() -> asyncio.AbstractEventLoop:
 def call_async(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
     """Run coroutine function fn(*args, **kwargs) from sync code and return its result.
 
-    On the thread's own loop, the database pools made for the call are closed before it
-    returns (their worker tasks would otherwise wait on a loop that no longer runs).
+    On a loop of its own, what was made for that loop (pools, HTTP clients) is closed before returning.
     """
     call = functools.partial(fn, *args, **kwargs)
     if in_worker_thread():
@@ -58,6 +79,6 @@ def call_async(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         try:
             return await call()
         finally:
-            await close_loop_pools()
+            await close_loop()
 
     return thread_loop().run_until_complete(main())

@@ -328,11 +328,15 @@ async def _arun_once(engine: Engine, pools: LockPools, sql: str, params: dict[st
         if pools.outage():
             return await _arun_direct(pools, sql, params, rows)
         left = deadline - time.monotonic()
+        # A slice that runs out puts the waiter back behind every later one (psycopg_pool
+        # serves waiters in order): under a burst (a webhook of 200 senders) some would then
+        # wait past the timeout. So slices only once a connect has failed; else one wait, in turn.
+        wait = min(WAIT_SLICE_SECONDS, left) if pools.failed_at is not None else left
         try:
-            conn = await pool.getconn(timeout=max(0.001, min(WAIT_SLICE_SECONDS, left)))
+            conn = await pool.getconn(timeout=max(0.001, wait))
             break
         except PoolTimeout as err:
-            if left <= WAIT_SLICE_SECONDS:
+            if left <= wait:
                 raise _store_error(err) from err
         except FAILURES as err:
             raise _store_error(err) from err

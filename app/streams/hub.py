@@ -1,21 +1,18 @@
-"""The process's streams: the drafts its turns write right now, and the tasks that outlive a request.
+"""The process's streams: the drafts its turns write right now.
 
 One `Hub` per process (Runtime.streams). A reader in the same process as the turn's
 worker follows the writer in memory (no statement per delta); a reader elsewhere
-follows the draft in PostgreSQL (app/streams/reader.py). `tasks` is a task group the
-app's lifespan opens: a streamed request's turn runs there, so a client that goes away
-does not cancel it. Without a lifespan (Mangum on Lambda) it is None, and a streaming
-request is answered as one body.
+follows the draft in PostgreSQL (app/streams/reader.py). A streamed request's turn
+runs in the runtime's background task group (Runtime.background), so a client that
+goes away does not cancel it; without a lifespan (Mangum on Lambda) there is none,
+and a streaming request is answered as one body.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import anyio
-import anyio.abc
 
 if TYPE_CHECKING:
     from app.streams.writer import DraftWriter
@@ -24,27 +21,11 @@ Key = tuple[str, str]  # (tenant, device)
 
 
 class Hub:
-    """Live writers by device, and the background task group; everything runs on the process's one loop."""
+    """Live writers by device; everything runs on the process's one loop."""
 
     def __init__(self) -> None:
-        self.tasks: anyio.abc.TaskGroup | None = None
         self._writers: dict[Key, DraftWriter] = {}
         self._events: dict[Key, anyio.Event] = {}
-
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[None]:
-        """Open the background task group for the app's lifetime; at exit its turns are cancelled.
-
-        A cancelled turn gives its lease back (app/pipeline.py), so its message runs again
-        on the next holder, as after a crash.
-        """
-        async with anyio.create_task_group() as group:
-            self.tasks = group
-            try:
-                yield
-            finally:
-                self.tasks = None
-                group.cancel_scope.cancel()
 
     def writer(self, key: Key) -> DraftWriter | None:
         """The writer of the device's turn running in this process, if any."""

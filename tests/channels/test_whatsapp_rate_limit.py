@@ -6,7 +6,7 @@ import logging
 
 from tests.channels.conftest import wa_settings
 from tests.channels.payloads import USER, USER_2, change, delivery, post, rows, text
-from tests.utils.apps import app_client, use_registry
+from tests.utils.apps import app_client, join_background, use_registry
 
 
 def test_a_message_past_the_limit_is_acknowledged_dropped_and_recorded(database_url, engine, graph, echo, caplog):
@@ -20,7 +20,7 @@ def test_a_message_past_the_limit_is_acknowledged_dropped_and_recorded(database_
         assert over.json() == {"status": "ok", "stored": 1, "duplicates": 0, "ignored": 1}  # dropped: not stored
         # Meta redelivers the same message: still acknowledged, still dropped.
         assert post(client, delivery([change([text("too many", "wamid.R2")])])).status_code == 200
-        assert client.services.whatsapp.background.join(30)
+        assert join_background(client, 30)
     inbound = [(r["device_id"], r["content"]) for r in rows(engine) if r["role"] == "user"]
     assert inbound == [(USER, "m0"), (USER, "m1"), (USER_2, "hi")]
     assert sorted(message["text"]["body"] for message in graph.sent) == ["manager: hi", "manager: m0", "manager: m1"]

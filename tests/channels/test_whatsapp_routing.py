@@ -18,6 +18,7 @@ from tests.channels.conftest import wa_settings
 from tests.channels.payloads import BSUID, PHONE_ID, PHONE_ID_2, USER, change, delivery, post, rows, text
 from tests.sessions.conftest import A, ADMIN_KEYS
 from tests.utils.agents import Scripted
+from tests.utils import aio
 from tests.utils.apps import app_client, use_registry
 from tests.utils.factories import make_message
 
@@ -128,7 +129,7 @@ class TestStoredMetadataIsNotAnAddress:
             "channel": "whatsapp", "phone_number_id": PHONE_ID, "to": USER, "wa_message_id": "wamid.R3"})
         with app_client(settings) as client:
             outbox = client.services.whatsapp.outbox(engine)
-            result = send_to_device(outbox, "initech", USER, text="hello", timeout=5)
+            result = aio.run(send_to_device, outbox, "initech", USER, text="hello", timeout=5)
         assert result.status == "failed"
         assert graph.requests == []
 

@@ -6,6 +6,8 @@ import threading
 import time
 from collections.abc import Callable
 
+import anyio
+
 from app.agents import AgentInput, AgentReply, Choice, Handoff, Keep, Release
 from app.agents.demo import registry as demo_registry
 
@@ -68,7 +70,7 @@ def routing_registry() -> dict:
     }
 
 
-__all__ = ["Boom", "Gate", "Offering", "Scripted", "Viewer", "demo_registry", "routing_registry", "wait_for"]
+__all__ = ["Boom", "Gate", "Offering", "Scripted", "Sleepy", "Viewer", "demo_registry", "routing_registry", "wait_for"]
 
 
 class Offering:
@@ -81,6 +83,26 @@ class Offering:
     def handle(self, message: AgentInput) -> AgentReply:
         self.seen.append(message)
         return AgentReply(self.reply, choices=[Choice(i, t) for i, t in self.choices], template=self.template)
+
+
+class Sleepy:
+    """An async agent: each turn awaits anyio.sleep(seconds) (a model call that holds no thread), then echoes.
+
+    Counts the turns it started and those cancelled mid-sleep (a timeout, a shutdown, a request's end).
+    """
+
+    def __init__(self, name: str = "manager", seconds: float = 0.5):
+        self.name, self.seconds = name, seconds
+        self.started = self.cancelled = 0
+
+    async def handle(self, message: AgentInput) -> AgentReply:
+        self.started += 1
+        try:
+            await anyio.sleep(self.seconds)
+        except anyio.get_cancelled_exc_class():
+            self.cancelled += 1
+            raise
+        return AgentReply(f"{self.name}: {message.text}")
 
 
 class Viewer(Scripted):

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from app.core.pools import close_loop_pools
+from app.core.aio import close_loop
 
 T = TypeVar("T")
 
@@ -35,11 +35,11 @@ def portal() -> BlockingPortal:
 
 
 def stop() -> None:
-    """Close the loop's pools, then the loop (the session's last fixture teardown)."""
+    """Close what was made for the loop (HTTP clients, pools), then the loop (the session's last fixture teardown)."""
     global _portal
     with _lock:
         if _portal is not None:
-            _portal.call(close_loop_pools)  # the pools' worker tasks end with their loop, not destroyed
+            _portal.call(close_loop)  # HTTP clients, then pools (their worker tasks end with their loop)
             _stack.close()
             _portal = None
 

@@ -33,9 +33,15 @@ def app_client(settings: Settings, **kwargs) -> Iterator[AppClient]:
                 yield client
             finally:
                 # Turns and sends that went on after a webhook's answer finish while the app's loop runs.
-                assert services.whatsapp.background.join(60), "whatsapp background work still running after 60 s"
+                assert join_background(client, 60), "background work still running after 60 s"
     finally:
         services.database.dispose()
+
+
+def join_background(client: AppClient, timeout: float) -> bool:
+    """Wait (at most timeout seconds) for the app's background tasks (turns going on after a
+    webhook's answer); True when none is left. The client must be open (its lifespan running)."""
+    return client.portal.call(client.services.runtime.background.join, timeout)
 
 
 def use_registry(client: TestClient, registry: Registry) -> None:

@@ -152,8 +152,8 @@ async def chat_stream(
     if body.choice_id is not None:
         metadata["choice_id"] = body.choice_id
     inbound = Inbound(device.tenant_id, device.device_id, text, external_id, metadata)
-    hub = pipeline.runtime.streams
-    if hub.tasks is None:  # no lifespan, so no task to outlive the request: one body at the end
+    hub, background = pipeline.runtime.streams, pipeline.runtime.background
+    if not background.running:  # no lifespan, so no task to outlive the request: one body at the end
         with pipeline.runtime.slot():
             result = await pipeline.handle(inbound)
         flight = Flight()
@@ -164,7 +164,7 @@ async def chat_stream(
     slot = contextlib.ExitStack()
     slot.enter_context(pipeline.runtime.slot())  # 503 now when the instance is full; the turn holds it
     flight = Flight()
-    hub.tasks.start_soon(flight.run, pipeline, inbound, slot)
+    background.start(flight.run, pipeline, inbound, slot)
     await flight.ready.wait()
     if flight.error is not None:
         raise flight.error
@@ -197,8 +197,8 @@ async def resume_stream(
         return Response(status_code=204)
 
     def rerun() -> None:
-        if hub.tasks is not None:
-            hub.tasks.start_soon(pipeline.drain, device.tenant_id, device.device_id)
+        if pipeline.runtime.background.running:
+            pipeline.runtime.background.start(pipeline.drain, device.tenant_id, device.device_id)
 
     follower = Follower(
         engine, hub, device.tenant_id, device.device_id, row["message_id"],

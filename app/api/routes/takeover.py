@@ -17,7 +17,6 @@ from app import validation
 from app.api.auth import AdminTenant
 from app.api.deps import Db, OperatorSend, Pipe
 from app.api.errors import ApiError
-from app.core.aio import call_async
 from app.admin.schemas import Ttl
 from app.api.routes.sessions import DeviceId, _errors, _not_found
 from app.admin.takeover import DEFAULT_TTL, TakeoverStore
@@ -121,44 +120,46 @@ class StoredMessage(BaseModel):
 
 
 @router.post("/api/sessions/{device_id}/takeover", response_model=TakeoverLock, responses=_errors(404))
-def take_over(device_id: DeviceId, body: TakeoverRequest, tenant: AdminTenant, store: Takeovers) -> TakeoverLock:
+async def take_over(
+    device_id: DeviceId, body: TakeoverRequest, tenant: AdminTenant, store: Takeovers
+) -> TakeoverLock:
     """A person takes the conversation: the lock becomes `human` (audited as "takeover"), whatever held it."""
-    row = store.take_over(tenant, canonical_device_id(device_id), body.operator, body.ttl)
+    row = await store.take_over(tenant, canonical_device_id(device_id), body.operator, body.ttl)
     if row is None:
         raise _not_found()
     return TakeoverLock(agent=row["active_agent"], **{k: v for k, v in row.items() if k != "active_agent"})
 
 
 @router.delete("/api/sessions/{device_id}/takeover", response_model=Released, responses=_errors(404, 409))
-def release(
+async def release(
     device_id: DeviceId, tenant: AdminTenant, store: Takeovers, pipeline: Pipe, send: OperatorSend,
     body: Annotated[ReleaseRequest | None, Body()] = None,
 ) -> Released:
     """Hand the conversation back to the bot (audited as "release"); answer_held: the bot answers held messages."""
     device = canonical_device_id(device_id)
     answer_held = body is not None and body.answer_held
-    row = store.release(tenant, device, answer_held=answer_held)
+    row = await store.release(tenant, device, answer_held=answer_held)
     if row is None:
         raise _not_found()
     if not row["taken"]:
         raise ApiError(409, "not_taken_over", "no person holds this conversation (released, or the lock expired)")
     answered = 0
     if row["resumed"]:
-        answered = call_async(pipeline.drain, tenant, device, send.on_reply(pipeline))
+        answered = await pipeline.drain(tenant, device, send.on_reply(pipeline))
     return Released(previous_agent="human", version=row["version"], answered=answered)
 
 
 @router.post(
     "/api/sessions/{device_id}/messages", status_code=201, response_model=StoredMessage, responses=_errors(404, 409)
 )
-def operator_reply(
+async def operator_reply(
     device_id: DeviceId, body: OperatorMessage, tenant: AdminTenant, store: Takeovers, send: OperatorSend
 ) -> StoredMessage:
     """The operator's reply: stored as the `human` agent's, sent through the device's channel, slides the lock."""
     device = canonical_device_id(device_id)
     template = None if body.template is None else body.template.model_dump()
     text = body.text if body.text is not None else f"[template {body.template.name}]"
-    reply = store.reply(tenant, device, text, template=template)
+    reply = await store.reply(tenant, device, text, template=template)
     if reply.refused == "no_state":
         raise _not_found()
     if reply.refused == "not_taken_over":
@@ -171,5 +172,5 @@ def operator_reply(
     if reply.refused == "template_needs_whatsapp":
         raise ApiError(422, "template_needs_whatsapp", "templates can only be sent to WhatsApp devices")
     message = reply.message
-    delivery = send.deliver(message["id"]) if reply.channel == "whatsapp" else None
+    delivery = await send.deliver(message["id"]) if reply.channel == "whatsapp" else None
     return StoredMessage(**message, channel=reply.channel, delivery=delivery, lock_expires_at=reply.lock_expires_at)

@@ -84,7 +84,7 @@ async def signed_body(
 
 
 @router.post(PATH, response_model=Ack, responses={400: {}, 401: {}, 413: {}, 503: {}})
-def receive(
+async def receive(
     received: Received, body: Annotated[bytes, Depends(signed_body)], pipeline: Pipe, settings: AppSettings,
     sender: WhatsApp,
 ) -> Ack:
@@ -95,5 +95,7 @@ def receive(
     if not isinstance(payload, dict):
         raise ApiError(400, "invalid_payload", "the body must be a JSON object")
     # Answered within WEBHOOK_ACK_SECONDS of `received`, every message stored first; a store
-    # outage raises StoreUnavailable, answered 503 with Retry-After, so Meta delivers again.
-    return Ack(**handle_delivery(payload, pipeline, sender, settings, received=received).as_dict())
+    # outage (StoreUnavailable) or no free turn place (Overloaded) is answered 503 with
+    # Retry-After, so Meta delivers again. Turns still running go on after the answer.
+    report = await handle_delivery(payload, pipeline, sender, settings, received=received)
+    return Ack(**report.as_dict())

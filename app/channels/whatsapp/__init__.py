@@ -1,6 +1,6 @@
 """WhatsApp Cloud API channel: read webhook deliveries, run them through the pipeline, send the replies.
 
-inbound: the webhook's payload models; graph: the Graph API client; outbox: sending
+inbound: the webhook's payload models; graph: the Graph API client (async, one per event loop); outbox: sending
 stored replies exactly once, in order, inside the customer-service window; webhook:
 a delivery through the pipeline within the acknowledgement budget.
 """

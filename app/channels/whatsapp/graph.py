@@ -4,20 +4,28 @@ Payload shapes and limits follow Meta's Cloud API references ("Text messages",
 "Interactive reply buttons messages", "Interactive list messages", "Template
 messages", "Typing indicators"). Every call is bounded by a deadline (a
 time.monotonic() value): a webhook must answer Meta in time, whatever the Graph API does.
+
+Calls are coroutines on an httpx.AsyncClient: one per event loop (a client's
+connections belong to the loop that opened them), made on first use. The app's
+lifespan closes its loop's client at shutdown; a loop of call_async's own closes
+its client when it ends (app.core.aio.at_loop_end).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import threading
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from tenacity import RetryCallState, Retrying, retry_if_result, wait_exponential
+import anyio
+from tenacity import AsyncRetrying, RetryCallState, retry_if_result, wait_exponential
 
 from app import telemetry
+from app.core.aio import at_loop_end
 from app.core.config import Settings
 
 if TYPE_CHECKING:
@@ -89,28 +97,36 @@ def message_payload(
 
 
 class GraphApi:
-    """One HTTP client per app for the Cloud API's /messages endpoint."""
+    """The Cloud API's /messages endpoint, on one httpx.AsyncClient per event loop."""
 
-    def __init__(self, settings: Settings, client: httpx.Client | None = None):
+    def __init__(self, settings: Settings, client: httpx.AsyncClient | None = None):
         self.settings = settings
-        self._client = client
-        self._lock = threading.Lock()
+        self._given = client  # a test's own client, used on whatever loop calls
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @property
-    def client(self) -> httpx.Client:
-        # Made on first send: importing httpx and building its TLS context would
-        # otherwise lengthen every cold start, including those that never reply.
-        if self._client is None:
-            with self._lock:
-                if self._client is None:
-                    import httpx
+    def client(self) -> httpx.AsyncClient:
+        """This loop's client, made on first send (call it on the loop)."""
+        if self._given is not None:
+            return self._given
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            # Imported here: importing httpx and building its TLS context would otherwise
+            # lengthen every cold start, including those that never reply.
+            import httpx
 
-                    self._client = httpx.Client(timeout=self.settings.whatsapp_timeout_seconds)
-        return self._client
+            client = self._clients[loop] = httpx.AsyncClient(timeout=self.settings.whatsapp_timeout_seconds)
+            at_loop_end(self.aclose)
+        return client
 
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
+    async def aclose(self) -> None:
+        """Close the running loop's client (the app's shutdown, or the end of a loop of call_async's own)."""
+        client = self._clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
 
     def _token(self) -> str | None:
         token = self.settings.whatsapp_access_token
@@ -122,7 +138,7 @@ class GraphApi:
         return f"{settings.whatsapp_api_base_url}/{settings.whatsapp_api_version}/{phone_number_id}/messages"
 
     @telemetry.whatsapp_send  # a client span (status, attempts) and a count by status
-    def send(self, phone_number_id: str, payload: dict[str, Any], *, deadline: float) -> SendOutcome:
+    async def send(self, phone_number_id: str, payload: dict[str, Any], *, deadline: float) -> SendOutcome:
         """POST one message, retrying timeouts, connection errors, 429 and 5xx until accepted or out of time.
 
         At most WHATSAPP_SEND_ATTEMPTS tries, none started past deadline, each bounded by
@@ -142,23 +158,25 @@ class GraphApi:
             return min(backoff(state), max(0.0, deadline - time.monotonic()))
 
         backoff = wait_exponential(multiplier=0.2, max=2)
-        retrying = Retrying(
+        retrying = AsyncRetrying(
             stop=stop, wait=wait, retry=retry_if_result(lambda outcome: outcome.status == "retry"),
             retry_error_callback=lambda state: state.outcome.result(), before_sleep=_log_retry,
         )
         if deadline - time.monotonic() < MIN_ATTEMPT_SECONDS:
             return SendOutcome("retry", "no time left to send before the webhook's acknowledgement")
-        outcome = retrying(self._post, self.url(phone_number_id), payload, headers, deadline)
+        outcome = await retrying(self._post, self.url(phone_number_id), payload, headers, deadline)
         tries = retrying.statistics.get("attempt_number", 1)
         error = None if outcome.error is None else f"{outcome.error} (after {tries} attempt{'s' if tries > 1 else ''})"
+        if outcome.status == "sent":
+            logger.info("whatsapp message sent (attempt %s)", tries)
         return SendOutcome(outcome.status, error and error[:500], outcome.message_id, tries)
 
-    def _post(self, url: str, payload: dict[str, Any], headers: dict[str, str], deadline: float) -> SendOutcome:
+    async def _post(self, url: str, payload: dict[str, Any], headers: dict[str, str], deadline: float) -> SendOutcome:
         import httpx
 
         timeout = max(MIN_ATTEMPT_SECONDS, min(self.settings.whatsapp_timeout_seconds, deadline - time.monotonic()))
         try:
-            response = self.client.post(url, json=payload, headers=headers, timeout=timeout)
+            response = await self.client.post(url, json=payload, headers=headers, timeout=timeout)
         except httpx.TimeoutException as err:
             return SendOutcome("retry", f"timeout ({type(err).__name__})")
         except httpx.TransportError as err:
@@ -175,8 +193,12 @@ class GraphApi:
         retry = response.status_code >= 500 or response.status_code == 429
         return SendOutcome("retry" if retry else "failed", error)
 
-    def typing(self, phone_number_id: str, message_id: str, *, deadline: float) -> bool:
-        """Mark an inbound message read and show "typing..." (one call); best effort, False on any failure."""
+    async def typing(self, phone_number_id: str, message_id: str, *, deadline: float) -> bool:
+        """Mark an inbound message read and show "typing..." (one call); best effort, False on any failure.
+
+        Bounded by TYPING_TIMEOUT and deadline; a call under way is not cut short by a
+        cancellation (the request may be on the wire: it ends, then the reply may go).
+        """
         import httpx
 
         token = self._token()
@@ -187,15 +209,23 @@ class GraphApi:
             "messaging_product": "whatsapp", "status": "read", "message_id": message_id,
             "typing_indicator": {"type": "text"},
         }
-        try:
-            response = self.client.post(
-                self.url(phone_number_id), json=payload, headers={"Authorization": f"Bearer {token}"}, timeout=timeout
-            )
-        except (httpx.HTTPError, httpx.InvalidURL) as err:
-            logger.info("whatsapp typing indicator failed: %s", type(err).__name__)
+        response = None
+        with anyio.move_on_after(timeout, shield=True):
+            try:
+                response = await self.client.post(
+                    self.url(phone_number_id), json=payload, headers={"Authorization": f"Bearer {token}"},
+                    timeout=timeout,
+                )
+            except (httpx.HTTPError, httpx.InvalidURL) as err:
+                logger.info("whatsapp typing indicator failed: %s", type(err).__name__)
+                return False
+        if response is None:
+            logger.info("whatsapp typing indicator failed: no answer within %ss", round(timeout, 2))
             return False
         if not response.is_success:
             logger.info("whatsapp typing indicator refused: HTTP %s", response.status_code)
+        else:
+            logger.info("whatsapp typing indicator sent")
         return response.is_success
 
 

@@ -16,7 +16,8 @@ gives it to the reply's tenant; the recipient is the device itself (inbound.reci
 The customer-service window (Meta: "Customer service windows") opens with each
 message from the user and lasts 24 hours; only templates may be sent outside it.
 It is judged by the database clock against the user's own send time (`sent_at`,
-else arrival). A reply whose send timed out may have been accepted all the same:
+else arrival). Statements run with app.core.db.arun on the app's event loop; a
+cancelled send still notes its outcome (a shielded RECORD_*). A reply whose send timed out may have been accepted all the same:
 the Graph API has no idempotency key, so that one ambiguous case is retried.
 """
 
@@ -29,14 +30,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import anyio
 from sqlalchemy.engine import Engine
-from tenacity import Retrying, retry_if_exception_type, wait_exponential
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from app import telemetry, validation
 from app.channels.whatsapp.graph import GraphApi, SendOutcome, message_payload
 from app.channels.whatsapp.inbound import CHANNEL, PHONE_NUMBER_ID, business_tenant, recipient_of
 from app.core.config import Settings
-from app.core.db import run
+from app.core.db import arun
 from app.errors import StoreError, StoreUnavailable
 
 logger = logging.getLogger(__name__)
@@ -44,6 +46,7 @@ logger = logging.getLogger(__name__)
 WINDOW = "interval '24 hours'"
 NOT_OURS = "the business number is not this tenant's (WHATSAPP_TENANTS): not sent"
 OUTSIDE_WINDOW = "outside the 24-hour customer-service window: not sent (send a template instead)"
+INTERRUPTED = "the send was interrupted (shutdown or the end of the request): sent again after the backoff"
 RETRY_BASE_SECONDS = 30  # cleanup backoff: 30 s, 60 s, 120 s ... capped at MAX_RETRY_SECONDS
 MAX_RETRY_SECONDS = 1800
 MARKER_MARGIN_SECONDS = 5  # a sender starts no POST this close to its marker's expiry
@@ -165,7 +168,7 @@ class Outbox:
         self.graph = graph
         self.hold = marker_hold(graph.settings)
 
-    def flush(
+    async def flush(
         self, *, reply_id: int | None = None, tenant: str | None = None, device: str | None = None,
         deadline: Callable[[], float], due_only: bool = False,
     ) -> list[Delivered]:
@@ -176,7 +179,7 @@ class Outbox:
         """
         done: list[Delivered] = []
         while True:
-            row = run(self.engine, CLAIM_NEXT, {
+            row = await arun(self.engine, CLAIM_NEXT, {
                 "reply_id": reply_id, "tenant": tenant, "device": device, "hold": self.hold, "due_only": due_only,
             })
             if row is None:
@@ -187,13 +190,20 @@ class Outbox:
                 done.append(Delivered(row["id"], "outside_window", OUTSIDE_WINDOW))
                 continue
             limit = min(deadline(), claimed_at + self.hold - 2 * MARKER_MARGIN_SECONDS)
-            result = self._send(row, limit)
-            self._record(row["id"], row["send_epoch"], result, deadline())
+            try:
+                result = await self._send(row, limit)
+            except anyio.get_cancelled_exc_class():
+                # Cut short (shutdown, a serverless request's end): the POST may have gone out,
+                # as after a timeout, so the reply is due again after its backoff rather than
+                # held by its marker for MIN_MARKER_SECONDS.
+                await self._record(row["id"], row["send_epoch"], SendOutcome("retry", INTERRUPTED, attempts=1))
+                raise
+            await self._record(row["id"], row["send_epoch"], result)
             done.append(Delivered(row["id"], result.status, result.error))
             if result.status != "sent":
                 return done
 
-    def _send(self, row: Any, deadline: float) -> SendOutcome:
+    async def _send(self, row: Any, deadline: float) -> SendOutcome:
         own, inbound = row["metadata"] or {}, row["inbound_metadata"] or {}
         phone_number_id = str(inbound.get("phone_number_id") or "")
         if not PHONE_NUMBER_ID.fullmatch(phone_number_id):
@@ -205,9 +215,9 @@ class Outbox:
         template = own.get("template") if isinstance(own.get("template"), dict) else None
         choices = own.get("choices") if isinstance(own.get("choices"), list) else []
         payload = message_payload(address, row["content"], [c for c in choices if isinstance(c, dict)], template)
-        return self.graph.send(phone_number_id, payload, deadline=deadline)
+        return await self.graph.send(phone_number_id, payload, deadline=deadline)
 
-    def _record(self, reply_id: int, epoch: int, result: SendOutcome, deadline: float) -> None:
+    async def _record(self, reply_id: int, epoch: int, result: SendOutcome) -> None:
         """Note the outcome; while the store is unavailable, retried for RECORD_SECONDS.
 
         Not cut short by the send's deadline: a note lost to a short outage would hold the
@@ -222,29 +232,32 @@ class Outbox:
             sql, params = RECORD_UNSENT, {"id": reply_id, "epoch": epoch, "delivery": delivery,
                                           "error": result.error, "attempted": result.attempts > 0}
         until = time.monotonic() + RECORD_SECONDS
-        retrying = Retrying(
+        retrying = AsyncRetrying(
             stop=lambda state: time.monotonic() >= until, wait=wait_exponential(multiplier=0.1, max=1),
             retry=retry_if_exception_type(StoreUnavailable), reraise=True,
         )
         try:
-            retrying(run, self.engine, sql, params)
+            # Shielded: a cancelled turn (shutdown, the request's budget on a serverless
+            # platform) still notes a send the Graph API accepted, so it never goes twice.
+            with anyio.CancelScope(shield=True):
+                await retrying(arun, self.engine, sql, params)
         except StoreError as err:
             # A sent reply whose note is lost stays claimed until its marker expires
             # (MIN_MARKER_SECONDS), then may go again: the one gap a long outage leaves.
             logger.error("could not record the delivery of whatsapp reply %s (%s): %s", reply_id, result.status, err)
 
-    def send_due(self, *, deadline: float, limit: int = 100) -> int:
+    async def send_due(self, *, deadline: float, limit: int = 100) -> int:
         """Send the replies whose backoff is over (the cleanup run), device by device; returns how many went.
 
         deadline: time.monotonic() by which to stop (no send runs past it).
         """
         sent = 0
-        rows = run(self.engine, DUE_DEVICES, {"limit": limit}, rows="all")
+        rows = await arun(self.engine, DUE_DEVICES, {"limit": limit}, rows="all")
         telemetry.outbox_backlog(len(rows))
         for row in rows:
             if time.monotonic() >= deadline:
                 break
-            done = self.flush(tenant=row["tenant_id"], device=row["device_id"], deadline=lambda: deadline,
+            done = await self.flush(tenant=row["tenant_id"], device=row["device_id"], deadline=lambda: deadline,
                               due_only=True)
             sent += sum(1 for d in done if d.status == "sent")
         return sent
@@ -264,7 +277,7 @@ class SendResult:
     error: str | None = None
 
 
-def send_to_device(
+async def send_to_device(
     outbox: Outbox, tenant: str, device: str, *, text: str, template: dict[str, Any] | None = None,
     agent: str | None = None, timeout: float | None = None,
 ) -> SendResult:
@@ -278,7 +291,7 @@ def send_to_device(
     """
     tenant, device = validation.tenant_id(tenant), validation.device_id(device)
     validation.message_text(text)
-    last = run(outbox.engine, LAST_INBOUND, {"tenant": tenant, "device": device})
+    last = await arun(outbox.engine, LAST_INBOUND, {"tenant": tenant, "device": device})
     if last is None:
         return SendResult("unknown_device", error="no WhatsApp message from this device")
     metadata = {key: last["metadata"][key] for key in ADDRESS_KEYS if key in last["metadata"]}
@@ -286,11 +299,11 @@ def send_to_device(
     if template is not None:
         metadata["template"] = template
     validation.storable_json(metadata)
-    row = run(outbox.engine, INSERT_OUTBOUND, {
+    row = await arun(outbox.engine, INSERT_OUTBOUND, {
         "tenant": tenant, "device": device, "content": text, "agent": agent, "metadata": json.dumps(metadata),
     })
     bound = time.monotonic() + (timeout or outbox.hold)
-    for delivered in outbox.flush(reply_id=row["id"], deadline=lambda: bound):
+    for delivered in await outbox.flush(reply_id=row["id"], deadline=lambda: bound):
         if delivered.reply_id == row["id"]:
             return SendResult(delivered.status, row["id"], delivered.error)
     return SendResult("retry", row["id"], "queued behind an earlier reply that was not accepted yet")
