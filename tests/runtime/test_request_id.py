@@ -43,8 +43,10 @@ def test_serve_writes_the_request_id_on_the_agents_lines_and_on_message_handled(
         assert response.status_code == 200
         request_id = response.headers["X-Request-ID"]
         # The access line is written after the response: wait for it (a bound, not a measure).
-        assert wait_for(lambda: f"[{request_id}] app.access" in server.log())
+        # The bracket holds the request id, then the trace and span ids (app/core/logging.py).
+        tagged = re.compile(rf"\[{re.escape(request_id)} \S+ \S+\] ")
+        assert wait_for(lambda: any(tagged.search(line) and "app.access" in line for line in server.log().splitlines()))
         log = server.log()
-    mine = [line for line in log.splitlines() if f"[{request_id}]" in line]
-    assert any(re.search(rf"\[{request_id}\] {AGENT_LOGGER}: agent working$", line) for line in mine), log
+    mine = [line for line in log.splitlines() if tagged.search(line)]
+    assert any(re.search(rf"\] {AGENT_LOGGER}: agent working$", line) for line in mine), log
     assert any(line.endswith("app.pipeline: message handled") for line in mine), log
