@@ -32,20 +32,17 @@ from sqlalchemy.engine import Engine
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from app import telemetry, validation
-from app.agents import HUMAN, MANAGER, Agent, AgentInput, AgentReply, Handoff, Registry, Release
-from app.context import ContextPatch, normalized
+from app.agents import HUMAN, MANAGER, Registry
+from app.agents.runner import FAILURE_REPLY, AgentRunner, failed, ms, stopped
 from app.core.config import Settings
 from app.core.logging import device_hash
 from app.errors import LeaseLost, StoreUnavailable
 from app.ledger import Answer, Finished, Lease, Ledger, Outcome, Pending, Turn
 from app.runtime import Runtime
-from app.streams.writer import DraftWriter, collect
+from app.streams.writer import DraftWriter
 
 logger = logging.getLogger(__name__)
 
-MAX_HANDOFFS = 3
-FAILURE_REPLY = "Sorry, something went wrong on our side. Please try again."
-TEXT_ONLY_REPLY = "Sorry, I can only read text messages for now. Could you type your message?"
 
 # A waiter polls its message at most this often once its backoff has grown (a finished
 # turn in this process wakes it at once): about one statement per second per waiting request.
@@ -116,6 +113,7 @@ class Pipeline:
         self.registry = registry
         self.settings = settings
         self.runtime = runtime or Runtime(settings)
+        self.agents = AgentRunner(registry, self.runtime.agent_threads)
         self.ledger = Ledger(
             engine,
             lease_seconds=settings.lease_seconds,
@@ -152,7 +150,7 @@ class Pipeline:
                     tenant, device, inbound.text, external_id=inbound.external_id, metadata=inbound.metadata,
                     sent_at=inbound.sent_at,
                 )
-            claim_ms = _ms(started)
+            claim_ms = ms(started)
             if on_claimed is not None:
                 on_claimed(claim.message_id or claim.duplicate_of)
             if claim.duplicate is not None:
@@ -281,7 +279,7 @@ class Pipeline:
             finish_started = time.perf_counter()
             try:
                 with telemetry.span("agent_sessions.finish", self.settings, lease.tenant, lease.device):
-                    finished = await self._finish(lease, turn, outcome, db_ms=db_ms, total_ms=_ms(started))
+                    finished = await self._finish(lease, turn, outcome, db_ms=db_ms, total_ms=ms(started))
             except LeaseLost:
                 telemetry.lease_lost("finish")
                 logger.warning("lease lost on message %s; the new holder will handle it", turn.last.id)
@@ -300,7 +298,7 @@ class Pipeline:
                 extra={
                     "device": device_hash(self.settings, lease.device), "tenant": lease.tenant,
                     "agent": outcome.agent, "event": outcome.event, "outcome": outcome.status, "db_ms": db_ms,
-                    "agent_ms": outcome.elapsed_ms, "total_ms": _ms(started), "messages": len(turn.messages),
+                    "agent_ms": outcome.elapsed_ms, "total_ms": ms(started), "messages": len(turn.messages),
                     "attempt": turn.attempt,
                 },
             )
@@ -310,7 +308,7 @@ class Pipeline:
                 except Exception:  # noqa: BLE001 - delivery problems are the channel's to record
                     logger.exception("delivering the reply to message %s failed", turn.last.id)
             turn = finished.next or (await self.ledger.next_turn(lease) if finished.kept else None)
-            db_ms, started = _ms(finish_started), None
+            db_ms, started = ms(finish_started), None
 
     async def _finish(self, lease: Lease, turn: Turn, outcome: Outcome, *, db_ms: int, total_ms: int) -> Finished:
         """The fenced finish, retried while the database is unreachable, for at most LEASE_SECONDS.
@@ -346,7 +344,7 @@ class Pipeline:
         """
         if turn.attempt > self.settings.agent_max_attempts:
             logger.error("message %s failed: %s attempts started, none finished", turn.last.id, turn.attempt - 1)
-            return _failed(lock, f"gave up after {turn.attempt - 1} attempts", 0)
+            return failed(lock, f"gave up after {turn.attempt - 1} attempts", 0)
         started = time.perf_counter()
         timeout = self.settings.agent_timeout_seconds
         outcome: Outcome | None = None
@@ -385,7 +383,7 @@ class Pipeline:
                 if writer is not None:
                     group.start_soon(writer.run)
                 with anyio.move_on_after(timeout) as limit, stop_scope:
-                    outcome = await self.decide(turn, lease.tenant, lease.device, context, lock, writer=writer)
+                    outcome = await self.agents.decide(turn, lease.tenant, lease.device, context, lock, writer=writer)
                 group.cancel_scope.cancel()  # the renewal, the draft writer and any "typing..." call
         finally:
             if writer is not None:
@@ -394,12 +392,12 @@ class Pipeline:
         if lost:
             return None
         if writer is not None and stop_scope.cancelled_caught:
-            return _stopped(lock, writer, _ms(started))
+            return stopped(lock, writer, ms(started))
         if writer is not None and writer.events and outcome is not None:  # kept with the reply, for readers
             outcome = dataclasses.replace(outcome, metadata={**outcome.metadata, "stream_events": writer.events})
         if limit.cancelled_caught or outcome is None:
             logger.error("agent turn on message %s timed out after %ss", turn.last.id, timeout)
-            return _failed(lock, f"AgentTimeout: no answer within {timeout:g} s", _ms(started))
+            return failed(lock, f"AgentTimeout: no answer within {timeout:g} s", ms(started))
         return outcome
 
     def _writer(self, lease: Lease, turn: Turn) -> DraftWriter | None:
@@ -426,95 +424,12 @@ class Pipeline:
 
         group.start_soon(call)
 
-    async def _call_agent(
-        self, agent: Agent, message: AgentInput, writer: DraftWriter | None = None, key: str = MANAGER
-    ) -> Any:
-        """Stream an agent's `stream` into the writer; await an async handle; run a sync one on a worker
-        thread under AGENT_THREADS. With no writer, a stream-only agent's deltas are dropped (its
-        AgentReply holds the whole text)."""
-        stream = getattr(agent, "stream", None)
-        if writer is not None:
-            writer.begin_agent(key)
-        if stream is not None and writer is not None:
-            return await writer.consume(stream(message))
-        if stream is not None and not hasattr(agent, "handle"):
-            return await collect(stream(message))
-        handle = agent.handle
-        if inspect.iscoroutinefunction(handle):
-            return await handle(message)
-        # abandon_on_cancel: a timeout or a stop gives up on the thread at once (it cannot be
-        # interrupted); the result it returns later goes nowhere.
-        result = await anyio.to_thread.run_sync(
-            handle, message, limiter=self.runtime.agent_threads, abandon_on_cancel=True
-        )
-        if inspect.isawaitable(result):
-            result = await result
-        return result
-
-    async def decide(
-        self, turn: Turn, tenant: str, device: str, context: dict[str, Any], lock: str | None,
-        *, writer: DraftWriter | None = None,
-    ) -> Outcome:
-        """Run the lock holder (or the manager) and any agents it hands off to; no database work here
-        (the writer, when given, streams the agents' text: app/streams/writer.py)."""
-        started = time.perf_counter()
-        agent_before = lock
-        if lock is not None and lock not in self.registry:
-            logger.warning("lock names unknown agent %s; the manager takes over and the lock is released", lock)
-            lock = None
-        key, patch, replies, tools, ttl = lock or MANAGER, ContextPatch(), [], [], None
-        choices, template, metadata = (), None, {}
-        message = _agent_input(turn, tenant, device, normalized(context), lock)
-        for _ in range(MAX_HANDOFFS + 1):
-            agent = self.registry[key]
-            if message.attachments and not getattr(agent, "accepts_attachments", False):
-                replies.append(TEXT_ONLY_REPLY)
-                break
-            try:
-                answer = await self._call_agent(agent, message, writer, key)
-                if not isinstance(answer, AgentReply):
-                    raise TypeError(f"agent {key} returned {type(answer).__name__}, not AgentReply")
-                patch = patch.then(ContextPatch.parse(answer.context))
-                validation.storable_json([answer.metadata, answer.template], "reply")  # stored with the reply
-            except Exception as err:  # noqa: BLE001 - an agent's failure must not fail the request
-                logger.error("agent %s failed: %s", key, type(err).__name__)  # the text may hold personal data
-                return _failed(agent_before, f"{type(err).__name__}: {err}", _ms(started), agent=key, tools=tools)
-            replies.append(answer.reply)
-            tools.extend(answer.tools_used)
-            choices = tuple({"id": c.id, "title": c.title} for c in answer.choices[:10])
-            template, metadata = answer.template, {**metadata, **answer.metadata}
-            action = answer.lock
-            if isinstance(action, Handoff) and action.to in self.registry and action.to != key:
-                lock, key, ttl = action.to, action.to, validation.ttl(action.ttl)
-                if action.answered:  # the reply is already the receiving agent's
-                    break
-                message = _agent_input(turn, tenant, device, message.context, lock)
-                continue
-            if isinstance(action, Handoff):
-                logger.error("agent %s handed off to unknown agent %s; lock unchanged", key, action.to)
-            elif isinstance(action, Release):
-                lock = None
-            break
-        reply = " ".join(part for part in replies if part) or "…"
-        return Outcome(
-            reply, key, agent_before, lock, ttl, patch.as_json(), tools, _ms(started),
-            choices=choices, template=template, metadata=metadata,
-        )
-
     async def stateless(self, inbound: Inbound) -> Result:
         """Answer without the store: the manager replies and nothing is kept."""
-        turn = Turn((Pending(0, inbound.text, inbound.metadata),))
-        try:
-            with anyio.fail_after(self.settings.agent_timeout_seconds):
-                answer = await self._call_agent(
-                    self.registry[MANAGER],
-                    _agent_input(turn, inbound.tenant_id, inbound.device_id, normalized({}), None),
-                )
-            reply = answer.reply
-        except Exception:  # noqa: BLE001
-            logger.exception("manager failed in stateless mode")
-            reply = FAILURE_REPLY
-        return Result("degraded", reply, MANAGER)
+        with anyio.move_on_after(self.settings.agent_timeout_seconds):
+            reply = await self.agents.answer_alone(inbound.text, inbound.metadata, inbound.tenant_id, inbound.device_id)
+            return Result("degraded", reply, MANAGER)
+        return Result("degraded", FAILURE_REPLY, MANAGER)
 
 
 async def _call_hook(hook: Callable[..., Any], *args: Any) -> None:
@@ -526,34 +441,3 @@ async def _call_hook(hook: Callable[..., Any], *args: Any) -> None:
     if inspect.isawaitable(result):
         await result
 
-
-def _agent_input(turn: Turn, tenant: str, device: str, context: dict[str, Any], lock: str | None) -> AgentInput:
-    last = turn.last.metadata
-    texts = tuple(message.text for message in turn.messages)
-    attachments = tuple(item for message in turn.messages for item in message.metadata.get("attachments") or ())
-    return AgentInput(
-        "\n".join(texts), tenant, device, context, lock, history=turn.history, attempt=turn.attempt,
-        messages=texts, choice_id=last.get("choice_id"), attachments=attachments,
-        channel=last.get("channel") or "web",
-    )
-
-
-def _failed(
-    lock: str | None, error: str, elapsed_ms: int, *, agent: str | None = None, tools: list[str] | None = None
-) -> Outcome:
-    return Outcome(
-        FAILURE_REPLY, agent or lock or MANAGER, lock, lock, None, {}, tools or [], elapsed_ms, status="failed",
-        error=error[:500],
-    )
-
-
-def _stopped(lock: str | None, writer: DraftWriter, elapsed_ms: int) -> Outcome:
-    """A turn stopped by POST /api/chat/stop: the text streamed so far, marked stopped; no lock change or patch."""
-    return Outcome(
-        writer.text, writer.agent or lock or MANAGER, lock, lock, None, {}, [], elapsed_ms,
-        metadata={"stopped": True, **({"stream_events": writer.events} if writer.events else {})},
-    )
-
-
-def _ms(started: float) -> int:
-    return round((time.perf_counter() - started) * 1000)

@@ -21,7 +21,7 @@ from app.agents.openai_agents import registry_from_agents
 from app.agents.openai_example import build
 from app.core.logging import request_id
 from app.errors import AgentFailed
-from app.pipeline import FAILURE_REPLY
+from app.agents.runner import FAILURE_REPLY
 from tests.channels.conftest import wa_settings
 from tests.channels.payloads import USER, change, delivery, post, rows, text
 from tests.conftest import make_settings

@@ -7,7 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from app.channels.whatsapp import WhatsAppSender, message_payload, replier
 from app.core.config import Settings
-from app.pipeline import TEXT_ONLY_REPLY, Inbound, Pipeline
+from app.agents.runner import TEXT_ONLY_REPLY
+from app.pipeline import Inbound, Pipeline
 from tests.channels.conftest import wa_settings
 from tests.channels.payloads import (
     ACCESS_TOKEN,

@@ -18,7 +18,8 @@ from openai import AsyncOpenAI
 
 from app.agents import AgentInput, AgentReply, Handoff
 from app.agents.openai_agents import registry_from_agents
-from app.pipeline import FAILURE_REPLY, Inbound, Pipeline
+from app.agents.runner import FAILURE_REPLY
+from app.pipeline import Inbound, Pipeline
 from tests.conftest import make_settings
 from tests.utils import aio
 from tests.utils.agents import Scripted

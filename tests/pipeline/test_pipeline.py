@@ -12,7 +12,8 @@ import pytest
 from app.agents import AgentInput, AgentReply, Handoff, Keep
 from app.errors import LeaseLost
 from app.ledger import Ledger, Outcome
-from app.pipeline import FAILURE_REPLY, Inbound, Pipeline
+from app.agents.runner import FAILURE_REPLY
+from app.pipeline import Inbound, Pipeline
 from tests.conftest import make_settings
 from tests.utils.agents import Boom, Gate, Scripted, demo_registry, routing_registry
 from tests.utils.counting import count_statements, work
@@ -304,13 +305,12 @@ class TestOrdering:
 
 class TestNoTransactionWhileThinking:
     def test_no_open_transaction_while_agent_runs(self, engine, database_url):
-        thinking, woke = threading.Event(), threading.Event()
+        thinking, sampled = threading.Event(), threading.Event()
 
         class Sleeper:
             def handle(self, message: AgentInput) -> AgentReply:
                 thinking.set()
-                time.sleep(2)
-                woke.set()
+                assert sampled.wait(60)  # the agent thinks until the test has looked ten times
                 return AgentReply("slept", lock=Handoff("scheduling"))
 
         registry = {"manager": Sleeper(), "scheduling": Scripted("scheduling")}
@@ -319,18 +319,15 @@ class TestNoTransactionWhileThinking:
             future = pool.submit(send, pipeline, "wake up")
             assert thinking.wait(10)
             samples = []
-            while not woke.is_set():
+            while len(samples) < 10:  # every sample is taken while the agent runs
                 with engine.connect() as conn:
-                    open_transactions = conn.exec_driver_sql(
+                    samples.append(conn.exec_driver_sql(
                         "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'agent-sessions' "
                         "AND datname = current_database() "
                         "AND pid <> pg_backend_pid() AND (xact_start IS NOT NULL OR state LIKE 'idle in%%')"
-                    ).scalar()
-                if not woke.is_set():  # the sample was taken entirely while the agent slept
-                    samples.append(open_transactions)
-                time.sleep(0.1)
+                    ).scalar())
+            sampled.set()
             assert future.result().agent == "scheduling"
-        assert len(samples) >= 10
         assert max(samples) == 0
 
 

@@ -10,7 +10,8 @@ import pytest
 
 from app.agents import AgentInput, AgentReply, Choice, Handoff, Keep
 from app.errors import IdempotencyKeyReused
-from app.pipeline import FAILURE_REPLY, Inbound, Pipeline
+from app.agents.runner import FAILURE_REPLY
+from app.pipeline import Inbound, Pipeline
 from tests.conftest import make_settings
 from tests.utils.agents import Gate, Scripted, wait_for
 from tests.utils.counting import count_statements, work

@@ -19,7 +19,8 @@ from app.admin import AdminStore
 from app.agents import AgentInput, AgentReply, Handoff
 from app.core.db import make_engine
 from app.errors import IdempotencyKeyReused
-from app.pipeline import FAILURE_REPLY, Inbound
+from app.agents.runner import FAILURE_REPLY
+from app.pipeline import Inbound
 from tests.conftest import make_settings
 from tests.pipeline.test_turns import DEVICE, Echo, inbound_rows, pipeline_with, replies, send, wait_for
 from tests.utils.agents import Gate, Scripted

@@ -42,7 +42,7 @@ def test_a_message_answered_by_the_previous_holder_is_not_answered_again(databas
     ledger = pipeline.ledger
     first = aio.run(ledger.claim, "default", DEVICE, "first say", external_id=None, metadata={})
     assert first.lease is not None and first.lease.first.last.id == first.message_id
-    outcome = aio.run(pipeline.decide, first.lease.first, "default", DEVICE, first.lease.context, first.lease.lock)
+    outcome = aio.run(pipeline.agents.decide, first.lease.first, "default", DEVICE, first.lease.context, first.lease.lock)
 
     # Hold the first message's row so the holder's finish stops half-way: it has updated (and
     # locked) the device's row and waits to mark the message done, uncommitted.
@@ -104,7 +104,7 @@ def test_a_waiter_whose_message_is_answered_leaves_no_lease_behind(database_url,
     assert holder.lease is not None and waiter.lease is None and later.lease is None
     lease, current = holder.lease, holder.lease.first
     for _ in range(2):  # the holder answers the first and second messages, then stops
-        outcome = aio.run(pipeline.decide, current, "default", DEVICE, lease.context, lease.lock)
+        outcome = aio.run(pipeline.agents.decide, current, "default", DEVICE, lease.context, lease.lock)
         current = aio.run(ledger.finish, lease, current, outcome).next
     assert current is not None and current.last.id == later.message_id
     with engine.begin() as conn:  # the holder stops: its lease runs out
