@@ -45,7 +45,7 @@ def upgrade() -> None:
     # A status callback names the reply by the id the Graph API gave it when it accepted the send.
     op.create_index(
         STATUS_INDEX, "conversation_messages", ["tenant_id", sa.text("(metadata ->> 'wa_reply_id')")],
-        postgresql_where=sa.text("metadata ? 'wa_reply_id'"),
+        postgresql_where=sa.text("(metadata ->> 'wa_reply_id') IS NOT NULL"),
     )
 
 

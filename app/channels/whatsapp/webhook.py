@@ -34,6 +34,7 @@ from anyio.lowlevel import EventLoopToken
 from app import validation
 from app.channels.whatsapp.graph import TYPING_TIMEOUT, GraphApi
 from app.channels.whatsapp.inbound import CHANNEL, UserMessage, business_tenant, user_messages
+from app.channels.whatsapp import statuses
 from app.channels.whatsapp.outbox import Outbox, marker_hold
 from app.core.config import Settings
 from app.core.logging import device_hash
@@ -364,4 +365,5 @@ def handle_delivery(
     for device_jobs in devices.values():
         sender.background.start(batch.run_device, device_jobs)
     batch.settle()
+    statuses.record(pipeline.ledger.engine, settings, payload)  # delivery receipts, consented profile names
     return batch.report(ignored)
