@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from app.api import errors
 from app.api.limits import KIB, BodyLimit
-from app.api.routes import chat, cron, docs, health, sessions, stats, takeover, web, whatsapp
+from app.api.routes import chat, cron, docs, health, inbox, sessions, stats, takeover, web, whatsapp
 from app.core.config import Settings
 from app.core.db import Database
 from app.core.logging import RequestContext
@@ -50,6 +50,7 @@ def create_app(
     app.include_router(cron.router)
     app.include_router(whatsapp.router)
     app.include_router(takeover.router)
+    app.include_router(inbox.router)
     app.include_router(sessions.router)
     app.include_router(stats.router)
     app.include_router(web.router)

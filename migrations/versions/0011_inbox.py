@@ -26,6 +26,7 @@ STATE_COLUMNS = (
     sa.Column("display_name", sa.Text, nullable=True),
 )
 STATUS_INDEX = "conversation_messages_wa_reply_id"
+CHANGES_INDEX = "conversation_states_tenant_updated"
 
 
 def _delivery(values: str) -> None:
@@ -47,9 +48,12 @@ def upgrade() -> None:
         STATUS_INDEX, "conversation_messages", ["tenant_id", sa.text("(metadata ->> 'wa_reply_id')")],
         postgresql_where=sa.text("(metadata ->> 'wa_reply_id') IS NOT NULL"),
     )
+    # The operator inbox's event streams ask "what changed last in this tenant" (app/admin/inbox.py).
+    op.create_index(CHANGES_INDEX, "conversation_states", ["tenant_id", "updated_at"])
 
 
 def downgrade() -> None:
+    op.drop_index(CHANGES_INDEX, table_name="conversation_states")
     op.drop_index(STATUS_INDEX, table_name="conversation_messages")
     op.execute("UPDATE conversation_messages SET delivery = 'sent' WHERE delivery IN ('delivered', 'read')")
     _delivery("'pending', 'sent', 'failed', 'outside_window'")

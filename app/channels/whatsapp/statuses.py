@@ -12,7 +12,7 @@ default), and only on a conversation that exists.
 
 | statement | guarantee |
 | --- | --- |
-| RECORD_STATUSES | one statement per delivery, whatever its number of callbacks; a state only moves forward (sent < delivered < read; failed after sent or delivered): a late or replayed `sent` never overwrites `delivered` or `read`, and a repeated callback changes nothing; only replies of the callback's own tenant |
+| RECORD_STATUSES | one statement per delivery, whatever its number of callbacks (it also touches the conversation's updated_at); a state only moves forward (sent < delivered < read; failed after sent or delivered): a late or replayed `sent` never overwrites `delivered` or `read`, and a repeated callback changes nothing; only replies of the callback's own tenant |
 | RECORD_NAMES | one statement per delivery; only existing conversations of consenting tenants; a name is 1-100 characters |
 
 Both are written by the webhook after the delivery's messages are stored (its call
@@ -51,20 +51,27 @@ WITH cb AS (
     FROM unnest(%(tenants)s::text[], %(ids)s::text[], %(states)s::text[], %(reasons)s::text[])
          AS c(tenant, wa_id, state, reason)
     ORDER BY c.tenant, c.wa_id, {_rank("c.state")} DESC, c.state = 'failed' DESC
+), changed AS (
+    UPDATE conversation_messages m SET
+        delivery = cb.state,
+        has_error = cb.state = 'failed',
+        error_message = CASE WHEN cb.state = 'failed' THEN cb.reason END,
+        metadata = m.metadata || jsonb_build_object('delivered', cb.state <> 'failed')
+    FROM cb
+    WHERE m.tenant_id = cb.tenant AND (m.metadata ->> 'wa_reply_id') = cb.wa_id AND m.role = 'assistant'
+      AND {_rank("cb.state")} > {_rank("m.delivery")}
+    RETURNING m.tenant_id, m.device_id
+), touched AS (
+    -- The conversation changed: the operator inbox's event streams watch updated_at (app/admin/inbox.py).
+    UPDATE conversation_states s SET updated_at = now()
+    FROM (SELECT DISTINCT tenant_id, device_id FROM changed) c
+    WHERE s.tenant_id = c.tenant_id AND s.device_id = c.device_id
 )
-UPDATE conversation_messages m SET
-    delivery = cb.state,
-    has_error = cb.state = 'failed',
-    error_message = CASE WHEN cb.state = 'failed' THEN cb.reason END,
-    metadata = m.metadata || jsonb_build_object('delivered', cb.state <> 'failed')
-FROM cb
-WHERE m.tenant_id = cb.tenant AND (m.metadata ->> 'wa_reply_id') = cb.wa_id AND m.role = 'assistant'
-  AND {_rank("cb.state")} > {_rank("m.delivery")}
-RETURNING m.tenant_id, m.device_id
+SELECT tenant_id, device_id FROM changed
 """
 
 RECORD_NAMES = """
-UPDATE conversation_states s SET display_name = n.name
+UPDATE conversation_states s SET display_name = n.name, updated_at = now()
 FROM unnest(%(tenants)s::text[], %(devices)s::text[], %(names)s::text[]) AS n(tenant, device, name)
 WHERE s.tenant_id = n.tenant AND s.device_id = n.device AND s.display_name IS DISTINCT FROM n.name
 RETURNING s.tenant_id, s.device_id
