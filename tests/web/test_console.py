@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 from collections.abc import Iterator
@@ -137,9 +138,9 @@ def network(driver) -> list[dict]:
         params = message.get("params", {})
         if message["method"] == "Network.requestWillBeSent":
             requests[params["requestId"]] = {"url": params["request"]["url"], "start": params["timestamp"], "end": None}
-        elif message["method"] in ("Network.loadingFinished", "Network.loadingFailed"):
-            if params["requestId"] in requests:
-                requests[params["requestId"]]["end"] = params["timestamp"]
+        elif message["method"] in ("Network.loadingFinished", "Network.loadingFailed") \
+                and params["requestId"] in requests:
+            requests[params["requestId"]]["end"] = params["timestamp"]
     return list(requests.values())
 
 
@@ -168,8 +169,7 @@ def test_one_event_stream_and_no_overlapping_requests_while_the_server_is_slow(d
     assert len(streams) == 1 and streams[0]["end"] is None
     reads = sorted((r for r in seen if "/api/" in r["url"] and "/api/inbox/events" not in r["url"]),
                    key=lambda r: r["start"])
-    lists = [r for r in reads if "/api/inbox?" in r["url"]]
-    assert len(lists) >= 2
-    # A refresh is a list read, then the open conversation's reads: the list reads never overlap each other.
-    for earlier, later in zip(lists, lists[1:]):
+    assert len([r for r in reads if "/api/inbox?" in r["url"]]) >= 2
+    # Every read of the page (agents, then each refresh's list) waits for the one before.
+    for earlier, later in itertools.pairwise(reads):
         assert earlier["end"] is not None and earlier["end"] <= later["start"], (earlier, later)
