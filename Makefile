@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test bench bench-quick clean
+.PHONY: install run test bench bench-quick clean screenshots
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is required")'
@@ -30,3 +30,8 @@ bench: install
 bench-quick: install
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
 	$(BIN)/python -m bench --quick $(BENCH_ARGS)
+
+# The inbox screenshots in docs/images/, from a running server (SCREENSHOT_URL, default
+# http://127.0.0.1:8000) with ADMIN_KEY a key of the tenant `default`; see tests/web/screenshots.py.
+screenshots: install
+	$(BIN)/python -m tests.web.screenshots

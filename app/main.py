@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from app.api import errors
 from app.api.limits import KIB, BodyLimit
 from app import telemetry
-from app.api.routes import chat, cron, docs, health, metrics, sessions, stats, stream, takeover, web, whatsapp
+from app.api.routes import chat, cron, docs, health, inbox, metrics, sessions, stats, stream, takeover, web, whatsapp
 from app.core.config import Settings
 from app.core.db import Database
 from app.core.logging import RequestContext, configure_logging
@@ -67,6 +67,7 @@ def create_app(
     app.include_router(cron.router)
     app.include_router(whatsapp.router)
     app.include_router(takeover.router)
+    app.include_router(inbox.router)
     app.include_router(sessions.router)
     app.include_router(stats.router)
     app.include_router(web.router)

@@ -7,6 +7,7 @@ One `Runtime` per process (built with the services), shared by every pipeline:
 | `slot()`       | MAX_CONCURRENT_TURNS requests inside the pipeline at once; past it `Overloaded`      |
 | `agent_threads`| AGENT_THREADS sync agents running at once (an async agent takes no thread)           |
 | `wakeups`      | a waiter sleeps until its device's turn finishes in this process, or its poll is due |
+|                | (a finished turn also wakes its tenant's `watch`ers: the console's event streams)   |
 | `closing`      | set at shutdown: no new turn starts                                                  |
 | `holding()`    | counts the leases held in this process; `settle()` waits until none is (shutdown)    |
 | `streams`      | the drafts being written here and the task group of streamed turns (app/streams)     |
@@ -44,6 +45,7 @@ class Wakeups:
 
     def __init__(self) -> None:
         self._events: dict[tuple[str, str], tuple[anyio.Event, list[int]]] = {}
+        self._tenants: dict[str, anyio.Event] = {}
 
     async def wait(self, key: tuple[str, str], seconds: float) -> bool:
         """Sleep until key is notified or seconds pass; True when notified."""
@@ -67,6 +69,26 @@ class Wakeups:
         entry = self._events.pop(key, None)
         if entry is not None:
             entry[0].set()
+        self.notify_tenant(key[0])
+
+    async def watch(self, tenant: str, seconds: float) -> bool:
+        """Sleep until something of tenant changes in this process (notify_tenant) or seconds pass; True when woken.
+
+        One event per tenant with watchers, dropped when set: a tenant nobody watches costs nothing.
+        """
+        event = self._tenants.get(tenant)
+        if event is None:
+            event = self._tenants[tenant] = anyio.Event()
+        with anyio.move_on_after(seconds):
+            await event.wait()
+            return True
+        return False
+
+    def notify_tenant(self, tenant: str) -> None:
+        """Wake every watcher of tenant (a turn finished, an operator acted)."""
+        event = self._tenants.pop(tenant, None)
+        if event is not None:
+            event.set()
 
     def __len__(self) -> int:
         """Devices with someone waiting on them now."""

@@ -58,3 +58,18 @@ def turn_history(before: str, session: str) -> str:
                  AND COALESCE(reply_to, id) < {before} AND session_id = {session}
                ORDER BY COALESCE(reply_to, id) DESC, id DESC
                LIMIT %(history)s) h)"""
+
+
+# The delivery states the API shows (README, "Delivery states"); stored 'pending' reads as 'retry'.
+DELIVERY_STATES = ("queued", "retry", "sent", "delivered", "read", "failed", "outside_window")
+
+
+def delivery_state(alias: str) -> str:
+    """A message's delivery as the API shows it: a WhatsApp reply's state (DELIVERY_STATES), else NULL.
+
+    Stored NULL (not tried yet) reads "queued", stored 'pending' (refused for now, the
+    cleanup run retries it) reads "retry"; the others read as stored.
+    """
+    return f"""CASE WHEN {alias}.role = 'assistant' AND ({alias}.metadata ->> 'channel') = 'whatsapp'
+        THEN CASE COALESCE({alias}.delivery, 'queued') WHEN 'pending' THEN 'retry'
+                  ELSE COALESCE({alias}.delivery, 'queued') END END"""

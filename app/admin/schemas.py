@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from app import validation
-from app.admin.transfer import AgentKey
+from app.admin.transfer import AgentKey, Delivery
 from app.context import ContextPatch
 from app.core.config import MAX_TTL_SECONDS
 
@@ -92,6 +92,10 @@ class MessageItem(BaseModel):
     reply_to: int | None
     processing_time_ms: int | None
     tools_used: list[Any]
+    delivery: Delivery | None = Field(
+        description="a WhatsApp reply's delivery state (README, Delivery states); null for other messages; "
+        "failed: error_message says why"
+    )
 
 
 class MessagePage(BaseModel):

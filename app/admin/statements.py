@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from app.agents import HUMAN
 from app.erasure import keep_erased
-from app.sql import known_device, live
+from app.sql import delivery_state, known_device, live
 
 KEY = "s.tenant_id = %(tenant)s AND s.device_id = %(device)s"
 LIVE = live("s")
@@ -95,7 +95,7 @@ MESSAGES = f"""
 SELECT k.known, p.* FROM (SELECT {KNOWN} AS known) k
 LEFT JOIN LATERAL (
     SELECT m.id, m.role, m.content, m.agent, m.created_at, m.sent_at, m.session_id, m.status, m.has_error,
-           m.error_message, m.reply_to, m.processing_time_ms, m.tools_used
+           m.error_message, m.reply_to, m.processing_time_ms, m.tools_used, {delivery_state("m")} AS delivery
     FROM conversation_messages m
     WHERE m.tenant_id = %(tenant)s AND m.device_id = %(device)s
       AND (%(before)s::bigint IS NULL OR m.id < %(before)s::bigint)

@@ -2,13 +2,13 @@
 
 | statement | guarantee |
 | --- | --- |
-| TAKEOVER | the lock becomes `human` (operator, TTL) whatever held it, with a `takeover` audit row naming the agent it took over from, and the device's pending messages are marked `held`, all in one statement on the locked row |
-| RELEASE | only a live `human` lock is released (`release` audit row in the same statement); with answer_held the held messages become pending again, in their order, for the pipeline to answer |
+| TAKEOVER | the lock becomes `human` (operator, TTL) whatever held it, with a `takeover` audit row naming the agent it took over from, and the device's pending messages are marked `held`, all in one statement on the locked row; the live agent lock it displaces is kept in `resume_lock` (agent, locked_at, seconds it had left; a takeover of a takeover keeps the first one's) |
+| RELEASE | only a live `human` lock is released (`release` audit row naming the lock's new holder, in the same statement); the lock becomes the one the takeover displaced (its agent, locked_at, and the seconds it had left from now; the context is not touched), or the agent the operator chose (for its session_ttl), or none; held messages an operator reply came after are `done`; with answer_held the others become pending again, in their order, for the pipeline to answer |
 | REPLY | stored only under a live `human` lock, which it slides by the takeover's TTL; linked to the latest held message; a free-form WhatsApp text outside the 24-hour customer-service window stores nothing |
 
 While the `human` lock is live the pipeline stores the device's messages as `held`
-and runs no agent (app/ledger/statements.py). When it expires the bot answers the
-next message, as after a release; held messages stay unanswered unless a release
+and runs no agent (app/ledger/statements.py). When it expires the manager answers the
+next message; held messages stay unanswered unless a release
 asks for them. Every statement is filtered by the caller's tenant. Statements run with
 app.core.db.arun and sends on the async Graph API client: nothing here holds a thread.
 """
@@ -53,6 +53,12 @@ WITH old AS (
         locked_at = CASE WHEN old.agent = '{HUMAN}' THEN s.locked_at ELSE now() END,
         expires_at = now() + make_interval(secs => %(ttl)s),
         operator = %(operator)s, operator_ttl = %(ttl)s,
+        resume_lock = CASE
+            WHEN old.agent = '{HUMAN}' THEN s.resume_lock
+            WHEN old.agent IS NOT NULL THEN jsonb_build_object(
+                'agent', old.agent, 'locked_at', s.locked_at,
+                'remaining_seconds', GREATEST(1, ceil(extract(epoch FROM s.expires_at - now())))::integer)
+        END,
         version = s.version + 1, updated_at = now()
     FROM old WHERE s.tenant_id = old.tenant_id AND s.device_id = old.device_id
     RETURNING s.session_id, s.active_agent, s.locked_at, s.expires_at, s.operator, s.version,
@@ -68,26 +74,43 @@ WITH old AS (
 SELECT changed.*, (SELECT count(*) FROM parked) AS held FROM changed
 """
 
+# %(resume)s: the lock becomes resume_lock; otherwise %(agent)s (NULL: no lock) for the session_ttl.
+# A held message is answered by an operator reply stored after it (a larger id).
 RELEASE = f"""
 WITH old AS (
-    SELECT s.tenant_id, s.device_id, s.session_id, s.version, {human_lock("s")} AS taken
+    SELECT s.tenant_id, s.device_id, s.session_id, s.version, s.resume_lock, s.session_ttl,
+           {human_lock("s")} AS taken,
+           CASE WHEN %(resume)s THEN s.resume_lock ->> 'agent' ELSE %(agent)s::text END AS agent
     FROM conversation_states s WHERE {KEY}
     FOR UPDATE
 ), changed AS (
-    UPDATE conversation_states s SET active_agent = NULL, locked_at = NULL, expires_at = NULL,
-        operator = NULL, operator_ttl = NULL, version = s.version + 1, updated_at = now()
+    UPDATE conversation_states s SET
+        active_agent = old.agent,
+        locked_at = CASE WHEN old.agent IS NULL THEN NULL
+                         WHEN %(resume)s THEN (old.resume_lock ->> 'locked_at')::timestamptz ELSE now() END,
+        expires_at = CASE WHEN old.agent IS NULL THEN NULL
+                          WHEN %(resume)s THEN now() + make_interval(secs => (old.resume_lock ->> 'remaining_seconds')::integer)
+                          ELSE now() + make_interval(secs => old.session_ttl) END,
+        resume_lock = NULL, operator = NULL, operator_ttl = NULL, version = s.version + 1, updated_at = now()
     FROM old WHERE s.tenant_id = old.tenant_id AND s.device_id = old.device_id AND old.taken
-    RETURNING s.version
-), resumed AS (
-    UPDATE conversation_messages m SET status = 'pending', attempts = 0
-    FROM changed WHERE %(answer_held)s AND {DEVICE} AND m.status = 'held'
-    RETURNING m.id
+    RETURNING s.version, s.active_agent, s.expires_at
+), held AS (
+    SELECT m.id, EXISTS (
+        SELECT 1 FROM conversation_messages r
+        WHERE r.tenant_id = m.tenant_id AND r.device_id = m.device_id AND r.role = 'assistant'
+          AND r.agent = '{HUMAN}' AND r.id > m.id) AS answered
+    FROM conversation_messages m, changed WHERE {DEVICE} AND m.status = 'held'
+), settled AS (
+    UPDATE conversation_messages m SET status = CASE WHEN held.answered THEN 'done' ELSE 'pending' END, attempts = 0
+    FROM held WHERE m.id = held.id AND (held.answered OR %(answer_held)s)
+    RETURNING held.answered
 ), audit AS (
     INSERT INTO conversation_audit (tenant_id, device_id, session_id, event, from_agent, to_agent)
-    SELECT tenant_id, device_id, session_id, 'release', '{HUMAN}', NULL FROM old WHERE taken
+    SELECT tenant_id, device_id, session_id, 'release', '{HUMAN}', agent FROM old WHERE taken
 )
 SELECT old.taken, COALESCE((SELECT version FROM changed), old.version) AS version,
-       (SELECT count(*) FROM resumed) AS resumed
+       (SELECT active_agent FROM changed) AS agent, (SELECT expires_at FROM changed) AS expires_at,
+       (SELECT count(*) FROM settled WHERE NOT answered) AS resumed
 FROM old
 """
 
@@ -166,11 +189,20 @@ class TakeoverStore:
                         row["held"])
         return row
 
-    async def release(self, tenant: str, device: str, *, answer_held: bool = False) -> dict[str, Any] | None:
-        """Release a live `human` lock, audited; None if no state. taken False: there was none to release."""
-        row = await self._first(RELEASE, self._key(tenant, device) | {"answer_held": answer_held})
+    async def release(
+        self, tenant: str, device: str, *, answer_held: bool = False, resume: bool = True, agent: str | None = None
+    ) -> dict[str, Any] | None:
+        """Release a live `human` lock, audited; None if no state. taken False: there was none to release.
+
+        resume: the lock goes back to the agent the takeover displaced (none if none did);
+        otherwise to agent (None: no lock). Returns {taken, version, agent, expires_at, resumed}.
+        """
+        params = {"answer_held": answer_held, "resume": resume,
+                  "agent": None if resume or agent is None else validation.agent_key(agent)}
+        row = await self._first(RELEASE, self._key(tenant, device) | params)
         if row is not None and row["taken"]:
-            logger.info("operator released a conversation (%s held messages to answer)", row["resumed"])
+            logger.info("operator released a conversation to %s (%s held messages to answer)", row["agent"],
+                        row["resumed"])
         return row
 
     async def reply(

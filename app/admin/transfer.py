@@ -37,7 +37,7 @@ from app.core.config import MAX_TTL_SECONDS
 from app.core.db import run, store_errors
 from app.devices import canonical_device_id
 from app.errors import ImportConflict
-from app.sql import known_device
+from app.sql import delivery_state, known_device
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,9 @@ Text = Annotated[str, Field(json_schema_extra=TEXT_SCHEMA)]
 MessageId = Annotated[int, Field(ge=1, le=MAX_ID)]
 Millis = Annotated[int, Field(ge=0, le=INT32)]
 Time = Annotated[AwareDatetime, AfterValidator(_utc)]
+
+
+Delivery = Literal["queued", "retry", "sent", "delivered", "read", "failed", "outside_window"]
 
 
 class Strict(BaseModel):
@@ -157,6 +160,10 @@ class UserMessage(_Message):
 class OtherMessage(_Message):
     role: Literal["assistant", "system"]
     status: None
+    delivery: Delivery | None = Field(
+        None, description="a WhatsApp reply's delivery state when exported (README, Delivery states); "
+        "informational: import ignores it"
+    )
 
 
 ExportedMessage = Annotated[UserMessage | OtherMessage, Field(discriminator="role")]
@@ -213,7 +220,7 @@ class ExportDocument(Strict):
         return self
 
 
-EXPORT = """
+EXPORT = f"""
 SELECT
     (SELECT to_jsonb(x) FROM (
         SELECT session_id, session_started_at, last_activity_at,
@@ -221,13 +228,14 @@ SELECT
                    'agent', active_agent, 'locked_at', locked_at, 'expires_at', expires_at) END AS lock,
                session_ttl, context, version, created_at, updated_at
         FROM conversation_states WHERE tenant_id = %(tenant)s AND device_id = %(device)s) x) AS state,
-    -- merged_into and request_hash belong to inbound messages only.
-    (SELECT COALESCE(jsonb_agg(to_jsonb(x) - CASE WHEN x.role = 'user' THEN '{}'::text[]
-                                                  ELSE '{merged_into,request_hash}'::text[] END
+    -- merged_into and request_hash belong to inbound messages only, delivery to the others.
+    (SELECT COALESCE(jsonb_agg(to_jsonb(x) - CASE WHEN x.role = 'user' THEN '{{delivery}}'::text[]
+                                                  ELSE '{{merged_into,request_hash}}'::text[] END
                                ORDER BY x.id), '[]') FROM (
-        SELECT id, role, content, agent, external_id, status, reply_to, tools_used, processing_time_ms,
-               has_error, error_message, metadata, created_at, sent_at, session_id, merged_into, request_hash
-        FROM conversation_messages WHERE tenant_id = %(tenant)s AND device_id = %(device)s) x) AS messages,
+        SELECT m.id, m.role, m.content, m.agent, m.external_id, m.status, m.reply_to, m.tools_used,
+               m.processing_time_ms, m.has_error, m.error_message, m.metadata, m.created_at, m.sent_at, m.session_id,
+               m.merged_into, m.request_hash, {delivery_state("m")} AS delivery
+        FROM conversation_messages m WHERE m.tenant_id = %(tenant)s AND m.device_id = %(device)s) x) AS messages,
     (SELECT COALESCE(jsonb_agg(to_jsonb(x) ORDER BY x.id), '[]') FROM (
         SELECT id, event, at, from_agent, to_agent, session_id, message_id, db_ms, agent_ms, total_ms
         FROM conversation_audit WHERE tenant_id = %(tenant)s AND device_id = %(device)s) x) AS audit,

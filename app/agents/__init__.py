@@ -21,6 +21,11 @@ An agent may also stream (README, "Streamed replies"): `async def stream(message
 yields text deltas (str) and optional StreamEvents, then one AgentReply whose
 `reply` is the whole text. The pipeline streams a web turn through it when it exists;
 an agent with only `handle` is streamed as one delta, its reply.
+
+Display names: an agent may have a `display_name` attribute (a str, 1-60 characters),
+what people see (the operator console, the chat page); without one it is the key
+title-cased ("scheduling" -> "Scheduling", "front_desk" -> "Front Desk"). The key stays
+what the API and the database carry. `display_name(registry, key)` reads it.
 """
 
 from __future__ import annotations
@@ -163,6 +168,21 @@ class Agent(Protocol):
 
 
 Registry = Mapping[str, Agent]
+
+HUMAN_DISPLAY_NAME = "A person"
+
+
+def display_name(registry: Registry, key: str) -> str:
+    """What people see for agent key: its `display_name` attribute, else the key title-cased.
+
+    `human` (an operator takeover) reads "A person"; a key not in the registry is title-cased too.
+    """
+    if key == HUMAN:
+        return HUMAN_DISPLAY_NAME
+    name = getattr(registry.get(key), "display_name", None)
+    if isinstance(name, str) and 1 <= len(name.strip()) <= 60:
+        return name.strip()
+    return key.replace("_", " ").replace("-", " ").title()
 
 
 def load_registry(path: str) -> Registry:

@@ -96,6 +96,8 @@ class Settings(BaseSettings):
     # phone_number_id -> tenant, as JSON ({"1234": "acme"}) or "1234:acme,5678:globex".
     whatsapp_tenants: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     webhook_max_age_seconds: int = Field(7 * 24 * 3600, ge=60)
+    # Tenants that consent to storing their WhatsApp users' profile names ("acme,default"); none by default.
+    whatsapp_profile_name_tenants: Annotated[tuple[str, ...], NoDecode] = ()
 
     # Session admin API: "tenant:key,tenant:key"; each key sees only its tenant. Parsed once, at start.
     admin_api_keys: SecretStr | None = None
@@ -220,6 +222,19 @@ class Settings(BaseSettings):
             "WHATSAPP_API_VERSION and leave the version out of the base URL", found.group(1),
         )
         return {**values, key: url[: found.start()], version_key: found.group(1)}
+
+    @field_validator("whatsapp_profile_name_tenants", mode="before")
+    @classmethod
+    def _consenting(cls, value: object) -> object:
+        from app import validation
+
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple, set, frozenset)):
+            raise ValueError("WHATSAPP_PROFILE_NAME_TENANTS must be a comma-separated list of tenant ids")
+        tenants = tuple(dict.fromkeys(i.strip() for i in items if isinstance(i, str) and i.strip()))
+        for tenant in tenants:
+            validation.tenant_id(tenant)  # ValueError: not a tenant id
+        return tenants
 
     @field_validator("whatsapp_api_base_url")
     @classmethod

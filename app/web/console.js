@@ -1,27 +1,39 @@
-// The operator console: the session admin API with an admin key kept in sessionStorage.
+// The operator inbox: the admin API with an admin key kept in sessionStorage.
 // No build step and no dependencies; every text from the server is set with textContent.
+// Updates come from one server-sent event stream (read with fetch, so the key goes in a
+// header); while it is down a fallback poll runs. Refreshes never overlap: a change seen
+// during one is fetched right after it, once.
 "use strict";
 
 (() => {
   const KEY_STORE = "agent-sessions.admin-key";
   const NAME_STORE = "agent-sessions.operator";
-  const POLL_MS = 3000;
-  const SVG = "http://www.w3.org/2000/svg";
+  const FALLBACK_MS = 10000; // the poll while the event stream is down
+  const RECONNECT_MS = 3000;
+  const DELIVERY = {
+    queued: "Queued", retry: "Not sent yet, retrying", sent: "Sent", delivered: "Delivered", read: "Read",
+    failed: "Failed", outside_window: "Not sent: outside the 24-hour window",
+  };
 
   const $ = (id) => document.getElementById(id);
   const ui = {
     error: $("error"), who: $("who"), forget: $("forget-key"), keyForm: $("key-form"), key: $("key"),
-    main: $("console"), figures: $("figures"), chart: $("chart"), filters: $("filters"),
-    agent: $("filter-agent"), status: $("filter-status"), sessions: $("sessions"), empty: $("sessions-empty"),
-    detail: $("detail"), device: $("detail-device"), lock: $("detail-lock"), history: $("history"),
-    context: $("context"), audit: $("audit"), takeForm: $("takeover-form"), operator: $("operator"),
-    ttl: $("ttl"), replyForm: $("reply-form"), reply: $("reply"), releaseForm: $("release-form"),
+    main: $("console"), filters: $("filters"), needs: $("filter-needs"), channel: $("filter-channel"),
+    agent: $("filter-agent"), list: $("conversations"), empty: $("conversations-empty"), detail: $("detail"),
+    title: $("detail-title"), device: $("detail-device"), lock: $("detail-lock"), history: $("history"),
+    back: $("back"), takeForm: $("takeover-form"), operator: $("operator"), ttl: $("ttl"),
+    replyForm: $("reply-form"), reply: $("reply"), releaseForm: $("release-form"), handTo: $("hand-to"),
     answerHeld: $("answer-held"),
   };
 
   let key = sessionStorage.getItem(KEY_STORE);
   let open = null; // the device id whose conversation is shown
-  let timer = null;
+  let names = {}; // agent key -> display name
+  let running = null; // the refresh in flight
+  let again = false; // something changed while it ran
+  let stream = null; // AbortController of the event stream
+  let fallback = null; // timer of the fallback poll
+  let session = 0; // bumped when the key changes: old loops stop
 
   class ApiError extends Error {
     constructor(status, code, message) {
@@ -31,11 +43,14 @@
     }
   }
 
+  function headers(extra) {
+    return { Accept: "application/json", Authorization: `Bearer ${key}`, ...extra };
+  }
+
   async function api(method, path, body) {
-    const headers = { Accept: "application/json", Authorization: `Bearer ${key}` };
-    if (body !== undefined) headers["Content-Type"] = "application/json";
+    const extra = body === undefined ? {} : { "Content-Type": "application/json" };
     const response = await fetch(path, {
-      method, headers, cache: "no-store", body: body === undefined ? undefined : JSON.stringify(body),
+      method, headers: headers(extra), cache: "no-store", body: body === undefined ? undefined : JSON.stringify(body),
     });
     let data = null;
     try { data = await response.json(); } catch { data = null; }
@@ -47,6 +62,7 @@
   }
 
   const device = (id) => `api/sessions/${encodeURIComponent(id)}`;
+  const agentName = (agentKey) => names[agentKey] || agentKey;
 
   function readable(error) {
     if (!(error instanceof ApiError)) return "Could not reach the server. Retrying shortly.";
@@ -74,7 +90,11 @@
   }
 
   function time(value) {
-    return value ? new Date(value).toLocaleString([], { dateStyle: "short", timeStyle: "medium" }) : "-";
+    if (!value) return "-";
+    const date = new Date(value);
+    const today = new Date().toDateString() === date.toDateString();
+    return today ? date.toLocaleTimeString([], { timeStyle: "short" })
+      : date.toLocaleString([], { dateStyle: "short", timeStyle: "short" });
   }
 
   function el(tag, text, className) {
@@ -84,96 +104,85 @@
     return node;
   }
 
+  function stop() {
+    session += 1;
+    if (stream) stream.abort();
+    stream = null;
+    clearTimeout(fallback);
+    fallback = null;
+  }
+
   function askForKey() {
     key = null;
     sessionStorage.removeItem(KEY_STORE);
-    clearInterval(timer);
-    timer = null;
+    stop();
     ui.main.hidden = true;
     ui.keyForm.hidden = false;
     ui.who.textContent = "";
     ui.key.focus();
   }
 
-  function drawChart(locks) {
-    const entries = Object.entries(locks).sort((a, b) => b[1] - a[1]);
-    ui.chart.replaceChildren();
-    const rowHeight = 22;
-    const height = Math.max(1, entries.length) * rowHeight + 4;
-    ui.chart.setAttribute("height", String(height));
-    ui.chart.setAttribute("viewBox", `0 0 320 ${height}`);
-    const top = Math.max(1, ...entries.map(([, count]) => count));
-    if (entries.length === 0) {
-      const text = document.createElementNS(SVG, "text");
-      text.setAttribute("x", "0");
-      text.setAttribute("y", "15");
-      text.textContent = "No active locks";
-      ui.chart.append(text);
+  async function loadAgents() {
+    const data = await api("GET", "api/agents");
+    names = Object.fromEntries(data.items.map((a) => [a.key, a.display_name]));
+    for (const select of [ui.agent, ui.handTo]) {
+      const keep = [...select.options].filter((o) => o.value === "" || o.value.startsWith("@"));
+      const chosen = select.value;
+      const options = data.items.filter((a) => select === ui.agent || a.key !== "human")
+        .map((a) => { const o = el("option", a.display_name); o.value = a.key; return o; });
+      select.replaceChildren(...keep, ...options);
+      select.value = chosen;
     }
-    entries.forEach(([agent, count], index) => {
-      const y = index * rowHeight + 2;
-      const label = document.createElementNS(SVG, "text");
-      label.setAttribute("x", "0");
-      label.setAttribute("y", String(y + 14));
-      label.textContent = agent;
-      const bar = document.createElementNS(SVG, "rect");
-      bar.setAttribute("x", "100");
-      bar.setAttribute("y", String(y + 2));
-      bar.setAttribute("height", "16");
-      bar.setAttribute("width", String(Math.max(2, Math.round((180 * count) / top))));
-      bar.dataset.agent = agent;
-      bar.dataset.count = String(count);
-      if (agent === "human") bar.classList.add("human");
-      const value = document.createElementNS(SVG, "text");
-      value.setAttribute("x", String(106 + Math.round((180 * count) / top)));
-      value.setAttribute("y", String(y + 14));
-      value.textContent = String(count);
-      ui.chart.append(label, bar, value);
-    });
   }
 
-  async function loadStats() {
-    const stats = await api("GET", "api/stats");
-    const rows = [
-      ["Active locks", Object.values(stats.active_locks_by_agent).reduce((a, b) => a + b, 0)],
-      ["Expired, awaiting cleanup", stats.expired_pending],
-      ["Messages in the last hour", stats.messages_last_hour],
-      ["Last cleanup", stats.last_cleanup ? time(stats.last_cleanup.at) : "never"],
-    ];
-    ui.figures.replaceChildren(...rows.flatMap(([name, value]) => [el("dt", name), el("dd", value)]));
-    drawChart(stats.active_locks_by_agent);
+  function conversationItem(item) {
+    const row = el("li");
+    row.dataset.device = item.device_id;
+    row.dataset.channel = item.channel;
+    row.classList.toggle("open", item.device_id === open);
+    row.classList.toggle("needs-person", item.waiting > 0);
+    const button = el("button");
+    button.type = "button";
+    button.addEventListener("click", () => openConversation(item.device_id));
+    const last = item.last_message;
+    let preview = last ? last.preview : "No messages yet";
+    if (last && last.role === "assistant") preview = `${last.agent === "human" ? "You" : agentName(last.agent)}: ${preview}`;
+    const tags = el("span", null, "tags");
+    tags.append(el("span", item.channel === "whatsapp" ? "WhatsApp" : "Web", `tag channel ${item.channel}`));
+    if (item.waiting > 0) tags.append(el("span", `Needs a person (${item.waiting})`, "tag needs"));
+    if (item.agent === "human") tags.append(el("span", `Taken over by ${item.operator || "a person"}`, "tag human"));
+    else if (item.agent) tags.append(el("span", agentName(item.agent), "tag agent"));
+    if (last && last.delivery) tags.append(el("span", DELIVERY[last.delivery] || last.delivery, "tag delivery"));
+    button.append(el("span", item.name, "name"), el("span", time(item.last_at), "when"), el("span", preview, "preview"),
+      tags);
+    row.append(button);
+    return row;
   }
 
   async function loadList() {
     const query = new URLSearchParams({ limit: "100" });
-    if (ui.agent.value.trim()) query.set("agent", ui.agent.value.trim());
-    if (ui.status.value) query.set("status", ui.status.value);
-    const data = await api("GET", `api/sessions?${query}`);
-    ui.sessions.replaceChildren(...data.items.map((item) => {
-      const row = el("tr");
-      row.dataset.device = item.device_id;
-      row.classList.toggle("open", item.device_id === open);
-      row.classList.toggle("taken", item.active_agent === "human");
-      const button = el("button", item.device_id);
-      button.type = "button";
-      button.title = item.device_id;
-      button.addEventListener("click", () => openConversation(item.device_id));
-      const first = el("td");
-      first.append(button);
-      row.append(first, el("td", item.status), el("td", item.active_agent || "-"),
-        el("td", time(item.last_activity_at)), el("td", item.message_count));
-      return row;
-    }));
+    if (ui.needs.checked) query.set("needs_person", "true");
+    if (ui.channel.value) query.set("channel", ui.channel.value);
+    if (ui.agent.value) query.set("agent", ui.agent.value);
+    const data = await api("GET", `api/inbox?${query}`);
+    ui.list.replaceChildren(...data.items.map(conversationItem));
     ui.empty.hidden = data.items.length > 0;
+    const shown = data.items.find((item) => item.device_id === open);
+    if (shown) {
+      ui.title.textContent = shown.name;
+      ui.device.textContent = `${shown.channel === "whatsapp" ? "WhatsApp" : "Web"} · ${shown.device_id}`;
+    }
   }
 
-  function showLock(lock, operator) {
+  function showLock(lock) {
     ui.lock.classList.toggle("human", lock.agent === "human");
     if (!lock.agent) ui.lock.textContent = "No agent holds this conversation: the manager answers.";
     else if (lock.agent === "human") {
-      ui.lock.textContent = `Taken over${operator ? ` by ${operator}` : ""} until ${time(lock.expires_at)}. `
+      ui.lock.textContent = `Taken over${lock.operator ? ` by ${lock.operator}` : ""} until ${time(lock.expires_at)}. `
         + "The bot is silent; messages are held for you.";
-    } else ui.lock.textContent = `Held by ${lock.agent} until ${time(lock.expires_at)}.`;
+    } else ui.lock.textContent = `Held by ${agentName(lock.agent)} until ${time(lock.expires_at)}.`;
+    ui.takeForm.hidden = lock.agent === "human";
+    ui.releaseForm.hidden = lock.agent !== "human";
   }
 
   function historyItem(message) {
@@ -181,67 +190,131 @@
     item.dataset.id = String(message.id);
     if (message.status === "held") item.classList.add("held");
     if (message.agent === "human") item.classList.add("by-human");
-    const who = message.role === "user" ? "User" : (message.agent || "assistant");
-    const parts = [who, `arrived ${time(message.created_at)}`];
-    if (message.sent_at) parts.push(`sent ${time(message.sent_at)}`);
-    if (message.status === "held") parts.push("held for a person");
-    if (message.has_error) parts.push(`error: ${message.error_message || "not delivered"}`);
-    item.append(el("p", parts.join(" · "), "meta"), el("p", message.content, "text"));
+    const who = message.role === "user" ? "User" : agentName(message.agent || "assistant");
+    const meta = el("p", `${who} · ${time(message.created_at)}`, "meta");
+    if (message.status === "held") meta.append(" · held for a person");
+    if (message.delivery) {
+      const failed = message.delivery === "failed";
+      const label = DELIVERY[message.delivery] || message.delivery;
+      meta.append(" · ", el("span", failed && message.error_message ? `${label}: ${message.error_message}` : label,
+        `delivery ${message.delivery}`));
+      item.dataset.delivery = message.delivery;
+    } else if (message.has_error) meta.append(` · error: ${message.error_message || "not delivered"}`);
+    item.append(meta, el("p", message.content, "text"));
     return item;
   }
 
   async function loadConversation() {
     if (open === null) return;
     const id = open;
-    const [state, page, audit] = await Promise.all([
-      api("GET", device(id)), api("GET", `${device(id)}/messages?limit=100`), api("GET", `${device(id)}/audit`),
-    ]);
+    const [state, page] = await Promise.all([api("GET", device(id)), api("GET", `${device(id)}/messages?limit=100`)]);
     if (id !== open) return;
-    ui.device.textContent = `${id} · ${state.status} · session ${state.session_id || "-"}`;
-    showLock(state.lock, state.lock.operator);
+    showLock(state.lock);
+    const atBottom = ui.history.scrollHeight - ui.history.scrollTop - ui.history.clientHeight < 40;
     ui.history.replaceChildren(...[...page.items].reverse().map(historyItem));
-    ui.context.textContent = JSON.stringify(state.context, null, 2);
-    ui.audit.replaceChildren(...audit.items.map((row) => el(
-      "li", `${time(row.at)} · ${row.event} · ${row.from_agent || "-"} → ${row.to_agent || "-"}`,
-    )));
+    if (atBottom || ui.history.dataset.device !== id) ui.history.scrollTop = ui.history.scrollHeight;
+    ui.history.dataset.device = id;
+  }
+
+  // Everything shown, fetched again; never two at once.
+  function refresh() {
+    if (running) {
+      again = true;
+      return running;
+    }
+    running = (async () => {
+      do {
+        again = false;
+        try {
+          await loadList();
+          await loadConversation();
+          document.body.dataset.refreshed = String(Number(document.body.dataset.refreshed || 0) + 1);
+        } catch (error) {
+          showError(error);
+        }
+      } while (again && key);
+    })().finally(() => { running = null; });
+    return running;
   }
 
   async function openConversation(id) {
     open = id;
     ui.detail.hidden = false;
+    document.body.dataset.view = "conversation";
     clearError();
-    for (const row of ui.sessions.querySelectorAll("tr")) row.classList.toggle("open", row.dataset.device === id);
-    try { await loadConversation(); } catch (error) { showError(error); }
-  }
-
-  // One refresh of everything shown; errors are shown and the next tick tries again.
-  async function refresh() {
-    try {
-      await Promise.all([loadStats(), loadList(), loadConversation()]);
-      document.body.dataset.refreshed = String(Number(document.body.dataset.refreshed || 0) + 1);
-    } catch (error) {
-      showError(error);
-    }
+    for (const row of ui.list.querySelectorAll("li")) row.classList.toggle("open", row.dataset.device === id);
+    await refresh();
   }
 
   async function act(call) {
     clearError();
     try {
       await call();
-      await refresh();
     } catch (error) {
       showError(error);
     }
+    await refresh();
   }
 
-  function start() {
+  // The event stream: `event: changed` lines mean "fetch again". While it is down the
+  // fallback poll runs, each tick after the previous one finished.
+  async function listen(mine) {
+    const controller = new AbortController();
+    stream = controller;
+    try {
+      const response = await fetch("api/inbox/events", {
+        headers: headers({ Accept: "text/event-stream" }), cache: "no-store", signal: controller.signal,
+      });
+      if (response.status === 401) throw new ApiError(401, "unauthorized", "");
+      if (!response.ok || !response.body) throw new Error(`event stream: ${response.status}`);
+      document.body.dataset.stream = "open";
+      clearTimeout(fallback);
+      fallback = null;
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const block = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          if (block.split("\n").includes("event: changed")) refresh();
+        }
+      }
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 401) { showError(error); return; }
+    } finally {
+      if (stream === controller) stream = null;
+    }
+    if (mine !== session) return;
+    document.body.dataset.stream = "closed";
+    poll(mine);
+    setTimeout(() => { if (mine === session && !stream) listen(mine); }, RECONNECT_MS);
+  }
+
+  function poll(mine) {
+    if (fallback || mine !== session) return;
+    fallback = setTimeout(async () => {
+      fallback = null;
+      if (mine !== session || document.body.dataset.stream === "open") return;
+      await refresh();
+      poll(mine);
+    }, FALLBACK_MS);
+  }
+
+  async function start() {
+    stop();
+    const mine = session;
     ui.keyForm.hidden = true;
     ui.main.hidden = false;
     ui.who.textContent = "Signed in with an admin key (this tab only).";
     ui.operator.value = sessionStorage.getItem(NAME_STORE) || "";
-    refresh().finally(() => { document.body.dataset.ready = "true"; });
-    clearInterval(timer);
-    timer = setInterval(refresh, POLL_MS);
+    try { await loadAgents(); } catch (error) { showError(error); }
+    await refresh();
+    document.body.dataset.ready = "true";
+    if (key && mine === session) listen(mine);
   }
 
   ui.keyForm.addEventListener("submit", (event) => {
@@ -253,27 +326,36 @@
     start();
   });
   ui.forget.addEventListener("click", askForKey);
-  ui.filters.addEventListener("submit", (event) => {
-    event.preventDefault();
-    act(loadList);
-  });
+  ui.filters.addEventListener("change", () => refresh());
+  ui.filters.addEventListener("submit", (event) => { event.preventDefault(); refresh(); });
+  ui.back.addEventListener("click", () => { document.body.dataset.view = "list"; });
   ui.takeForm.addEventListener("submit", (event) => {
     event.preventDefault();
     const operator = ui.operator.value.trim();
     sessionStorage.setItem(NAME_STORE, operator);
     act(() => api("POST", `${device(open)}/takeover`, { operator, ttl: Number(ui.ttl.value) }));
   });
-  ui.replyForm.addEventListener("submit", (event) => {
-    event.preventDefault();
+  function sendReply() {
     const text = ui.reply.value;
+    if (!text.trim()) return;
     act(async () => {
       await api("POST", `${device(open)}/messages`, { text });
       ui.reply.value = "";
     });
+  }
+  ui.replyForm.addEventListener("submit", (event) => { event.preventDefault(); sendReply(); });
+  ui.reply.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      sendReply();
+    }
   });
   ui.releaseForm.addEventListener("submit", (event) => {
     event.preventDefault();
-    act(() => api("DELETE", `${device(open)}/takeover`, { answer_held: ui.answerHeld.checked }));
+    const body = { answer_held: ui.answerHeld.checked };
+    if (ui.handTo.value === "@none") body.agent = null;
+    else if (ui.handTo.value !== "@resume") body.agent = ui.handTo.value;
+    act(() => api("DELETE", `${device(open)}/takeover`, body));
   });
 
   if (key) start();

@@ -58,6 +58,13 @@ def messages(engine, dev: str) -> list[tuple]:
             "ORDER BY id", {"d": dev}).all()]
 
 
+def snapshot_row(engine, dev: str) -> tuple:
+    with engine.begin() as conn:
+        return tuple(conn.exec_driver_sql(
+            "SELECT active_agent, locked_at, extract(epoch FROM expires_at - now()), context "
+            "FROM conversation_states WHERE device_id = %(d)s", {"d": dev}).one())
+
+
 def audit(engine, dev: str) -> list[tuple]:
     with engine.begin() as conn:
         return [tuple(r) for r in conn.exec_driver_sql(
@@ -217,12 +224,14 @@ class TestHandBack:
         assert [m.text for m in manager.seen] == ["hi", "anyone?"]
         assert scalar(engine, "SELECT status FROM conversation_messages WHERE content = 'held one'") == "held"
 
-    def test_release_sends_the_next_message_to_the_manager_and_leaves_held_ones(self, bot, engine, manager):
+    def test_release_with_agent_null_sends_the_next_message_to_the_manager_and_leaves_held_ones(
+        self, bot, engine, manager
+    ):
         dev = device()
         make_state(engine, dev, TENANT, agent="scheduling")
         take(bot, dev)
         chat(bot, dev, "held one")
-        response = release(bot, dev)
+        response = release(bot, dev, agent=None)
         assert response.status_code == 200, response.text
         assert response.json() == {**response.json(), "agent": None, "previous_agent": "human", "answered": 0}
         assert audit(engine, dev) == [("takeover", "scheduling", "human"), ("release", "human", None)]
@@ -232,13 +241,71 @@ class TestHandBack:
         again = release(bot, dev)
         assert again.status_code == 409 and again.json()["error"]["code"] == "not_taken_over"
 
+    def test_release_gives_the_lock_back_to_the_agent_the_takeover_displaced(self, bot, engine, manager):
+        dev = device()
+        make_state(engine, dev, TENANT, agent="scheduling", lock_seconds=1200, locked_ago=300,
+                   context={"conversation_state": {"day": "tomorrow"}})
+        locked_at = scalar(engine, "SELECT locked_at FROM conversation_states WHERE device_id = %(d)s", d=dev)
+        take(bot, dev)
+        with engine.begin() as conn:  # the person held it for ten minutes: that time is not the agent's
+            conn.exec_driver_sql("UPDATE conversation_states SET locked_at = locked_at - interval '10 minutes'")
+        context = scalar(engine, "SELECT context FROM conversation_states WHERE device_id = %(d)s", d=dev)
+        response = release(bot, dev)
+        assert response.status_code == 200, response.text
+        assert response.json()["agent"] == "scheduling"
+        row = dict(zip(("agent", "locked_at", "left", "context"), snapshot_row(engine, dev)))
+        assert (row["agent"], row["locked_at"], row["context"]) == ("scheduling", locked_at, context)
+        assert 1190 < row["left"] <= 1200
+        assert audit(engine, dev) == [("takeover", "scheduling", "human"), ("release", "human", "scheduling")]
+        answer = chat(bot, dev, "tomorrow").json()
+        assert (answer["agent"], answer["reply"]) == ("scheduling", "scheduling: tomorrow")
+        assert manager.seen == []
+
+    def test_release_to_another_agent_or_an_unknown_one(self, bot, engine, manager):
+        dev = device()
+        make_state(engine, dev, TENANT, agent="scheduling", session_ttl=900)
+        take(bot, dev)
+        before = snapshot(engine)
+        refused = release(bot, dev, agent="billing")
+        assert refused.status_code == 422 and refused.json()["error"]["code"] == "unknown_agent"
+        assert release(bot, dev, agent="Bad Key").status_code == 422
+        assert snapshot(engine) == before
+        assert release(bot, dev, agent="manager").json()["agent"] == "manager"
+        left = scalar(engine, "SELECT extract(epoch FROM expires_at - now()) FROM conversation_states "
+                              "WHERE device_id = %(d)s", d=dev)
+        assert 890 < left <= 900
+        assert chat(bot, dev, "hello").json()["agent"] == "manager"
+
+    def test_a_takeover_without_an_agent_lock_hands_back_to_none(self, bot, engine, manager):
+        dev = device()
+        make_state(engine, dev, TENANT)
+        take(bot, dev)
+        take(bot, dev, "Ben")  # a takeover of a takeover keeps what the first displaced
+        assert release(bot, dev).json()["agent"] is None
+        assert chat(bot, dev, "hi").json()["agent"] == "manager"
+
+    def test_answer_held_answers_only_what_the_operator_did_not(self, bot, engine, manager):
+        dev = device()
+        make_state(engine, dev, TENANT, agent="scheduling")
+        take(bot, dev)
+        chat(bot, dev, "one")
+        chat(bot, dev, "two")
+        say(bot, dev, "I answered one and two")
+        chat(bot, dev, "three")
+        response = release(bot, dev, answer_held=True)
+        assert response.status_code == 200 and response.json()["answered"] == 1
+        users = [(r[1], r[3]) for r in messages(engine, dev) if r[0] == "user"]
+        assert users == [("one", "done"), ("two", "done"), ("three", "done")]
+        bot_replies = [r[1] for r in messages(engine, dev) if r[0] == "assistant" and r[2] != "human"]
+        assert bot_replies == ["scheduling: three"]
+
     def test_release_with_answer_held_answers_them_in_order(self, bot, engine, manager):
         dev = device()
         chat(bot, dev, "hi")
         take(bot, dev)
+        say(bot, dev, "let me check")  # before them: it answers none of them
         for text in ("one", "two", "three"):
             chat(bot, dev, text)
-        say(bot, dev, "let me check")
         response = release(bot, dev, answer_held=True)
         assert response.status_code == 200 and response.json()["answered"] == 3
         assert [m.text for m in manager.seen] == ["hi", "one", "two", "three"]

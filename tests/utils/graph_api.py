@@ -6,6 +6,7 @@ import contextlib
 import itertools
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -48,6 +49,7 @@ class GraphApi:
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._ids = itertools.count(1)
+        self.given_ids: list[tuple[str, str | None]] = []  # (message id, recipient) of each accepted send
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
@@ -80,6 +82,19 @@ class GraphApi:
         """The read + typing indicator calls so far."""
         with self._lock:
             return [r.json for r in self.requests if r.method == "POST" and r.json.get("status") == "read"]
+
+    def status(self, state: str, n: int = -1, *, error: tuple[int, str] | None = None) -> dict[str, Any]:
+        """The status callback Meta would send for the n-th message this stand-in accepted.
+
+        state: sent, delivered, read or failed (error: (code, title) of the failure).
+        """
+        with self._lock:
+            given, recipient = self.given_ids[n]
+        callback: dict[str, Any] = {"id": given, "status": state, "timestamp": str(int(time.time())),
+                                    "recipient_id": recipient}
+        if error is not None:
+            callback["errors"] = [{"code": error[0], "title": error[1], "error_data": {"details": error[1]}}]
+        return callback
 
     def refuse_outside_window(self, times: int | None = None) -> None:
         """Answer 400 with error code 131047, as outside the customer-service window."""
@@ -141,10 +156,13 @@ class GraphApi:
                     answer: dict[str, Any] = {"success": True}
                 elif behaviour.status < 400:
                     recipient = request.get("to")
+                    given = f"wamid.OUT{next(api._ids)}"
+                    with api._lock:
+                        api.given_ids.append((given, recipient))
                     answer = {
                         "messaging_product": "whatsapp",
                         "contacts": [{"input": recipient, "wa_id": recipient}],
-                        "messages": [{"id": f"wamid.OUT{next(api._ids)}"}],
+                        "messages": [{"id": given}],
                     }
                 else:
                     answer = {"error": {"message": f"scripted failure {behaviour.status}", "type": "OAuthException",

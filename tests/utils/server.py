@@ -78,15 +78,15 @@ def _wait_healthy(server: Server, deadline: float) -> bool:
 
 
 @contextlib.contextmanager
-def running_app(env: dict[str, str], *, attempts: int = 3) -> Iterator[Server]:
-    """Start the app with env, wait until /api/health is 200, yield it, stop it."""
+def running_app(env: dict[str, str], *, attempts: int = 3, factory: str = "app.main:create_app") -> Iterator[Server]:
+    """Start the app (factory: "module:function") with env, wait until /api/health is 200, yield it, stop it."""
     with tempfile.TemporaryDirectory(prefix="uvicorn-") as tmp:
         log_path = Path(tmp) / "server.log"
         server: Server | None = None
         for _ in range(attempts):  # another process may take the free port before uvicorn binds it
             port = free_port()
             command = [
-                sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
+                sys.executable, "-m", "uvicorn", factory, "--factory",
                 "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log",
             ]
             with open(log_path, "ab") as log:

@@ -1,181 +1,175 @@
-"""The operator console in headless Chromium, next to a chat page in a second browser."""
+"""The operator inbox in headless Chromium at 1280x800 and 390x844, against the real app under uvicorn."""
 
 from __future__ import annotations
 
+import itertools
+import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.utils.browser import WAIT_SECONDS, chromium, unavailable
+from tests.channels.payloads import ACCESS_TOKEN, SECRET, USER, VERIFY_TOKEN
+from tests.utils.browser import chromium, unavailable
 from tests.utils.factories import scalar
+from tests.utils.graph_api import GraphApi, graph_api
 from tests.utils.server import Server, app_env, running_app
+from tests.web.inbox import SIZES, Inbox, web_chat, whatsapp_message, whatsapp_statuses
 
 REASON = unavailable()
 if REASON:
     pytest.skip(REASON, allow_module_level=True)
 
-from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402 - selenium checked above
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-
-from tests.web.page import ChatPage  # noqa: E402
-
 ADMIN_KEY = "console-test-admin-key-5b2e9c"
 
 
 @pytest.fixture(scope="module")
-def server(direct_url: str) -> Iterator[Server]:
-    with running_app(app_env(direct_url, admin_api_keys=f"default:{ADMIN_KEY}")) as server:
+def graph_stand_in() -> Iterator[GraphApi]:
+    with graph_api() as api:
+        yield api
+
+
+def env(direct_url: str, graph: GraphApi, **more: object) -> dict[str, str]:
+    return app_env(direct_url, admin_api_keys=f"default:{ADMIN_KEY}", whatsapp_app_secret=SECRET,
+                   whatsapp_verify_token=VERIFY_TOKEN, whatsapp_access_token=ACCESS_TOKEN,
+                   whatsapp_api_base_url=graph.url, **more)
+
+
+@pytest.fixture(scope="module")
+def server(direct_url: str, graph_stand_in: GraphApi) -> Iterator[Server]:
+    with running_app(env(direct_url, graph_stand_in)) as server:
         yield server
 
 
-@pytest.fixture
-def operator_browser(tmp_path: Path):
-    driver = chromium(tmp_path / "operator-profile", width=1400, height=1000)
+@pytest.fixture(params=list(SIZES))
+def inbox(request, tmp_path: Path, server: Server, engine) -> Iterator[Inbox]:
+    with engine.begin() as conn:  # each test starts with an empty inbox
+        conn.exec_driver_sql("TRUNCATE conversation_states, conversation_messages, conversation_audit")
+    width, height = SIZES[request.param]
+    driver = chromium(tmp_path / "operator", width=width, height=height)
+    driver.set_window_size(width, height)
     try:
-        yield driver
+        yield Inbox(driver, server.url)
     finally:
         driver.quit()
 
 
-class Console:
-    def __init__(self, driver: Any, url: str):
-        self.driver, self.url = driver, url
+def test_two_conversations_with_channel_preview_and_the_needs_a_person_mark(inbox, server, tmp_path):
+    web, _ = web_chat(server.url, "hi")
+    whatsapp_message(server.url, "hello from my phone", "wamid.C1", SECRET)
+    httpx_take_over(server.url, web)
+    web_chat(server.url, "can a person help me?", web)
 
-    def wait(self, condition, message: str = "") -> Any:
-        return WebDriverWait(self.driver, WAIT_SECONDS, poll_frequency=0.05).until(lambda d: condition(), message)
-
-    def find(self, css: str) -> Any:
-        return self.driver.find_element(By.CSS_SELECTOR, css)
-
-    def all(self, css: str) -> list[Any]:
-        return self.driver.find_elements(By.CSS_SELECTOR, css)
-
-    def text(self, css: str) -> str:
-        return self.find(css).text
-
-    def open(self, key: str = ADMIN_KEY) -> Console:
-        self.driver.get(f"{self.url}/console")
-        self.wait(lambda: self.driver.execute_script("return document.body.dataset.ready === 'true'"))
-        self.find("#key").send_keys(key)
-        self.find("#key-save").click()
-        return self
-
-    def refreshed(self) -> int:
-        return int(self.driver.execute_script("return Number(document.body.dataset.refreshed || 0)"))
-
-    def listed(self, device: str) -> bool:
-        return device in self.driver.execute_script(
-            "return [...document.querySelectorAll('#sessions tr')].map(r => r.dataset.device)")
-
-    def open_conversation(self, device: str) -> None:
-        """Click the conversation's row button (the list is redrawn by polling: try again if it was)."""
-        def click() -> bool:
-            try:
-                rows = [r for r in self.all("#sessions tr") if r.get_attribute("data-device") == device]
-                rows[0].find_element(By.CSS_SELECTOR, "button").click()
-                return True
-            except (StaleElementReferenceException, IndexError):
-                return False
-        self.wait(click, "the conversation's row could not be clicked")
-
-    def fill(self, css: str, text: str) -> None:
-        box = self.find(css)
-        box.clear()
-        box.send_keys(text)
-
-    def history(self) -> list[tuple[str, str]]:
-        """(classes, text) of each message shown, oldest first, read at once (polling redraws it)."""
-        return [tuple(item) for item in self.driver.execute_script(
-            "return [...document.querySelectorAll('#history li')]"
-            ".map(li => [li.className, li.querySelector('.text').textContent])")]
-
-    def meta(self) -> list[str]:
-        return self.driver.execute_script(
-            "return [...document.querySelectorAll('#history li .meta')].map(p => p.textContent)")
-
-    def bars(self) -> dict[str, str]:
-        return self.driver.execute_script(
-            "return Object.fromEntries([...document.querySelectorAll('#chart rect')]"
-            ".map(r => [r.dataset.agent, r.dataset.count]))")
+    inbox.open(ADMIN_KEY)
+    inbox.wait(lambda: len(inbox.items()) == 2, "two conversations are not listed")
+    first, second = inbox.items()
+    assert (first["device"], first["channel"], first["needs"]) == (web, "web", True)
+    assert first["preview"] == "can a person help me?"
+    assert "Web" in first["tags"] and "Needs a person (1)" in first["tags"]
+    assert first["name"].startswith("Visitor ")
+    assert (second["device"], second["channel"], second["needs"]) == (USER, "whatsapp", False)
+    assert second["preview"].startswith("Manager: Hi! I can book an appointment")
+    assert "WhatsApp" in second["tags"]
+    assert inbox.overflow() <= 0
+    inbox.driver.save_screenshot(str(tmp_path / "inbox.png"))
 
 
-def test_an_operator_takes_over_replies_and_hands_back(server, engine, browser, operator_browser, tmp_path: Path):
-    chat = ChatPage(browser, server.url).open()
-    assert chat.say("hi").startswith("Hi! I can book an appointment")
-    device = chat.device_id()
+def test_take_over_reply_and_release_resumes_the_agent(inbox, server, engine):
+    device, answer = web_chat(server.url, "I need to book an appointment")
+    assert answer["agent"] == "scheduling"
+    inbox.open(ADMIN_KEY)
+    inbox.click(device)
+    inbox.wait(lambda: len(inbox.history()) == 2, "the history is not shown")
+    assert inbox.lock().startswith("Held by Scheduling")
+    assert inbox.overflow() <= 0
 
-    console = Console(operator_browser, server.url).open()
-    console.wait(lambda: console.listed(device), "the chat page's conversation is not listed")
-    console.open_conversation(device)
-    console.wait(lambda: len(console.history()) == 2, "the conversation's history is not shown")
-    assert all(" · arrived " in line for line in console.meta())
-    console.fill("#operator", "Ana")
-    console.find("#take-over").click()
-    console.wait(lambda: "Taken over by Ana" in console.text("#detail-lock"), "the takeover is not shown")
-    assert scalar(engine, "SELECT active_agent FROM conversation_states WHERE device_id = %(d)s", d=device) == "human"
+    inbox.js("document.getElementById('operator').value = 'Ana'")
+    inbox.js("document.getElementById('take-over').click()")
+    inbox.wait(lambda: "Taken over by Ana" in inbox.lock(), "the takeover is not shown")
+    web_chat(server.url, "is someone there?", device)
+    inbox.wait(lambda: any("held" in m["classes"].split() for m in inbox.history()), "the held message is not shown")
+    # The reply box is under the history.
+    assert inbox.js("return document.getElementById('reply').getBoundingClientRect().top"
+                    " > document.getElementById('history').getBoundingClientRect().bottom - 1")
+    inbox.js("document.getElementById('reply').value = 'Ana here: the scheduling agent will take it from here.'")
+    inbox.js("document.getElementById('send-reply').click()")
+    inbox.wait(lambda: inbox.history()[-1]["text"].startswith("Ana here"), "the reply is not in the history")
+    assert "by-human" in inbox.history()[-1]["classes"]
 
-    # The person chatting writes; the bot stays silent and the console highlights the held message.
-    chat.type("I would like to talk to a person")
-    chat.wait(lambda: chat.text("#status") == "A person will answer you here.", "no word that a person answers")
-    assert chat.text("#lock").startswith("A person is handling this conversation")
-    assert [text for role, _, text in chat.log() if role == "assistant"] == [
-        "Hi! I can book an appointment or help with a bill. What would you like to do?"]
-    console.wait(lambda: any("held" in classes.split() for classes, _ in console.history()), "no held message shown")
-    held = [text for classes, text in console.history() if "held" in classes.split()]
-    assert held == ["I would like to talk to a person"]
-
-    console.fill("#reply", "Hello, Ana here. How can I help?")
-    console.find("#send-reply").click()
-    console.wait(lambda: console.history()[-1] == ("assistant by-human", "Hello, Ana here. How can I help?"),
-                 "the operator's reply is not in the history")
-    # The chat page, still open, picks the reply up by itself.
-    chat.wait(lambda: chat.log()[-1] == ("assistant", "A person", "Hello, Ana here. How can I help?"),
-              "the chat page never showed the operator's reply")
-
-    before = console.refreshed()
-    console.wait(lambda: console.refreshed() > before, "the console does not refresh by itself")
-    assert console.bars() == {"human": "1"}
-    operator_browser.save_screenshot(str(tmp_path / "console.png"))
-    assert (tmp_path / "console.png").stat().st_size > 0
-
-    console.find("#release").click()
-    console.wait(lambda: console.text("#detail-lock").startswith("No agent holds"), "the release is not shown")
-    chat.type("hi")
-    chat.wait(lambda: chat.log()[-1][:2] == ("assistant", "manager") and chat.idle(), "the bot did not answer")
-    assert chat.log()[-1][2].startswith("Hi! I can book an appointment")
-    events = scalar(engine, "SELECT string_agg(event, ',' ORDER BY id) FROM conversation_audit WHERE device_id = %(d)s",
+    inbox.js("document.getElementById('release').click()")
+    inbox.wait(lambda: inbox.lock().startswith("Held by Scheduling"), "the release does not show the agent back")
+    device, answer = web_chat(server.url, "tomorrow", device)
+    assert (answer["agent"], answer["reply"].startswith("What time on tomorrow?")) == ("scheduling", True)
+    inbox.wait(lambda: inbox.history()[-1]["text"].startswith("What time on tomorrow?"), "the answer is not shown")
+    events = scalar(engine, "SELECT string_agg(event || ':' || COALESCE(to_agent, '-'), ',' ORDER BY id) "
+                            "FROM conversation_audit WHERE device_id = %(d)s AND event IN ('takeover', 'release')",
                     d=device)
-    assert events == "takeover,release"
+    assert events == "takeover:human,release:scheduling"
+    assert inbox.overflow() <= 0
 
 
-def test_errors_are_readable_lines(server, engine, browser, operator_browser):
-    chat = ChatPage(browser, server.url).open()
-    chat.say("hi")
-    device = chat.device_id()
+def test_whatsapp_delivery_state_follows_the_status_callbacks(inbox, server, graph_stand_in):
+    whatsapp_message(server.url, "hello", "wamid.D1", SECRET)
+    inbox.open(ADMIN_KEY)
+    inbox.click(USER)
+    inbox.wait(lambda: [m["delivery"] for m in inbox.history()] == [None, "sent"], "the sent reply is not shown")
+    whatsapp_statuses(server.url, [graph_stand_in.status("delivered")], SECRET)
+    inbox.wait(lambda: inbox.history()[-1]["delivery"] == "delivered", "delivered is not shown")
+    whatsapp_statuses(server.url, [graph_stand_in.status("failed", error=(131026, "Message undeliverable"))], SECRET)
+    inbox.wait(lambda: inbox.history()[-1]["delivery"] == "failed", "the failure is not shown")
+    assert "Failed: 131026" in inbox.history()[-1]["meta"]
+    assert inbox.overflow() <= 0
 
-    console = Console(operator_browser, server.url).open(key="not-the-right-admin-key")
-    console.wait(lambda: console.find("#error").is_displayed(), "a refused key shows no error")
-    assert console.text("#error") == "The admin key was refused (401). Enter a valid key."
-    assert console.find("#key-form").is_displayed()
 
-    console.find("#key").send_keys(ADMIN_KEY)
-    console.find("#key-save").click()
-    console.wait(lambda: console.listed(device))
-    console.open_conversation(device)
-    console.wait(lambda: len(console.history()) == 2)
-    console.fill("#reply", "nobody took this over")
-    console.find("#send-reply").click()
-    console.wait(lambda: console.find("#error").is_displayed(), "a refused reply shows no error")
-    assert console.text("#error") == "Take the conversation over first (409): no person holds it now."
-    assert scalar(engine, "SELECT count(*) FROM conversation_messages WHERE device_id = %(d)s", d=device) == 2
-
-    # The conversation is erased meanwhile: the console says so.
+def httpx_take_over(url: str, device: str) -> None:
     import httpx
 
-    assert httpx.delete(f"{server.url}/api/sessions/{device}",
-                        headers={"Authorization": f"Bearer {ADMIN_KEY}"}).status_code == 204
-    console.wait(lambda: "(404)" in console.text("#error"), "an erased conversation shows no 404 line")
-    assert console.text("#error") == "That conversation does not exist (404): it may have been erased."
+    response = httpx.post(f"{url}/api/sessions/{device}/takeover", json={"operator": "Ana"},
+                          headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30)
+    response.raise_for_status()
+
+
+def network(driver) -> list[dict]:
+    """Each request of the page: url, start and end (the browser's monotonic seconds; end None if open)."""
+    requests: dict[str, dict] = {}
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        params = message.get("params", {})
+        if message["method"] == "Network.requestWillBeSent":
+            requests[params["requestId"]] = {"url": params["request"]["url"], "start": params["timestamp"], "end": None}
+        elif message["method"] in ("Network.loadingFinished", "Network.loadingFailed") \
+                and params["requestId"] in requests:
+            requests[params["requestId"]]["end"] = params["timestamp"]
+    return list(requests.values())
+
+
+def test_one_event_stream_and_no_overlapping_requests_while_the_server_is_slow(direct_url, graph_stand_in, tmp_path,
+                                                                               engine):
+    with running_app(env(direct_url, graph_stand_in, slow_seconds=1.5), factory="tests.web.slow_app:create_app") as slow:
+        driver = chromium(tmp_path / "slow", width=1280, height=800)
+        try:
+            inbox = Inbox(driver, slow.url).open(ADMIN_KEY)
+            inbox.wait(lambda: driver.execute_script("return document.body.dataset.stream === 'open'"),
+                       "no event stream")
+            device, _ = web_chat(slow.url, "first")
+            # A burst of changes while each refresh takes 1.5 s.
+            senders = [threading.Thread(target=web_chat, args=(slow.url, f"message {n}", device)) for n in range(4)]
+            for sender in senders:
+                sender.start()
+            for sender in senders:
+                sender.join()
+            _, answer = web_chat(slow.url, "last one", device)
+            newest = f"{answer['agent'].title()}: {answer['reply']}"[:20]
+            inbox.wait(lambda: (inbox.items() or [{"preview": ""}])[0]["preview"].startswith(newest), "the last answer never shows")
+            seen = network(driver)
+        finally:
+            driver.quit()
+    streams = [r for r in seen if "/api/inbox/events" in r["url"]]
+    assert len(streams) == 1 and streams[0]["end"] is None
+    reads = sorted((r for r in seen if "/api/" in r["url"] and "/api/inbox/events" not in r["url"]),
+                   key=lambda r: r["start"])
+    assert len([r for r in reads if "/api/inbox?" in r["url"]]) >= 2
+    # Every read of the page (agents, then each refresh's list) waits for the one before.
+    for earlier, later in itertools.pairwise(reads):
+        assert earlier["end"] is not None and earlier["end"] <= later["start"], (earlier, later)

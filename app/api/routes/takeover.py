@@ -15,9 +15,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from app.devices import canonical_device_id
 from app import validation
 from app.api.auth import AdminTenant
-from app.api.deps import Db, OperatorSend, Pipe
+from app.api.deps import Agents, Db, OperatorSend, Pipe
 from app.api.errors import ApiError
 from app.admin.schemas import Ttl
+from app.admin.transfer import AgentKey
 from app.api.routes.sessions import DeviceId, _errors, _not_found
 from app.admin.takeover import DEFAULT_TTL, TakeoverStore
 
@@ -61,11 +62,18 @@ class TakeoverLock(BaseModel):
 class ReleaseRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    answer_held: bool = Field(False, description="the bot answers the held messages, in order, before returning")
+    answer_held: bool = Field(
+        False, description="the bot answers, in order, the held messages no operator reply came after"
+    )
+    agent: AgentKey | None = Field(
+        None, description="absent: the agent that held the lock before the takeover gets it back, with the time it "
+        "had left; a registry key: that agent, for the session_ttl; null: no agent (the manager answers next)",
+    )
 
 
 class Released(BaseModel):
-    agent: None = None
+    agent: str | None = Field(description="the lock's holder now")
+    expires_at: datetime | None
     previous_agent: str
     version: int
     answered: int = Field(description="held messages the bot answered (answer_held)")
@@ -132,13 +140,17 @@ async def take_over(
 
 @router.delete("/api/sessions/{device_id}/takeover", response_model=Released, responses=_errors(404, 409))
 async def release(
-    device_id: DeviceId, tenant: AdminTenant, store: Takeovers, pipeline: Pipe, send: OperatorSend,
+    device_id: DeviceId, tenant: AdminTenant, store: Takeovers, pipeline: Pipe, send: OperatorSend, registry: Agents,
     body: Annotated[ReleaseRequest | None, Body()] = None,
 ) -> Released:
-    """Hand the conversation back to the bot (audited as "release"); answer_held: the bot answers held messages."""
+    """Hand the conversation back to the bot (audited as "release"): by default to the agent the takeover
+    displaced, where it was; answer_held: the bot answers the held messages no operator reply answered."""
     device = canonical_device_id(device_id)
-    answer_held = body is not None and body.answer_held
-    row = await store.release(tenant, device, answer_held=answer_held)
+    body = body or ReleaseRequest()
+    resume = "agent" not in body.model_fields_set
+    if not resume and body.agent is not None and body.agent not in registry:
+        raise ApiError(422, "unknown_agent", f"body.agent: no agent {body.agent!r} in the registry")
+    row = await store.release(tenant, device, answer_held=body.answer_held, resume=resume, agent=body.agent)
     if row is None:
         raise _not_found()
     if not row["taken"]:
@@ -146,7 +158,8 @@ async def release(
     answered = 0
     if row["resumed"]:
         answered = await pipeline.drain(tenant, device, send.on_reply(pipeline))
-    return Released(previous_agent="human", version=row["version"], answered=answered)
+    return Released(agent=row["agent"], expires_at=row["expires_at"], previous_agent="human", version=row["version"],
+                    answered=answered)
 
 
 @router.post(

@@ -39,6 +39,7 @@ import anyio
 from app import validation
 from app.channels.whatsapp.graph import TYPING_TIMEOUT, GraphApi
 from app.channels.whatsapp.inbound import CHANNEL, UserMessage, business_tenant, user_messages
+from app.channels.whatsapp import statuses
 from app.channels.whatsapp.outbox import Outbox, marker_hold
 from app.core.aio import call_async
 from app.core.config import Settings
@@ -379,4 +380,5 @@ async def handle_delivery(
             await batch.wait()
             group.cancel_scope.cancel()  # see the module doc: nothing is left on a loop that may freeze
     await batch.store_rest()
+    await statuses.arecord(pipeline.ledger.engine, settings, payload)  # delivery receipts, consented profile names
     return batch.report(ignored)

@@ -1,0 +1,145 @@
+"""The operator inbox under /api/inbox, the registry's display names, and the console's one event stream.
+
+Admin keys and tenants as the session admin API. The event stream
+(GET /api/inbox/events, text/event-stream) sends `event: changed` whenever something the
+inbox shows may have changed: at once when a turn of the tenant finishes in this process
+(app.runtime Wakeups.watch), else when its poll of the database sees it (other instances,
+operator actions, status callbacks). It runs at most one statement a second, and one
+every POLL_SECONDS while nothing wakes it; a comment line every HEARTBEAT_SECONDS keeps
+proxies from closing it; it ends after STREAM_SECONDS (or at shutdown) and the page
+opens a new one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated, Literal
+
+import anyio
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from app.admin.inbox import InboxStore
+from app.agents import HUMAN, display_name
+from app.api.auth import AdminTenant
+from app.api.deps import Agents, AppServices, Db
+from app.api.errors import ErrorBody
+from app.errors import StoreUnavailable
+from app.sql import DELIVERY_STATES
+
+router = APIRouter(tags=["inbox"])
+
+POLL_SECONDS = 2.0  # without an in-process wake-up: how often a stream asks the database
+MIN_INTERVAL_SECONDS = 1.0  # never more than one statement a second per stream
+HEARTBEAT_SECONDS = 15.0
+STREAM_SECONDS = 300.0
+ERRORS = {code: {"model": ErrorBody} for code in (401, 422)}
+
+
+async def get_inbox(database: Db) -> InboxStore:
+    return InboxStore(database.engine)
+
+
+Inbox = Annotated[InboxStore, Depends(get_inbox)]
+
+
+class LastMessage(BaseModel):
+    id: int
+    role: str
+    agent: str | None
+    preview: str = Field(description="the first 140 characters")
+    delivery: Literal[DELIVERY_STATES] | None = Field(description="a WhatsApp reply's delivery state")  # type: ignore[valid-type]
+
+
+class Conversation(BaseModel):
+    device_id: str
+    channel: Literal["web", "whatsapp"]
+    name: str = Field(description="the WhatsApp profile name when stored (named), else a short label stable for the device")
+    named: bool
+    agent: str | None = Field(description="the live lock's holder (a key; human: a person)")
+    operator: str | None
+    expires_at: datetime | None
+    last_message: LastMessage | None
+    last_at: datetime
+    waiting: int = Field(description="held messages no operator reply came after: the conversation needs a person")
+
+
+class ConversationList(BaseModel):
+    items: list[Conversation]
+
+
+class AgentName(BaseModel):
+    key: str
+    display_name: str
+
+
+class AgentList(BaseModel):
+    items: list[AgentName]
+
+
+@router.get("/api/inbox", response_model=ConversationList, responses=ERRORS)
+async def inbox(
+    tenant: AdminTenant,
+    store: Inbox,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    needs_person: bool = False,
+    agent: Annotated[str | None, Query(max_length=50, pattern=r"^[a-z][a-z0-9_-]{0,49}$")] = None,
+    channel: Literal["web", "whatsapp"] | None = None,
+) -> ConversationList:
+    """The tenant's conversations, newest message first; filters: needs_person, agent (lock holder), channel."""
+    rows = await store.conversations(tenant, limit=limit, needs_person=needs_person, agent=agent, channel=channel)
+    items = []
+    for row in rows:
+        last = None
+        if row["last_id"] is not None:
+            last = LastMessage(id=row["last_id"], role=row["last_role"], agent=row["last_agent"],
+                               preview=row["last_preview"], delivery=row["last_delivery"])
+        items.append(Conversation(**{k: row[k] for k in (
+            "device_id", "channel", "name", "named", "agent", "operator", "expires_at", "last_at", "waiting")},
+            last_message=last))
+    return ConversationList(items=items)
+
+
+@router.get("/api/agents", response_model=AgentList, responses=ERRORS)
+async def agents(tenant: AdminTenant, registry: Agents) -> AgentList:
+    """The registry's agents with what people see for each (and `human`, a person holding a takeover)."""
+    keys = [*registry, HUMAN]
+    return AgentList(items=[AgentName(key=key, display_name=display_name(registry, key)) for key in keys])
+
+
+def _event(name: str, data: dict) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+@router.get("/api/inbox/events", responses={**ERRORS, 200: {"content": {"text/event-stream": {}}}})
+async def inbox_events(tenant: AdminTenant, store: Inbox, services: AppServices) -> StreamingResponse:
+    """Server-sent events: `changed` (data {"token"}) when the inbox may have changed; see the module doc."""
+    wakeups = services.runtime.wakeups
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield b"retry: 3000\n\n"
+        seen, asked, beat = None, 0.0, time.monotonic()
+        end = time.monotonic() + STREAM_SECONDS
+        while time.monotonic() < end and not services.runtime.closing:
+            pause = MIN_INTERVAL_SECONDS - (time.monotonic() - asked)
+            if pause > 0:
+                await anyio.sleep(pause)
+            asked = time.monotonic()
+            try:
+                token = await store.changes(tenant)
+            except StoreUnavailable:
+                token = seen  # the page keeps what it has; the next poll asks again
+            if token != seen:
+                seen, beat = token, time.monotonic()
+                yield _event("changed", {"token": token})
+            elif time.monotonic() - beat >= HEARTBEAT_SECONDS:
+                beat = time.monotonic()
+                yield b": keep-alive\n\n"
+            await wakeups.watch(tenant, min(POLL_SECONDS, max(0.0, end - time.monotonic())))
+
+    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
