@@ -1,7 +1,7 @@
 """inbox: the lock a takeover displaced, WhatsApp delivery receipts, consented profile names
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0010
 Create Date: 2026-12-04
 
 Numbered 0011 so it does not clash with another branch's 0010; whoever merges both
@@ -13,7 +13,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision = "0011"
-down_revision = "0009"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
