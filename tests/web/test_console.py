@@ -43,9 +43,7 @@ def server(direct_url: str, graph_stand_in: GraphApi) -> Iterator[Server]:
 
 
 @pytest.fixture(params=list(SIZES))
-def inbox(request, tmp_path: Path, server: Server, engine) -> Iterator[Inbox]:
-    with engine.begin() as conn:  # each test starts with an empty inbox
-        conn.exec_driver_sql("TRUNCATE conversation_states, conversation_messages, conversation_audit")
+def inbox(request, tmp_path: Path, server: Server, engine) -> Iterator[Inbox]:  # engine: every table emptied
     width, height = SIZES[request.param]
     driver = chromium(tmp_path / "operator", width=width, height=height)
     driver.set_window_size(width, height)
