@@ -3,7 +3,13 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test bench bench-quick clean screenshots
+.PHONY: install web-vendor run test bench bench-quick clean screenshots
+
+# The chat page's markdown renderer and sanitizer (marked, DOMPurify): pinned in web/package-lock.json,
+# installed with `npm ci` and their browser builds copied into the package (app/web/vendor/, not committed).
+# Without npm the page still works and shows replies as plain text (its console says why).
+WEB_VENDOR := app/web/vendor
+WEB_FILES := web/node_modules/marked/lib/marked.umd.js web/node_modules/dompurify/dist/purify.min.js
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is required")'
@@ -12,7 +18,17 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
-install: $(VENV)/.installed
+$(WEB_VENDOR)/.built: web/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix web --no-audit --no-fund --silent && mkdir -p $(WEB_VENDOR) \
+		&& cp $(WEB_FILES) $(WEB_VENDOR)/ && touch $@; \
+	else \
+		echo "warning: npm is not installed: the chat page will show replies as plain text (no markdown)" >&2; \
+	fi
+
+web-vendor: $(WEB_VENDOR)/.built
+
+install: $(VENV)/.installed web-vendor
 
 run: install
 	$(BIN)/python -m app serve --migrate
@@ -21,7 +37,7 @@ test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache web/node_modules $(WEB_VENDOR)
 
 bench: install
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"

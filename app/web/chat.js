@@ -1,33 +1,40 @@
-// The web chat page: talks to /api/chat as one device, whose id it keeps in localStorage.
-// No build step and no dependencies; every text from the server is set with textContent.
+// The web chat page: one device (its id in localStorage) talking to /api/chat/stream, the AI SDK's UI
+// message stream. Replies appear as they are written, Stop asks the server to stop the turn, and a reload
+// in mid-reply picks the stream up again. Replies are rendered as sanitized markdown (chat-render.js);
+// everything else from the server is set with textContent. No build step.
 "use strict";
 
 (() => {
   const STORE_KEY = "agent-sessions.device-id";
+  const CHAT_ID = "web"; // the device holds one conversation: the id only names the resume URL
   const PAGE_SIZE = 50;
-  const SEND_ATTEMPTS = 4; // tries per message on network errors, with the same Idempotency-Key
-  const POLL_LIMIT_MS = 120000; // how long a queued (202) message is polled for before giving up
-  const PERSON_POLL_MS = 2000; // how often the page looks for a person's replies while one holds the conversation
+  const LIMIT = 4096; // characters (code points) per message, as the API counts them
+  const NEAR_LIMIT = LIMIT - 200; // the count shows from here
+  const SEND_ATTEMPTS = 4; // tries per message on network errors, with the same message id (idempotent)
+  const RESUMES = 20; // streams followed in a row after a reload (each a turn in flight)
+  const PERSON_POLL_MS = [3000, 60000]; // first and longest pause while a person holds the conversation
   const HUMAN = "human"; // the lock holder while a person has taken the conversation over
 
   const $ = (id) => document.getElementById(id);
   const ui = {
-    log: $("log"), empty: $("empty"), older: $("older"), status: $("status"), lock: $("lock"),
-    error: $("error"), errorText: $("error-text"), retry: $("retry"), choices: $("choices"),
-    form: $("composer"), input: $("message"), send: $("send"),
+    scroller: $("scroller"), log: $("log"), empty: $("empty"), older: $("older"), status: $("status"),
+    lock: $("lock"), error: $("error"), errorText: $("error-text"), retry: $("retry"), choices: $("choices"),
+    form: $("composer"), input: $("message"), send: $("send"), stop: $("stop"), count: $("count"),
     newConversation: $("new-conversation"), deleteHistory: $("delete-history"),
-    sessions: $("sessions-list"), viewing: $("viewing"), back: $("back-to-current"),
+    past: $("past"), sessions: $("sessions-list"), viewing: $("viewing"), back: $("back-to-current"),
   };
 
   let deviceId = localStorage.getItem(STORE_KEY);
-  let busy = false;
+  let busy = false; // a message is being sent or a reply streams
   let viewing = null; // the session id of an earlier conversation being read, or null
   let nextBefore = null;
+  let newestId = 0; // the newest message id shown from history
   let retryAction = null;
-  let lockAgent = null; // the agent holding the lock, as the server last said
+  let lock = { agent: null, expires_at: null }; // as the server last said (data-lock, history)
   let following = false; // polling for a person's replies
 
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+  const length = (text) => [...text].length; // code points, as the server counts
 
   function uuid4() {
     if (crypto.randomUUID) return crypto.randomUUID();
@@ -52,28 +59,43 @@
     }
   }
 
-  // One request as this device. A rejected fetch (TypeError) is a network error.
-  async function request(method, path, { body, key, device = true } = {}) {
-    const headers = { Accept: "application/json" };
+  async function failure(response) {
+    let data = null;
+    try { data = await response.json(); } catch { data = null; }
+    const error = data && data.error ? data.error : {};
+    return new ApiError(response.status, error.code || `http_${response.status}`, error.message || "");
+  }
+
+  // One request as this device; a rejected fetch (TypeError) is a network error. stream: the
+  // response itself (for an event stream), else its JSON.
+  async function request(method, path, { body, device = true, stream = false } = {}) {
+    const headers = { Accept: stream ? "text/event-stream" : "application/json" };
     if (device) headers["X-Device-ID"] = deviceId;
-    if (key) headers["Idempotency-Key"] = key;
     if (body !== undefined) headers["Content-Type"] = "application/json";
     const response = await fetch(path, {
       method, headers, cache: "no-store", body: body === undefined ? undefined : JSON.stringify(body),
     });
+    if (!response.ok) throw await failure(response);
+    if (stream || response.status === 204) return { status: response.status, response, data: null };
     let data = null;
-    if (response.status !== 204) {
-      try { data = await response.json(); } catch { data = null; }
-    }
-    if (!response.ok) {
-      const error = data && data.error ? data.error : {};
-      throw new ApiError(response.status, error.code || `http_${response.status}`, error.message || "");
-    }
+    try { data = await response.json(); } catch { data = null; }
     return { status: response.status, data };
   }
 
-  // Runs call; if the server refuses the device id (it signs ids, or ours is damaged), gets a
-  // new id (from POST /api/devices when ids are signed, else a fresh UUID) and runs it once more.
+  // A first visit asks the server for its id, so the first chat request already carries one the
+  // server accepts (signed when it signs ids). If that fails, a random UUID does where ids are not signed.
+  async function ensureDevice() {
+    if (deviceId) return;
+    try {
+      const { data } = await request("POST", "api/devices", { device: false });
+      setDevice(data.device_id);
+    } catch {
+      setDevice(uuid4());
+    }
+  }
+
+  // Runs call; if the server refuses the device id (it signs ids, or ours is damaged), gets a new
+  // id (POST /api/devices, else a fresh UUID) and runs it once more.
   async function asDevice(call) {
     try {
       return await call();
@@ -120,7 +142,16 @@
   function setStatus(text, waiting = false) {
     ui.status.textContent = text;
     ui.status.classList.toggle("waiting", waiting);
-    document.body.dataset.busy = waiting ? "true" : "false";
+  }
+
+  // busy: Send gives way to Stop while a reply streams; data-busy tells the tests.
+  function setBusy(value, streaming = false) {
+    busy = value;
+    document.body.dataset.busy = value ? "true" : "false";
+    ui.stop.hidden = !streaming;
+    ui.stop.disabled = false;
+    ui.send.hidden = streaming;
+    updateCount();
   }
 
   function time(value) {
@@ -131,52 +162,88 @@
     return date.toLocaleString([], options);
   }
 
-  function showLock(lock) {
+  function showLock(next) {
+    lock = next || { agent: null, expires_at: null };
     ui.lock.textContent = "";
-    lockAgent = lock ? lock.agent : null;
-    if (lockAgent === HUMAN) {
+    if (lock.agent === HUMAN) {
       ui.lock.append("A person is handling this conversation", lock.expires_at ? ` until ${time(lock.expires_at)}` : "");
       followPerson();
-      return;
-    }
-    if (!lock || !lock.agent) {
+    } else if (!lock.agent) {
       ui.lock.textContent = "No agent is handling this conversation.";
-      return;
+    } else {
+      const agent = document.createElement("strong");
+      agent.textContent = lock.agent;
+      ui.lock.append("Handled by ", agent, lock.expires_at ? ` until ${time(lock.expires_at)}` : "");
     }
-    const agent = document.createElement("strong");
-    agent.textContent = lock.agent;
-    ui.lock.append("Handled by ", agent, ` until ${time(lock.expires_at)}`);
   }
 
-  function messageItem({ id, role, content, agent, created_at: createdAt }, { pending = false, degraded = false } = {}) {
+  // Near the bottom (or told to), keep the newest message in view as the log grows.
+  function atBottom() {
+    const s = ui.scroller;
+    return s.scrollHeight - s.scrollTop - s.clientHeight < 80;
+  }
+
+  function toBottom() {
+    ui.scroller.scrollTop = ui.scroller.scrollHeight;
+    pinned = true;
+  }
+
+  // When the conversation's box changes size (choices or a longer message in the dock, a phone's
+  // keyboard), the newest message stays in view if it was.
+  let pinned = true;
+  ui.scroller.addEventListener("scroll", () => { pinned = atBottom(); }, { passive: true });
+  new ResizeObserver(() => { if (pinned) toBottom(); }).observe(ui.scroller);
+
+  function who(role, agent) {
+    if (role === "user") return "You";
+    return agent === HUMAN ? "A person" : (agent || "assistant");
+  }
+
+  function note(item, kind, text) {
+    let el = item.querySelector(`.note.${kind}`);
+    if (!el) {
+      el = document.createElement("p");
+      el.className = `note ${kind}`;
+      item.append(el);
+    }
+    el.textContent = text;
+  }
+
+  function markStopped(item) {
+    item.classList.add("stopped");
+    note(item, "stopped-note", "Stopped: the reply was cut short here.");
+  }
+
+  function markDegraded(item) {
+    item.classList.add("degraded");
+    note(item, "degraded-note", "Limited reply: the service is degraded and this conversation was not saved.");
+  }
+
+  // One message of the log. Replies are markdown; the person's own text is shown as typed.
+  function messageItem({ id, role, content, agent, created_at: createdAt, reply_to: replyTo, stopped }) {
     const item = document.createElement("li");
     item.className = `msg ${role === "user" ? "user" : "assistant"}`;
     if (id !== undefined && id !== null) item.dataset.id = String(id);
-    item.classList.toggle("pending", pending);
-    item.classList.toggle("degraded", degraded);
-    const who = document.createElement("p");
-    who.className = "who";
+    if (replyTo) item.dataset.replyTo = String(replyTo);
+    const line = document.createElement("p");
+    line.className = "who";
     const name = document.createElement("strong");
-    name.textContent = role === "user" ? "You" : (agent === HUMAN ? "A person" : (agent || "assistant"));
-    who.append(name);
-    if (createdAt) who.append(` · ${time(createdAt)}`);
-    const text = document.createElement("p");
+    name.textContent = who(role, agent);
+    line.append(name);
+    if (createdAt) line.append(` · ${time(createdAt)}`);
+    const text = document.createElement("div");
     text.className = "text";
-    text.textContent = content;
-    item.append(who, text);
-    if (degraded) {
-      const note = document.createElement("p");
-      note.className = "note";
-      note.textContent = "Limited reply: the service is degraded and this conversation was not saved.";
-      item.append(note);
-    }
+    if (role === "user") text.textContent = content;
+    else ChatRender.markdown(text, content);
+    item.append(line, text);
+    if (stopped) markStopped(item);
     return item;
   }
 
   function append(item) {
     ui.log.append(item);
     ui.empty.hidden = true;
-    item.scrollIntoView({ block: "nearest" });
+    toBottom();
     return item;
   }
 
@@ -185,9 +252,11 @@
     ui.empty.hidden = false;
     ui.older.hidden = true;
     nextBefore = null;
+    newestId = 0;
   }
 
   function showChoices(choices) {
+    const stick = pinned || atBottom(); // the dock grows or shrinks: the newest message stays in view
     ui.choices.replaceChildren();
     for (const choice of choices || []) {
       const button = document.createElement("button");
@@ -197,6 +266,7 @@
       ui.choices.append(button);
     }
     ui.choices.hidden = ui.choices.childElementCount === 0;
+    if (stick) toBottom();
   }
 
   function messagesPath(before) {
@@ -206,39 +276,51 @@
     return `api/chat/messages?${query}`;
   }
 
-  // The newest page of the shown session, oldest first; then any reply still owed.
+  // The newest page of the shown session, oldest first. Returns the newest item (or undefined).
   async function loadHistory() {
     const { data } = await asDevice(() => request("GET", messagesPath()));
     clearLog();
     for (const message of [...data.items].reverse()) append(messageItem(message));
     nextBefore = data.next_before;
     ui.older.hidden = nextBefore === null;
-    const newest = data.items[0];
-    return !viewing && newest && newest.role === "user" ? newest.id : null; // a reply still owed
+    newestId = data.items.length ? data.items[0].id : 0;
+    toBottom();
+    return data.items[0];
   }
 
-  // While a person holds the conversation their replies arrive without a request of ours:
-  // poll the history and show what is new, until the lock passes back to the bot.
+  async function loadOlder() {
+    if (nextBefore === null) return;
+    const { data } = await asDevice(() => request("GET", messagesPath(nextBefore)));
+    const height = ui.scroller.scrollHeight;
+    const first = ui.log.firstChild;
+    for (const message of [...data.items].reverse()) ui.log.insertBefore(messageItem(message), first);
+    ui.scroller.scrollTop += ui.scroller.scrollHeight - height; // keep what was on screen in place
+    nextBefore = data.next_before;
+    ui.older.hidden = nextBefore === null;
+  }
+
+  // While a person holds the conversation their replies arrive without a request of ours: look for
+  // new messages, never two requests at once, pausing longer while nothing comes, until the lock
+  // (as the server last said) passes back or expires.
   async function followPerson() {
     if (following) return;
     following = true;
+    let pause = PERSON_POLL_MS[0];
     try {
-      while (lockAgent === HUMAN) {
-        await sleep(PERSON_POLL_MS);
-        if (busy || viewing || lockAgent !== HUMAN) continue;
-        let data;
+      while (lock.agent === HUMAN && !(lock.expires_at && Date.parse(lock.expires_at) < Date.now())) {
+        await sleep(pause);
+        pause = Math.min(pause * 1.5, PERSON_POLL_MS[1]);
+        if (busy || viewing || lock.agent !== HUMAN) continue;
         try {
-          ({ data } = await asDevice(() => request("GET", "api/chat/messages?limit=1")));
+          const { data } = await asDevice(() => request("GET", "api/chat/messages?limit=1"));
+          const newest = data.items[0];
+          if (newest && newest.id > newestId) {
+            await loadHistory();
+            pause = PERSON_POLL_MS[0];
+            if (newest.role === "assistant" && newest.agent === HUMAN) setStatus("");
+          }
         } catch {
-          continue; // shown on the next try; a person's reply is never lost, only late
-        }
-        const newest = data.items[0];
-        const shown = [...ui.log.querySelectorAll(".msg")];
-        const known = shown.length > 0 && shown.every((item) => item.dataset.id);
-        const last = known ? Number(shown[shown.length - 1].dataset.id) : null;
-        if (newest && (!known || newest.id !== last)) {
-          await loadHistory();
-          if (newest.role === "assistant" && newest.agent === HUMAN) setStatus("");
+          // shown on the next try: a person's reply is never lost, only late
         }
       }
     } finally {
@@ -246,17 +328,9 @@
     }
   }
 
-  async function loadOlder() {
-    if (nextBefore === null) return;
-    const { data } = await asDevice(() => request("GET", messagesPath(nextBefore)));
-    const first = ui.log.firstChild;
-    for (const message of [...data.items].reverse()) ui.log.insertBefore(messageItem(message), first);
-    nextBefore = data.next_before;
-    ui.older.hidden = nextBefore === null;
-  }
-
   async function loadSessions() {
     const { data } = await asDevice(() => request("GET", "api/chat/sessions"));
+    const stick = atBottom(); // the list sits above the log: keep the newest message where it was
     ui.sessions.replaceChildren();
     data.items.forEach((session, index) => {
       const item = document.createElement("li");
@@ -273,6 +347,8 @@
       item.append(button);
       ui.sessions.append(item);
     });
+    ui.past.hidden = data.items.length === 0;
+    if (stick) toBottom();
   }
 
   async function view(sessionId) {
@@ -289,89 +365,175 @@
     (viewing === null ? ui.input : ui.back).focus();
   }
 
-  async function postMessage(body, key) {
-    for (let attempt = 1; ; attempt += 1) {
-      try {
-        return await asDevice(() => request("POST", "api/chat", { body, key }));
-      } catch (error) {
-        if (error instanceof ApiError || attempt >= SEND_ATTEMPTS) throw error;
-        await sleep(500 * 2 ** (attempt - 1)); // network error: the same key makes the resend safe
+  // Follows one UI message stream into a reply bubble: text as it comes, a restart resets it,
+  // stopped / degraded / held / queued as the server says. Returns what it saw.
+  async function follow(response) {
+    const seen = { text: "", status: null, choices: [], replyTo: null, agent: null, ended: false };
+    let item = null; // the reply's bubble, made when there is something to show
+    let body = null;
+    const bubble = () => {
+      if (!item) {
+        item = append(messageItem({ role: "assistant", content: "", agent: seen.agent }));
+        item.classList.add("streaming");
+        if (seen.replyTo) item.dataset.replyTo = seen.replyTo;
+        body = item.querySelector(".text");
       }
+      return item;
+    };
+    let drawn = -1;
+    const draw = () => {
+      if (!item || drawn === seen.text.length) return;
+      const stick = atBottom();
+      ChatRender.markdown(body, seen.text);
+      drawn = seen.text.length;
+      if (stick) toBottom();
+    };
+    let frame = 0;
+    const schedule = () => { if (!frame) frame = requestAnimationFrame(() => { frame = 0; draw(); }); };
+    setStatus("Waiting for the reply", true);
+    const onPart = (part) => {
+      switch (part.type) {
+        case "start":
+          seen.replyTo = String(part.messageId || "").replace(/^reply-/, "") || null;
+          break;
+        case "text-delta":
+          if (!seen.text) setStatus("");
+          seen.text += part.delta;
+          bubble();
+          schedule();
+          break;
+        case "tool-input-available":
+          setStatus(`Using ${part.toolName}`, true);
+          break;
+        case "tool-output-available":
+          setStatus("Writing", true);
+          break;
+        case "data-status": {
+          const status = part.data && part.data.status;
+          if (status === "restarted") { // a rerun replaces the text written so far
+            seen.text = "";
+            drawn = -1;
+            draw();
+          } else if (status === "stopped") {
+            markStopped(bubble());
+          } else if (status === "degraded") {
+            markDegraded(bubble());
+          }
+          if (status !== "restarted") seen.status = status;
+          break;
+        }
+        case "data-lock":
+          showLock({ agent: part.data.agent, expires_at: part.data.expires_at });
+          seen.agent = part.data.answered_by;
+          if (item) item.querySelector(".who strong").textContent = who("assistant", seen.agent);
+          break;
+        case "data-choices":
+          seen.choices = part.data || [];
+          break;
+        case "error":
+          seen.status = "error";
+          note(bubble(), "error-note", part.errorText || "This reply could not be shown.");
+          break;
+        case "finish":
+          seen.ended = true;
+          break;
+        default:
+          break;
+      }
+    };
+    try {
+      await ChatStream.read(response, onPart);
+    } finally {
+      if (frame) cancelAnimationFrame(frame);
+      draw();
+      if (item) item.classList.remove("streaming");
     }
+    return seen;
   }
 
-  // A queued message: poll the history until its reply is there (bounded), then show it.
-  async function waitForReply(messageId, resend) {
-    setStatus("Your message is queued; waiting for the reply", true);
-    const deadline = Date.now() + POLL_LIMIT_MS;
-    let delay = 1000;
-    while (Date.now() < deadline) {
-      await sleep(delay);
-      delay = Math.min(delay * 1.5, 5000);
-      let data;
+  // After a stream: the choices offered, and what the status line should say.
+  function settle(seen) {
+    showChoices(seen.choices);
+    if (seen.status === "held") setStatus("A person will answer you here.");
+    else if (seen.status === "degraded") setStatus("The service is degraded: this reply was not saved.");
+    else if (seen.status === "stopped") setStatus("Stopped.");
+    else setStatus("");
+  }
+
+  // Picks up turns in flight (after a reload, or a reply that was still queued), one stream after
+  // another, until the server says none is left (204); then the history shows every reply as stored.
+  async function resumeAll() {
+    let followed = 0;
+    for (let turn = 0; turn < RESUMES; turn += 1) {
+      const result = await asDevice(() => request("GET", `api/chat/stream/${CHAT_ID}/stream`, { stream: true }));
+      if (result.status === 204) break;
+      setBusy(true, true);
+      const seen = await follow(result.response);
+      followed += 1;
+      settle(seen);
+    }
+    return followed;
+  }
+
+  async function openStream(body) {
+    for (let attempt = 1; ; attempt += 1) {
       try {
-        ({ data } = await asDevice(() => request("GET", "api/chat/messages?limit=20")));
+        return await asDevice(() => request("POST", "api/chat/stream", { body, stream: true }));
       } catch (error) {
-        if (error instanceof ApiError) throw error;
-        continue; // a network blip: keep polling
-      }
-      const reply = data.items.find((item) => item.reply_to === messageId);
-      if (reply) {
-        append(messageItem(reply));
-        const mine = ui.log.querySelector(".msg.pending");
-        if (mine) mine.classList.remove("pending");
-        setStatus("");
-        if (resend) {
-          // The same key returns the stored answer with the lock as it stands now.
-          try { showLock((await resend()).data.lock); } catch { /* the reply is shown; the lock line waits */ }
-        }
-        return;
+        if (error instanceof ApiError || attempt >= SEND_ATTEMPTS) throw error;
+        await sleep(500 * 2 ** (attempt - 1)); // network error: the same message id makes the resend safe
       }
     }
-    setStatus("Your message is saved and will be answered; reload the page later to see the reply.");
   }
 
   async function send(text, choiceId) {
-    if (busy || !text.trim()) return;
-    busy = true;
-    ui.send.disabled = true;
+    if (busy || viewing || !text.trim()) return;
+    if (length(text) > LIMIT) { // refused, never cut: the count says by how much
+      updateCount();
+      ui.input.focus();
+      return;
+    }
+    setBusy(true);
     clearError();
     showChoices([]);
-    const key = uuid4();
-    const body = choiceId ? { message: text, choice_id: choiceId } : { message: text };
-    const mine = append(messageItem({ role: "user", content: text, created_at: new Date().toISOString() }, { pending: true }));
+    const body = { id: CHAT_ID, messages: [{ id: uuid4(), role: "user", parts: [{ type: "text", text }] }] };
+    if (choiceId) body.choice_id = choiceId;
+    const mine = append(messageItem({ role: "user", content: text, created_at: new Date().toISOString() }));
+    mine.classList.add("pending");
     ui.input.value = "";
+    updateCount();
 
     const attempt = async () => {
       clearError();
-      setStatus("Waiting for the reply", true);
+      setStatus("Sending", true);
       try {
-        const result = await postMessage(body, key);
-        if (result.status === 202) {
-          await waitForReply(result.data.message_id, () => request("POST", "api/chat", { body, key }));
-          return;
-        }
-        const reply = result.data;
+        const { response } = await openStream(body);
         mine.classList.remove("pending");
-        if (reply.reply === null) {
-          // A person has taken the conversation over: the message is kept for them.
-          showLock(reply.lock);
-          setStatus("A person will answer you here.");
+        setBusy(true, true);
+        let seen;
+        try {
+          seen = await follow(response);
+        } catch (error) {
+          // The connection dropped mid-reply; the turn goes on on the server: follow it again.
+          if (error instanceof ApiError) throw error;
+          await resumeAll();
+          await loadHistory();
+          setStatus("");
           return;
         }
-        append(messageItem(
-          { role: "assistant", content: reply.reply, agent: reply.agent, created_at: new Date().toISOString() },
-          { degraded: reply.degraded },
-        ));
-        showLock(reply.lock);
-        showChoices(reply.choices);
-        setStatus(reply.degraded ? "The service is degraded: this reply was not saved." : "");
+        settle(seen);
+        if (seen.status === "queued") { // still waiting behind other messages: keep following
+          setStatus("Your message is queued; waiting for the reply", true);
+          await resumeAll();
+          await loadHistory();
+          setStatus("");
+        }
       } catch (error) {
         setStatus("");
+        setBusy(true);
         showError(error, error instanceof ApiError && error.status < 500 ? null : async () => {
-          busy = true;
-          ui.send.disabled = true;
-          try { await attempt(); } finally { busy = false; ui.send.disabled = false; }
+          setBusy(true);
+          try { await attempt(); } finally { setBusy(false); }
         });
       }
     };
@@ -380,9 +542,32 @@
       await attempt();
       await loadSessions().catch(() => {});
     } finally {
-      busy = false;
-      ui.send.disabled = false;
+      setBusy(false);
     }
+  }
+
+  async function stop() {
+    ui.stop.disabled = true;
+    setStatus("Stopping", true);
+    try {
+      await asDevice(() => request("POST", "api/chat/stop"));
+    } catch (error) {
+      ui.stop.disabled = false;
+      showError(error, stop);
+    }
+  }
+
+  // The count shows near the limit; over it, Send is refused and the count says by how much.
+  function updateCount() {
+    const n = length(ui.input.value);
+    const over = n > LIMIT;
+    ui.count.hidden = n < NEAR_LIMIT;
+    ui.count.classList.toggle("over", over);
+    ui.count.textContent = over
+      ? `${n} / ${LIMIT} characters: too long to send, remove ${n - LIMIT}.`
+      : `${n} / ${LIMIT} characters`;
+    ui.input.setAttribute("aria-invalid", over ? "true" : "false");
+    ui.send.disabled = busy || over;
   }
 
   // Start afresh on the server (a new session, or nothing left at all), then show an empty conversation.
@@ -397,11 +582,12 @@
       showChoices([]);
       showLock(null);
       setStatus(status);
+      ui.input.focus();
       await loadSessions();
     } catch (error) {
       showError(error, retry);
+      ui.input.focus();
     }
-    ui.input.focus();
   }
 
   async function newConversation() {
@@ -416,32 +602,28 @@
   }
 
   async function start() {
-    if (!deviceId) setDevice(uuid4());
     clearError();
-    let owed = null;
+    await ensureDevice();
+    let newest;
     try {
-      owed = await loadHistory();
+      newest = await loadHistory();
       await loadSessions();
     } catch (error) {
       showError(error, start);
       return;
     }
-    const newest = ui.log.lastElementChild;
-    if (newest && newest.classList.contains("assistant") && newest.querySelector(".who strong").textContent === "A person") {
-      lockAgent = HUMAN; // a person answered last: look for more of their replies
-      followPerson();
-    } else if (owed !== null) {
-      // Reloaded while a message waited for its answer: show it when it comes.
-      busy = true;
-      ui.send.disabled = true;
-      try {
-        await waitForReply(owed, null);
-      } catch (error) {
-        showError(error, start);
-      } finally {
-        busy = false;
-        ui.send.disabled = false;
-      }
+    // The takeover state as the API gives it: the newest reply's agent.
+    if (newest && newest.role === "assistant" && newest.agent === HUMAN) showLock({ agent: HUMAN, expires_at: null });
+    document.body.dataset.ready = "true";
+    // A reply still being written (or owed) is picked up where it is.
+    setBusy(true);
+    try {
+      const followed = await resumeAll();
+      if (followed > 0 || (newest && newest.role === "user")) await loadHistory();
+    } catch (error) {
+      showError(error, start);
+    } finally {
+      setBusy(false);
     }
   }
 
@@ -449,6 +631,15 @@
     event.preventDefault();
     send(ui.input.value, null);
   });
+  ui.input.addEventListener("keydown", (event) => {
+    // Enter sends, Shift+Enter is a new line; Enter that ends an IME composition is neither.
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      send(ui.input.value, null);
+    }
+  });
+  ui.input.addEventListener("input", updateCount);
+  ui.stop.addEventListener("click", stop);
   ui.retry.addEventListener("click", () => { if (retryAction) retryAction(); });
   ui.older.addEventListener("click", () => loadOlder().catch((error) => showError(error, loadOlder)));
   ui.newConversation.addEventListener("click", newConversation);
@@ -456,6 +647,7 @@
   ui.back.addEventListener("click", () => view(null));
 
   setStatus("");
-  // data-ready tells scripts (and the browser tests) that the history has been shown.
+  setBusy(false);
+  // data-ready tells scripts (and the browser tests) that the history has been shown (or could not be).
   start().finally(() => { document.body.dataset.ready = "true"; });
 })();

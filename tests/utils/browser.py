@@ -95,11 +95,13 @@ def failed_requests(driver: Any) -> list[str]:
 
 
 def sent_requests(driver: Any) -> list[dict[str, Any]]:
-    """The requests the page sent since the last call: {"method", "url", "headers"} each (from the performance log)."""
+    """The requests the page sent since the last call: {"method", "url", "headers", "body"} each (from the
+    performance log; body is the request's text, None without one)."""
     found = []
     for entry in driver.get_log("performance"):
         message = json.loads(entry["message"])["message"]
         if message["method"] == "Network.requestWillBeSent":
             request = message["params"]["request"]
-            found.append({"method": request["method"], "url": request["url"], "headers": request["headers"]})
+            found.append({"method": request["method"], "url": request["url"], "headers": request["headers"],
+                          "body": request.get("postData")})
     return found

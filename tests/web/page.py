@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from typing import Any
 
 from selenium.common.exceptions import StaleElementReferenceException
@@ -10,6 +11,12 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.utils.browser import WAIT_SECONDS
+
+
+def vendor_built() -> bool:
+    """True when `make install` copied marked and DOMPurify into the package (it needs npm)."""
+    vendor = resources.files("app.web").joinpath("vendor")
+    return all(vendor.joinpath(name).is_file() for name in ("marked.umd.js", "purify.min.js"))
 
 
 class ChatPage:
@@ -47,7 +54,7 @@ class ChatPage:
         Read in one script, so a re-render between reads cannot leave stale element references.
         """
         rows = self.driver.execute_script(
-            "return Array.from(document.querySelectorAll('#log li')).map(li => ["
+            "return Array.from(document.querySelectorAll('#log > li')).map(li => ["
             "  li.classList.contains('user') ? 'user' : 'assistant',"
             "  (li.querySelector('.who strong') || {innerText: ''}).innerText.trim(),"
             "  (li.querySelector('.text') || {innerText: ''}).innerText.trim()])"
@@ -62,6 +69,19 @@ class ChatPage:
         box = self.find("#message")
         box.click()
         box.send_keys(text, Keys.ENTER)
+
+    def type_lines(self, lines: list[str]) -> None:
+        """Type lines into the message box with Shift+Enter between them, then press Enter once."""
+        from selenium.webdriver.common.action_chains import ActionChains
+
+        box = self.find("#message")
+        box.click()
+        for index, line in enumerate(lines):
+            if index:
+                ActionChains(self.driver).key_down(Keys.SHIFT).send_keys(Keys.ENTER).key_up(Keys.SHIFT).perform()
+            if line:
+                box.send_keys(line)
+        box.send_keys(Keys.ENTER)
 
     def say(self, text: str) -> str:
         """Send text and wait for its reply; returns the reply."""

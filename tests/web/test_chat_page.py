@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -62,26 +63,26 @@ class TestConversation:
         page.find("#new-conversation").click()
         page.wait(lambda: page.text("#status") == "A new conversation has started.")
         device = page.device_id()
-        api = [r for r in sent_requests(browser) if "/api/" in r["url"]]
+        # The first visit asked the server for its id (POST /api/devices, no id of its own yet).
+        api = [r for r in sent_requests(browser) if "/api/" in r["url"] and not r["url"].endswith("/api/devices")]
         assert {(r["method"], r["url"].split("/api/")[1].split("?")[0]) for r in api} >= {
-            ("GET", "chat/messages"), ("GET", "chat/sessions"), ("POST", "chat"), ("POST", "chat/new")
+            ("GET", "chat/messages"), ("GET", "chat/sessions"), ("POST", "chat/stream"), ("POST", "chat/new"),
+            ("GET", "chat/stream/web/stream"),
         }
         for sent in api:
             headers = {k.lower(): v for k, v in sent["headers"].items()}
             assert headers.get("x-device-id") == device, sent
-        keys = [{k.lower(): v for k, v in r["headers"].items()}.get("idempotency-key") for r in api if r["method"] == "POST" and r["url"].endswith("/api/chat")]
-        assert len(keys) == 1 and keys[0]
         assert scalar(engine, "SELECT count(*) FROM conversation_states WHERE device_id = %(d)s", d=device) == 1
 
-    def test_each_message_gets_a_fresh_idempotency_key(self, page, browser):
+    def test_each_message_gets_a_fresh_message_id_its_idempotency_key(self, page, browser):
         sent_requests(browser)  # forget the page load
         page.say("hi")
         page.say("hi")
-        keys = [
-            {k.lower(): v for k, v in r["headers"].items()}["idempotency-key"]
-            for r in sent_requests(browser) if r["method"] == "POST" and r["url"].endswith("/api/chat")
+        ids = [
+            json.loads(r["body"])["messages"][-1]["id"]
+            for r in sent_requests(browser) if r["method"] == "POST" and r["url"].endswith("/api/chat/stream")
         ]
-        assert len(keys) == 2 and len(set(keys)) == 2
+        assert len(ids) == 2 and len(set(ids)) == 2
         assert page.replies()[0] == page.replies()[1]  # both answered: the second was not taken for a retry
 
 
@@ -93,12 +94,14 @@ class TestConversations:
         assert page.log() == []
         assert page.text("#lock") == "No agent is handling this conversation."
         page.wait(lambda: len(page.all("#sessions-list button")) == 2, "the old session is not listed")
+        page.find("#past summary").click()
         current, old = [b.text for b in page.all("#sessions-list button")]
         assert current.startswith("Current conversation") and current.endswith("0 messages")
         assert old.startswith("Conversation") and old.endswith("2 messages")
         page.reload()
         assert page.log() == []
         # The old one can be read again, and left.
+        page.find("#past summary").click()
         page.all("#sessions-list button")[1].click()
         page.wait(lambda: len(page.log()) == 2)
         assert page.log()[0] == ("user", "You", "I need to book an appointment")
@@ -174,7 +177,7 @@ class TestSignedIds:
 
 
 class TestWaitingAndErrors:
-    def test_a_queued_message_is_polled_until_its_reply_arrives(self, direct_url, browser, engine, tmp_path: Path):
+    def test_a_queued_message_is_streamed_once_its_turn_comes(self, direct_url, browser, engine, tmp_path: Path):
         release = tmp_path / "release"
         env = app_env(direct_url, agents="tests.web.agents:registry", chat_wait_seconds=1)
         env["WEB_TEST_RELEASE_FILE"] = str(release)
@@ -187,7 +190,7 @@ class TestWaitingAndErrors:
             )
             page.wait(lambda: scalar(engine, "SELECT count(*) FROM conversation_messages") == 1, "slow never arrived")
             page.type("hi")
-            page.wait(lambda: "queued" in page.text("#status"), "no waiting indicator for the queued message")
+            page.wait(lambda: "Waiting for the reply" in page.text("#status"), "no waiting indicator for the queued message")
             assert "waiting" in page.find("#status").get_attribute("class").split()
             assert page.replies() == []
             release.touch()

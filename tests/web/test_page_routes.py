@@ -18,6 +18,7 @@ from tests.utils.apps import app_client
 CSP = "default-src 'self'; base-uri 'self'; form-action 'self'; frame-ancestors 'self'"
 FILES = [
     ("/", "text/html"), ("/web/chat.js", "text/javascript"), ("/web/chat.css", "text/css"),
+    ("/web/chat-render.js", "text/javascript"), ("/web/chat-stream.js", "text/javascript"),
     ("/console", "text/html"), ("/web/console.js", "text/javascript"), ("/web/console.css", "text/css"),
 ]
 
@@ -40,15 +41,38 @@ def test_files_are_served_with_a_self_only_policy(client, path, kind):
 
 
 def test_the_page_loads_nothing_from_outside_the_app():
-    for name in ("index.html", "chat.js", "chat.css", "console.html", "console.js", "console.css"):
+    for name in ("index.html", "chat.js", "chat-render.js", "chat-stream.js", "chat.css", "console.html",
+                 "console.js", "console.css"):
         text = resources.files("app.web").joinpath(name).read_text(encoding="utf-8")
         # The SVG namespace is a name, never fetched.
         text = text.replace("http://www.w3.org/2000/svg", "")
         assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, re.IGNORECASE), name
-    for page_name, script in (("index.html", "web/chat.js"), ("console.html", "web/console.js")):
+    chat = ["web/vendor/marked.umd.js", "web/vendor/purify.min.js", "web/chat-render.js", "web/chat-stream.js",
+            "web/chat.js"]
+    for page_name, scripts in (("index.html", chat), ("console.html", ["web/console.js"])):
         page = resources.files("app.web").joinpath(page_name).read_text(encoding="utf-8")
         assert "<style" not in page and "style=" not in page and "onclick" not in page
-        assert re.findall(r'<script[^>]*src="([^"]+)"', page) == [script]
+        assert re.findall(r'<script[^>]*src="([^"]+)"', page) == scripts
+
+
+def test_the_markdown_renderer_and_sanitizer_are_served_from_the_package(client):
+    """make install copies them from the pinned npm packages (web/package-lock.json); npm is needed."""
+    from tests.web.page import vendor_built
+
+    if not vendor_built():
+        pytest.skip("marked and DOMPurify were not built: npm was missing at `make install`")
+    for name, marker in (("marked.umd.js", "marked v"), ("purify.min.js", "DOMPurify")):
+        response = client.get(f"/web/vendor/{name}")
+        assert response.status_code == 200 and marker in response.text[:400]
+        assert response.headers["content-type"].startswith("text/javascript")
+        assert response.headers["content-security-policy"] == CSP
+    lock = json.loads((ROOT / "web" / "package-lock.json").read_text(encoding="utf-8"))["packages"][""]
+    assert all(version[0].isdigit() for version in lock["dependencies"].values())  # pinned, no ranges
+
+
+@pytest.mark.parametrize("path", ["/web/vendor/other.js", "/web/vendor/", "/web/vendor/..%2Fchat.js"])
+def test_other_vendor_paths_are_404(client, path):
+    assert client.get(path).status_code == 404
 
 
 @pytest.mark.parametrize("path", ["/web/index.html", "/web/console.html", "/web/missing.js", "/web/..%2Fapp%2F__init__.py", "/web/"])

@@ -1,7 +1,10 @@
 """GET / (the web chat page) and GET /console (the operator console), with their files, from app/web.
 
-No build step and nothing from outside the app: the Content-Security-Policy allows
-only 'self', so the page can load no script, style, image or connection elsewhere.
+Nothing from outside the app: the Content-Security-Policy allows only 'self', so the
+page can load no script, style, image or connection elsewhere. GET /web/vendor/<name>
+serves the chat page's markdown renderer and sanitizer (marked, DOMPurify), which
+`make install` copies into app/web/vendor/ from the pinned npm packages (web/); where
+they were never built they are 404 and the page shows replies as plain text.
 """
 
 from __future__ import annotations
@@ -23,11 +26,14 @@ ASSETS = {
     "index.html": "text/html; charset=utf-8",
     "chat.css": "text/css; charset=utf-8",
     "chat.js": "text/javascript; charset=utf-8",
+    "chat-render.js": "text/javascript; charset=utf-8",
+    "chat-stream.js": "text/javascript; charset=utf-8",
     "console.html": "text/html; charset=utf-8",
     "console.css": "text/css; charset=utf-8",
     "console.js": "text/javascript; charset=utf-8",
 }
 PAGES = ("index.html", "console.html")
+VENDOR = {name: "text/javascript; charset=utf-8" for name in ("marked.umd.js", "purify.min.js")}
 
 
 @cache
@@ -36,8 +42,11 @@ def _asset(name: str) -> tuple[bytes, str]:
     return body, '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
 
 
-def _serve(name: str, if_none_match: str | None) -> Response:
-    body, etag = _asset(name)
+def _serve(name: str, if_none_match: str | None, media_type: str | None = None) -> Response:
+    try:
+        body, etag = _asset(name)
+    except FileNotFoundError:  # a vendor file never built (no npm at install): the page falls back
+        raise ApiError(404, "not_found", "no such file") from None
     headers = {
         "Content-Security-Policy": CSP,
         "X-Content-Type-Options": "nosniff",
@@ -48,7 +57,7 @@ def _serve(name: str, if_none_match: str | None) -> Response:
     }
     if if_none_match is not None and etag in (tag.strip() for tag in if_none_match.split(",")):
         return Response(status_code=304, headers=headers)
-    return Response(body, media_type=ASSETS[name], headers=headers)
+    return Response(body, media_type=media_type or ASSETS[name], headers=headers)
 
 
 @router.get("/")
@@ -69,3 +78,11 @@ def chat_asset(name: str, if_none_match: Annotated[str | None, Header()] = None)
     if name not in ASSETS or name in PAGES:
         raise ApiError(404, "not_found", "no such file")
     return _serve(name, if_none_match)
+
+
+@router.get("/web/vendor/{name}")
+def vendor_asset(name: str, if_none_match: Annotated[str | None, Header()] = None) -> Response:
+    """marked and DOMPurify's browser builds (text/javascript); 404 for anything else, or when never built."""
+    if name not in VENDOR:
+        raise ApiError(404, "not_found", "no such file")
+    return _serve(f"vendor/{name}", if_none_match, VENDOR[name])
