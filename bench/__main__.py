@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from app.core import migrate
 from bench.common import RESULTS, Bench, machine_info, table
 from bench.targets import evaluate
+from tests.utils import aio
 from tests.utils.postgres import postgres_server, scratch_database
 
 # One module per section, in the numbering; None marks a section still to be written.
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
               f"from {origin}, fsync={m['postgres_settings']['fsync']}", flush=True)
         for name in chosen:
             report["sections"][name] = _section(name, bench, failed)
+    aio.stop()  # the loop of the in-process pipeline runs (its thread would keep the process alive)
     report["targets"] = evaluate(report["sections"])
     report["notes"] = bench.notes
     report["failed_sections"] = failed

@@ -54,7 +54,7 @@ def run(b: Bench) -> dict[str, Any]:
 def populate(engine: Engine, total: int) -> None:
     """Fresh table: `total` rows from one INSERT ... SELECT generate_series, nine in ten expired."""
     with engine.begin() as conn:
-        conn.exec_driver_sql("TRUNCATE conversation_states")
+        conn.exec_driver_sql("TRUNCATE conversation_states CASCADE")  # and what hangs off a device (drafts)
         conn.exec_driver_sql(
             """
             INSERT INTO conversation_states (device_id, active_agent, locked_at, session_ttl, expires_at)
@@ -168,7 +168,7 @@ def populate_orphans(engine: Engine, orphans: int, live: int) -> None:
     """Fresh table: `orphans` idle rows (no lock, no lease, no pending message) last active 3 days ago, then
     `live` rows holding a lock, each from one INSERT ... SELECT generate_series."""
     with engine.begin() as conn:
-        conn.exec_driver_sql("TRUNCATE conversation_states, conversation_messages")
+        conn.exec_driver_sql("TRUNCATE conversation_states, conversation_messages CASCADE")
         conn.exec_driver_sql(
             """
             INSERT INTO conversation_states

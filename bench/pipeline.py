@@ -82,7 +82,7 @@ def run(b: Bench) -> dict[str, Any]:
 
 def reset(engine: Engine) -> None:
     with engine.begin() as conn:
-        conn.exec_driver_sql(f"TRUNCATE {TABLES}")
+        conn.exec_driver_sql(f"TRUNCATE {TABLES} CASCADE")  # and what hangs off a device (drafts)
     maintain(engine)
 
 
