@@ -49,7 +49,7 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess witho
         "app.agents.openai_agents needs the OpenAI Agents SDK: pip install -e '.[openai-agents]'"
     ) from err
 
-from app import validation
+from app import telemetry, validation
 from app.agents import MANAGER, AgentInput, AgentReply, Handoff, Keep, LockAction, Registry, Release
 from app.core.config import Settings
 from app.errors import AgentFailed, ConfigurationError, InvalidInput
@@ -94,10 +94,13 @@ class SdkEntry:
         """
         graph = self.graph
         try:
-            result = await Runner.run(
-                self.agent, input_items(message), context=message, max_turns=graph.max_turns,
-                run_config=graph.run_config,
-            )
+            # An OpenTelemetry span under the turn's (the SDK's own spans go to its tracing processors only).
+            with telemetry.sdk_run(self.agent.name) as traced:
+                result = await Runner.run(
+                    self.agent, input_items(message), context=message, max_turns=graph.max_turns,
+                    run_config=graph.run_config,
+                )
+                traced(result)
         except Exception as err:  # noqa: BLE001 - every failure takes the pipeline's failure path
             # The type only: an SDK or provider error's text may quote the conversation.
             logger.warning("SDK run from agent %s failed: %s", self.key, type(err).__name__)

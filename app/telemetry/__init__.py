@@ -115,6 +115,11 @@ def turn(settings: Settings, lease: Any, turn: Any, agent: str) -> contextlib.Ab
     return active().turn(settings, lease, turn, agent)
 
 
+def sdk_run(agent: str) -> contextlib.AbstractContextManager[Callable[[Any], None]]:
+    """The span of an OpenAI Agents SDK run (app/agents/openai_agents.py); call what it yields with the RunResult."""
+    return active().sdk_run(agent)
+
+
 def renewal(result: str) -> None:
     """A lease renewal during a turn: "renewed", "lost" or "failed"."""
     active().renewal(result)

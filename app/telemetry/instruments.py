@@ -13,6 +13,9 @@ is `agent_sessions.device.hash`, the keyed hash the logs use):
 | `agent_sessions.wait`    | reason (`lease_held`), queued (this process's waiters on the device), outcome |
 | `invoke_agent {agent}`   | gen_ai.operation.name, gen_ai.agent.name, gen_ai.conversation.id (session id), |
 |                          | turn.attempt, turn.messages (burst size), turn.outcome; `lease renewed` events |
+| `openai_agents.run {agent}` | an OpenAI Agents SDK run inside a turn (child of `invoke_agent`):          |
+|                          | gen_ai.agent.name (the SDK agent it starts at), agent_sessions.sdk.last_agent, |
+|                          | agent_sessions.sdk.requests (model calls), gen_ai.usage.input/output_tokens   |
 | `agent_sessions.finish`  | tenant, device hash                                                           |
 | `whatsapp.send`          | whatsapp.status, whatsapp.attempts                                            |
 
@@ -38,14 +41,20 @@ SCOPE = "agent-sessions"
 SECONDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120]
 COUNTS = [1, 2, 3, 5, 10, 20, 50, 100]
 TIMEOUT_PREFIX = "AgentTimeout"  # app/pipeline.py's error text of a turn cut at AGENT_TIMEOUT_SECONDS
-# Turn outcomes that are not an answer: the span's status is an error.
-FAULTS = {"timed_out", "failed", "lease_lost", "stopped", "error"}
+# Turn outcomes that are faults of the service: the span's status is an error. A turn the person
+# stopped (POST /api/chat/stop) is not one; a cancelled one (shutdown, its task gone) is.
+FAULTS = {"timed_out", "failed", "lease_lost", "cancelled", "error"}
 
 
 def turn_outcome(outcome: Any) -> str:
-    """answered, handoff, released, timed_out, failed or lease_lost, for an app.ledger.Outcome (None: lease lost)."""
+    """answered, handoff, released, stopped, timed_out, failed or lease_lost, for an app.ledger.Outcome.
+
+    None: the lease was lost. stopped: POST /api/chat/stop ended the turn (its partial reply is kept).
+    """
     if outcome is None:
         return "lease_lost"
+    if outcome.metadata.get("stopped"):
+        return "stopped"
     if outcome.status == "failed":
         return "timed_out" if (outcome.error or "").startswith(TIMEOUT_PREFIX) else "failed"
     if outcome.agent_after != outcome.agent_before:
@@ -62,7 +71,7 @@ class Wait:
         self.ended = False
 
     def end(self, outcome: str) -> None:
-        """Idempotent: the first outcome given wins (lease_taken, answered, queued, held, stopped)."""
+        """Idempotent: the first outcome given wins (lease_taken, answered, queued, held, cancelled)."""
         if self.ended:
             return
         self.ended = True
@@ -157,7 +166,7 @@ class Telemetry:
             yield wait
         except BaseException as err:
             wait.span.set_attribute("error.type", type(err).__name__)
-            wait.end("stopped" if _cancelled(err) else "error")
+            wait.end("cancelled" if _cancelled(err) else "error")
             raise
         finally:
             wait.end("queued")
@@ -185,7 +194,7 @@ class Telemetry:
                 yield record
             except BaseException as err:
                 # Cancelled (a shutdown, the request's task gone): the lease is given back, the turn runs again.
-                record.label = "stopped" if _cancelled(err) else "error"
+                record.label = "cancelled" if _cancelled(err) else "error"
                 span.set_attribute("error.type", type(err).__name__)
                 raise
             finally:
@@ -198,6 +207,26 @@ class Telemetry:
                 labels = {"gen_ai.agent.name": agent, "outcome": label}
                 self.turns.add(1, labels)
                 self.turn_duration.record(time.perf_counter() - started, labels)
+
+    @contextlib.contextmanager
+    def sdk_run(self, agent: str) -> Iterator[Callable[[Any], None]]:
+        """A span around one OpenAI Agents SDK run starting at SDK agent `agent`; call what it yields with the result.
+
+        The SDK's own spans go to its tracing processors, not to OpenTelemetry: this span is
+        what nests under the turn (the time in the models and tools, and the tokens).
+        """
+        with self.span(f"openai_agents.run {agent}", lambda: {"gen_ai.agent.name": agent}) as span:
+            def note(result: Any) -> None:
+                if not span.is_recording():
+                    return
+                usage = result.context_wrapper.usage
+                span.set_attributes({
+                    "agent_sessions.sdk.last_agent": result.last_agent.name,
+                    "agent_sessions.sdk.requests": usage.requests,
+                    "gen_ai.usage.input_tokens": usage.input_tokens,
+                    "gen_ai.usage.output_tokens": usage.output_tokens,
+                })
+            yield note
 
     # -- events and counts -------------------------------------------------------------------------
 
