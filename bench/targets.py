@@ -36,7 +36,18 @@ def evaluate(sections: dict[str, Any]) -> list[dict[str, Any]]:
     cold = sections.get("coldstart", {})
     label = f"cold import of {cold.get('module', 'app.lambda_handler')} <= 1.2x bare dependency import"
     rows.append(_at_most(label, cold.get("ratio_app/deps"), 1.2, "x"))
+    rows += _telemetry(sections.get("telemetry", {}))
     return rows
+
+
+def _telemetry(section: dict[str, Any]) -> list[dict[str, Any]]:
+    put, cold = section.get("throughput") or {}, section.get("cold_import") or {}
+    return [
+        _at_least("telemetry off (no OTEL_*): msg/s >= 0.97x without instrumentation (in process)",
+                  put.get("ratio_off/none"), 0.97, "x"),
+        _at_most("telemetry off: the OpenTelemetry API <= 0.05 of the Lambda handler's cold import (upper bound)",
+                 cold.get("api_share_of_unset_without_interpreter"), 0.05, ""),
+    ]
 
 
 def _slow_turns(slow: dict[str, Any]) -> list[dict[str, Any]]:
