@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import statistics
+import subprocess
 import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 from opentelemetry.sdk.metrics import MeterProvider
@@ -38,7 +40,7 @@ from app import telemetry
 from app.agents import load_registry
 from app.pipeline import Inbound, Pipeline
 from bench.chatload import SCRIPT, web_devices
-from bench.common import Bench, child_env, python, ratio, table
+from bench.common import Bench, child_env, paired_ratio, python, ratio, table
 from tests.utils import aio
 
 MODES = ("none", "off", "on")
@@ -52,7 +54,7 @@ API = "import opentelemetry.trace, opentelemetry.metrics"
 
 
 def run(b: Bench) -> dict[str, Any]:
-    rounds, messages = b.pick((6, 400), (2, 24))
+    rounds, messages = b.pick((12, 200), (2, 24))
     out: dict[str, Any] = {"throughput": throughput(b, rounds, messages), "cold_import": cold_import(b, b.pick(10, 3))}
     _print(out)
     return out
@@ -139,12 +141,36 @@ def throughput(b: Bench, rounds: int, messages: int) -> dict[str, Any]:
     finally:
         engine.dispose()
     median = {name: round(statistics.median(values), 1) for name, values in rates.items()}
+    calls_us = off_calls_us(settings)
     return {
+        # The calls a free device's message makes with nothing configured, timed alone: the part of
+        # "off" that a noisy shared machine cannot resolve in msg/s.
+        "off_calls_us_per_message": round(calls_us, 1),
+        "off_calls_share_of_message": round(calls_us / (1e6 / median["none"]), 4),
         "rounds": rounds, "messages_per_round": messages, "unexpected_results": wrong,
         "messages_per_s": median, "rounds_messages_per_s": {k: [round(v, 1) for v in vs] for k, vs in rates.items()},
         "spans_per_message_on": round(spans["on"] / (rounds * messages), 2),
-        "ratio_off/none": ratio(median["off"], median["none"]), "ratio_on/none": ratio(median["on"], median["none"]),
+        # Per round (the three modes ran back to back), then the median: load that drifts cancels out.
+        "ratio_off/none": paired_ratio(rates["off"], rates["none"]),
+        "ratio_on/none": paired_ratio(rates["on"], rates["none"]),
     }
+
+
+def off_calls_us(settings: Any, times: int = 20_000) -> float:
+    """Microseconds per message of the telemetry calls on a free device's path (claim, turn, finish), off."""
+    lease = SimpleNamespace(tenant="default", device=web_devices(1, "calls")[0])
+    turn = SimpleNamespace(attempt=1, messages=[None], last=SimpleNamespace(id=1, session_id="sess"))
+    outcome = SimpleNamespace(status="ok", agent="manager", agent_before=None, agent_after=None, error=None,
+                              metadata={})
+    started = time.perf_counter()
+    for _ in range(times):
+        with telemetry.span("agent_sessions.claim", settings, lease.tenant, lease.device):
+            pass
+        with telemetry.turn(settings, lease, turn, "manager") as traced:
+            traced.outcome(outcome)
+        with telemetry.span("agent_sessions.finish", settings, lease.tenant, lease.device):
+            pass
+    return (time.perf_counter() - started) / times * 1e6
 
 
 # -- cold import --------------------------------------------------------------------------------------
@@ -180,7 +206,7 @@ def cold_import(b: Bench, runs: int) -> dict[str, Any]:
     }
 
 
-def _check(proc, what: str):  # noqa: ANN001, ANN202
+def _check(proc: subprocess.CompletedProcess, what: str) -> subprocess.CompletedProcess:
     if proc.returncode:
         raise RuntimeError(f"`{IMPORT}` ({what}) failed with exit {proc.returncode}: {proc.stderr.strip()[-800:]}")
     return proc
@@ -190,12 +216,16 @@ def _print(out: dict[str, Any]) -> None:
     put = out["throughput"]
     rate = put["messages_per_s"]
     print(f"in-process pipeline, one message at a time: {put['rounds']} rounds x {put['messages_per_round']} "
-          f"messages per mode, median msg/s ({put['spans_per_message_on']} spans per message when on)")
+          f"messages per mode, median msg/s; vs none: median of the rounds' ratios "
+          f"({put['spans_per_message_on']} spans per message when on)")
     print(table(["mode", "msg/s", "vs none"], [
         ["none (no instrumentation)", rate["none"], 1.0],
         ["off (no OTEL_*: API no-ops)", rate["off"], put["ratio_off/none"]],
         ["on (in-memory exporter)", rate["on"], put["ratio_on/none"]],
     ]))
+    print(f"the telemetry calls of one message with nothing configured, timed alone: "
+          f"{put['off_calls_us_per_message']} us, {put['off_calls_share_of_message'] * 100:.2f}% of a message at the "
+          "`none` rate")
     cold = out["cold_import"]
     med = cold["median_ms"]
     print(f"cold `{IMPORT}`, median of {cold['runs']} fresh processes")
