@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import psycopg
 import sqlalchemy as sa
 from psycopg.rows import dict_row, tuple_row
@@ -348,7 +349,8 @@ async def _arun_once(engine: Engine, pools: LockPools, sql: str, params: dict[st
         else:
             result = await _aexecute(conn, sql, params, rows)
     except psycopg.Error as err:
-        await pool.putconn(conn)
+        with anyio.CancelScope(shield=True):
+            await pool.putconn(conn)
         if _disconnected(engine, conn, err):
             pools.failed_at = time.monotonic()
             await pools.adrain()
@@ -359,11 +361,14 @@ async def _arun_once(engine: Engine, pools: LockPools, sql: str, params: dict[st
         raise _store_error(err) from err
     except BaseException:
         # Cancelled (a timeout, a stop) or interrupted mid-statement: the connection's state
-        # is unknown, so it is closed, never handed to the next caller.
-        await conn.close()
-        await pool.putconn(conn)
+        # is unknown, so it is closed, never handed to the next caller. Shielded: inside a
+        # cancelled scope every await raises again, and the pool would lose the slot for good.
+        with anyio.CancelScope(shield=True):
+            await conn.close()
+            await pool.putconn(conn)
         raise
-    await pool.putconn(conn)
+    with anyio.CancelScope(shield=True):  # a cancellation arriving now must not keep the slot either
+        await pool.putconn(conn)
     return result
 
 

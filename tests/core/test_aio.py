@@ -6,7 +6,8 @@ import asyncio
 import threading
 
 from app.core.aio import call_async
-from app.core.db import arun, lock_pools
+from app.core.db import arun, lock_pools, make_engine
+from tests.conftest import make_settings
 
 
 async def running_loop() -> asyncio.AbstractEventLoop:
@@ -29,8 +30,12 @@ def test_another_thread_gets_a_loop_of_its_own():
     assert there and there[0] is not here
 
 
-def test_the_pools_a_call_made_are_closed_when_it_returns(engine):
-    assert call_async(arun, engine, "SELECT 1 AS one", {}) == {"one": 1}
-    # The connection went back to a pool that was then closed: no pool (nor its worker tasks) is
-    # left waiting on a loop that runs only during calls.
-    assert lock_pools(engine).idle() == 0
+def test_the_pools_a_call_made_are_closed_when_it_returns(database_url):
+    engine = make_engine(make_settings(database_url))  # its own: the shared one has pools on other loops
+    try:
+        assert call_async(arun, engine, "SELECT 1 AS one", {}) == {"one": 1}
+        # The connection went back to a pool that was then closed: no pool (nor its worker tasks)
+        # is left waiting on a loop that runs only during calls.
+        assert lock_pools(engine).idle() == 0
+    finally:
+        engine.dispose()
