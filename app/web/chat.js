@@ -637,7 +637,9 @@
   // Start afresh on the server (a new session, or nothing left at all), then show an empty conversation.
   async function restart(method, path, status, retry) {
     clearError();
+    setBusy(true); // a history refresh waits until the log is cleared, then shows the new (empty) session
     try {
+      if (refreshing) await refreshing;
       await asDevice(() => request(method, path));
       viewing = null;
       ui.viewing.hidden = true;
@@ -651,6 +653,8 @@
     } catch (error) {
       showError(error, retry);
       ui.input.focus();
+    } finally {
+      setBusy(false);
     }
   }
 
