@@ -47,7 +47,7 @@ bench-quick: install
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
 	$(BIN)/python -m bench --quick $(BENCH_ARGS)
 
-# The inbox screenshots in docs/images/, from a running server (SCREENSHOT_URL, default
+# The inbox and chat page screenshots in docs/images/ (1280x800, 390x844), from a running server (SCREENSHOT_URL, default
 # http://127.0.0.1:8000) with ADMIN_KEY a key of the tenant `default`; see tests/web/screenshots.py.
 screenshots: install
 	$(BIN)/python -m tests.web.screenshots

@@ -7,6 +7,8 @@ HISTORY (admin)  -> the device's sessions, newest first (the admin API's stateme
 DELETE_SESSION   -> the messages of one session of the device, in one statement; the state row (lock,
                     context, lease) is not touched; found is false for a session the device does not have;
                     keyed hashes of its channel message ids stay for the replay window (app/erasure.py)
+DEVICE_NOW       -> one row, one statement, by primary keys: the device's newest message id (any session, with
+                    messages still waiting) and its live lock; what the chat page's event stream compares
 ERASE (admin)    -> state, messages (with their deduplication ids) and audit of the device, all or nothing;
                     as DELETE_SESSION, the keyed hashes of its channel message ids stay
 
@@ -23,8 +25,9 @@ from sqlalchemy.engine import Engine
 
 from app import validation
 from app.admin.statements import ERASE, HISTORY, KEY
-from app.core.db import run
+from app.core.db import arun, run
 from app.erasure import NO_GUARD, ReplayGuard, keep_erased
+from app.sql import live_agent, live_until
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +60,14 @@ LEFT JOIN LATERAL (
     LIMIT %(limit)s
 ) p ON f.found
 ORDER BY p.id DESC
+"""
+
+DEVICE_NOW = f"""
+SELECT (SELECT max(m.id) FROM conversation_messages m WHERE {DEVICE}) AS newest,
+       l.agent, l.expires_at
+FROM (SELECT 1) one
+LEFT JOIN (SELECT {live_agent("s")} AS agent, {live_until("s")} AS expires_at
+           FROM conversation_states s WHERE {KEY}) l ON true
 """
 
 # Messages still waiting for their answer (no session id yet) are left to be answered.
@@ -98,6 +109,13 @@ class ChatHistory:
         if not rows or not rows[0]["found"]:
             return None
         return [row for row in rows if row["id"] is not None]
+
+    async def now(self, tenant: str, device: str) -> dict[str, Any]:
+        """{"newest": the device's newest message id or None, "lock": {"agent", "expires_at" (ISO 8601)}},
+        the lock's fields None when no live lock is held. StoreUnavailable / StoreError as arun."""
+        row = await arun(self.engine, DEVICE_NOW, self._key(tenant, device), read_only=True)
+        expires_at = row["expires_at"].isoformat() if row["expires_at"] else None
+        return {"newest": row["newest"], "lock": {"agent": row["agent"], "expires_at": expires_at}}
 
     def sessions(self, tenant: str, device: str) -> list[dict[str, Any]]:
         """The device's sessions, newest first (empty for a device with no data)."""

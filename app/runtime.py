@@ -7,7 +7,8 @@ One `Runtime` per process (built with the services), shared by every pipeline:
 | `slot()`       | MAX_CONCURRENT_TURNS requests inside the pipeline at once; past it `Overloaded`      |
 | `agent_threads`| AGENT_THREADS sync agents running at once (an async agent takes no thread)           |
 | `wakeups`      | a waiter sleeps until its device's turn finishes in this process, or its poll is due |
-|                | (a finished turn also wakes its tenant's `watch`ers: the console's event streams)   |
+|                | (a finished turn also wakes its tenant's `watch`ers, the consoles' event streams,   |
+|                | and its device's `watch_device`ers, the chat pages' event streams)                  |
 | `closing`      | set at shutdown: no new turn starts                                                  |
 | `holding()`    | counts the leases held in this process; `settle()` waits until none is (shutdown)    |
 | `streams`      | the drafts being written here and the task group of streamed turns (app/streams)     |
@@ -46,6 +47,7 @@ class Wakeups:
     def __init__(self) -> None:
         self._events: dict[tuple[str, str], tuple[anyio.Event, list[int]]] = {}
         self._tenants: dict[str, anyio.Event] = {}
+        self._devices: dict[tuple[str, str], tuple[anyio.Event, list[int]]] = {}
 
     async def wait(self, key: tuple[str, str], seconds: float) -> bool:
         """Sleep until key is notified or seconds pass; True when notified."""
@@ -69,6 +71,14 @@ class Wakeups:
         entry = self._events.pop(key, None)
         if entry is not None:
             entry[0].set()
+        self.changed(key)
+
+    def changed(self, key: tuple[str, str]) -> None:
+        """Wake the event streams showing key (its chat pages, its tenant's consoles), not the turn's waiters:
+        something people see changed (an operator took over, replied, released)."""
+        watched = self._devices.pop(key, None)
+        if watched is not None:
+            watched[0].set()
         self.notify_tenant(key[0])
 
     async def watch(self, tenant: str, seconds: float) -> bool:
@@ -83,6 +93,26 @@ class Wakeups:
             await event.wait()
             return True
         return False
+
+    async def watch_device(self, key: tuple[str, str], seconds: float) -> bool:
+        """Sleep until key (tenant, device) is notified in this process or seconds pass; True when woken.
+
+        As `wait`, but apart from the turn's waiters: the event exists while someone watches.
+        """
+        entry = self._devices.get(key)
+        if entry is None:
+            entry = self._devices[key] = (anyio.Event(), [0])
+        event, watchers = entry
+        watchers[0] += 1
+        try:
+            with anyio.move_on_after(seconds):
+                await event.wait()
+                return True
+            return False
+        finally:
+            watchers[0] -= 1
+            if not watchers[0] and self._devices.get(key) is entry:
+                del self._devices[key]
 
     def notify_tenant(self, tenant: str) -> None:
         """Wake every watcher of tenant (a turn finished, an operator acted)."""

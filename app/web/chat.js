@@ -1,7 +1,10 @@
 // The web chat page: one device (its id in localStorage) talking to /api/chat/stream, the AI SDK's UI
 // message stream. Replies appear as they are written, Stop asks the server to stop the turn, and a reload
-// in mid-reply picks the stream up again. Replies are rendered as sanitized markdown (chat-render.js);
-// everything else from the server is set with textContent. No build step.
+// in mid-reply picks the stream up again. New messages that come without a request of the page (a person's
+// reply during a takeover, a queued message's reply) and the lock come from one event stream per page
+// (GET /api/chat/events); while it is down a fallback poll runs. Reads of the history never overlap.
+// Replies are rendered as sanitized markdown (chat-render.js); everything else from the server is set with
+// textContent. No build step.
 "use strict";
 
 (() => {
@@ -12,7 +15,8 @@
   const NEAR_LIMIT = LIMIT - 200; // the count shows from here
   const SEND_ATTEMPTS = 4; // tries per message on network errors, with the same message id (idempotent)
   const RESUMES = 20; // streams followed in a row after a reload (each a turn in flight)
-  const PERSON_POLL_MS = [3000, 60000]; // first and longest pause while a person holds the conversation
+  const FALLBACK_MS = 10000; // the poll while the event stream is down, each after the previous one
+  const RECONNECT_MS = 3000; // a new event stream after one ended or failed
   const HUMAN = "human"; // the lock holder while a person has taken the conversation over
 
   const $ = (id) => document.getElementById(id);
@@ -31,7 +35,12 @@
   let newestId = 0; // the newest message id shown from history
   let retryAction = null;
   let lock = { agent: null, expires_at: null }; // as the server last said (data-lock, history)
-  let following = false; // polling for a person's replies
+  let latest = null; // what the event stream last said: {newest: message id, lock}
+  let refreshing = null; // the history refresh in flight (a promise)
+  let again = false; // asked for while one ran
+  let stale = false; // asked for while a reply streamed or an earlier conversation was shown
+  let polling = false; // the next refresh asks the server for the newest message itself (stream down)
+  let fallback = null; // timer of the fallback poll
 
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
   const length = (text) => [...text].length; // code points, as the server counts
@@ -152,6 +161,7 @@
     ui.stop.disabled = false;
     ui.send.hidden = streaming;
     updateCount();
+    if (!value && stale) refresh();
   }
 
   function time(value) {
@@ -167,7 +177,6 @@
     ui.lock.textContent = "";
     if (lock.agent === HUMAN) {
       ui.lock.append("A person is handling this conversation", lock.expires_at ? ` until ${time(lock.expires_at)}` : "");
-      followPerson();
     } else if (!lock.agent) {
       ui.lock.textContent = "No agent is handling this conversation.";
     } else {
@@ -299,33 +308,87 @@
     ui.older.hidden = nextBefore === null;
   }
 
-  // While a person holds the conversation their replies arrive without a request of ours: look for
-  // new messages, never two requests at once, pausing longer while nothing comes, until the lock
-  // (as the server last said) passes back or expires.
-  async function followPerson() {
-    if (following) return;
-    following = true;
-    let pause = PERSON_POLL_MS[0];
-    try {
-      while (lock.agent === HUMAN && !(lock.expires_at && Date.parse(lock.expires_at) < Date.now())) {
-        await sleep(pause);
-        pause = Math.min(pause * 1.5, PERSON_POLL_MS[1]);
-        if (busy || viewing || lock.agent !== HUMAN) continue;
-        try {
-          const { data } = await asDevice(() => request("GET", "api/chat/messages?limit=1"));
-          const newest = data.items[0];
-          if (newest && newest.id > newestId) {
-            await loadHistory();
-            pause = PERSON_POLL_MS[0];
-            if (newest.role === "assistant" && newest.agent === HUMAN) setStatus("");
-          }
-        } catch {
-          // shown on the next try: a person's reply is never lost, only late
-        }
-      }
-    } finally {
-      following = false;
+  // New messages the page did not ask for (a person's reply, a queued message's reply): the history again,
+  // when the event stream (or, while it is down, the fallback poll) says there is something newer than
+  // what is shown. Never two at once: asked for during one, it runs once more after it; asked for while a
+  // reply streams or an earlier conversation is shown, it runs when that ends.
+  function refresh() {
+    if (busy || viewing) {
+      stale = true;
+      return refreshing || Promise.resolve();
     }
+    if (refreshing) {
+      again = true;
+      return refreshing;
+    }
+    stale = false;
+    refreshing = (async () => {
+      do {
+        again = false;
+        try {
+          await refreshOnce();
+        } catch {
+          // the next change or poll tries again: a reply is never lost, only late
+        }
+      } while (again && !busy && !viewing);
+      if (again) stale = true; // a send or an earlier conversation came in between: after it
+      again = false;
+    })().finally(() => { refreshing = null; });
+    return refreshing;
+  }
+
+  async function refreshOnce() {
+    if (polling) {
+      polling = false;
+      const { data } = await asDevice(() => request("GET", "api/chat/messages?limit=1"));
+      if (!data.items.length || data.items[0].id <= newestId) return;
+    } else if (!latest || !(latest.newest > newestId)) {
+      return;
+    }
+    const newest = await loadHistory();
+    if (newest && newest.role === "assistant" && newest.agent === HUMAN) setStatus("");
+  }
+
+  function changed(data) {
+    latest = data;
+    showLock(data.lock);
+    refresh();
+  }
+
+  // The page's one event stream, read with fetch so the device id goes in its header as on every other
+  // request. When it ends (the server closes it every few minutes) or fails, a new one opens after
+  // RECONNECT_MS; while none is open, the fallback poll runs.
+  let listening = false;
+  function listen() {
+    if (listening) return;
+    listening = true;
+    followEvents();
+  }
+
+  async function followEvents() {
+    try {
+      const { response } = await asDevice(() => request("GET", "api/chat/events", { stream: true }));
+      document.body.dataset.stream = "open";
+      clearTimeout(fallback);
+      fallback = null;
+      await ChatStream.events(response, (name, data) => { if (name === "changed") changed(data); });
+    } catch {
+      // down: the fallback poll covers it until a new stream opens
+    }
+    document.body.dataset.stream = "closed";
+    poll();
+    setTimeout(followEvents, RECONNECT_MS);
+  }
+
+  function poll() {
+    if (fallback) return;
+    fallback = setTimeout(async () => {
+      fallback = null;
+      if (document.body.dataset.stream === "open") return;
+      polling = true;
+      await refresh();
+      poll();
+    }, FALLBACK_MS);
   }
 
   async function loadSessions() {
@@ -494,6 +557,7 @@
       return;
     }
     setBusy(true);
+    if (refreshing) await refreshing; // it ends now (busy): its redraw must not take this message away
     clearError();
     showChoices([]);
     const body = { id: CHAT_ID, messages: [{ id: uuid4(), role: "user", parts: [{ type: "text", text }] }] };
@@ -573,7 +637,9 @@
   // Start afresh on the server (a new session, or nothing left at all), then show an empty conversation.
   async function restart(method, path, status, retry) {
     clearError();
+    setBusy(true); // a history refresh waits until the log is cleared, then shows the new (empty) session
     try {
+      if (refreshing) await refreshing;
       await asDevice(() => request(method, path));
       viewing = null;
       ui.viewing.hidden = true;
@@ -587,6 +653,8 @@
     } catch (error) {
       showError(error, retry);
       ui.input.focus();
+    } finally {
+      setBusy(false);
     }
   }
 
@@ -612,8 +680,6 @@
       showError(error, start);
       return;
     }
-    // The takeover state as the API gives it: the newest reply's agent.
-    if (newest && newest.role === "assistant" && newest.agent === HUMAN) showLock({ agent: HUMAN, expires_at: null });
     document.body.dataset.ready = "true";
     // A reply still being written (or owed) is picked up where it is.
     setBusy(true);
@@ -625,6 +691,8 @@
     } finally {
       setBusy(false);
     }
+    // From here the lock and new messages come from the event stream (its first event says both at once).
+    listen();
   }
 
   ui.form.addEventListener("submit", (event) => {

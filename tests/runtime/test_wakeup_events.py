@@ -51,3 +51,37 @@ async def _other_device() -> tuple[bool, int]:
 
 def test_a_notify_for_another_device_wakes_nobody():
     assert aio.run(_other_device) == (False, 0)
+
+
+async def _device_watch() -> tuple[list[str], bool, int, int]:
+    """A chat page's stream watches its device: a finished turn and an operator action wake it; the turn's
+    waiters sleep through the operator action; another device's changes wake nobody."""
+    wakeups = Wakeups()
+    woken: list[str] = []
+
+    async def watcher(name: str) -> None:
+        if await wakeups.watch_device(KEY, 60):
+            woken.append(name)
+
+    async def waiter() -> None:
+        if await wakeups.wait(KEY, 60):
+            woken.append("waiter")
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(watcher, "first")
+        group.start_soon(waiter)
+        await anyio.wait_all_tasks_blocked()
+        wakeups.changed(("default", "someone-else"))
+        wakeups.changed(KEY)  # an operator replied: the page, not the turn's waiter
+        await anyio.wait_all_tasks_blocked()
+        group.start_soon(watcher, "second")
+        await anyio.wait_all_tasks_blocked()
+        wakeups.notify(KEY)  # a turn finished: both
+    timed_out = await wakeups.watch_device(KEY, 0)
+    return woken, timed_out, len(wakeups._devices), len(wakeups)
+
+
+def test_a_device_watch_wakes_on_its_turns_and_operator_actions_and_leaves_nothing_behind():
+    woken, timed_out, devices_left, waiters_left = aio.run(_device_watch)
+    assert woken == ["first", "second", "waiter"] or woken == ["first", "waiter", "second"]
+    assert (timed_out, devices_left, waiters_left) == (False, 0, 0)

@@ -1,11 +1,13 @@
-"""`make screenshots`: fill a running server with a few conversations and photograph the inbox at both sizes.
+"""`make screenshots`: fill a running server with a few conversations, photograph the inbox and the chat page.
 
     SCREENSHOT_URL=http://127.0.0.1:8000 ADMIN_KEY=... [WHATSAPP_APP_SECRET=...] python -m tests.web.screenshots
 
 ADMIN_KEY is a key of the tenant `default`. With WHATSAPP_APP_SECRET (the server's), one conversation
 comes in through the signed webhook, so a WhatsApp conversation shows too. Writes
-docs/images/inbox-1280.png, inbox-390.png and inbox-390-conversation.png. Headless Debian
-Chromium (tests/utils/browser.py); every conversation it makes is a new device on that server.
+docs/images/inbox-1280.png, inbox-390.png and inbox-390-conversation.png, then books an
+appointment on the chat page (the demo agents) and writes chat-1280.png and chat-390.png,
+as tests/web/test_chat_layout.py does. Headless Debian Chromium (tests/utils/browser.py);
+every conversation it makes is a new device on that server.
 """
 
 from __future__ import annotations
@@ -38,6 +40,27 @@ def seed(url: str, key: str, secret: str | None) -> str:
     return device
 
 
+def chat(url: str, tmp: Path, name: str, width: int, height: int) -> None:
+    """The booking conversation on the chat page at width x height, up to the confirmation and its choices."""
+    from tests.web.page import ChatPage
+
+    driver = chromium(tmp / f"chat-{name}", width=width, height=height)
+    try:
+        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+            "width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600,
+        })
+        page = ChatPage(driver, url).open()
+        for text in ("hi", "I need to book an appointment"):
+            page.say(text)
+        page.find("#choices button").click()  # a weekday
+        page.wait(lambda: page.replies()[-1].startswith("What time on") and page.idle(), "no reply to the choice")
+        page.say("10am")
+        page.wait(lambda: bool(page.all("#choices button")), "no choices after the confirmation question")
+        driver.save_screenshot(str(OUT / f"chat-{width}.png"))
+    finally:
+        driver.quit()
+
+
 def main() -> int:
     url = os.environ.get("SCREENSHOT_URL", "http://127.0.0.1:8000").rstrip("/")
     key = os.environ.get("ADMIN_KEY")
@@ -67,6 +90,8 @@ def main() -> int:
                     driver.save_screenshot(str(OUT / "inbox-390-conversation.png"))
             finally:
                 driver.quit()
+        for name, (width, height) in SIZES.items():
+            chat(url, Path(tmp), name, width, height)
     print(f"screenshots written to {OUT}")
     return 0
 

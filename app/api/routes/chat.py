@@ -5,6 +5,12 @@ tenant when DEVICE_ID_SECRET is set; 400 missing or malformed, 401 unsigned or s
 another tenant) and X-Tenant-ID (one of WEB_TENANTS, else 400 unknown_tenant).
 A device sees only its own data: another device's session answers the same 404
 as a session that does not exist.
+
+GET /api/chat/events is read with fetch (as the streamed replies are), not EventSource:
+EventSource cannot send headers, and the device id in a query string would land in
+access logs, proxies and browser history, and need a second way of authenticating.
+With the header the stream is authenticated, and bound to the device's tenant, exactly
+as every other route here.
 """
 
 from __future__ import annotations
@@ -13,13 +19,14 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import AfterValidator, BaseModel, Field
 
 from app import devices, rate_limits
 from app.api.auth import WebDevice, WebTenant
-from app.api.deps import AppSettings, Db, History, Pipe, Sessions
+from app.api.deps import AppServices, AppSettings, Db, History, Pipe, Sessions
 from app.api.errors import ApiError, ErrorBody
+from app.api.events import change_events
 from app.pipeline import Inbound, Result
 from app.admin.transfer import ID_SCHEMA, MAX_ID
 
@@ -204,6 +211,17 @@ def my_messages(
         raise ApiError(404, "not_found", NO_SESSION)
     items = [MessageItem(**row) for row in rows[:limit]]
     return MessagePage(items=items, next_before=items[-1].id if len(rows) > limit else None)
+
+
+@router.get("/api/chat/events", responses={**_errors(), 200: {"content": {"text/event-stream": {}}}})
+async def my_events(device: WebDevice, history: History, services: AppServices) -> StreamingResponse:
+    """Server-sent events for the chat page: `changed` with {"newest": the device's newest message id or null,
+    "lock": {"agent", "expires_at"}}, at once, then whenever either changes (an operator's reply or takeover, a
+    queued message's reply): woken in this process by the device's turns and operator actions, else by a poll
+    at most once a second; see app/api/events.py."""
+    key = (device.tenant_id, device.device_id)
+    return change_events(lambda: history.now(*key), lambda seconds: services.runtime.wakeups.watch_device(key, seconds),
+                         services.runtime)
 
 
 @router.get("/api/chat/sessions", response_model=SessionList, responses=_errors())

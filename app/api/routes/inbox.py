@@ -3,22 +3,16 @@
 Admin keys and tenants as the session admin API. The event stream
 (GET /api/inbox/events, text/event-stream) sends `event: changed` whenever something the
 inbox shows may have changed: at once when a turn of the tenant finishes in this process
-(app.runtime Wakeups.watch), else when its poll of the database sees it (other instances,
-operator actions, status callbacks). It runs at most one statement a second, and one
-every POLL_SECONDS while nothing wakes it; a comment line every HEARTBEAT_SECONDS keeps
-proxies from closing it; it ends after STREAM_SECONDS (or at shutdown) and the page
-opens a new one.
+or an operator acts in this process (app.runtime Wakeups.watch), else when its poll of the
+database sees it (other instances, status callbacks); pace, heartbeat and length as
+app/api/events.py says.
 """
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Literal
 
-import anyio
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
@@ -28,15 +22,11 @@ from app.agents import HUMAN, display_name
 from app.api.auth import AdminTenant
 from app.api.deps import Agents, AppServices, Db
 from app.api.errors import ErrorBody
-from app.errors import StoreUnavailable
+from app.api.events import change_events
 from app.sql import DELIVERY_STATES
 
 router = APIRouter(tags=["inbox"])
 
-POLL_SECONDS = 2.0  # without an in-process wake-up: how often a stream asks the database
-MIN_INTERVAL_SECONDS = 1.0  # never more than one statement a second per stream
-HEARTBEAT_SECONDS = 15.0
-STREAM_SECONDS = 300.0
 ERRORS = {code: {"model": ErrorBody} for code in (401, 422)}
 
 
@@ -111,35 +101,11 @@ async def agents(tenant: AdminTenant, registry: Agents) -> AgentList:
     return AgentList(items=[AgentName(key=key, display_name=display_name(registry, key)) for key in keys])
 
 
-def _event(name: str, data: dict) -> bytes:
-    return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
-
-
 @router.get("/api/inbox/events", responses={**ERRORS, 200: {"content": {"text/event-stream": {}}}})
 async def inbox_events(tenant: AdminTenant, store: Inbox, services: AppServices) -> StreamingResponse:
     """Server-sent events: `changed` (data {"token"}) when the inbox may have changed; see the module doc."""
-    wakeups = services.runtime.wakeups
 
-    async def stream() -> AsyncIterator[bytes]:
-        yield b"retry: 3000\n\n"
-        seen, asked, beat = None, 0.0, time.monotonic()
-        end = time.monotonic() + STREAM_SECONDS
-        while time.monotonic() < end and not services.runtime.closing:
-            pause = MIN_INTERVAL_SECONDS - (time.monotonic() - asked)
-            if pause > 0:
-                await anyio.sleep(pause)
-            asked = time.monotonic()
-            try:
-                token = await store.changes(tenant)
-            except StoreUnavailable:
-                token = seen  # the page keeps what it has; the next poll asks again
-            if token != seen:
-                seen, beat = token, time.monotonic()
-                yield _event("changed", {"token": token})
-            elif time.monotonic() - beat >= HEARTBEAT_SECONDS:
-                beat = time.monotonic()
-                yield b": keep-alive\n\n"
-            await wakeups.watch(tenant, min(POLL_SECONDS, max(0.0, end - time.monotonic())))
+    async def ask() -> dict[str, str]:
+        return {"token": await store.changes(tenant)}
 
-    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-    return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+    return change_events(ask, lambda seconds: services.runtime.wakeups.watch(tenant, seconds), services.runtime)

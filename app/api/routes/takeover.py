@@ -15,7 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from app.devices import canonical_device_id
 from app import validation
 from app.api.auth import AdminTenant
-from app.api.deps import Agents, Db, OperatorSend, Pipe
+from app.api.deps import Agents, AppServices, Db, OperatorSend, Pipe
 from app.api.errors import ApiError
 from app.admin.schemas import Ttl
 from app.admin.transfer import AgentKey
@@ -129,19 +129,21 @@ class StoredMessage(BaseModel):
 
 @router.post("/api/sessions/{device_id}/takeover", response_model=TakeoverLock, responses=_errors(404))
 async def take_over(
-    device_id: DeviceId, body: TakeoverRequest, tenant: AdminTenant, store: Takeovers
+    device_id: DeviceId, body: TakeoverRequest, tenant: AdminTenant, store: Takeovers, services: AppServices
 ) -> TakeoverLock:
     """A person takes the conversation: the lock becomes `human` (audited as "takeover"), whatever held it."""
-    row = await store.take_over(tenant, canonical_device_id(device_id), body.operator, body.ttl)
+    device = canonical_device_id(device_id)
+    row = await store.take_over(tenant, device, body.operator, body.ttl)
     if row is None:
         raise _not_found()
+    services.runtime.wakeups.changed((tenant, device))  # the device's chat pages and the consoles here, at once
     return TakeoverLock(agent=row["active_agent"], **{k: v for k, v in row.items() if k != "active_agent"})
 
 
 @router.delete("/api/sessions/{device_id}/takeover", response_model=Released, responses=_errors(404, 409))
 async def release(
     device_id: DeviceId, tenant: AdminTenant, store: Takeovers, pipeline: Pipe, send: OperatorSend, registry: Agents,
-    body: Annotated[ReleaseRequest | None, Body()] = None,
+    services: AppServices, body: Annotated[ReleaseRequest | None, Body()] = None,
 ) -> Released:
     """Hand the conversation back to the bot (audited as "release"): by default to the agent the takeover
     displaced, where it was; answer_held: the bot answers the held messages no operator reply answered."""
@@ -155,6 +157,7 @@ async def release(
         raise _not_found()
     if not row["taken"]:
         raise ApiError(409, "not_taken_over", "no person holds this conversation (released, or the lock expired)")
+    services.runtime.wakeups.changed((tenant, device))
     answered = 0
     if row["resumed"]:
         answered = await pipeline.drain(tenant, device, send.on_reply(pipeline))
@@ -166,7 +169,8 @@ async def release(
     "/api/sessions/{device_id}/messages", status_code=201, response_model=StoredMessage, responses=_errors(404, 409)
 )
 async def operator_reply(
-    device_id: DeviceId, body: OperatorMessage, tenant: AdminTenant, store: Takeovers, send: OperatorSend
+    device_id: DeviceId, body: OperatorMessage, tenant: AdminTenant, store: Takeovers, send: OperatorSend,
+    services: AppServices,
 ) -> StoredMessage:
     """The operator's reply: stored as the `human` agent's, sent through the device's channel, slides the lock."""
     device = canonical_device_id(device_id)
@@ -185,5 +189,6 @@ async def operator_reply(
     if reply.refused == "template_needs_whatsapp":
         raise ApiError(422, "template_needs_whatsapp", "templates can only be sent to WhatsApp devices")
     message = reply.message
+    services.runtime.wakeups.changed((tenant, device))
     delivery = await send.deliver(message["id"]) if reply.channel == "whatsapp" else None
     return StoredMessage(**message, channel=reply.channel, delivery=delivery, lock_expires_at=reply.lock_expires_at)

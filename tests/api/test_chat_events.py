@@ -1,0 +1,69 @@
+"""GET /api/chat/events: the device's own event stream, under the same device rules as the other chat routes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from app import devices
+from tests.utils.server import Server, app_env, running_app
+
+SECRET = "chat-events-device-secret"
+ADMIN_KEY = "chat-events-api-admin-key-3c9e"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+@pytest.fixture(scope="module")
+def server(direct_url: str) -> Iterator[Server]:
+    env = app_env(direct_url, device_id_secret=SECRET, web_tenants="default,acme",
+                  admin_api_keys=f"default:{ADMIN_KEY}")
+    with running_app(env) as server:
+        yield server
+
+
+def events(response: httpx.Response) -> Iterator[dict]:
+    """The data of each `changed` event of an open stream, as they come."""
+    name = None
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            name = line[len("event: "):]
+        elif line.startswith("data: ") and name == "changed":
+            yield json.loads(line[len("data: "):])
+
+
+def test_the_stream_says_at_once_what_the_page_shows_then_each_change(server, engine):
+    device = devices.issue(SECRET)
+    headers = {"X-Device-ID": device}
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        assert client.post("/api/chat", json={"message": "I need to book an appointment"},
+                           headers=headers).status_code == 200
+        with client.stream("GET", "/api/chat/events", headers=headers) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            seen = events(response)
+            first = next(seen)
+            assert first["lock"]["agent"] == "scheduling" and first["newest"] > 0
+            uuid = device.split(".")[0]
+            assert client.post(f"/api/sessions/{uuid}/takeover", json={"operator": "Ana"},
+                               headers=ADMIN).status_code == 200
+            second = next(seen)
+            assert second["lock"]["agent"] == "human" and second["newest"] == first["newest"]
+            reply = client.post(f"/api/sessions/{uuid}/messages", json={"text": "Ana here"}, headers=ADMIN)
+            assert reply.status_code == 201
+            third = next(seen)
+            assert third["newest"] == reply.json()["id"] and third["lock"]["agent"] == "human"
+
+
+@pytest.mark.parametrize(("headers", "status", "code"), [
+    ({}, 400, "missing_device_id"),
+    ({"X-Device-ID": "not-a-device"}, 401, "invalid_device_signature"),
+    ({"X-Device-ID": "9b2f4a1e-0c3d-4e5f-8a7b-6c5d4e3f2a1b"}, 401, "invalid_device_signature"),  # unsigned
+    ({"X-Device-ID": devices.issue(SECRET, "acme")}, 401, "invalid_device_signature"),  # another tenant's
+    ({"X-Device-ID": devices.issue(SECRET), "X-Tenant-ID": "nobody"}, 400, "unknown_tenant"),
+])
+def test_a_device_the_chat_routes_refuse_gets_no_stream(server, headers, status, code):
+    response = httpx.get(f"{server.url}/api/chat/events", headers=headers, timeout=30)
+    assert (response.status_code, response.json()["error"]["code"]) == (status, code)
