@@ -31,6 +31,7 @@ SECTIONS: dict[str, str | None] = {
     "coldstart": "bench.coldstart",
     "memory": "bench.memory",
     "slowturns": "bench.slowturns",
+    "streams": "bench.streams",
 }
 
 
