@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 
 from app.agents import load_registry
+from app.core.db import lock_pools
 from app.pipeline import Inbound, Pipeline
 from bench.common import Bench, table
 from bench.serve import uvicorn
@@ -151,6 +152,7 @@ def _statements(b: Bench, replies: int, writing_s: float) -> dict[str, Any]:
             per_reply.append(len(ours))
             drafts.append(sum("conversation_drafts" in s and "DELETE" not in s for s in ours))
     finally:
+        aio.run(lock_pools(engine).aclose)  # the async pool lives on aio's loop: closed there, not left pending
         engine.dispose()
     flush_s = settings.stream_flush_ms / 1000
     bounds = [2 + math.ceil(seconds / flush_s) for seconds in elapsed]
