@@ -5,7 +5,8 @@ lease taken in one statement, agents run with no transaction open while the
 worker renews the lease every LEASE_SECONDS / 3, and the result is written in one
 fenced statement. A message that finds the lease taken waits for the holder, who
 answers the device's pending messages in id order (one at a time, or merged into
-one turn with BURST_MODE=merge).
+one turn with BURST_MODE=merge; with BURST_MODE=interrupt a new message also stops the
+streamed turn in flight first, its partial reply kept as stopped).
 
 Everything here is a coroutine on the process's event loop: a turn is a task group
 (the agent, and the lease renewal beside it) under AGENT_TIMEOUT_SECONDS, so a
@@ -39,7 +40,7 @@ from app.core.logging import device_hash
 from app.errors import LeaseLost, StoreUnavailable
 from app.ledger import Answer, Finished, Lease, Ledger, Outcome, Pending, Turn
 from app.runtime import Runtime
-from app.streams.writer import DraftWriter
+from app.streams.writer import DraftWriter, interrupt
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class Pipeline:
             default_ttl=settings.default_session_ttl,
             context_cap=settings.context_list_cap,
             history=settings.agent_history_messages,
-            batch=settings.burst_max_messages if settings.burst_mode == "merge" else 1,
+            batch=settings.burst_max_messages if settings.burst_mode in ("merge", "interrupt") else 1,
             max_attempts=settings.agent_max_attempts,
             rate_limit=settings.rate_limit_per_device,
         )
@@ -158,6 +159,8 @@ class Pipeline:
             if claim.held is not None:  # a person holds the conversation: stored for them, no agent runs
                 return _answered(claim.held, claim.message_id)
             message_id = claim.message_id or claim.duplicate_of
+            if claim.lease is None and claim.message_id is not None and self.settings.burst_mode == "interrupt":
+                await interrupt(self.ledger.engine, tenant, device, claim.message_id)  # then answered with the rest
             if claim.lease is not None:
                 drained = await self._drain(claim.lease, on_reply, on_working, db_ms=claim_ms, started=started)
                 answer = drained.get(message_id)

@@ -50,9 +50,11 @@ def turn_history(before: str, session: str) -> str:
     %(history)s items; the conversation_messages_turn index serves the order.
     """
     return f"""(SELECT COALESCE(jsonb_agg(jsonb_build_object(
-                    'id', h.id, 'role', h.role, 'content', h.content, 'agent', h.agent, 'created_at', h.created_at
+                    'id', h.id, 'role', h.role, 'content', h.content, 'agent', h.agent, 'created_at', h.created_at,
+                    'stopped', h.stopped
                 ) ORDER BY h.turn, h.id), '[]'::jsonb)
-         FROM (SELECT id, COALESCE(reply_to, id) AS turn, role, content, agent, created_at
+         FROM (SELECT id, COALESCE(reply_to, id) AS turn, role, content, agent, created_at,
+                      COALESCE((metadata ->> 'stopped')::boolean, false) AS stopped
                FROM conversation_messages
                WHERE tenant_id = %(tenant)s AND device_id = %(device)s
                  AND COALESCE(reply_to, id) < {before} AND session_id = {session}

@@ -32,6 +32,7 @@ SECTIONS: dict[str, str | None] = {
     "memory": "bench.memory",
     "slowturns": "bench.slowturns",
     "telemetry": "bench.telemetry",
+    "streams": "bench.streams",
 }
 
 

@@ -33,6 +33,7 @@ def evaluate(sections: dict[str, Any]) -> list[dict[str, Any]]:
     rows.append(_at_most("p99 of lock operations during retention <= 2x without",
                          (retention.get("latency") or {}).get("p99_ratio"), 2.0, "x"))
     rows += _slow_turns(sections.get("slowturns", {}))
+    rows += _streams(sections.get("streams", {}))
     cold = sections.get("coldstart", {})
     label = f"cold import of {cold.get('module', 'app.lambda_handler')} <= 1.2x bare dependency import"
     rows.append(_at_most(label, cold.get("ratio_app/deps"), 1.2, "x"))
@@ -58,6 +59,26 @@ def _slow_turns(slow: dict[str, Any]) -> list[dict[str, Any]]:
                  "wall time <= 2x one turn", run.get("wall_s") and run["wall_s"] / slow["agent_seconds"], 2.0, "x"),
         _at_most("slow turns: /api/health p99 <= 100 ms meanwhile", run.get("health_p99_ms"), 100, " ms"),
     ]
+
+
+def _streams(streams: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 22: claim + finish + at most one statement per flush interval; the loop stays free meanwhile."""
+    statements = streams.get("statements") or {}
+    concurrent = streams.get("concurrent") or {}
+    over = statements.get("over_bound")
+    rows = [
+        {"target": "streams: statements per streamed reply <= claim + finish + one per STREAM_FLUSH_MS",
+         "value": None if over is None else f"max {statements['per_reply_max']}, bound {statements['bound']}",
+         "status": "not measured" if over is None else "met" if over == 0 else f"MISSED: {over} replies over",
+         **({} if over is None else {"met": over == 0})},
+        _at_most(f"streams: /api/health p99 <= 100 ms during {streams.get('streams') or 1000} concurrent streams",
+                 concurrent.get("health_p99_ms"), 100, " ms"),
+    ]
+    if concurrent:
+        bad = concurrent.get("other", 0)
+        rows.append({"target": "streams: every concurrent stream ends complete", "value": f"{bad} incomplete",
+                     "status": "met" if bad == 0 else f"MISSED: {bad} streams", "met": bad == 0})
+    return rows
 
 
 def _pipeline(pipe: dict[str, Any]) -> list[dict[str, Any]]:

@@ -76,12 +76,17 @@ LockAction = Keep | Release | Handoff
 
 @dataclass(frozen=True)
 class HistoryItem:
-    """One earlier message of the device's current session, as an agent sees it."""
+    """One earlier message of the device's current session, as an agent sees it.
+
+    stopped: a reply whose turn was stopped (POST /api/chat/stop, or a new message in
+    BURST_MODE=interrupt): content is the part written before the stop.
+    """
 
     role: Literal["user", "assistant"]
     content: str
     agent: str | None
     created_at: datetime
+    stopped: bool = False
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ message, on any instance, starts at that agent.
     registry = registry_from_agents(triage)     # AGENTS=package.module:registry
 
 One turn (`handle`, a coroutine) is one SDK run from the lock holder (or the
-manager), `Runner.run` awaited on the caller's event loop, the server's own: past
+manager), `Runner.run` awaited on the caller's event loop, the server's own; a web
+turn streams it instead (`stream`, `Runner.run_streamed`: see below). Past
 AGENT_TIMEOUT_SECONDS the pipeline cancels it, and its pending model call with it.
 The SDK's OpenAI client keeps its pooled connections bound to the loop that opened
 them, so a process runs its turns on one loop: the server's (uvicorn's, or Mangum's
@@ -26,6 +27,15 @@ turns, oldest first) and then the new message; the SDK's native items of earlier
 found that matters later is in the reply text, or belongs in the session context.
 Within one run the SDK passes its items along as usual, handoffs included.
 
+Streaming (`stream`, what the pipeline uses for a web turn): the model's text deltas
+as they come, each message of the run after a blank line; the SDK's tool calls and
+their outputs as StreamEvents ("tool-call" {name, input: the parsed arguments},
+"tool-result" {output}); a handoff as a call of its tool (`transfer_to_<agent>`, input
+{}) whose result is {"handoff_to": key}. It ends with the AgentReply `handle` would
+give (lock action, tools used, usage), except that its reply is every message the run
+wrote, as streamed, where `handle` keeps the last one; a structured output's reply is
+its JSON, as with `handle`. Cancelled (a stop, the timeout), the run is cancelled too.
+
 Needs the `openai-agents` extra (`pip install -e '.[openai-agents]'`); the rest of the
 app imports without it. Tracing to OpenAI is off unless OPENAI_AGENTS_TRACING is set.
 """
@@ -36,21 +46,26 @@ import dataclasses
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 try:
     from agents import Agent as SdkAgent
     from agents import FunctionTool, RunConfig, RunContextWrapper, Runner, function_tool
     from agents import Handoff as SdkHandoff
-    from agents.items import ToolCallItem
+    from agents.items import HandoffCallItem, HandoffOutputItem, ItemHelpers, MessageOutputItem, ToolCallItem
+    from agents.items import ToolCallOutputItem
+    from agents.result import RunResultBase
+    from agents.stream_events import RawResponsesStreamEvent, RunItemStreamEvent
 except ImportError as err:  # pragma: no cover - exercised in a subprocess without the SDK
     raise ImportError(
         "app.agents.openai_agents needs the OpenAI Agents SDK: pip install -e '.[openai-agents]'"
     ) from err
 
 from app import telemetry, validation
-from app.agents import MANAGER, AgentInput, AgentReply, Handoff, Keep, LockAction, Registry, Release
+from app.agents import (
+    MANAGER, AgentInput, AgentReply, Handoff, Keep, LockAction, Registry, Release, StreamEvent, StreamItem,
+)
 from app.core.config import Settings
 from app.errors import AgentFailed, ConfigurationError, InvalidInput
 
@@ -105,6 +120,64 @@ class SdkEntry:
             # The type only: an SDK or provider error's text may quote the conversation.
             logger.warning("SDK run from agent %s failed: %s", self.key, type(err).__name__)
             raise AgentFailed(f"{type(err).__name__} in the run from agent {self.key}") from None
+        return self._reply(result, _text(result.final_output))
+
+    async def stream(self, message: AgentInput) -> AsyncIterator[StreamItem]:
+        """The run of `handle`, streamed (Runner.run_streamed): deltas and StreamEvents, then the AgentReply.
+
+        Raises AgentFailed as `handle` does; cancelled, it cancels the run (and its model call).
+        """
+        graph = self.graph
+        result = Runner.run_streamed(
+            self.agent, input_items(message), context=message, max_turns=graph.max_turns,
+            run_config=graph.run_config,
+        )
+        streamed, item_id = "", None
+        try:
+            async for event in result.stream_events():
+                if isinstance(event, RawResponsesStreamEvent):
+                    if getattr(event.data, "type", None) != "response.output_text.delta" or not event.data.delta:
+                        continue
+                    if item_id is not None and event.data.item_id != item_id and streamed:
+                        streamed += "\n\n"  # another message of the run: as the reply joins them
+                        yield "\n\n"
+                    item_id = event.data.item_id
+                    streamed += event.data.delta
+                    yield event.data.delta
+                elif isinstance(event, RunItemStreamEvent):
+                    part = self._event(event)
+                    if part is not None:
+                        yield part
+        except Exception as err:  # noqa: BLE001 - as in handle: the pipeline's failure path
+            logger.warning("SDK run from agent %s failed: %s", self.key, type(err).__name__)
+            raise AgentFailed(f"{type(err).__name__} in the run from agent {self.key}") from None
+        finally:
+            if not result.is_complete:  # cancelled (a stop, the timeout) or failed: end the run's task
+                result.cancel()
+        texts = [ItemHelpers.text_message_output(item) for item in result.new_items
+                 if isinstance(item, MessageOutputItem)]
+        reply = "\n\n".join(text for text in texts if text)
+        yield self._reply(result, reply if isinstance(result.final_output, str) else _text(result.final_output))
+
+    def _event(self, event: RunItemStreamEvent) -> StreamEvent | None:
+        """A run item as a StreamEvent: tool calls and outputs, handoffs as calls of their tool."""
+        item = event.item
+        raw = item.raw_item
+        call_id = str(_field(raw, "call_id") or _field(raw, "id") or "")
+        if isinstance(item, ToolCallItem | HandoffCallItem):
+            name = item.tool_name if isinstance(item, ToolCallItem) else raw.name
+            arguments = _field(raw, "arguments")
+            return StreamEvent("tool-call", call_id, name=name or str(_field(raw, "type") or "tool"),
+                               input=_arguments(arguments))
+        if isinstance(item, HandoffOutputItem):
+            return StreamEvent("tool-result", call_id, output={"handoff_to": self.graph.key_of(item.target_agent)})
+        if isinstance(item, ToolCallOutputItem):
+            return StreamEvent("tool-result", call_id, output=_jsonable(item.output))
+        return None
+
+    def _reply(self, result: RunResultBase, text: str) -> AgentReply:
+        """The AgentReply of a finished run: the last agent takes the lock (see the module's table)."""
+        graph = self.graph
         last = graph.key_of(result.last_agent)
         calls = [item for item in result.new_items if isinstance(item, ToolCallItem)]
         released = any(item.agent is result.last_agent and item.tool_name == RELEASE_TOOL for item in calls)
@@ -117,7 +190,7 @@ class SdkEntry:
             lock = Keep()
         usage = result.context_wrapper.usage
         return AgentReply(
-            _text(result.final_output),
+            text,
             lock=lock,
             tools_used=[item.tool_name or str(getattr(item.raw_item, "type", "tool")) for item in calls],
             metadata={
@@ -129,6 +202,30 @@ class SdkEntry:
                 }
             },
         )
+
+
+def _field(raw: Any, name: str) -> Any:
+    """A field of a raw SDK item, a pydantic model or a dict."""
+    return raw.get(name) if isinstance(raw, dict) else getattr(raw, name, None)
+
+
+def _arguments(arguments: Any) -> Any:
+    """A tool call's arguments (a JSON string) parsed; as given when they are not JSON."""
+    if not isinstance(arguments, str):
+        return _jsonable(arguments) if arguments is not None else {}
+    try:
+        return json.loads(arguments) if arguments.strip() else {}
+    except ValueError:
+        return arguments
+
+
+def _jsonable(value: Any) -> Any:
+    """A tool's output as JSON-ready data: as it is when it serialises, else its text."""
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return str(value)
 
 
 @dataclasses.dataclass(frozen=True)

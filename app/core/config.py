@@ -66,7 +66,9 @@ class Settings(BaseSettings):
     agent_threads: int = Field(40, ge=1, le=1000)  # sync agents running at once, each on a worker thread
     # On SIGTERM: running turns get this long to finish, then are cancelled (their messages run again).
     shutdown_grace_seconds: float = Field(10.0, ge=0, le=900)
-    burst_mode: Literal["each", "merge"] = "each"  # merge: one turn answers a device's waiting messages
+    # merge: one turn answers a device's waiting messages; interrupt: as merge, and a new message first
+    # stops the device's streamed turn in flight (its partial reply kept, marked stopped)
+    burst_mode: Literal["each", "merge", "interrupt"] = "each"
     burst_max_messages: int = Field(10, ge=2, le=100)  # at most this many messages merged into one turn
     # Streamed replies: a web turn's draft is written at most once per this many ms while text arrives.
     stream_flush_ms: int = Field(100, ge=10, le=10_000)

@@ -162,7 +162,7 @@ def _history(value: Any, answered: dict[int, str] | None = None) -> tuple[Histor
     return tuple(
         HistoryItem(
             item["role"], item["content"], answered.get(item["id"], item["agent"]),
-            datetime.fromisoformat(item["created_at"]),
+            datetime.fromisoformat(item["created_at"]), bool(item.get("stopped")),
         )
         for item in items
     )
@@ -328,7 +328,8 @@ class Ledger:
         following = _turn(row["next_batch"], row["history"], answered)
         if following is not None and self.history and following.messages[0].session_id == row["session_id"]:
             # This statement's own reply is invisible to its snapshot: it joins the history here.
-            reply = HistoryItem("assistant", outcome.reply, outcome.agent, row["reply_created_at"])
+            reply = HistoryItem("assistant", outcome.reply, outcome.agent, row["reply_created_at"],
+                                bool(outcome.metadata.get("stopped")))
             following = Turn(following.messages, (*following.history, reply)[-self.history :])
         return Finished(answer, row["context"], following, bool(row["kept"]))
 

@@ -11,6 +11,10 @@
 | STOP      | POST /api/chat/stop, any instance    | one statement; marks the device's oldest pending message to stop (the     |
 |           |                                     | turn in flight, as messages are answered in order); says whether one ran  |
 |           |                                     | and whether a stop was already asked; nothing pending: nothing written     |
+| INTERRUPT | a new message's request, with        | one statement; as STOP, for the turn in flight only when it is another   |
+|           | BURST_MODE=interrupt, any instance  | turn than the new message's: the oldest pending message started before   |
+|           |                                     | it (attempts > 0) while the new one is pending, not started; read in one |
+|           |                                     | snapshot, so a turn that takes the new message in is never the target   |
 | READ      | a stream reader, any instance       | reads only; the draft (text from an offset when it is the same turn), the  |
 |           |                                     | followed message's status, its stored reply and the lock after it, and     |
 |           |                                     | whether the device's lease is live (a dead producer: a rerun is due)       |
@@ -52,13 +56,12 @@ CHECK = f"""
 SELECT COALESCE(stop_message_id = ANY(%(ids)s::bigint[]), false) AS stop FROM conversation_drafts WHERE {KEY}
 """
 
-# The turn in flight is the device's oldest pending message's: messages are answered in
-# id order (a merged burst's turn includes it). Its worker sees the request at its next
-# append or check. A draft of another turn keeps its text: its own worker replaces it.
-STOP = f"""
-WITH target AS (
-    SELECT min(id) AS id FROM conversation_messages WHERE {KEY} AND status = 'pending'
-), old AS (
+
+
+def stop(target: str) -> str:
+    """Ask the turn on the message `target` selects (a query of one row, column id) to stop."""
+    return f"""
+WITH target AS ({target}), old AS (
     SELECT stop_message_id FROM conversation_drafts WHERE {KEY}
 ), lease AS (
     SELECT lease_epoch FROM conversation_states WHERE {KEY}
@@ -73,6 +76,23 @@ SELECT (SELECT id FROM target) AS message_id,
        (SELECT stop_message_id FROM old) IS NOT DISTINCT FROM (SELECT id FROM target) AS already,
        EXISTS (SELECT 1 FROM asked) AS asked
 """
+
+
+# The turn in flight is the device's oldest pending message's: messages are answered in
+# id order (a merged burst's turn includes it). Its worker sees the request at its next
+# append or check. A draft of another turn keeps its text: its own worker replaces it.
+STOP = stop(f"SELECT min(id) AS id FROM conversation_messages WHERE {KEY} AND status = 'pending'")
+
+# BURST_MODE=interrupt, for the new message %(before)s: a message's attempts count the turns
+# started on it (0: none yet), and a turn's messages start together. So when the new message
+# has not started and an older pending one has, the older one's turn is in flight without it;
+# a finish or NEXT that takes the new message in after this snapshot also settles the older
+# one, whose stop then matches no turn.
+INTERRUPT = stop(f"""
+    SELECT min(id) AS id FROM conversation_messages
+    WHERE {KEY} AND status = 'pending' AND id < %(before)s AND attempts > 0
+      AND EXISTS (SELECT 1 FROM conversation_messages n
+                  WHERE {key("n")} AND n.id = %(before)s AND n.status = 'pending' AND n.attempts = 0)""")
 
 # %(message_id)s: the message followed (0: the device's oldest pending one, a resume).
 READ = f"""

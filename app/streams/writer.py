@@ -38,6 +38,24 @@ logger = logging.getLogger(__name__)
 STOP_CHECK_SECONDS = 0.5
 
 
+async def interrupt(engine: Engine, tenant: str, device: str, message_id: int) -> int | None:
+    """BURST_MODE=interrupt: new message message_id asks the device's turn in flight to stop (INTERRUPT).
+
+    Returns the id of the message whose turn was asked to stop, None when no other turn is in
+    flight (or the store is unreachable: the message is stored and answered in its turn anyway).
+    """
+    params = {"tenant": tenant, "device": device, "before": message_id}
+    try:
+        row = await arun(engine, sql.INTERRUPT, params)
+    except StoreUnavailable as err:
+        logger.warning("could not ask the turn in flight to stop for message %s: %s", message_id, err)
+        return None
+    if not row["asked"]:
+        return None
+    logger.info("message %s stops the turn on message %s (BURST_MODE=interrupt)", message_id, row["message_id"])
+    return row["message_id"]
+
+
 async def collect(items: AsyncIterator[Any]) -> Any:
     """What an agent's stream ends with (its AgentReply), its deltas dropped: a turn nobody can watch."""
     async for item in items:

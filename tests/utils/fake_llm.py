@@ -6,6 +6,11 @@ picks. Steps: Say (the final text), Call (a function tool call), HandTo (the han
 tool offered for an agent name), Fail (raise). With a log path every call is also
 appended there as a JSON line, so a test can read what a model in a child process saw.
 StuckModel is a model call that never answers, for cancellation tests.
+
+Streamed (`stream_response`, what `Runner.run_streamed` calls): a Say comes as one text
+delta per word (its trailing space included), then the completed response; `pause`, an
+async function of the call, is awaited after the first delta of each Say, so a test can
+hold the model in mid-reply (a gate) and know the rest comes as later deltas.
 """
 
 from __future__ import annotations
@@ -13,15 +18,25 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
 from agents import Model, ModelResponse, Usage
-from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessage, ResponseOutputText
+from openai.types.responses import (
+    Response,
+    ResponseCompletedEvent,
+    ResponseFunctionToolCall,
+    ResponseOutputMessage,
+    ResponseOutputText,
+    ResponseTextDeltaEvent,
+    ResponseUsage,
+)
+from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
 
 
 @dataclass(frozen=True)
@@ -96,6 +111,7 @@ class FakeModel(Model):
         *,
         log: Path | str | None = None,
         tokens: tuple[int, int] = (11, 7),
+        pause: Callable[[Seen], Awaitable[None]] | None = None,
     ):
         self.name = name
         self.rule = script if callable(script) else None
@@ -103,11 +119,43 @@ class FakeModel(Model):
         self.calls: list[Seen] = []
         self.log = Path(log) if log else None
         self.tokens = tokens
+        self.pause = pause
         self._ids = itertools.count(1)
 
     async def get_response(
         self, system_instructions, input, model_settings, tools, output_schema, handoffs, tracing, **_: Any
     ) -> ModelResponse:
+        output, _seen = self._answer(system_instructions, input, tools, handoffs, tracing)
+        return ModelResponse(output=[output], usage=self._usage(), response_id=None)
+
+    async def stream_response(
+        self, system_instructions, input, model_settings, tools, output_schema, handoffs, tracing, **_: Any
+    ) -> AsyncIterator[Any]:
+        """The same answer as get_response, as the Responses API streams it: word deltas, then completed."""
+        output, seen = self._answer(system_instructions, input, tools, handoffs, tracing)
+        number = 0
+        if isinstance(output, ResponseOutputMessage):
+            for number, word in enumerate(re.findall(r"\s*\S+\s*", output.content[0].text) or [""]):
+                yield ResponseTextDeltaEvent(
+                    type="response.output_text.delta", item_id=output.id, output_index=0, content_index=0,
+                    delta=word, logprobs=[], sequence_number=number,
+                )
+                if number == 0 and self.pause is not None:
+                    await self.pause(seen)
+        given, taken = self.tokens
+        usage = ResponseUsage(
+            input_tokens=given, output_tokens=taken, total_tokens=given + taken,
+            input_tokens_details=InputTokensDetails(cached_tokens=0, cache_write_tokens=0),
+            output_tokens_details=OutputTokensDetails(reasoning_tokens=0),
+        )
+        response = Response(
+            id=f"resp_{self.name}_{number}", created_at=0, model=self.name, object="response", output=[output],
+            tool_choice="auto", tools=[], top_p=None, parallel_tool_calls=False, status="completed", usage=usage,
+        )
+        yield ResponseCompletedEvent(type="response.completed", response=response, sequence_number=number + 1)
+
+    def _answer(self, system_instructions, input, tools, handoffs, tracing) -> tuple[Any, Seen]:
+        """Record the call and pick its step: the output item it makes, and the call as seen."""
         items = [{"role": "user", "content": input}] if isinstance(input, str) else [_plain(i) for i in input]
         seen = Seen(
             self.name, system_instructions, items, [tool.name for tool in tools],
@@ -125,10 +173,7 @@ class FakeModel(Model):
             raise AssertionError(f"model {self.name} was called more often than scripted")
         if isinstance(step, Fail):
             raise step.error
-        return ModelResponse(output=[self._output(step, seen)], usage=self._usage(), response_id=None)
-
-    def stream_response(self, *args: Any, **kwargs: Any):
-        raise NotImplementedError("the adapter never streams")
+        return self._output(step, seen), seen
 
     def _output(self, step: Step, seen: Seen):
         number = next(self._ids)
@@ -162,16 +207,20 @@ class StuckModel(Model):
         self.entered, self.cancelled = threading.Event(), threading.Event()
 
     async def get_response(self, *args: Any, **kwargs: Any) -> ModelResponse:
+        await self._stuck()
+        raise AssertionError("unreachable: nothing sets the event")
+
+    async def stream_response(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        await self._stuck()
+        yield  # pragma: no cover - makes this an async generator, as the SDK expects
+
+    async def _stuck(self) -> None:
         self.entered.set()
         try:
             await anyio.Event().wait()  # never set
         except anyio.get_cancelled_exc_class():
             self.cancelled.set()
             raise
-        raise AssertionError("unreachable: nothing sets the event")
-
-    def stream_response(self, *args: Any, **kwargs: Any):
-        raise NotImplementedError("the adapter never streams")
 
 
 def read_log(path: Path | str) -> list[Seen]:
