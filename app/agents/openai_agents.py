@@ -133,27 +133,30 @@ class SdkEntry:
             run_config=graph.run_config,
         )
         streamed, item_id = "", None
-        try:
-            async for event in result.stream_events():
-                if isinstance(event, RawResponsesStreamEvent):
-                    if getattr(event.data, "type", None) != "response.output_text.delta" or not event.data.delta:
-                        continue
-                    if item_id is not None and event.data.item_id != item_id and streamed:
-                        streamed += "\n\n"  # another message of the run: as the reply joins them
-                        yield "\n\n"
-                    item_id = event.data.item_id
-                    streamed += event.data.delta
-                    yield event.data.delta
-                elif isinstance(event, RunItemStreamEvent):
-                    part = self._event(event)
-                    if part is not None:
-                        yield part
-        except Exception as err:  # noqa: BLE001 - as in handle: the pipeline's failure path
-            logger.warning("SDK run from agent %s failed: %s", self.key, type(err).__name__)
-            raise AgentFailed(f"{type(err).__name__} in the run from agent {self.key}") from None
-        finally:
-            if not result.is_complete:  # cancelled (a stop, the timeout) or failed: end the run's task
-                result.cancel()
+        # The run's OpenTelemetry span, as in handle; the generator is consumed by the turn's own task.
+        with telemetry.sdk_run(self.agent.name) as traced:
+            try:
+                async for event in result.stream_events():
+                    if isinstance(event, RawResponsesStreamEvent):
+                        if getattr(event.data, "type", None) != "response.output_text.delta" or not event.data.delta:
+                            continue
+                        if item_id is not None and event.data.item_id != item_id and streamed:
+                            streamed += "\n\n"  # another message of the run: as the reply joins them
+                            yield "\n\n"
+                        item_id = event.data.item_id
+                        streamed += event.data.delta
+                        yield event.data.delta
+                    elif isinstance(event, RunItemStreamEvent):
+                        part = self._event(event)
+                        if part is not None:
+                            yield part
+            except Exception as err:  # noqa: BLE001 - as in handle: the pipeline's failure path
+                logger.warning("SDK run from agent %s failed: %s", self.key, type(err).__name__)
+                raise AgentFailed(f"{type(err).__name__} in the run from agent {self.key}") from None
+            finally:
+                if not result.is_complete:  # cancelled (a stop, the timeout) or failed: end the run's task
+                    result.cancel()
+            traced(result)
         texts = [ItemHelpers.text_message_output(item) for item in result.new_items
                  if isinstance(item, MessageOutputItem)]
         reply = "\n\n".join(text for text in texts if text)

@@ -52,7 +52,10 @@ def test_a_delivery_from_200_senders_is_answered_in_full_and_every_reply_sent_in
                 for n, sender in enumerate(senders)]
     agent = Sleepy("manager", 0.5)
     caplog.set_level(logging.WARNING, logger="app")
-    with app_client(wa_settings(database_url, graph)) as client:
+    # 400 turns at once, each a few statements: behind a transaction pooler each statement is a
+    # transaction of its own (SET LOCAL), so the default 10 connections made waits pass DB_POOL_TIMEOUT
+    # on a loaded 2-core machine. The README's pool sizing says to size the pool for such bursts.
+    with app_client(wa_settings(database_url, graph, db_pool_size=20)) as client:
         use_registry(client, {"manager": agent})
         response = post(client, delivery([change(messages)]))
         assert response.status_code == 200, response.text

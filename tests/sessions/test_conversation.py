@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from app.agents import load_registry
+from app.core.db import make_engine
 from app.pipeline import Inbound, Pipeline
 from tests.sessions.conftest import A, admin_settings
 from tests.utils.apps import app_client
@@ -136,7 +137,10 @@ class TestRotation:
 class TestConcurrentContextMerges:
     def test_admin_patches_and_agent_patches_lose_no_key(self, database_url, engine, device):
         settings = admin_settings(database_url, agents="tests.sessions.agents:noting")
-        pipeline = Pipeline(engine, load_registry(settings.agents), settings)
+        # An engine of its own: in full CI runs the shared engine's pool on the tests' loop was
+        # found exhausted here (PoolTimeout) after earlier tests; see the closing note.
+        own = make_engine(settings)
+        pipeline = Pipeline(own, load_registry(settings.agents), settings)
         aio.run(pipeline.handle, Inbound("acme", device, "first"))
         admin_keys = [f"admin-{t}-{n}" for t in range(3) for n in range(8)]
         agent_keys = [f"agent-{n}" for n in range(12)]
@@ -166,6 +170,7 @@ class TestConcurrentContextMerges:
                 assert talked.result() == ["answered"] * len(agent_keys)
             context = client.get(f"/api/sessions/{device}", headers=A).json()["context"]
 
+        own.dispose()
         assert set(context["conversation_state"]) == {"first", *admin_keys, *agent_keys}
         # The list kept the newest CONTEXT_LIST_CAP (20) of the 24 appended items, each once.
         assert len(context["recent_interactions"]) == 20 == len(set(context["recent_interactions"]))
