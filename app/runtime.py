@@ -37,88 +37,78 @@ from app.streams.hub import Hub
 logger = logging.getLogger(__name__)
 
 
-class Wakeups:
-    """Per-device events: a waiter awaits `wait(key, seconds)`, a finished turn calls `notify(key)`.
+class _Sleepers:
+    """One event and how many sleep on it."""
 
-    An event exists only while someone waits on it: the last waiter to leave removes it,
-    so devices that were waited on once cost nothing afterwards.
+    __slots__ = ("event", "count")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.count = 0
+
+
+async def _sleep(table: dict[Any, _Sleepers], key: Any, seconds: float) -> bool:
+    entry = table.get(key)
+    if entry is None:
+        entry = table[key] = _Sleepers()
+    entry.count += 1
+    try:
+        with anyio.move_on_after(seconds):
+            await entry.event.wait()
+            return True
+        return False
+    finally:
+        entry.count -= 1
+        if not entry.count and table.get(key) is entry:
+            del table[key]
+
+
+def _wake(table: dict[Any, _Sleepers], key: Any) -> None:
+    entry = table.pop(key, None)
+    if entry is not None:
+        entry.event.set()
+
+
+class Wakeups:
+    """In-process wake-ups: a turn's waiters by device, and the event streams by device and by tenant.
+
+    A waiter awaits `wait(key, seconds)` and a finished turn calls `notify(key)`; a chat
+    page's stream awaits `watch_device`, a console's `watch`, and `changed` wakes both. An
+    event exists only while someone sleeps on it: the last sleeper to leave removes it, so a
+    device or tenant nobody waits on costs nothing.
     """
 
     def __init__(self) -> None:
-        self._events: dict[tuple[str, str], tuple[anyio.Event, list[int]]] = {}
-        self._tenants: dict[str, anyio.Event] = {}
-        self._devices: dict[tuple[str, str], tuple[anyio.Event, list[int]]] = {}
+        self._events: dict[tuple[str, str], _Sleepers] = {}  # a turn's waiters
+        self._devices: dict[tuple[str, str], _Sleepers] = {}  # chat pages' event streams
+        self._tenants: dict[str, _Sleepers] = {}  # consoles' event streams
 
     async def wait(self, key: tuple[str, str], seconds: float) -> bool:
         """Sleep until key is notified or seconds pass; True when notified."""
-        entry = self._events.get(key)
-        if entry is None:
-            entry = self._events[key] = (anyio.Event(), [0])
-        event, waiters = entry
-        waiters[0] += 1
-        try:
-            with anyio.move_on_after(seconds):
-                await event.wait()
-                return True
-            return False
-        finally:
-            waiters[0] -= 1
-            if not waiters[0] and self._events.get(key) is entry:
-                del self._events[key]
+        return await _sleep(self._events, key, seconds)
 
     def notify(self, key: tuple[str, str]) -> None:
-        """Wake every waiter of key (they poll the database at once)."""
-        entry = self._events.pop(key, None)
-        if entry is not None:
-            entry[0].set()
+        """Wake every waiter of key (they poll the database at once), and what shows the device."""
+        _wake(self._events, key)
         self.changed(key)
 
     def changed(self, key: tuple[str, str]) -> None:
         """Wake the event streams showing key (its chat pages, its tenant's consoles), not the turn's waiters:
         something people see changed (an operator took over, replied, released)."""
-        watched = self._devices.pop(key, None)
-        if watched is not None:
-            watched[0].set()
+        _wake(self._devices, key)
         self.notify_tenant(key[0])
 
     async def watch(self, tenant: str, seconds: float) -> bool:
-        """Sleep until something of tenant changes in this process (notify_tenant) or seconds pass; True when woken.
-
-        One event per tenant with watchers, dropped when set: a tenant nobody watches costs nothing.
-        """
-        event = self._tenants.get(tenant)
-        if event is None:
-            event = self._tenants[tenant] = anyio.Event()
-        with anyio.move_on_after(seconds):
-            await event.wait()
-            return True
-        return False
+        """Sleep until something of tenant changes in this process (notify_tenant) or seconds pass; True when woken."""
+        return await _sleep(self._tenants, tenant, seconds)
 
     async def watch_device(self, key: tuple[str, str], seconds: float) -> bool:
-        """Sleep until key (tenant, device) is notified in this process or seconds pass; True when woken.
-
-        As `wait`, but apart from the turn's waiters: the event exists while someone watches.
-        """
-        entry = self._devices.get(key)
-        if entry is None:
-            entry = self._devices[key] = (anyio.Event(), [0])
-        event, watchers = entry
-        watchers[0] += 1
-        try:
-            with anyio.move_on_after(seconds):
-                await event.wait()
-                return True
-            return False
-        finally:
-            watchers[0] -= 1
-            if not watchers[0] and self._devices.get(key) is entry:
-                del self._devices[key]
+        """Sleep until key (tenant, device) changes in this process or seconds pass; True when woken."""
+        return await _sleep(self._devices, key, seconds)
 
     def notify_tenant(self, tenant: str) -> None:
         """Wake every watcher of tenant (a turn finished, an operator acted)."""
-        event = self._tenants.pop(tenant, None)
-        if event is not None:
-            event.set()
+        _wake(self._tenants, tenant)
 
     def __len__(self) -> int:
         """Devices with someone waiting on them now."""
