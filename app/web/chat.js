@@ -181,7 +181,7 @@
       ui.lock.textContent = "No agent is handling this conversation.";
     } else {
       const agent = document.createElement("strong");
-      agent.textContent = lock.agent;
+      agent.textContent = agentName(lock.agent);
       ui.lock.append("Handled by ", agent, lock.expires_at ? ` until ${time(lock.expires_at)}` : "");
     }
   }
@@ -203,9 +203,25 @@
   ui.scroller.addEventListener("scroll", () => { pinned = atBottom(); }, { passive: true });
   new ResizeObserver(() => { if (pinned) toBottom(); }).observe(ui.scroller);
 
+  // What people see for each agent key (GET api/chat/agents); a key it does not name is shown as it is.
+  let agentNames = {};
+
+  async function loadAgentNames() {
+    try {
+      const { data } = await request("GET", "api/chat/agents");
+      agentNames = Object.fromEntries(data.items.map((item) => [item.key, item.display_name]));
+    } catch {
+      agentNames = {}; // the keys, then: the conversation still works
+    }
+  }
+
+  function agentName(agent) {
+    return agentNames[agent] || agent;
+  }
+
   function who(role, agent) {
     if (role === "user") return "You";
-    return agent === HUMAN ? "A person" : (agent || "assistant");
+    return agent === HUMAN ? "A person" : (agent ? agentName(agent) : "assistant");
   }
 
   function note(item, kind, text) {
@@ -672,6 +688,7 @@
   async function start() {
     clearError();
     await ensureDevice();
+    await loadAgentNames();
     let newest;
     try {
       newest = await loadHistory();

@@ -59,7 +59,7 @@ def test_an_operator_reply_during_a_takeover_appears_without_a_reload(server, br
     page.wait(lambda: page.log()[-1] == ("assistant", "A person", "Hello, Ana here. I can help with your booking."),
               "the operator's reply is not shown")
     httpx.delete(f"{server.url}/api/sessions/{device}/takeover", headers=ADMIN, timeout=30).raise_for_status()
-    page.wait(lambda: page.text("#lock").startswith("Handled by scheduling"), "the release is not shown")
+    page.wait(lambda: page.text("#lock").startswith("Handled by Scheduling"), "the release is not shown")
     assert browser.execute_script("return window.notReloaded === true")
     streams = [r for r in network(browser) if EVENTS in r["url"]]
     assert len(streams) == 1 and streams[0]["end"] is None

@@ -32,8 +32,8 @@ class TestConversation:
         assert page.find("#empty").is_displayed()
         reply = page.say("I need to book an appointment")
         assert "What day would you like?" in reply
-        assert page.log()[-1][1] == "scheduling"
-        assert "scheduling" in page.text("#lock") and "until" in page.text("#lock")
+        assert page.log()[-1][1] == "Scheduling"  # the display name, not the key
+        assert "Scheduling" in page.text("#lock") and "until" in page.text("#lock")
         assert page.say("tomorrow").startswith("What time on tomorrow?")
 
         page.reload()
@@ -41,7 +41,7 @@ class TestConversation:
         assert [(role, text) for role, _, text in shown][0::2] == [
             ("user", "I need to book an appointment"), ("user", "tomorrow")
         ]
-        assert [who for _, who, _ in shown] == ["You", "scheduling", "You", "scheduling"]
+        assert [who for _, who, _ in shown] == ["You", "Scheduling", "You", "Scheduling"]
 
         assert page.say("10am") == "Book tomorrow at 10:00, confirm? (yes/no)"
         assert page.say("yes") == "You're booked for tomorrow at 10:00. See you then!"

@@ -24,7 +24,9 @@ from pydantic import AfterValidator, BaseModel, Field
 
 from app import devices, rate_limits
 from app.api.auth import WebDevice, WebTenant
-from app.api.deps import AppServices, AppSettings, Db, History, Pipe, Sessions
+from app.agents import HUMAN, display_name
+from app.api.deps import Agents, AppServices, AppSettings, Db, History, Pipe, Sessions
+from app.api.routes.inbox import AgentList, AgentName
 from app.api.errors import ApiError, ErrorBody
 from app.api.events import change_events
 from app.pipeline import Inbound, Result
@@ -222,6 +224,13 @@ async def my_events(device: WebDevice, history: History, services: AppServices) 
     key = (device.tenant_id, device.device_id)
     return change_events(lambda: history.now(*key), lambda seconds: services.runtime.wakeups.watch_device(key, seconds),
                          services.runtime)
+
+
+@router.get("/api/chat/agents", response_model=AgentList, responses=_errors())
+async def my_agents(device: WebDevice, registry: Agents) -> AgentList:
+    """What the page shows for each agent key (`display_name`; `human` is "A person"); the keys stay in the API."""
+    keys = [*registry, HUMAN]
+    return AgentList(items=[AgentName(key=key, display_name=display_name(registry, key)) for key in keys])
 
 
 @router.get("/api/chat/sessions", response_model=SessionList, responses=_errors())
