@@ -125,9 +125,13 @@ def truncate_all(engine: Engine) -> None:
 
 
 @pytest.fixture
-def engine(_shared_engine: Engine) -> Engine:
+def engine(_shared_engine: Engine) -> Iterator[Engine]:
     truncate_all(_shared_engine)
-    return _shared_engine
+    yield _shared_engine
+    # Each test gets a fresh pool on the tests' loop: in full runs the shared one was found with
+    # every connection taken (PoolTimeout) after earlier tests; the cause is not found yet (see
+    # the closing note), and one test must not fail for what another left behind.
+    aio.close_pools(_shared_engine)
 
 
 @pytest.fixture

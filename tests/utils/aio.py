@@ -15,8 +15,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
+from sqlalchemy.engine import Engine
 
 from app.core.aio import close_loop
+from app.core.db import lock_pools
 
 T = TypeVar("T")
 
@@ -42,6 +44,12 @@ def stop() -> None:
             _portal.call(close_loop)  # HTTP clients, then pools (their worker tasks end with their loop)
             _stack.close()
             _portal = None
+
+
+def close_pools(engine: Engine) -> None:
+    """Close engine's async pool on the session's loop (a fresh one is made on next use)."""
+    if _portal is not None:
+        _portal.call(lock_pools(engine).aclose)
 
 
 def run(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
