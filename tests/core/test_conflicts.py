@@ -16,14 +16,24 @@ from tests.utils.counting import count_statements, work
 
 FIRST = "6d1e2f3a-4b5c-4d6e-8f7a-9b0c1d2e3f4a"
 SECOND = "7e2f3a4b-5c6d-4e7f-8a9b-0c1d2e3f4a5b"
-# One statement that locks FIRST's row, then SECOND's (a DO block runs its updates in order).
+# One statement that locks FIRST's row, then SECOND's (a DO block runs its updates in order). Between
+# the two it waits (at most 2 s, in 50 ms steps) for another transaction to queue on FIRST's row: then
+# this statement is the one that waits last, and so the one whose deadlock check finds the cycle and is
+# rolled back, however slowly the test reaches its side (a wait's check runs once, deadlock_timeout
+# after the wait began). A run that finds no one queued (the second) goes straight on.
 BUMP_BOTH = f"""
 DO $$ BEGIN
     UPDATE conversation_states SET version = version + 1 WHERE device_id = '{FIRST}';
+    FOR step IN 1..40 LOOP
+        EXIT WHEN EXISTS (SELECT 1 FROM pg_stat_activity
+                          WHERE wait_event_type = 'Lock' AND datname = current_database());
+        PERFORM pg_sleep(0.05);
+    END LOOP;
     UPDATE conversation_states SET version = version + 1 WHERE device_id = '{SECOND}';
 END $$
 """
-WAITING = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+# The statement under test holds FIRST's row and is looking for a transaction queued behind it.
+LOOKING = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND datname = current_database()"
 
 
 def versions(conn: psycopg.Connection) -> list[int]:
@@ -41,7 +51,7 @@ def test_the_deadlock_victim_is_run_again(engine, database_url, caplog, mode):
     conninfo = database_url.replace("postgresql+psycopg://", "postgresql://", 1)
     with psycopg.connect(conninfo, autocommit=True) as watcher, psycopg.connect(conninfo) as blocker:
         before = versions(watcher)
-        # The blocker checks for deadlocks late, so the statement under test (waiting first) is the victim.
+        # The blocker, which waits first, checks for deadlocks late: the statement under test finds the cycle.
         blocker.execute("SET deadlock_timeout = '30s'")
         blocker.execute(f"UPDATE conversation_states SET version = version + 1 WHERE device_id = '{SECOND}'")
         outcome: dict[str, object] = {}
@@ -59,8 +69,9 @@ def test_the_deadlock_victim_is_run_again(engine, database_url, caplog, mode):
         with caplog.at_level(logging.INFO, logger="app.core.db"), count_statements(engine) as statements:
             worker = threading.Thread(target=statement)
             worker.start()
-            assert wait_for(lambda: watcher.execute(WAITING).fetchone()[0] == 1, 10), "never waited on the lock"
-            # Closing the cycle: the statement under test is rolled back, then this update goes through.
+            assert wait_for(lambda: watcher.execute(LOOKING).fetchone()[0] == 1, 10), "never took FIRST's row"
+            # Queued on FIRST's row: the statement under test goes on to SECOND's, closing the cycle; it is
+            # rolled back, then this update goes through.
             blocker.execute(f"UPDATE conversation_states SET version = version + 1 WHERE device_id = '{FIRST}'")
             blocker.commit()
             worker.join(30)

@@ -66,7 +66,8 @@ class TestStreaming:
         assert not page.find("#stop").is_displayed() and page.find("#send").is_displayed()
         assert pending(engine, page.device_id()) == 0
         assert len(page.log()) == 2
-        assert "helper" in page.text("#lock")  # the lock after the turn, from the stream's data-lock
+        # The lock after the turn, from the stream's data-lock, under the agent's display name.
+        assert page.text("#lock").startswith("Handled by Helper until")
 
     def test_stop_keeps_the_partial_reply_marked_stopped(self, page, gates, engine):
         page.type("hold never Partial answer that never ends")
