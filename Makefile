@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install web-vendor run test bench bench-quick clean screenshots
+.PHONY: install web-vendor run test bench bench-quick clean screenshots lint
 
 # The chat page's markdown renderer and sanitizer (marked, DOMPurify): pinned in web/package-lock.json,
 # installed with `npm ci` and their browser builds copied into the package (app/web/vendor/, not committed).
@@ -35,6 +35,11 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# ruff (lint and format) over the code and the tests, and the type checker over app/ (pyproject.toml).
+lint: install
+	$(BIN)/python -m ruff check app tests bench
+	$(BIN)/python -m ruff format --check app tests bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache web/node_modules $(WEB_VENDOR)

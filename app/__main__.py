@@ -74,12 +74,24 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     # the child's environment only, and this process becomes uvicorn (same pid, same signals).
     env = {**os.environ, "DATABASE_URL": settings.database_url or ""}
     command = [
-        sys.executable, "-m", "uvicorn", "app.main:serve_app", "--factory", "--host", host, "--port", str(port),
-        "--workers", str(args.workers), "--log-level", settings.log_level.lower(),
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "app.main:serve_app",
+        "--factory",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(args.workers),
+        "--log-level",
+        settings.log_level.lower(),
         "--no-access-log",  # app.access logs each request, with its request id
         # On SIGTERM uvicorn stops accepting, lets running turns finish for this long, then
         # cancels them: their leases are given back and the next holder runs them again.
-        "--timeout-graceful-shutdown", str(math.ceil(settings.shutdown_grace_seconds)),
+        "--timeout-graceful-shutdown",
+        str(math.ceil(settings.shutdown_grace_seconds)),
     ]
     if not embedded:
         os.execve(sys.executable, command, env)  # this process becomes uvicorn (same pid, same signals)
@@ -187,18 +199,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = sub.add_parser(
-        "serve", help="serve the HTTP API with uvicorn",
+        "serve",
+        help="serve the HTTP API with uvicorn",
         description="Serve the HTTP API with uvicorn. On SIGTERM running turns get SHUTDOWN_GRACE_SECONDS.",
     )
     serve.add_argument("--host", help="address to bind (default: the HOST setting, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default: the PORT setting, 8000)")
     serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default: 1)")
     serve.add_argument(
-        "--migrate", action="store_true", help="apply migrations first (default: only for the embedded database, which is always migrated)"
+        "--migrate",
+        action="store_true",
+        help="apply migrations first (default: only for the embedded database, which is always migrated)",
     )
     serve.set_defaults(run=cmd_serve)
     sub.add_parser(
-        "migrate", help="apply database migrations (the only command that changes the schema)",
+        "migrate",
+        help="apply database migrations (the only command that changes the schema)",
         description="Apply database migrations up to this code's newest; safe to run again.",
     ).set_defaults(run=cmd_migrate)
     sub.add_parser(
@@ -208,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         description="One scheduled cleanup run, within CLEANUP_MAX_SECONDS.",
     ).set_defaults(run=cmd_cleanup)
     invoke = sub.add_parser(
-        "invoke", help="run the Lambda handler on an event file (see events/)",
+        "invoke",
+        help="run the Lambda handler on an event file (see events/)",
         description="Run the Lambda entry points on one event, as AWS would, and print the result. Events: "
         "API Gateway REST (v1) and HTTP (v2) proxy events, Application Load Balancer events and Lambda "
         "Function URL events go to the HTTP handler; an EventBridge scheduled event runs the cleanup. "
@@ -217,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     invoke.add_argument("event", help="path to the event's JSON file")
     invoke.set_defaults(run=cmd_invoke)
     stats = sub.add_parser(
-        "stats", help="print the figures of GET /api/stats as a table",
+        "stats",
+        help="print the figures of GET /api/stats as a table",
         description="Print the figures of GET /api/stats (locks by agent, messages, the last cleanup) as a table.",
     )
     stats.add_argument("--tenant", help="one tenant (default: all tenants)")
@@ -237,8 +255,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{parser.prog} {args.command}: the database is unavailable: {err}", file=sys.stderr, flush=True)
         return 1
     except NotMigrated:
-        print(f"{parser.prog} {args.command}: the database has no schema yet: run `python -m app migrate` first",
-              file=sys.stderr, flush=True)
+        print(
+            f"{parser.prog} {args.command}: the database has no schema yet: run `python -m app migrate` first",
+            file=sys.stderr,
+            flush=True,
+        )
         return 1
     except BrokenPipeError:
         # The reader went away (`python -m app stats | head`): end quietly, as the Python docs advise,

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 from sqlalchemy.engine import Engine
 
 from app import telemetry
-from app.core.config import Settings
 from app.core.aio import call_async
+from app.core.config import Settings
 from app.core.db import run, run_batches
 from app.ledger import Answer, Pending
 from app.pipeline import OnReply, Pipeline
@@ -126,12 +126,21 @@ def run_cleanup(
     run(
         engine,
         RECORD_RUN,
-        {"released": released, "messages": messages, "states": states, "recovered": recovered,
-         "duration_ms": duration_ms},
+        {
+            "released": released,
+            "messages": messages,
+            "states": states,
+            "recovered": recovered,
+            "duration_ms": duration_ms,
+        },
     )
     logger.info(
         "cleanup released=%s deleted_messages=%s deleted_states=%s recovered=%s duration_ms=%s",
-        released, messages, states, recovered, duration_ms,
+        released,
+        messages,
+        states,
+        recovered,
+        duration_ms,
     )
     return result
 

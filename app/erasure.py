@@ -39,8 +39,10 @@ def message_hash(tenant: str, external_id: str) -> str:
 
     The tenant is length-prefixed, so no (tenant, id) pair reads as another.
     """
-    return (f"sha256(%(erased_key)s::bytea || convert_to(length({tenant})::text || ':' || {tenant} || "
-            f"{external_id}, 'UTF8'))")
+    return (
+        f"sha256(%(erased_key)s::bytea || convert_to(length({tenant})::text || ':' || {tenant} || "
+        f"{external_id}, 'UTF8'))"
+    )
 
 
 def keep_erased(messages: str) -> str:
@@ -92,9 +94,17 @@ class ReplayGuard:
         """
         if self.key is None or not pairs:
             return set()
-        rows = await arun(engine, ERASED, {
-            "erased_key": self.key, "tenants": [t for t, _ in pairs], "external_ids": [x for _, x in pairs],
-        }, rows="all", read_only=True)
+        rows = await arun(
+            engine,
+            ERASED,
+            {
+                "erased_key": self.key,
+                "tenants": [t for t, _ in pairs],
+                "external_ids": [x for _, x in pairs],
+            },
+            rows="all",
+            read_only=True,
+        )
         return {row["n"] - 1 for row in rows}
 
 

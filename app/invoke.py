@@ -48,7 +48,8 @@ def event_kind(event: Any) -> Kind:
     if not event or any(isinstance(value, str) and SCHEDULER_ARN.match(value) for value in event.values()):
         return "schedule"
     raise InvalidEvent(
-        "not an API Gateway (REST or HTTP), ALB or Function URL event, an EventBridge scheduled event or a Scheduler payload"
+        "not an API Gateway (REST or HTTP), ALB or Function URL event, "
+        "an EventBridge scheduled event or a Scheduler payload"
     )
 
 
@@ -83,8 +84,11 @@ def _run_with(settings: Settings, kind: Kind, event: dict[str, Any], context: An
 
     services = build_services(settings, serverless=True)
     try:
-        return http_handler(create_app(services=services), settings)(event, context) if kind == "http" \
+        return (
+            http_handler(create_app(services=services), settings)(event, context)
+            if kind == "http"
             else cleanup(services)
+        )
     finally:
         services.close()
 

@@ -1,4 +1,6 @@
-"""AWS Lambda entry points: `handler` (API Gateway, ALB, Function URL, through Mangum) and `cleanup_handler` (schedule)."""
+"""AWS Lambda entry points.
+
+`handler` (API Gateway, ALB, Function URL, through Mangum) and `cleanup_handler` (schedule)."""
 
 from __future__ import annotations
 

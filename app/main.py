@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
+from app import telemetry
 from app.api import errors
 from app.api.limits import KIB, BodyLimit
-from app import telemetry
 from app.api.routes import chat, cron, docs, health, inbox, metrics, sessions, stats, stream, takeover, web, whatsapp
 from app.core.config import Settings
 from app.core.db import Database
@@ -34,6 +34,7 @@ def create_app(
     if services is None:
         services = build_services(settings or Settings(), serverless=serverless, database=database)
     telemetry.install(services.settings, serverless=services.database.serverless)  # once per process: OTEL_*
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # The runtime's task group holds the work that outlives a request (a webhook's turns

@@ -102,8 +102,16 @@ def _answered(answer: Answer, message_id: int | None, *, duplicate: bool = False
     if answer.held:
         return Result("held", None, HUMAN, answer.lock_agent, answer.lock_expires_at, message_id, duplicate)
     return Result(
-        "answered", answer.reply, answer.agent, answer.lock_agent, answer.lock_expires_at, message_id, duplicate,
-        answer.merged, answer.choices, answer.stopped,
+        "answered",
+        answer.reply,
+        answer.agent,
+        answer.lock_agent,
+        answer.lock_expires_at,
+        message_id,
+        duplicate,
+        answer.merged,
+        answer.choices,
+        answer.stopped,
     )
 
 
@@ -127,8 +135,14 @@ class Pipeline:
         )
 
     async def handle(
-        self, inbound: Inbound, *, wait: bool = True, on_reply: OnReply | None = None, stateless: bool = True,
-        on_working: OnWorking | None = None, on_claimed: Callable[[int | None], None] | None = None,
+        self,
+        inbound: Inbound,
+        *,
+        wait: bool = True,
+        on_reply: OnReply | None = None,
+        stateless: bool = True,
+        on_working: OnWorking | None = None,
+        on_claimed: Callable[[int | None], None] | None = None,
     ) -> Result:
         """Record and answer one message; with wait, wait (bounded by CHAT_WAIT_SECONDS) until it is answered.
 
@@ -148,7 +162,11 @@ class Pipeline:
         try:
             with telemetry.span("agent_sessions.claim", self.settings, tenant, device):
                 claim = await self.ledger.claim(
-                    tenant, device, inbound.text, external_id=inbound.external_id, metadata=inbound.metadata,
+                    tenant,
+                    device,
+                    inbound.text,
+                    external_id=inbound.external_id,
+                    metadata=inbound.metadata,
                     sent_at=inbound.sent_at,
                 )
             claim_ms = ms(started)
@@ -184,8 +202,14 @@ class Pipeline:
             return await self.stateless(inbound)
 
     async def _wait(
-        self, tenant: str, device: str, message_id: int, on_reply: OnReply | None, on_working: OnWorking | None,
-        *, duplicate: bool,
+        self,
+        tenant: str,
+        device: str,
+        message_id: int,
+        on_reply: OnReply | None,
+        on_working: OnWorking | None,
+        *,
+        duplicate: bool,
     ) -> Result:
         deadline = time.monotonic() + self.settings.chat_wait_seconds
         delay = 0.01
@@ -211,9 +235,7 @@ class Pipeline:
         lease = await self.ledger.take_free_lease(tenant, device)
         return 0 if lease is None else len(await self._drain(lease, on_reply, on_working))
 
-    async def recover(
-        self, on_reply: OnReply | None = None, *, limit: int = 100, deadline: float | None = None
-    ) -> int:
+    async def recover(self, on_reply: OnReply | None = None, *, limit: int = 100, deadline: float | None = None) -> int:
         """Handle messages a crashed worker left pending once their lease expired; returns how many.
 
         deadline: a time.monotonic() after which no further device is started (the cleanup
@@ -262,8 +284,14 @@ class Pipeline:
             logger.warning("could not give the lease back after an interrupted turn: %s", err)
 
     async def _drain_turns(
-        self, lease: Lease, answers: dict[int, Answer], on_reply: OnReply | None, on_working: OnWorking | None,
-        *, db_ms: int, started: float | None,
+        self,
+        lease: Lease,
+        answers: dict[int, Answer],
+        on_reply: OnReply | None,
+        on_working: OnWorking | None,
+        *,
+        db_ms: int,
+        started: float | None,
     ) -> None:
         turn = lease.first or await self.ledger.next_turn(lease)
         lock, context = lease.lock, lease.context
@@ -299,9 +327,15 @@ class Pipeline:
             logger.info(
                 "message handled",
                 extra={
-                    "device": device_hash(self.settings, lease.device), "tenant": lease.tenant,
-                    "agent": outcome.agent, "event": outcome.event, "outcome": outcome.status, "db_ms": db_ms,
-                    "agent_ms": outcome.elapsed_ms, "total_ms": ms(started), "messages": len(turn.messages),
+                    "device": device_hash(self.settings, lease.device),
+                    "tenant": lease.tenant,
+                    "agent": outcome.agent,
+                    "event": outcome.event,
+                    "outcome": outcome.status,
+                    "db_ms": db_ms,
+                    "agent_ms": outcome.elapsed_ms,
+                    "total_ms": ms(started),
+                    "messages": len(turn.messages),
                     "attempt": turn.attempt,
                 },
             )
@@ -320,9 +354,13 @@ class Pipeline:
         messages are still pending, so one that was applied before its answer was lost
         finds nothing to do (LeaseLost; the waiter then reads the stored reply).
         """
+
         def failed(state: RetryCallState) -> None:
-            logger.warning("finishing the turn on message %s failed, retrying: %s", turn.last.id,
-                           state.outcome.exception() if state.outcome else None)
+            logger.warning(
+                "finishing the turn on message %s failed, retrying: %s",
+                turn.last.id,
+                state.outcome.exception() if state.outcome else None,
+            )
 
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(StoreUnavailable),
@@ -361,8 +399,7 @@ class Pipeline:
                 try:
                     if not await self.ledger.renew(lease):
                         telemetry.renewal("lost")
-                        logger.warning("lease lost during the turn on message %s; the turn is cancelled",
-                                       turn.last.id)
+                        logger.warning("lease lost during the turn on message %s; the turn is cancelled", turn.last.id)
                         lost = True
                         group.cancel_scope.cancel()
                         return
@@ -408,8 +445,13 @@ class Pipeline:
         if (turn.last.metadata.get("channel") or "web") != "web":
             return None
         return DraftWriter(
-            self.ledger.engine, self.runtime.streams, tenant=lease.tenant, device=lease.device, epoch=lease.epoch,
-            attempt=turn.attempt, message_ids=[message.id for message in turn.messages],
+            self.ledger.engine,
+            self.runtime.streams,
+            tenant=lease.tenant,
+            device=lease.device,
+            epoch=lease.epoch,
+            attempt=turn.attempt,
+            message_ids=[message.id for message in turn.messages],
             flush_seconds=self.settings.stream_flush_ms / 1000,
         )
 
@@ -443,4 +485,3 @@ async def _call_hook(hook: Callable[..., Any], *args: Any) -> None:
     result = await anyio.to_thread.run_sync(hook, *args)
     if inspect.isawaitable(result):
         await result
-

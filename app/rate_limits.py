@@ -46,6 +46,7 @@ SELECT EXISTS (SELECT 1 FROM hit) AS allowed,
             WHERE w.scope = %(scope)s AND w.key = %(key)s AND NOT {OVER}), 60)))::integer AS retry_after
 """
 
+
 def hit(engine: Engine, scope: str, key: str, limit: int) -> None:
     """Count one hit for (scope, key); limit hits per minute, 0: no limit (and no statement).
 

@@ -29,8 +29,8 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from app.core.config import Settings
 from app import telemetry
+from app.core.config import Settings
 from app.errors import Overloaded
 from app.streams.hub import Hub
 
@@ -161,7 +161,7 @@ class Background:
         self._count += 1
         self._group.start_soon(run)
 
-    async def join(self, timeout: float) -> bool:
+    async def join(self, timeout: float) -> bool:  # noqa: ASYNC109 - the lifespan's grace, not a caller's scope
         """Wait (at most timeout seconds) until no background task is left; True when none is."""
         with anyio.move_on_after(timeout):
             while self._count:

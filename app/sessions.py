@@ -254,7 +254,12 @@ class SessionService(_LockOperations):
         return self._run(self._touch_lock(device_id, tenant_id))
 
     def handoff_session_lock(
-        self, device_id: str, from_agent: str | None, to_agent: str, *, ttl: int | None = None,
+        self,
+        device_id: str,
+        from_agent: str | None,
+        to_agent: str,
+        *,
+        ttl: int | None = None,
         tenant_id: str = "default",
     ) -> bool:
         """Compare-and-set: move the lock from from_agent (None: from nobody) to to_agent."""
@@ -307,7 +312,12 @@ class AsyncSessionService(_LockOperations):
         return await self._run(self._touch_lock(device_id, tenant_id))
 
     async def handoff_session_lock(
-        self, device_id: str, from_agent: str | None, to_agent: str, *, ttl: int | None = None,
+        self,
+        device_id: str,
+        from_agent: str | None,
+        to_agent: str,
+        *,
+        ttl: int | None = None,
         tenant_id: str = "default",
     ) -> bool:
         """Compare-and-set: move the lock from from_agent (None: from nobody) to to_agent."""
@@ -316,9 +326,11 @@ class AsyncSessionService(_LockOperations):
     async def cleanup_expired_sessions(self, *, batch_size: int = 5000, max_seconds: float | None = None) -> int:
         """Release expired locks in batches of batch_size; returns how many were released."""
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
-        return _released(await arun_batches(
-            self.engine, RELEASE_EXPIRED, {}, batch_size=self._batch_size(batch_size), deadline=deadline
-        ))
+        return _released(
+            await arun_batches(
+                self.engine, RELEASE_EXPIRED, {}, batch_size=self._batch_size(batch_size), deadline=deadline
+            )
+        )
 
     async def get_session_context(self, device_id: str, *, tenant_id: str = "default") -> dict[str, Any]:
         """The device's session context, with all four parts (empty for an unknown device)."""

@@ -53,21 +53,30 @@ def main(argv: list[str] | None = None) -> int:
         migrate.upgrade(engine)
         bench = Bench(quick=args.quick, url=url, origin=origin)
         report: dict[str, Any] = {
-            "command": command, "mode": "quick" if args.quick else "full",
-            "machine": machine_info(engine, origin), "sections": {},
+            "command": command,
+            "mode": "quick" if args.quick else "full",
+            "machine": machine_info(engine, origin),
+            "sections": {},
         }
         engine.dispose()
         m = report["machine"]
         if args.quick:
-            bench.notes.append("quick mode checks that every section runs; its sizes and windows are too small "
-                               "for the figures to mean much: use `make bench` for numbers")
+            bench.notes.append(
+                "quick mode checks that every section runs; its sizes and windows are too small "
+                "for the figures to mean much: use `make bench` for numbers"
+            )
         if m["loadavg_1m_at_start"] > 1.0:
             # Durable commits slow down when other processes hold the CPU: say so next to the numbers.
-            bench.notes.append(f"load average {m['loadavg_1m_at_start']} at start: other processes were busy, "
-                               "expect noisy and lower numbers (especially sets)")
+            bench.notes.append(
+                f"load average {m['loadavg_1m_at_start']} at start: other processes were busy, "
+                "expect noisy and lower numbers (especially sets)"
+            )
             print(f"warning: {bench.notes[-1]}", flush=True)
-        print(f"{command}: {m['date']}, {m['cores']} cores ({m['cpu']}), PostgreSQL {m['postgres_version']} "
-              f"from {origin}, fsync={m['postgres_settings']['fsync']}", flush=True)
+        print(
+            f"{command}: {m['date']}, {m['cores']} cores ({m['cpu']}), PostgreSQL {m['postgres_version']} "
+            f"from {origin}, fsync={m['postgres_settings']['fsync']}",
+            flush=True,
+        )
         for name in chosen:
             report["sections"][name] = _section(name, bench, failed)
     aio.stop()  # the loop of the in-process pipeline runs (its thread would keep the process alive)

@@ -53,8 +53,9 @@ class ChatLoad:
     def __post_init__(self) -> None:
         self._stop = threading.Event()
         self._threads = [
-            threading.Thread(target=self._client, args=(self.devices[c :: self.clients],), daemon=True,
-                             name=f"chat-client-{c}")
+            threading.Thread(
+                target=self._client, args=(self.devices[c :: self.clients],), daemon=True, name=f"chat-client-{c}"
+            )
             for c in range(self.clients)
         ]
 
@@ -90,7 +91,9 @@ class ChatLoad:
                             reply = response.json()
                             record.degraded = bool(reply.get("degraded"))
                             record.unexpected = (reply.get("agent"), reply["lock"]["agent"]) != (
-                                "scheduling", EXPECTED_LOCK[step])
+                                "scheduling",
+                                EXPECTED_LOCK[step],
+                            )
                         elif len(self.errors) < 20:
                             self.errors.append(f"{response.status_code}: {response.text[:200]}")
                         self.records.append(record)

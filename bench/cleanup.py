@@ -39,8 +39,10 @@ def run(b: Bench) -> dict[str, Any]:
         quiet = _traffic(b, live, window, during=None)
         busy = _traffic(b, live, window, during=lambda: _release(service, None, expired))
         out["latency"] = {
-            "window_s": round(window, 2), "traffic_ops_per_s_target": round(1 / TRAFFIC_INTERVAL_S),
-            "without_cleanup": quiet, "during_cleanup": busy,
+            "window_s": round(window, 2),
+            "traffic_ops_per_s_target": round(1 / TRAFFIC_INTERVAL_S),
+            "without_cleanup": quiet,
+            "during_cleanup": busy,
             "p99_ratio": ratio(busy["p99_ms"], quiet["p99_ms"]),
         }
     finally:
@@ -77,8 +79,10 @@ def _release(service: SessionService, batch: int | None, expected: int) -> dict[
     seconds = time.perf_counter() - started
     return {
         "batch_size": f"{batch:,}" if batch else f"{DEFAULT_BATCH:,} (default)",
-        "released": released, "expected": expected,
-        "seconds": round(seconds, 3), "released_per_s": round(released / seconds) if seconds else None,
+        "released": released,
+        "expected": expected,
+        "seconds": round(seconds, 3),
+        "released_per_s": round(released / seconds) if seconds else None,
         "loadavg_1m_before": round(load, 2),
     }
 
@@ -119,9 +123,12 @@ def _traffic(b: Bench, live: list[str], window: float, during) -> dict[str, Any]
     engine.dispose()
     inside = [lat for at, lat in samples if start <= at <= end]
     return {
-        "seconds": round(end - start, 3), "ops": len(inside),
-        "p50_ms": percentile_ms(inside, 50), "p99_ms": percentile_ms(inside, 99),
-        "max_ms": max(inside) / 1e6 if inside else None, "cleanup": result,
+        "seconds": round(end - start, 3),
+        "ops": len(inside),
+        "p50_ms": percentile_ms(inside, 50),
+        "p99_ms": percentile_ms(inside, 99),
+        "max_ms": max(inside) / 1e6 if inside else None,
+        "cleanup": result,
     }
 
 
@@ -131,17 +138,28 @@ def retention_pass(b: Bench) -> dict[str, Any]:
     live = orphans // (LIVE_EVERY - 1)  # one row in ten holds a live lock, as above
     settings = b.settings()
     engine, setup = b.engine(), b.setup_engine()
-    out: dict[str, Any] = {"orphans": orphans, "live_rows": live, "orphan_after_hours": ORPHAN_HOURS,
-                           "batch_size": settings.cleanup_batch_size, "statement": "app.cleanup.DELETE_ORPHANS"}
+    out: dict[str, Any] = {
+        "orphans": orphans,
+        "live_rows": live,
+        "orphan_after_hours": ORPHAN_HOURS,
+        "batch_size": settings.cleanup_batch_size,
+        "statement": "app.cleanup.DELETE_ORPHANS",
+    }
 
     def delete() -> dict[str, Any]:
         load = os.getloadavg()[0]
         started = time.perf_counter()
-        deleted = run_batches(engine, DELETE_ORPHANS, {"hours": ORPHAN_HOURS},
-                              batch_size=settings.cleanup_batch_size, deadline=None)
+        deleted = run_batches(
+            engine, DELETE_ORPHANS, {"hours": ORPHAN_HOURS}, batch_size=settings.cleanup_batch_size, deadline=None
+        )
         seconds = time.perf_counter() - started
-        return {"deleted": deleted, "expected": orphans, "seconds": round(seconds, 3),
-                "deleted_per_s": round(deleted / seconds) if seconds else None, "loadavg_1m_before": round(load, 2)}
+        return {
+            "deleted": deleted,
+            "expected": orphans,
+            "seconds": round(seconds, 3),
+            "deleted_per_s": round(deleted / seconds) if seconds else None,
+            "loadavg_1m_before": round(load, 2),
+        }
 
     try:
         populate_orphans(setup, orphans, live)
@@ -152,8 +170,10 @@ def retention_pass(b: Bench) -> dict[str, Any]:
         quiet = _traffic(b, devices, window, during=None)
         busy = _traffic(b, devices, window, during=delete)
         out["latency"] = {
-            "window_s": round(window, 2), "traffic_ops_per_s_target": round(1 / TRAFFIC_INTERVAL_S),
-            "without_retention": quiet, "during_retention": busy,
+            "window_s": round(window, 2),
+            "traffic_ops_per_s_target": round(1 / TRAFFIC_INTERVAL_S),
+            "without_retention": quiet,
+            "during_retention": busy,
             "p99_ratio": ratio(busy["p99_ms"], quiet["p99_ms"]),
         }
         with setup.connect() as conn:  # the live rows must have survived both passes
@@ -196,22 +216,42 @@ def _print(out: dict[str, Any]) -> None:
     rows.append([f"{busy['batch_size']}, with live traffic", busy["released"], busy["seconds"], busy["released_per_s"]])
     print(table(["batch size", "released", "seconds", "released/s"], rows))
     lat = out["latency"]
-    rows = [[name, lat[key]["ops"], lat[key]["p50_ms"], lat[key]["p99_ms"], lat[key]["max_ms"]]
-            for name, key in (("without cleanup", "without_cleanup"), ("during cleanup", "during_cleanup"))]
-    print(f"live traffic (~{lat['traffic_ops_per_s_target']} op/s, 80% get / 20% set), window {lat['window_s']} s; "
-          f"p99 during/without = {lat['p99_ratio']}")
+    rows = [
+        [name, lat[key]["ops"], lat[key]["p50_ms"], lat[key]["p99_ms"], lat[key]["max_ms"]]
+        for name, key in (("without cleanup", "without_cleanup"), ("during cleanup", "during_cleanup"))
+    ]
+    print(
+        f"live traffic (~{lat['traffic_ops_per_s_target']} op/s, 80% get / 20% set), window {lat['window_s']} s; "
+        f"p99 during/without = {lat['p99_ratio']}"
+    )
     print(table(["traffic", "ops", "p50 ms", "p99 ms", "max ms"], rows))
     ret = out["retention"]
     alone, rl = ret["alone"], ret["latency"]
     busy = rl["during_retention"]["cleanup"]
-    print(f"retention: {ret['orphans']:,} orphaned rows (last active 3 days ago; no lock, lease or "
-          f"pending message) beside {ret['live_rows']:,} locked rows; run_batches(DELETE_ORPHANS, hours="
-          f"{ret['orphan_after_hours']}, batch_size={ret['batch_size']:,}); locked rows left: {ret['live_rows_left']:,}")
-    print(table(["run", "deleted", "seconds", "deleted/s"], [
-        ["alone", alone["deleted"], alone["seconds"], alone["deleted_per_s"]],
-        ["with live traffic", busy["deleted"], busy["seconds"], busy["deleted_per_s"]]]))
-    print(f"live traffic (~{rl['traffic_ops_per_s_target']} op/s) in {rl['window_s']} s windows; "
-          f"p99 during/without = {rl['p99_ratio']}")
-    print(table(["traffic", "ops", "p50 ms", "p99 ms", "max ms"], [
-        [name, rl[key]["ops"], rl[key]["p50_ms"], rl[key]["p99_ms"], rl[key]["max_ms"]]
-        for name, key in (("without retention", "without_retention"), ("during retention", "during_retention"))]))
+    print(
+        f"retention: {ret['orphans']:,} orphaned rows (last active 3 days ago; no lock, lease or "
+        f"pending message) beside {ret['live_rows']:,} locked rows; run_batches(DELETE_ORPHANS, hours="
+        f"{ret['orphan_after_hours']}, batch_size={ret['batch_size']:,}); locked rows left: {ret['live_rows_left']:,}"
+    )
+    print(
+        table(
+            ["run", "deleted", "seconds", "deleted/s"],
+            [
+                ["alone", alone["deleted"], alone["seconds"], alone["deleted_per_s"]],
+                ["with live traffic", busy["deleted"], busy["seconds"], busy["deleted_per_s"]],
+            ],
+        )
+    )
+    print(
+        f"live traffic (~{rl['traffic_ops_per_s_target']} op/s) in {rl['window_s']} s windows; "
+        f"p99 during/without = {rl['p99_ratio']}"
+    )
+    print(
+        table(
+            ["traffic", "ops", "p50 ms", "p99 ms", "max ms"],
+            [
+                [name, rl[key]["ops"], rl[key]["p50_ms"], rl[key]["p99_ms"], rl[key]["max_ms"]]
+                for name, key in (("without retention", "without_retention"), ("during retention", "during_retention"))
+            ],
+        )
+    )

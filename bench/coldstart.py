@@ -32,7 +32,11 @@ def run(b: Bench) -> dict[str, Any]:
     median = {name: round(statistics.median(values), 1) for name, values in times.items()}
     base = median["interpreter"]
     out: dict[str, Any] = {
-        "runs": runs, "module": module, "note": note, "commands": commands, "median_ms": median,
+        "runs": runs,
+        "module": module,
+        "note": note,
+        "commands": commands,
+        "median_ms": median,
         "runs_ms": {name: [round(v, 1) for v in values] for name, values in times.items()},
         "ratio_app/deps": ratio(median["app"], median["deps"]),
         "ratio_app/deps_without_interpreter": ratio(median["app"] - base, median["deps"] - base),
@@ -60,10 +64,14 @@ def first_request(env: dict[str, str], processes: int) -> dict[str, Any]:
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     first_ms = [r["first_request_ms"] for r in results]
     return {
-        "processes": processes, "handler": results[0]["handler"], "fallback_reason": results[0]["fallback_reason"],
-        "status": results[0]["status"], "median_first_request_ms": round(statistics.median(first_ms), 1),
+        "processes": processes,
+        "handler": results[0]["handler"],
+        "fallback_reason": results[0]["fallback_reason"],
+        "status": results[0]["status"],
+        "median_first_request_ms": round(statistics.median(first_ms), 1),
         "median_second_request_ms": round(statistics.median(r["second_request_ms"] for r in results), 1),
-        "median_import_ms": round(statistics.median(r["import_ms"] for r in results), 1), "runs": results,
+        "median_import_ms": round(statistics.median(r["import_ms"] for r in results), 1),
+        "runs": results,
     }
 
 
@@ -75,15 +83,19 @@ def _check(proc, what: str) -> None:  # noqa: ANN001
 def _print(out: dict[str, Any]) -> None:
     med = out["median_ms"]
     rows = [
-        [f"python -c \"{out['commands']['app']}\"", med["app"]],
-        [f"python -c \"{DEPS}\"", med["deps"]],
+        [f'python -c "{out["commands"]["app"]}"', med["app"]],
+        [f'python -c "{DEPS}"', med["deps"]],
         ["python -c pass (interpreter only)", med["interpreter"]],
     ]
-    print(f"median of {out['runs']} fresh processes each; app/deps = {out['ratio_app/deps']} "
-          f"(without interpreter start: {out['ratio_app/deps_without_interpreter']})")
+    print(
+        f"median of {out['runs']} fresh processes each; app/deps = {out['ratio_app/deps']} "
+        f"(without interpreter start: {out['ratio_app/deps_without_interpreter']})"
+    )
     print(table(["command", "median ms"], rows))
     fr = out["first_request"]
     where = fr["handler"] + (f" — {fr['fallback_reason']}" if fr["fallback_reason"] else "")
-    print(f"first request GET /api/health through {where}: status {fr['status']}, "
-          f"import {fr['median_import_ms']} ms, first request {fr['median_first_request_ms']} ms (incl. DB connect), "
-          f"second {fr['median_second_request_ms']} ms (median of {fr['processes']} processes)")
+    print(
+        f"first request GET /api/health through {where}: status {fr['status']}, "
+        f"import {fr['median_import_ms']} ms, first request {fr['median_first_request_ms']} ms (incl. DB connect), "
+        f"second {fr['median_second_request_ms']} ms (median of {fr['processes']} processes)"
+    )

@@ -186,7 +186,7 @@ def paired_ratio(a: list[float] | None, b: list[float] | None) -> float | None:
     """Median over rounds of a[r] / b[r]."""
     # Both sides of a pair ran back to back, so load that drifts during the run
     # (other processes on a shared machine) cancels out of each ratio.
-    pairs = [x / y for x, y in zip(a or [], b or []) if x and y]
+    pairs = [x / y for x, y in zip(a or [], b or [], strict=False) if x and y]
     return round(statistics.median(pairs), 2) if pairs else None
 
 
@@ -198,7 +198,11 @@ def conninfo(url: str) -> str:
     """libpq connection string for a SQLAlchemy URL (host may be a socket directory in the query)."""
     u = make_url(url)
     params: dict[str, Any] = {
-        "dbname": u.database, "user": u.username, "password": u.password, "host": u.host, "port": u.port,
+        "dbname": u.database,
+        "user": u.username,
+        "password": u.password,
+        "host": u.host,
+        "port": u.port,
     }
     params.update({key: value for key, value in u.query.items() if isinstance(value, str)})
     return psycopg.conninfo.make_conninfo(**{k: v for k, v in params.items() if v not in (None, "")})
@@ -240,7 +244,7 @@ def machine_info(engine: Engine, origin: str) -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             packages[name] = None
     return {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "cores": os.cpu_count(),
         "cpu": _cpu_model(),
         "memory_gib": _memory_gib(),
@@ -284,8 +288,9 @@ def _git_commit() -> str | None:
 def _app_dirty() -> bool | None:
     """True if app/ or migrations/ differ from the commit: the numbers then describe the working tree."""
     try:
-        out = subprocess.run(["git", "status", "--porcelain", "--", "app", "migrations"], cwd=ROOT,
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--", "app", "migrations"], cwd=ROOT, capture_output=True, text=True
+        )
         return bool(out.stdout.strip()) if out.returncode == 0 else None
     except OSError:
         return None
@@ -304,7 +309,7 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
         return "  ".join(out).rstrip()
 
     sep = "  ".join("-" * w for w in widths)
-    return "\n".join([line(headers), sep, *(line(c, r) for c, r in zip(cells, rows))])
+    return "\n".join([line(headers), sep, *(line(c, r) for c, r in zip(cells, rows, strict=True))])
 
 
 def cell(value: Any) -> str:

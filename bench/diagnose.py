@@ -54,13 +54,18 @@ def cleanup(rows: int) -> None:
                     if sql is None:
                         continue
                     plan = conn.exec_driver_sql("EXPLAIN " + sql, {"batch": batch}).scalars().all()
-                    joins = [line.strip().split("  (")[0] for line in plan
-                             if any(k in line for k in ("Join", "Nested Loop", "Seq Scan", "Tid Scan"))]
+                    joins = [
+                        line.strip().split("  (")[0]
+                        for line in plan
+                        if any(k in line for k in ("Join", "Nested Loop", "Seq Scan", "Tid Scan"))
+                    ]
                     print(f"plan, {label}, batch {batch}: {' / '.join(joins)}")
         results = []
         runs: list[tuple[str, str | None, int | None]] = [
-            ("app statement", RELEASE_EXPIRED, 5000), ("app statement", RELEASE_EXPIRED, 10000),
-            ("ctid join", variant, 5000), ("ctid join", variant, 10000),
+            ("app statement", RELEASE_EXPIRED, 5000),
+            ("app statement", RELEASE_EXPIRED, 10000),
+            ("ctid join", variant, 5000),
+            ("ctid join", variant, 10000),
             ("one plain UPDATE, no row lock, no audit (ceiling)", PLAIN_UPDATE, None),
         ]
         for label, sql, batch in runs:
@@ -98,7 +103,7 @@ def _chain(lines: list[tuple[str, int]], target: str) -> list[str]:
     for i, (name, depth) in enumerate(lines):
         if name == target:
             out = [name]
-            for other, other_depth in lines[i + 1:]:
+            for other, other_depth in lines[i + 1 :]:
                 if other_depth < depth:
                     out.append(other)
                     depth = other_depth
@@ -118,14 +123,21 @@ def imports(runs: int) -> None:
     by_package: collections.Counter[str] = collections.Counter()
     for name, (self_us, _, _) in extra.items():
         by_package[name.split(".")[0]] += self_us
-    print(f"`import {module}`: {app_total:.0f} ms of module execution (median of {runs}, -X importtime self times); "
-          f"`{DEPS}`: {dep_total:.0f} ms; modules only the app imports: {len(extra)}, "
-          f"{sum(v[0] for v in extra.values()) / 1000:.0f} ms (first run)")
-    print(table(["package (app-only modules)", "self ms"],
-                [[name, round(us / 1000, 1)] for name, us in by_package.most_common(12)]))
+    print(
+        f"`import {module}`: {app_total:.0f} ms of module execution (median of {runs}, -X importtime self times); "
+        f"`{DEPS}`: {dep_total:.0f} ms; modules only the app imports: {len(extra)}, "
+        f"{sum(v[0] for v in extra.values()) / 1000:.0f} ms (first run)"
+    )
+    print(
+        table(
+            ["package (app-only modules)", "self ms"],
+            [[name, round(us / 1000, 1)] for name, us in by_package.most_common(12)],
+        )
+    )
     first = app_runs[0]
-    heavy = sorted(((v[1], name) for name, v in extra.items() if v[1] > 10_000 and not name.startswith("app")),
-                   reverse=True)
+    heavy = sorted(
+        ((v[1], name) for name, v in extra.items() if v[1] > 10_000 and not name.startswith("app")), reverse=True
+    )
     lines = [(name, depth) for name, (_, _, depth) in first.items()]
     rows: list[list[Any]] = []
     seen: set[str] = set()

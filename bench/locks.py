@@ -18,8 +18,19 @@ from sqlalchemy.engine import make_url
 from app import SessionService
 from app.sessions import GET_LOCK, SET_LOCK
 from bench.common import (
-    AGENT, DEVICE_BASE, TENANT, TTL, Bench, child_env, conninfo, device_sequence, paired_ratio, populate_devices,
-    run_for, summarize, table,
+    AGENT,
+    DEVICE_BASE,
+    TENANT,
+    TTL,
+    Bench,
+    child_env,
+    conninfo,
+    device_sequence,
+    paired_ratio,
+    populate_devices,
+    run_for,
+    summarize,
+    table,
 )
 from bench.naive import NaiveStore
 
@@ -42,19 +53,22 @@ def run(b: Bench) -> dict[str, Any]:
     naive = NaiveStore(b.url)
     impls = {
         "service": _ops(
-            seq, is_set,
+            seq,
+            is_set,
             get=service.get_session_lock,
             put=lambda dev: service.set_session_lock(dev, AGENT, ttl=TTL),
         ),
         "bare_psycopg": _ops(
-            seq, is_set,
+            seq,
+            is_set,
             get=lambda dev: bare.execute(GET_LOCK, {"tenant": TENANT, "device": dev}).fetchone(),
             put=lambda dev: bare.execute(
                 SET_LOCK, {"tenant": TENANT, "device": dev, "agent": AGENT, "ttl": TTL, "new_ttl": TTL}
             ).fetchone(),
         ),
         "naive_orm": _ops(
-            seq, is_set,
+            seq,
+            is_set,
             get=naive.get_session_lock,
             put=lambda dev: naive.set_session_lock(dev, AGENT, TTL),
         ),
@@ -65,7 +79,7 @@ def run(b: Bench) -> dict[str, Any]:
     try:
         for r in range(rounds):
             names = list(impls)
-            names = names[r % len(names):] + names[: r % len(names)]  # no implementation always goes first
+            names = names[r % len(names) :] + names[: r % len(names)]  # no implementation always goes first
             for op in OPS:
                 for name in names:
                     run_for(impls[name][op], warmup)
@@ -93,8 +107,13 @@ def run(b: Bench) -> dict[str, Any]:
             "bare_psycopg/naive_orm": paired_ratio(rounds_of["bare_psycopg"], rounds_of["naive_orm"]),
         }
     out = {
-        "devices": devices, "window_s": window, "rounds": rounds, "set_share_in_mix": SET_SHARE,
-        "pgbench": pgbench.describe(), "results": results, "ratios": ratios,
+        "devices": devices,
+        "window_s": window,
+        "rounds": rounds,
+        "set_share_in_mix": SET_SHARE,
+        "pgbench": pgbench.describe(),
+        "results": results,
+        "ratios": ratios,
     }
     _print(out)
     return out
@@ -147,8 +166,22 @@ class Pgbench:
     def run(self, op: str, seconds: float) -> dict[str, Any]:
         scripts = {"get": ["get.sql"], "set": ["set.sql"], "mix": ["get.sql@8", "set.sql@2"]}[op]
         host = self.url.query.get("host") or self.url.host
-        cmd = [self.binary, "-n", "-M", "prepared", "-c", "1", "-j", "1", "-T", str(max(1, round(seconds))),
-               "-D", f"tenant={TENANT}", "-D", f"agent={AGENT}"]
+        cmd = [
+            self.binary,
+            "-n",
+            "-M",
+            "prepared",
+            "-c",
+            "1",
+            "-j",
+            "1",
+            "-T",
+            str(max(1, round(seconds))),
+            "-D",
+            f"tenant={TENANT}",
+            "-D",
+            f"agent={AGENT}",
+        ]
         for script in scripts:
             cmd += ["-f", str(self.dir / script)]
         if host:
@@ -185,19 +218,47 @@ def pgbench_binary() -> str | None:
 
 def _print(out: dict[str, Any]) -> None:
     res, rat = out["results"], out["ratios"]
-    print(f"devices pre-populated: {out['devices']:,}; {out['rounds']} round(s) of {out['window_s']} s per cell; "
-          "op/s: median of rounds; ratios: median of per-round ratios")
+    print(
+        f"devices pre-populated: {out['devices']:,}; {out['rounds']} round(s) of {out['window_s']} s per cell; "
+        "op/s: median of rounds; ratios: median of per-round ratios"
+    )
     rows = []
     for op in OPS:
         pg = res[op]["pgbench"] or {}
-        rows.append([
-            op, res[op]["service"]["ops_per_s"], res[op]["bare_psycopg"]["ops_per_s"],
-            res[op]["naive_orm"]["ops_per_s"], pg.get("ops_per_s", pg.get("error", "n/a")),
-            rat[op]["service/bare_psycopg"], rat[op]["service/naive_orm"], rat[op]["service/pgbench"],
-            rat[op]["bare_psycopg/pgbench"], rat[op]["bare_psycopg/naive_orm"],
-        ])
-    print(table(["op/s", "SessionService", "bare psycopg", "naive ORM", "pgbench",
-                 "svc/bare", "svc/naive", "svc/pgbench", "bare/pgbench", "bare/naive"], rows))
-    lat = [[op, name, res[op][name]["p50_ms"], res[op][name]["p99_ms"]]
-           for op in OPS for name in ("service", "bare_psycopg", "naive_orm")]
+        rows.append(
+            [
+                op,
+                res[op]["service"]["ops_per_s"],
+                res[op]["bare_psycopg"]["ops_per_s"],
+                res[op]["naive_orm"]["ops_per_s"],
+                pg.get("ops_per_s", pg.get("error", "n/a")),
+                rat[op]["service/bare_psycopg"],
+                rat[op]["service/naive_orm"],
+                rat[op]["service/pgbench"],
+                rat[op]["bare_psycopg/pgbench"],
+                rat[op]["bare_psycopg/naive_orm"],
+            ]
+        )
+    print(
+        table(
+            [
+                "op/s",
+                "SessionService",
+                "bare psycopg",
+                "naive ORM",
+                "pgbench",
+                "svc/bare",
+                "svc/naive",
+                "svc/pgbench",
+                "bare/pgbench",
+                "bare/naive",
+            ],
+            rows,
+        )
+    )
+    lat = [
+        [op, name, res[op][name]["p50_ms"], res[op][name]["p99_ms"]]
+        for op in OPS
+        for name in ("service", "bare_psycopg", "naive_orm")
+    ]
     print(table(["op", "implementation", "p50 ms", "p99 ms"], lat))

@@ -23,9 +23,11 @@ def run(b: Bench) -> dict[str, Any]:
     out["deps_import_peak_rss_mib"] = round(int(deps.stdout.split()[-1]) / 1024, 1) if deps.returncode == 0 else None
     where = out["handler"] + (f" — {out['fallback_reason']}" if out["fallback_reason"] else "")
     print(f"{count:,} GET /api/health events through {where}: statuses {out['statuses']}")
-    print(f"peak RSS {out['peak_rss_mib']} MiB (VmHWM {out['vm_hwm_mib']} MiB; "
-          f"after import {out['peak_rss_after_import_mib']} MiB, "
-          f"after the first event {out['peak_rss_after_first_event_mib']} MiB; "
-          f"bare dependency import alone {out['deps_import_peak_rss_mib']} MiB); "
-          f"event latency p50 {out['event_ms_p50']} ms, p99 {out['event_ms_p99']} ms")
+    print(
+        f"peak RSS {out['peak_rss_mib']} MiB (VmHWM {out['vm_hwm_mib']} MiB; "
+        f"after import {out['peak_rss_after_import_mib']} MiB, "
+        f"after the first event {out['peak_rss_after_first_event_mib']} MiB; "
+        f"bare dependency import alone {out['deps_import_peak_rss_mib']} MiB); "
+        f"event latency p50 {out['event_ms_p50']} ms, p99 {out['event_ms_p99']} ms"
+    )
     return out

@@ -42,7 +42,7 @@ class NaiveStore:
     def get_session_lock(self, device_id: str) -> str | None:
         with self.Session() as session:
             state = session.query(State).filter_by(tenant_id=TENANT, device_id=device_id).first()
-            now = dt.datetime.now(dt.timezone.utc)
+            now = dt.datetime.now(dt.UTC)
             if state and state.active_agent and state.expires_at and state.expires_at > now:
                 return state.active_agent
             return None
@@ -50,7 +50,7 @@ class NaiveStore:
     def set_session_lock(self, device_id: str, agent_key: str, ttl: int) -> bool:
         with self.Session() as session:
             state = session.query(State).filter_by(tenant_id=TENANT, device_id=device_id).first()
-            now = dt.datetime.now(dt.timezone.utc)
+            now = dt.datetime.now(dt.UTC)
             if state is None:
                 state = State(tenant_id=TENANT, device_id=device_id, version=0)
                 session.add(state)

@@ -9,8 +9,20 @@ from typing import Any
 
 from app import SessionService
 from bench.common import (
-    AGENT, TTL, Bench, Sample, async_url, conninfo, device, device_sequence, paired_ratio, populate_devices,
-    run_for, run_for_async, summarize, table,
+    AGENT,
+    TTL,
+    Bench,
+    Sample,
+    async_url,
+    conninfo,
+    device,
+    device_sequence,
+    paired_ratio,
+    populate_devices,
+    run_for,
+    run_for_async,
+    summarize,
+    table,
 )
 
 OPS = ("get", "set")
@@ -34,9 +46,11 @@ def run(b: Bench) -> dict[str, Any]:
     engine = b.engine()
     populate_devices(b.setup_engine(), threads)
     service = SessionService(engine)
-    impls: dict[str, dict[str, Measure]] = {"service": _sync_ops(
-        seq, get=service.get_session_lock, put=lambda dev: service.set_session_lock(dev, AGENT, ttl=TTL)
-    )}
+    impls: dict[str, dict[str, Measure]] = {
+        "service": _sync_ops(
+            seq, get=service.get_session_lock, put=lambda dev: service.set_session_lock(dev, AGENT, ttl=TTL)
+        )
+    }
     status: dict[str, str] = {"service": "ok"}
     closers: list[Callable[[], None]] = [engine.dispose]
     for name, factory in (("langgraph", _langgraph), ("openai_agents", _openai_agents), ("redis", _redis)):
@@ -51,7 +65,7 @@ def run(b: Bench) -> dict[str, Any]:
     try:
         for r in range(rounds):
             names = list(impls)
-            names = names[r % len(names):] + names[: r % len(names)]
+            names = names[r % len(names) :] + names[: r % len(names)]
             for op in OPS:
                 for name in names:
                     impls[name][op](warmup)
@@ -64,13 +78,24 @@ def run(b: Bench) -> dict[str, Any]:
                 print(f"peers: cleanup failed: {err}")
     results = {op: {name: summarize(s) for name, s in by.items()} for op, by in samples.items()}
     ratios = {
-        op: {f"service/{name}": paired_ratio(results[op]["service"]["ops_per_s_rounds"],
-                                              results[op][name]["ops_per_s_rounds"])
-             for name in impls if name != "service"}
+        op: {
+            f"service/{name}": paired_ratio(
+                results[op]["service"]["ops_per_s_rounds"], results[op][name]["ops_per_s_rounds"]
+            )
+            for name in impls
+            if name != "service"
+        }
         for op in OPS
     }
-    out = {"threads": threads, "window_s": window, "rounds": rounds, "calls": CALLS, "status": status,
-           "results": results, "ratios": ratios}
+    out = {
+        "threads": threads,
+        "window_s": window,
+        "rounds": rounds,
+        "calls": CALLS,
+        "status": status,
+        "results": results,
+        "ratios": ratios,
+    }
     _print(out)
     return out
 
@@ -96,8 +121,9 @@ def _langgraph(b: Bench, seq: list[str], threads: int) -> tuple[dict[str, Measur
         checkpoint = empty_checkpoint()  # a new id per write, as a graph step makes
         checkpoint["channel_values"] = {"active_agent": AGENT}
         checkpoint["channel_versions"] = {"active_agent": 1}
-        return saver.put({"configurable": {"thread_id": dev, "checkpoint_ns": ""}}, checkpoint,
-                         {"source": "update", "step": 1}, {})
+        return saver.put(
+            {"configurable": {"thread_id": dev, "checkpoint_ns": ""}}, checkpoint, {"source": "update", "step": 1}, {}
+        )
 
     def get(dev: str) -> Any:
         return saver.get_tuple({"configurable": {"thread_id": dev, "checkpoint_ns": ""}})
@@ -113,8 +139,9 @@ def _openai_agents(b: Bench, seq: list[str], threads: int) -> tuple[dict[str, Me
 
     loop = asyncio.new_event_loop()
     engine = create_async_engine(async_url(b.url))  # the SDK's from_url does the same with defaults
-    sessions = {device(t): SQLAlchemySession(device(t), engine=engine, create_tables=True)
-                for t in range(1, threads + 1)}
+    sessions = {
+        device(t): SQLAlchemySession(device(t), engine=engine, create_tables=True) for t in range(1, threads + 1)
+    }
     item = {"role": "user", "content": "hi"}
     n = len(seq)
 
@@ -158,7 +185,7 @@ def _redis(b: Bench, seq: list[str], threads: int) -> tuple[dict[str, Measure], 
 
     def close() -> None:
         for start in range(0, len(keys), 1000):
-            client.delete(*keys[start:start + 1000])
+            client.delete(*keys[start : start + 1000])
         client.close()
 
     return _sync_ops(
@@ -167,8 +194,10 @@ def _redis(b: Bench, seq: list[str], threads: int) -> tuple[dict[str, Measure], 
 
 
 def _print(out: dict[str, Any]) -> None:
-    print(f"{out['threads']:,} devices/threads; {out['rounds']} round(s) of {out['window_s']} s per cell; "
-          "op/s: median of rounds; ratios: median of per-round ratios")
+    print(
+        f"{out['threads']:,} devices/threads; {out['rounds']} round(s) of {out['window_s']} s per cell; "
+        "op/s: median of rounds; ratios: median of per-round ratios"
+    )
     rows = []
     for name, state in out["status"].items():
         put_call, get_call = CALLS[name]
@@ -176,10 +205,15 @@ def _print(out: dict[str, Any]) -> None:
             rows.append([name, put_call, state, None, get_call, None, None])
             continue
         res = out["results"]
-        rows.append([
-            name, put_call, res["set"][name]["ops_per_s"],
-            None if name == "service" else out["ratios"]["set"][f"service/{name}"],
-            get_call, res["get"][name]["ops_per_s"],
-            None if name == "service" else out["ratios"]["get"][f"service/{name}"],
-        ])
+        rows.append(
+            [
+                name,
+                put_call,
+                res["set"][name]["ops_per_s"],
+                None if name == "service" else out["ratios"]["set"][f"service/{name}"],
+                get_call,
+                res["get"][name]["ops_per_s"],
+                None if name == "service" else out["ratios"]["get"][f"service/{name}"],
+            ]
+        )
     print(table(["peer", "set-like call", "set op/s", "svc/peer", "get-like call", "get op/s", "svc/peer"], rows))

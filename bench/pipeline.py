@@ -23,13 +23,18 @@ THREADPOOL = 40  # Starlette runs sync routes on anyio's default limiter: at mos
 CHAT_WAIT_SECONDS = 120
 TABLES = "conversation_messages, conversation_audit, conversation_states, cleanup_runs"
 # name: (workers, what `python -m` runs). The last is a diagnostic, not the command the targets are about.
-CONFIGS = {"1 worker": (1, "uvicorn"), "2 workers": (2, "uvicorn"),
-           "2 workers, TCP_NODELAY restored": (2, "bench.nodelay")}
+CONFIGS = {
+    "1 worker": (1, "uvicorn"),
+    "2 workers": (2, "uvicorn"),
+    "2 workers, TCP_NODELAY restored": (2, "bench.nodelay"),
+}
 # Agent history on (the default, 20 messages) and off, side by side: the history is
 # folded into the claim and finish statements, so it must cost no round trip.
 HISTORY = {"history 20": 20, "history off": 0}
-SHARED_CORES = ("the load generator runs on the same machine as the server and PostgreSQL and shares "
-                "its cores with them: its CPU share is reported next to each figure")
+SHARED_CORES = (
+    "the load generator runs on the same machine as the server and PostgreSQL and shares "
+    "its cores with them: its CPU share is reported next to each figure"
+)
 
 
 def run(b: Bench) -> dict[str, Any]:
@@ -40,9 +45,7 @@ def run(b: Bench) -> dict[str, Any]:
     setup = b.setup_engine()
     out: dict[str, Any] = {"clients": clients, "devices": devices, "script": list(SCRIPT), "note": SHARED_CORES}
     try:
-        out["round_trips"] = {
-            label: round_trips(b, b.pick(1000, 100), history) for label, history in HISTORY.items()
-        }
+        out["round_trips"] = {label: round_trips(b, b.pick(1000, 100), history) for label, history in HISTORY.items()}
         out["http"] = {}
         for name, (workers, module) in CONFIGS.items():
             if b.quick and module != "uvicorn":
@@ -59,7 +62,15 @@ def run(b: Bench) -> dict[str, Any]:
             with checkout(BEFORE) as before:
                 reset(setup)
                 out["http"][f"2 workers, history 20 @ {BEFORE}"] = http_load(
-                    b, setup, 2, "uvicorn", clients, devices, warmup, window, path_first=[str(before)],
+                    b,
+                    setup,
+                    2,
+                    "uvicorn",
+                    clients,
+                    devices,
+                    warmup,
+                    window,
+                    path_first=[str(before)],
                     agent_history_messages=20,
                 )
             now, then = out["http"]["2 workers, history 20"], out["http"][f"2 workers, history 20 @ {BEFORE}"]
@@ -74,8 +85,10 @@ def run(b: Bench) -> dict[str, Any]:
     finally:
         setup.dispose()
     # The 1-minute load average lags: the load generator's and the workers' threads keep it high for a while.
-    b.notes.append("the pipeline section's own threads (load generator, uvicorn thread pools) raise the 1-minute "
-                   "load average for the sections after it; their 'load before' reflects that, not other processes")
+    b.notes.append(
+        "the pipeline section's own threads (load generator, uvicorn thread pools) raise the 1-minute "
+        "load average for the sections after it; their 'load before' reflects that, not other processes"
+    )
     _print(out)
     return out
 
@@ -118,8 +131,10 @@ def round_trips(b: Bench, messages: int, history: int) -> dict[str, Any]:
     engine.dispose()
     db_seconds = [sum(durations)]
     return {
-        "messages": messages, "statements": sum(per_message),
-        "per_message_mean": round(statistics.mean(per_message), 3), "per_message_max": max(per_message),
+        "messages": messages,
+        "statements": sum(per_message),
+        "per_message_mean": round(statistics.mean(per_message), 3),
+        "per_message_max": max(per_message),
         "histogram": {str(k): v for k, v in sorted(Counter(per_message).items())},
         "unexpected_results": wrong,
         "messages_per_s_one_thread": round(messages / seconds, 1),
@@ -128,12 +143,30 @@ def round_trips(b: Bench, messages: int, history: int) -> dict[str, Any]:
     }
 
 
-def http_load(b: Bench, setup: Engine, workers: int, module: str, clients: int, devices: int, warmup: float,
-              window: float, *, path_first: list[str] | None = None, **settings: object) -> dict[str, Any]:
+def http_load(
+    b: Bench,
+    setup: Engine,
+    workers: int,
+    module: str,
+    clients: int,
+    devices: int,
+    warmup: float,
+    window: float,
+    *,
+    path_first: list[str] | None = None,
+    **settings: object,
+) -> dict[str, Any]:
     """Closed-loop conversations for warmup + window seconds; figures from the messages done in the window."""
     pool = pool_size(setup, workers, clients)
-    with uvicorn(b.url, workers, module=module, db_pool_size=pool, chat_wait_seconds=CHAT_WAIT_SECONDS,
-                 path_first=path_first, **settings) as server:
+    with uvicorn(
+        b.url,
+        workers,
+        module=module,
+        db_pool_size=pool,
+        chat_wait_seconds=CHAT_WAIT_SECONDS,
+        path_first=path_first,
+        **settings,
+    ) as server:
         load = ChatLoad(server.url, web_devices(devices, f"http-{workers}-{module}"), clients)
         load.start()
         try:
@@ -151,8 +184,14 @@ def http_load(b: Bench, setup: Engine, workers: int, module: str, clients: int, 
         command = server.command
     stats = window_stats(load.records, [(start, end)])
     return {
-        "command": command, "workers": workers, "db_pool_size": pool, "warmup_s": warmup, "window": stats,
-        "all_requests": totals(load.records), "cpu": cpu, "first_errors": load.errors[:5],
+        "command": command,
+        "workers": workers,
+        "db_pool_size": pool,
+        "warmup_s": warmup,
+        "window": stats,
+        "all_requests": totals(load.records),
+        "cpu": cpu,
+        "first_errors": load.errors[:5],
         # pg_stat_database lags by up to about a second of each backend's work: approximate.
         "server_transactions_per_message": round(xacts / stats["messages"], 2) if stats["messages"] else None,
     }
@@ -160,9 +199,11 @@ def http_load(b: Bench, setup: Engine, workers: int, module: str, clients: int, 
 
 def transactions(engine: Engine) -> int:
     with engine.connect() as conn:
-        return int(conn.exec_driver_sql(
-            "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()"
-        ).scalar())
+        return int(
+            conn.exec_driver_sql(
+                "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()"
+            ).scalar()
+        )
 
 
 def populate_expired(engine: Engine, count: int) -> None:
@@ -177,8 +218,9 @@ def populate_expired(engine: Engine, count: int) -> None:
     maintain(engine)
 
 
-def http_during_cleanup(b: Bench, clients: int, devices: int, warmup: float, quiet: float,
-                        expired: int) -> dict[str, Any]:
+def http_during_cleanup(
+    b: Bench, clients: int, devices: int, warmup: float, quiet: float, expired: int
+) -> dict[str, Any]:
     """2 workers under load: a quiet window, run_cleanup releasing the expired locks, another quiet window."""
     setup = b.setup_engine()
     pool, postmaster = pool_size(setup, 2, clients), postmaster_pid(setup)
@@ -221,15 +263,23 @@ def http_during_cleanup(b: Bench, clients: int, devices: int, warmup: float, qui
     result = done["result"]
     seconds = done["end"] - done["start"]
     out = {
-        "expired": expired, "db_pool_size": pool, "workers": 2,
-        "cleanup": {"released": result.released, "seconds": round(seconds, 3),
-                    "released_per_s": round(result.released / seconds) if seconds else None,
-                    "batch_size": settings.cleanup_batch_size, "max_seconds": settings.cleanup_max_seconds},
+        "expired": expired,
+        "db_pool_size": pool,
+        "workers": 2,
+        "cleanup": {
+            "released": result.released,
+            "seconds": round(seconds, 3),
+            "released_per_s": round(result.released / seconds) if seconds else None,
+            "batch_size": settings.cleanup_batch_size,
+            "max_seconds": settings.cleanup_max_seconds,
+        },
         "without_cleanup": window_stats(load.records, [before, after]),
         "before": window_stats(load.records, [before]),
         "during_cleanup": window_stats(load.records, [(done["start"], done["end"])]),
         "after": window_stats(load.records, [after]),
-        "all_requests": totals(load.records), "cpu_without": cpu_quiet, "cpu_during": cpu_busy,
+        "all_requests": totals(load.records),
+        "cpu_without": cpu_quiet,
+        "cpu_during": cpu_busy,
         "first_errors": load.errors[:5],
     }
     out["p99_ratio"] = ratio(out["during_cleanup"]["p99_ms"], out["without_cleanup"]["p99_ms"])
@@ -238,39 +288,93 @@ def http_during_cleanup(b: Bench, clients: int, devices: int, warmup: float, qui
 
 def _print(out: dict[str, Any]) -> None:
     for label, rt in out["round_trips"].items():
-        print(f"round trips, {label}: {rt['messages']:,} messages through app.pipeline.Pipeline on the production "
-              f"engine, one at a time: {rt['per_message_mean']} statements per message on average, at most "
-              f"{rt['per_message_max']} (histogram {rt['histogram']}); {rt['messages_per_s_one_thread']:,} "
-              f"messages/s in one thread, {rt['ms_per_message']} ms per message of which "
-              f"{rt['db_ms_per_message']} ms in statements")
-    print(f"HTTP: {out['clients']} client threads (httpx, keep-alive) over {out['devices']:,} devices, "
-          f"conversations {' -> '.join(out['script'])}; note: {out['note']}")
+        print(
+            f"round trips, {label}: {rt['messages']:,} messages through app.pipeline.Pipeline on the production "
+            f"engine, one at a time: {rt['per_message_mean']} statements per message on average, at most "
+            f"{rt['per_message_max']} (histogram {rt['histogram']}); {rt['messages_per_s_one_thread']:,} "
+            f"messages/s in one thread, {rt['ms_per_message']} ms per message of which "
+            f"{rt['db_ms_per_message']} ms in statements"
+        )
+    print(
+        f"HTTP: {out['clients']} client threads (httpx, keep-alive) over {out['devices']:,} devices, "
+        f"conversations {' -> '.join(out['script'])}; note: {out['note']}"
+    )
     rows = []
     for name, h in out["http"].items():
         w, c = h["window"], h["cpu"]
-        rows.append([name, h["db_pool_size"], w["seconds"], w["messages"], w["messages_per_s"], w["p50_ms"],
-                     w["p99_ms"], h["all_requests"]["non_200"], h["all_requests"]["degraded"],
-                     h["all_requests"]["unexpected_replies"], h["server_transactions_per_message"],
-                     _pct(c["client_share"]), _pct(c["server_share"]), _pct(c["postgres_share"]),
-                     _pct(c["machine_busy_share"])])
-    print(table(["server", "pool", "window s", "messages", "msg/s", "p50 ms", "p99 ms", "non-200", "degraded",
-                 "unexpected", "xact/msg", "client CPU", "server CPU", "PG CPU", "machine busy"], rows))
+        rows.append(
+            [
+                name,
+                h["db_pool_size"],
+                w["seconds"],
+                w["messages"],
+                w["messages_per_s"],
+                w["p50_ms"],
+                w["p99_ms"],
+                h["all_requests"]["non_200"],
+                h["all_requests"]["degraded"],
+                h["all_requests"]["unexpected_replies"],
+                h["server_transactions_per_message"],
+                _pct(c["client_share"]),
+                _pct(c["server_share"]),
+                _pct(c["postgres_share"]),
+                _pct(c["machine_busy_share"]),
+            ]
+        )
+    print(
+        table(
+            [
+                "server",
+                "pool",
+                "window s",
+                "messages",
+                "msg/s",
+                "p50 ms",
+                "p99 ms",
+                "non-200",
+                "degraded",
+                "unexpected",
+                "xact/msg",
+                "client CPU",
+                "server CPU",
+                "PG CPU",
+                "machine busy",
+            ],
+            rows,
+        )
+    )
     if "history_msg_s_ratio" in out:
         print(f"2 workers, msg/s with history 20 / without: {out['history_msg_s_ratio']}")
     if "before_msg_s_ratio" in out:
         print(f"2 workers, msg/s now / at {BEFORE} (before the async runtime): {out['before_msg_s_ratio']}")
     cl = out["cleanup"]
     c = cl["cleanup"]
-    print(f"2 workers while run_cleanup releases {cl['expired']:,} expired locks: released {c['released']:,} in "
-          f"{c['seconds']} s ({c['released_per_s']:,}/s); p99 during/without = {cl['p99_ratio']}")
+    print(
+        f"2 workers while run_cleanup releases {cl['expired']:,} expired locks: released {c['released']:,} in "
+        f"{c['seconds']} s ({c['released_per_s']:,}/s); p99 during/without = {cl['p99_ratio']}"
+    )
     rows = []
-    for label, key in (("before", "before"), ("during cleanup", "during_cleanup"), ("after", "after"),
-                       ("without (before + after)", "without_cleanup")):
+    for label, key in (
+        ("before", "before"),
+        ("during cleanup", "during_cleanup"),
+        ("after", "after"),
+        ("without (before + after)", "without_cleanup"),
+    ):
         w = cl[key]
-        rows.append([label, w["seconds"], w["messages"], w["messages_per_s"], w["p50_ms"], w["p99_ms"],
-                     w["max_ms"], w["non_200"], w["degraded"]])
-    print(table(["window", "seconds", "messages", "msg/s", "p50 ms", "p99 ms", "max ms", "non-200", "degraded"],
-                rows))
+        rows.append(
+            [
+                label,
+                w["seconds"],
+                w["messages"],
+                w["messages_per_s"],
+                w["p50_ms"],
+                w["p99_ms"],
+                w["max_ms"],
+                w["non_200"],
+                w["degraded"],
+            ]
+        )
+    print(table(["window", "seconds", "messages", "msg/s", "p50 ms", "p99 ms", "max ms", "non-200", "degraded"], rows))
 
 
 def _pct(share: float | None) -> str:

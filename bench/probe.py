@@ -40,16 +40,31 @@ def http_api_event(path: str = "/api/health", method: str = "GET") -> dict:
         "rawPath": path,
         "rawQueryString": "",
         "headers": {
-            "accept": "application/json", "host": host, "user-agent": "agent-sessions-bench",
-            "x-amzn-trace-id": "Root=1-00000000-000000000000000000000000", "x-forwarded-for": "127.0.0.1",
-            "x-forwarded-port": "443", "x-forwarded-proto": "https",
+            "accept": "application/json",
+            "host": host,
+            "user-agent": "agent-sessions-bench",
+            "x-amzn-trace-id": "Root=1-00000000-000000000000000000000000",
+            "x-forwarded-for": "127.0.0.1",
+            "x-forwarded-port": "443",
+            "x-forwarded-proto": "https",
         },
         "requestContext": {
-            "accountId": "123456789012", "apiId": "abc123defg", "domainName": host, "domainPrefix": "abc123defg",
-            "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1",
-                     "userAgent": "agent-sessions-bench"},
-            "requestId": uuid.uuid4().hex, "routeKey": "$default", "stage": "$default",
-            "time": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)), "timeEpoch": int(now * 1000),
+            "accountId": "123456789012",
+            "apiId": "abc123defg",
+            "domainName": host,
+            "domainPrefix": "abc123defg",
+            "http": {
+                "method": method,
+                "path": path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": "127.0.0.1",
+                "userAgent": "agent-sessions-bench",
+            },
+            "requestId": uuid.uuid4().hex,
+            "routeKey": "$default",
+            "stage": "$default",
+            "time": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
+            "timeEpoch": int(now * 1000),
         },
         "isBase64Encoded": False,
     }
@@ -98,9 +113,13 @@ def first() -> dict:
     second = handler(http_api_event(), LambdaContext())
     t3 = time.perf_counter()
     return {
-        "handler": source, "fallback_reason": fallback, "import_ms": round((t1 - t0) * 1000, 1),
-        "first_request_ms": round((t2 - t1) * 1000, 1), "second_request_ms": round((t3 - t2) * 1000, 1),
-        "status": response.get("statusCode"), "second_status": second.get("statusCode"),
+        "handler": source,
+        "fallback_reason": fallback,
+        "import_ms": round((t1 - t0) * 1000, 1),
+        "first_request_ms": round((t2 - t1) * 1000, 1),
+        "second_request_ms": round((t3 - t2) * 1000, 1),
+        "status": response.get("statusCode"),
+        "second_status": second.get("statusCode"),
         "body": str(response.get("body"))[:200],
     }
 
@@ -121,8 +140,13 @@ def events(count: int) -> dict:
             after_first = rss_mib()
     latencies.sort()
     return {
-        "handler": source, "fallback_reason": fallback, "events": count, "statuses": statuses,
-        "peak_rss_mib": rss_mib(), "vm_hwm_mib": hwm_mib(), "rss_at_start_mib": base,
+        "handler": source,
+        "fallback_reason": fallback,
+        "events": count,
+        "statuses": statuses,
+        "peak_rss_mib": rss_mib(),
+        "vm_hwm_mib": hwm_mib(),
+        "rss_at_start_mib": base,
         "peak_rss_after_import_mib": after_import,
         "peak_rss_after_first_event_mib": after_first,
         "event_ms_p50": round(latencies[len(latencies) // 2] * 1000, 2),

@@ -66,8 +66,11 @@ def variants(b: Bench, op: str, seq: list[str]) -> tuple[dict[str, Callable[[int
         with store_errors():
             return bare.execute(sql, p).fetchone()
 
-    service_call = (lambda i: service.get_session_lock(seq[i % n])) if op == "get" else (
-        lambda i: service.set_session_lock(seq[i % n], AGENT, ttl=TTL))
+    service_call = (
+        (lambda i: service.get_session_lock(seq[i % n]))
+        if op == "get"
+        else (lambda i: service.set_session_lock(seq[i % n], AGENT, ttl=TTL))
+    )
     found = {
         "bare psycopg (ceiling)": lambda i: bare.execute(sql, params(i)).fetchone(),
         "bare psycopg + 20 us of Python work": lambda i: (bare.execute(sql, params(i)).fetchone(), spin(20e-6)),

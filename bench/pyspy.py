@@ -68,8 +68,14 @@ def main() -> int:
             migrate.upgrade(engine)
             pool = pool_size(engine, args.workers, args.clients)
             engine.dispose()
-            with uvicorn(url, args.workers, module=args.module, app=args.app, db_pool_size=pool,
-                         chat_wait_seconds=CHAT_WAIT_SECONDS) as server:
+            with uvicorn(
+                url,
+                args.workers,
+                module=args.module,
+                app=args.app,
+                db_pool_size=pool,
+                chat_wait_seconds=CHAT_WAIT_SECONDS,
+            ) as server:
                 load = ChatLoad(server.url, web_devices(args.devices, "pyspy"), args.clients)
                 load.start()
                 try:
@@ -78,9 +84,26 @@ def main() -> int:
                     start = time.perf_counter()
                     if args.rate:
                         rec = subprocess.run(
-                            [spy, "record", "--pid", str(pid), "--duration", str(round(args.seconds)), "--rate",
-                             str(args.rate), "--gil", "--nonblocking", "--format", "raw", "--output", str(raw)],
-                            capture_output=True, text=True, check=False)  # the return code is checked below
+                            [
+                                spy,
+                                "record",
+                                "--pid",
+                                str(pid),
+                                "--duration",
+                                str(round(args.seconds)),
+                                "--rate",
+                                str(args.rate),
+                                "--gil",
+                                "--nonblocking",
+                                "--format",
+                                "raw",
+                                "--output",
+                                str(raw),
+                            ],
+                            capture_output=True,
+                            text=True,
+                            check=False,
+                        )  # the return code is checked below
                     else:
                         time.sleep(args.seconds)
                     end = time.perf_counter()
@@ -88,10 +111,12 @@ def main() -> int:
                     load.stop()
         stats = window_stats(load.records, [(start, end)])
         spied = f"py-spy --gil --nonblocking at {args.rate} Hz on worker {pid}" if args.rate else "no profiler"
-        print(f"{server.command} ({args.workers} worker(s), pool {pool}), {args.clients} clients over "
-              f"{args.devices:,} devices; {spied} for {args.seconds} s; meanwhile {stats['messages_per_s']} "
-              f"messages/s (all workers), p50 {stats['p50_ms']} ms, p99 {stats['p99_ms']} ms, "
-              f"non-200 {stats['non_200']}")
+        print(
+            f"{server.command} ({args.workers} worker(s), pool {pool}), {args.clients} clients over "
+            f"{args.devices:,} devices; {spied} for {args.seconds} s; meanwhile {stats['messages_per_s']} "
+            f"messages/s (all workers), p50 {stats['p50_ms']} ms, p99 {stats['p99_ms']} ms, "
+            f"non-200 {stats['non_200']}"
+        )
         if not args.rate:
             return 0
         if rec.returncode:
@@ -113,8 +138,10 @@ def summarize(raw: Path, possible: float) -> dict[str, Any]:
         if head and count.isdigit():
             stacks.append((head.split(";"), int(count)))
     total = sum(n for _, n in stacks)
-    print(f"{total:,} samples with the GIL held, of {possible:,.0f} possible: the GIL was held "
-          f"{total / possible:.0%} of the time")
+    print(
+        f"{total:,} samples with the GIL held, of {possible:,.0f} possible: the GIL was held "
+        f"{total / possible:.0%} of the time"
+    )
     layers: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
     own: collections.Counter[str] = collections.Counter()
@@ -123,14 +150,24 @@ def summarize(raw: Path, possible: float) -> dict[str, Any]:
         for name in {_function(f) for f in frames}:
             inclusive[name] += n
         own[_function(frames[-1])] += n
-    print(table(["layer (innermost matching frame)", "share"],
-                [[name, f"{n / total:.1%}"] for name, n in layers.most_common()]))
-    print(table(["function (inclusive)", "share"],
-                [[name, f"{n / total:.1%}"] for name, n in inclusive.most_common(40)]))
+    print(
+        table(
+            ["layer (innermost matching frame)", "share"],
+            [[name, f"{n / total:.1%}"] for name, n in layers.most_common()],
+        )
+    )
+    print(
+        table(["function (inclusive)", "share"], [[name, f"{n / total:.1%}"] for name, n in inclusive.most_common(40)])
+    )
     print(table(["function (self)", "share"], [[name, f"{n / total:.1%}"] for name, n in own.most_common(25)]))
-    return {"samples": total, "possible": possible, "layers": dict(layers.most_common()),
-            "inclusive": dict(inclusive.most_common(60)), "self": dict(own.most_common(60)),
-            "stacks": {";".join(frames): n for frames, n in stacks}}
+    return {
+        "samples": total,
+        "possible": possible,
+        "layers": dict(layers.most_common()),
+        "inclusive": dict(inclusive.most_common(60)),
+        "self": dict(own.most_common(60)),
+        "stacks": {";".join(frames): n for frames, n in stacks},
+    }
 
 
 def _function(frame: str) -> str:

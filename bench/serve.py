@@ -49,8 +49,13 @@ class Uvicorn:
 
 @contextlib.contextmanager
 def uvicorn(
-    database_url: str, workers: int, *, module: str = "uvicorn", app: str = "app.main:create_app",
-    path_first: list[str] | None = None, **settings: object,
+    database_url: str,
+    workers: int,
+    *,
+    module: str = "uvicorn",
+    app: str = "app.main:create_app",
+    path_first: list[str] | None = None,
+    **settings: object,
 ) -> Iterator[Uvicorn]:
     """Start `python -m uvicorn app.main:create_app --factory --workers N`, wait until every worker is up, stop it.
 
@@ -65,8 +70,20 @@ def uvicorn(
         port = free_port()
         # uvicorn's own INFO lines (no access log) announce each worker's pid and its startup.
         command = [
-            sys.executable, "-m", module, app, "--factory", "--workers", str(workers),
-            "--host", "127.0.0.1", "--port", str(port), "--log-level", "info", "--no-access-log",
+            sys.executable,
+            "-m",
+            module,
+            app,
+            "--factory",
+            "--workers",
+            str(workers),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "info",
+            "--no-access-log",
         ]
         with open(log_path, "ab") as log:
             process = subprocess.Popen(command, env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
@@ -160,7 +177,9 @@ class CpuMeter:
             "client": own.ru_utime + own.ru_stime,
             "server": sum(_proc_cpu_seconds(p) for p in self.server_pids),
             "postgres": sum(_proc_cpu_seconds(p) for p in self.pg_pids),
-            "busy": busy, "total": total, "wall": time.perf_counter(),
+            "busy": busy,
+            "total": total,
+            "wall": time.perf_counter(),
         }
 
     def start(self) -> None:

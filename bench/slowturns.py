@@ -28,7 +28,7 @@ from bench.serve import uvicorn
 
 AGENTS_MODULE = "bench_slow_agents"
 # Written to a folder of its own, so the commit before this work imports it as well.
-AGENTS_SOURCE = '''
+AGENTS_SOURCE = """
 import os
 import time
 
@@ -53,7 +53,7 @@ class SyncSlow:
 
 async_registry = {"manager": AsyncSlow()}
 sync_registry = {"manager": SyncSlow()}
-'''
+"""
 
 
 def run(b: Bench) -> dict[str, Any]:
@@ -61,7 +61,8 @@ def run(b: Bench) -> dict[str, Any]:
     results: dict[str, Any] = {"turns": turns, "agent_seconds": seconds}
     with _agents_dir() as agents_dir:
         variants: list[tuple[str, str, list[str]]] = [
-            ("async agent", "async_registry", [agents_dir]), ("sync agent", "sync_registry", [agents_dir]),
+            ("async agent", "async_registry", [agents_dir]),
+            ("sync agent", "sync_registry", [agents_dir]),
         ]
         with contextlib.ExitStack() as stack:
             if not b.quick:
@@ -70,13 +71,21 @@ def run(b: Bench) -> dict[str, Any]:
             for label, registry, path in variants:
                 results[label] = _measure(b, turns, seconds, f"{AGENTS_MODULE}:{registry}", path)
     rows = [
-        [label, r["wall_s"], r["held_at_once"], r["ok"], r["other"], r["health_p50_ms"], r["health_p99_ms"],
-         r["peak_rss_mib"]]
-        for label, r in results.items() if isinstance(r, dict)
+        [
+            label,
+            r["wall_s"],
+            r["held_at_once"],
+            r["ok"],
+            r["other"],
+            r["health_p50_ms"],
+            r["health_p99_ms"],
+            r["peak_rss_mib"],
+        ]
+        for label, r in results.items()
+        if isinstance(r, dict)
     ]
     print(f"{turns} concurrent turns, each waiting {seconds:g} s, on one uvicorn process")
-    print(table(["agent", "wall s", "held at once", "200", "other", "health p50 ms", "health p99 ms", "RSS MiB"],
-                rows))
+    print(table(["agent", "wall s", "held at once", "200", "other", "health p50 ms", "health p99 ms", "RSS MiB"], rows))
     return results
 
 
@@ -89,8 +98,12 @@ def _agents_dir() -> Iterator[str]:
 
 def _measure(b: Bench, turns: int, seconds: float, agents: str, path: list[str]) -> dict[str, Any]:
     settings = {
-        "agents": agents, "agent_timeout_seconds": 120, "chat_wait_seconds": 120, "max_concurrent_turns": turns,
-        "db_pool_size": 10, "lease_seconds": 30,
+        "agents": agents,
+        "agent_timeout_seconds": 120,
+        "chat_wait_seconds": 120,
+        "max_concurrent_turns": turns,
+        "db_pool_size": 10,
+        "lease_seconds": 30,
     }
     with uvicorn(b.url, 1, path_first=path, bench_agent_seconds=seconds, **settings) as server:
         out = asyncio.run(_load(server.url, turns))
@@ -126,7 +139,9 @@ async def _load(url: str, turns: int) -> dict[str, Any]:
         await prober
     health.sort()
     return {
-        "wall_s": round(wall, 2), "ok": statuses.count(200), "other": len(statuses) - statuses.count(200),
+        "wall_s": round(wall, 2),
+        "ok": statuses.count(200),
+        "other": len(statuses) - statuses.count(200),
         "health_requests": len(health),
         "health_p50_ms": round(health[len(health) // 2], 1) if health else None,
         "health_p99_ms": round(health[min(len(health) - 1, int(len(health) * 0.99))], 1) if health else None,

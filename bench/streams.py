@@ -43,8 +43,12 @@ def run(b: Bench) -> dict[str, Any]:
     results: dict[str, Any] = {}
     results["statements"] = _statements(b, b.pick(20, 5), b.pick(1.0, 0.3))
     settings = {
-        "agents": AGENTS, "agent_timeout_seconds": 120, "chat_wait_seconds": 120,
-        "max_concurrent_turns": streams + 10, "db_pool_size": 10, "lease_seconds": 30,
+        "agents": AGENTS,
+        "agent_timeout_seconds": 120,
+        "chat_wait_seconds": 120,
+        "max_concurrent_turns": streams + 10,
+        "db_pool_size": 10,
+        "lease_seconds": 30,
     }
     with uvicorn(b.url, 1, **settings) as server:
         results["first_delta"] = asyncio.run(_first_delta(server.url, b.pick(300, 30)))
@@ -53,20 +57,42 @@ def run(b: Bench) -> dict[str, Any]:
         results["concurrent"] = concurrent
     first, st, conc = results["first_delta"], results["statements"], results["concurrent"]
     print(f"first delta, {first['streams']} streams one at a time on one uvicorn process")
-    print(table(["measure", "p50 ms", "p99 ms"], [
-        ["client's first delta after the agent's", first["after_agent_p50_ms"], first["after_agent_p99_ms"]],
-        ["agent's first delta after the request", first["agent_start_p50_ms"], first["agent_start_p99_ms"]],
-        ["client's first delta after the request", first["ttfd_p50_ms"], first["ttfd_p99_ms"]],
-    ]))
-    print(f"\nstatements per streamed reply ({st['replies']} replies, {st['writing_s']:g} s of writing each, "
-          f"STREAM_FLUSH_MS={st['flush_ms']})")
-    print(table(["mean", "max", "draft writes max", "bound", "over bound"],
-                [[st["per_reply_mean"], st["per_reply_max"], st["draft_max"], st["bound"], st["over_bound"]]]))
+    print(
+        table(
+            ["measure", "p50 ms", "p99 ms"],
+            [
+                ["client's first delta after the agent's", first["after_agent_p50_ms"], first["after_agent_p99_ms"]],
+                ["agent's first delta after the request", first["agent_start_p50_ms"], first["agent_start_p99_ms"]],
+                ["client's first delta after the request", first["ttfd_p50_ms"], first["ttfd_p99_ms"]],
+            ],
+        )
+    )
+    print(
+        f"\nstatements per streamed reply ({st['replies']} replies, {st['writing_s']:g} s of writing each, "
+        f"STREAM_FLUSH_MS={st['flush_ms']})"
+    )
+    print(
+        table(
+            ["mean", "max", "draft writes max", "bound", "over bound"],
+            [[st["per_reply_mean"], st["per_reply_max"], st["draft_max"], st["bound"], st["over_bound"]]],
+        )
+    )
     print(f"\n{streams} concurrent streams of {WORDS} words over {seconds:g} s on one uvicorn process")
-    print(table(["wall s", "complete", "other", "health p50 ms", "health p99 ms", "RSS MiB"], [[
-        conc["wall_s"], conc["complete"], conc["other"], conc["health_p50_ms"], conc["health_p99_ms"],
-        conc["peak_rss_mib"],
-    ]]))
+    print(
+        table(
+            ["wall s", "complete", "other", "health p50 ms", "health p99 ms", "RSS MiB"],
+            [
+                [
+                    conc["wall_s"],
+                    conc["complete"],
+                    conc["other"],
+                    conc["health_p50_ms"],
+                    conc["health_p99_ms"],
+                    conc["peak_rss_mib"],
+                ]
+            ],
+        )
+    )
     results |= {"streams": streams, "agent_seconds": seconds}
     return results
 
@@ -94,7 +120,7 @@ async def _stream(client: httpx.AsyncClient, text: str) -> tuple[list[dict[str, 
         async for line in response.aiter_lines():
             if not line.startswith("data: "):
                 continue
-            payload = line[len("data: "):]
+            payload = line[len("data: ") :]
             part = {"type": "[DONE]"} if payload == "[DONE]" else json.loads(payload)
             if part["type"] == "text-delta" and first is None:
                 first = time.time()
@@ -122,10 +148,14 @@ async def _first_delta(url: str, streams: int) -> dict[str, Any]:
             agent_start.append((stamp - sent) * 1000)
             ttfd.append((first - sent) * 1000)
     return {
-        "streams": streams, "failed": failed,
-        "after_agent_p50_ms": _pct(after_agent, 0.5), "after_agent_p99_ms": _pct(after_agent, 0.99),
-        "agent_start_p50_ms": _pct(agent_start, 0.5), "agent_start_p99_ms": _pct(agent_start, 0.99),
-        "ttfd_p50_ms": _pct(ttfd, 0.5), "ttfd_p99_ms": _pct(ttfd, 0.99),
+        "streams": streams,
+        "failed": failed,
+        "after_agent_p50_ms": _pct(after_agent, 0.5),
+        "after_agent_p99_ms": _pct(after_agent, 0.99),
+        "agent_start_p50_ms": _pct(agent_start, 0.5),
+        "agent_start_p99_ms": _pct(agent_start, 0.99),
+        "ttfd_p50_ms": _pct(ttfd, 0.5),
+        "ttfd_p99_ms": _pct(ttfd, 0.99),
     }
 
 
@@ -157,9 +187,13 @@ def _statements(b: Bench, replies: int, writing_s: float) -> dict[str, Any]:
     flush_s = settings.stream_flush_ms / 1000
     bounds = [2 + math.ceil(seconds / flush_s) for seconds in elapsed]
     return {
-        "replies": replies, "writing_s": writing_s, "flush_ms": settings.stream_flush_ms,
-        "per_reply_mean": round(sum(per_reply) / len(per_reply), 2), "per_reply_max": max(per_reply),
-        "draft_max": max(drafts), "bound": max(bounds),
+        "replies": replies,
+        "writing_s": writing_s,
+        "flush_ms": settings.stream_flush_ms,
+        "per_reply_mean": round(sum(per_reply) / len(per_reply), 2),
+        "per_reply_max": max(per_reply),
+        "draft_max": max(drafts),
+        "bound": max(bounds),
         "over_bound": sum(count > bound for count, bound in zip(per_reply, bounds, strict=True)),
         "histogram": {str(k): v for k, v in sorted(Counter(per_reply).items())},
     }
@@ -191,6 +225,10 @@ async def _concurrent(url: str, streams: int, seconds: float) -> dict[str, Any]:
         done.set()
         await prober
     return {
-        "wall_s": round(wall, 2), "complete": sum(complete), "other": streams - sum(complete),
-        "health_requests": len(health), "health_p50_ms": _pct(health, 0.5), "health_p99_ms": _pct(health, 0.99),
+        "wall_s": round(wall, 2),
+        "complete": sum(complete),
+        "other": streams - sum(complete),
+        "health_requests": len(health),
+        "health_p50_ms": _pct(health, 0.5),
+        "health_p99_ms": _pct(health, 0.99),
     }

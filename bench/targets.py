@@ -23,15 +23,30 @@ def evaluate(sections: dict[str, Any]) -> list[dict[str, Any]]:
     cleanup = sections.get("cleanup", {})
     runs = cleanup.get("runs") or []
     for run in runs:
-        rows.append(_at_least(f"cleanup >= 200,000 released/s (batch {run['batch_size']})",
-                              run["released_per_s"], 200_000, "/s"))
+        rows.append(
+            _at_least(
+                f"cleanup >= 200,000 released/s (batch {run['batch_size']})", run["released_per_s"], 200_000, "/s"
+            )
+        )
     lat = cleanup.get("latency") or {}
     rows.append(_at_most("p99 during cleanup <= 2x without", lat.get("p99_ratio"), 2.0, "x"))
     retention = cleanup.get("retention") or {}
-    rows.append(_at_least("retention >= 300,000 orphaned rows deleted/s", (retention.get("alone") or {}).get(
-        "deleted_per_s"), 300_000, "/s"))
-    rows.append(_at_most("p99 of lock operations during retention <= 2x without",
-                         (retention.get("latency") or {}).get("p99_ratio"), 2.0, "x"))
+    rows.append(
+        _at_least(
+            "retention >= 300,000 orphaned rows deleted/s",
+            (retention.get("alone") or {}).get("deleted_per_s"),
+            300_000,
+            "/s",
+        )
+    )
+    rows.append(
+        _at_most(
+            "p99 of lock operations during retention <= 2x without",
+            (retention.get("latency") or {}).get("p99_ratio"),
+            2.0,
+            "x",
+        )
+    )
     rows += _slow_turns(sections.get("slowturns", {}))
     rows += _streams(sections.get("streams", {}))
     cold = sections.get("coldstart", {})
@@ -44,10 +59,18 @@ def evaluate(sections: dict[str, Any]) -> list[dict[str, Any]]:
 def _telemetry(section: dict[str, Any]) -> list[dict[str, Any]]:
     put, cold = section.get("throughput") or {}, section.get("cold_import") or {}
     return [
-        _at_least("telemetry off (no OTEL_*): msg/s >= 0.97x without instrumentation (in process)",
-                  put.get("ratio_off/none"), 0.97, "x"),
-        _at_most("telemetry off: the OpenTelemetry API <= 0.05 of the Lambda handler's cold import (upper bound)",
-                 cold.get("api_share_of_unset_without_interpreter"), 0.05, ""),
+        _at_least(
+            "telemetry off (no OTEL_*): msg/s >= 0.97x without instrumentation (in process)",
+            put.get("ratio_off/none"),
+            0.97,
+            "x",
+        ),
+        _at_most(
+            "telemetry off: the OpenTelemetry API <= 0.05 of the Lambda handler's cold import (upper bound)",
+            cold.get("api_share_of_unset_without_interpreter"),
+            0.05,
+            "",
+        ),
     ]
 
 
@@ -55,8 +78,13 @@ def _slow_turns(slow: dict[str, Any]) -> list[dict[str, Any]]:
     run = slow.get("async agent") or {}
     turns = slow.get("turns")
     return [
-        _at_most(f"slow turns: {turns or 1000} async turns of {slow.get('agent_seconds', 2):g} s on one process, "
-                 "wall time <= 2x one turn", run.get("wall_s") and run["wall_s"] / slow["agent_seconds"], 2.0, "x"),
+        _at_most(
+            f"slow turns: {turns or 1000} async turns of {slow.get('agent_seconds', 2):g} s on one process, "
+            "wall time <= 2x one turn",
+            run.get("wall_s") and run["wall_s"] / slow["agent_seconds"],
+            2.0,
+            "x",
+        ),
         _at_most("slow turns: /api/health p99 <= 100 ms meanwhile", run.get("health_p99_ms"), 100, " ms"),
     ]
 
@@ -67,42 +95,85 @@ def _streams(streams: dict[str, Any]) -> list[dict[str, Any]]:
     concurrent = streams.get("concurrent") or {}
     over = statements.get("over_bound")
     rows = [
-        {"target": "streams: statements per streamed reply <= claim + finish + one per STREAM_FLUSH_MS",
-         "value": None if over is None else f"max {statements['per_reply_max']}, bound {statements['bound']}",
-         "status": "not measured" if over is None else "met" if over == 0 else f"MISSED: {over} replies over",
-         **({} if over is None else {"met": over == 0})},
-        _at_most(f"streams: /api/health p99 <= 100 ms during {streams.get('streams') or 1000} concurrent streams",
-                 concurrent.get("health_p99_ms"), 100, " ms"),
+        {
+            "target": "streams: statements per streamed reply <= claim + finish + one per STREAM_FLUSH_MS",
+            "value": None if over is None else f"max {statements['per_reply_max']}, bound {statements['bound']}",
+            "status": "not measured" if over is None else "met" if over == 0 else f"MISSED: {over} replies over",
+            **({} if over is None else {"met": over == 0}),
+        },
+        _at_most(
+            f"streams: /api/health p99 <= 100 ms during {streams.get('streams') or 1000} concurrent streams",
+            concurrent.get("health_p99_ms"),
+            100,
+            " ms",
+        ),
     ]
     if concurrent:
         bad = concurrent.get("other", 0)
-        rows.append({"target": "streams: every concurrent stream ends complete", "value": f"{bad} incomplete",
-                     "status": "met" if bad == 0 else f"MISSED: {bad} streams", "met": bad == 0})
+        rows.append(
+            {
+                "target": "streams: every concurrent stream ends complete",
+                "value": f"{bad} incomplete",
+                "status": "met" if bad == 0 else f"MISSED: {bad} streams",
+                "met": bad == 0,
+            }
+        )
     return rows
 
 
 def _pipeline(pipe: dict[str, Any]) -> list[dict[str, Any]]:
     http = pipe.get("http") or {}
     two = (http.get("2 workers, history 20") or {}).get("window") or {}
-    rows = [_at_least("pipeline: >= 500 messages/s end to end (uvicorn --workers 2)", two.get("messages_per_s"),
-                      500, "/s")]
+    rows = [
+        _at_least("pipeline: >= 500 messages/s end to end (uvicorn --workers 2)", two.get("messages_per_s"), 500, "/s")
+    ]
     for label, trips in (pipe.get("round_trips") or {}).items():
-        rows.append(_at_most(f"pipeline, {label}: <= 2 round trips per message on a free device (most seen)",
-                             trips.get("per_message_max"), 2, ""))
-    rows.append(_at_least("pipeline: msg/s with agent history 20 >= 0.9x without (2 workers, side by side)",
-                          pipe.get("history_msg_s_ratio"), 0.9, "x"))
-    rows.append(_at_least("pipeline: msg/s with 2 workers >= 1.5x the commit before the async runtime",
-                          pipe.get("before_msg_s_ratio"), 1.5, "x"))
-    rows.append(_at_most("pipeline: p99 of POST /api/chat during cleanup <= 2x without",
-                         (pipe.get("cleanup") or {}).get("p99_ratio"), 2.0, "x"))
+        rows.append(
+            _at_most(
+                f"pipeline, {label}: <= 2 round trips per message on a free device (most seen)",
+                trips.get("per_message_max"),
+                2,
+                "",
+            )
+        )
+    rows.append(
+        _at_least(
+            "pipeline: msg/s with agent history 20 >= 0.9x without (2 workers, side by side)",
+            pipe.get("history_msg_s_ratio"),
+            0.9,
+            "x",
+        )
+    )
+    rows.append(
+        _at_least(
+            "pipeline: msg/s with 2 workers >= 1.5x the commit before the async runtime",
+            pipe.get("before_msg_s_ratio"),
+            1.5,
+            "x",
+        )
+    )
+    rows.append(
+        _at_most(
+            "pipeline: p99 of POST /api/chat during cleanup <= 2x without",
+            (pipe.get("cleanup") or {}).get("p99_ratio"),
+            2.0,
+            "x",
+        )
+    )
     runs = [run for run in (*http.values(), pipe.get("cleanup")) if run and "all_requests" in run]
     if not runs:
         rows.append({"target": "pipeline: 0 non-200 or degraded responses", "value": None, "status": "not measured"})
     else:
         bad = sum(run["all_requests"]["non_200"] + run["all_requests"]["degraded"] for run in runs)
         total = sum(run["all_requests"]["requests"] for run in runs)
-        rows.append({"target": "pipeline: 0 non-200 or degraded responses", "value": f"{bad:,} of {total:,}",
-                     "status": "met" if bad == 0 else f"MISSED: {bad:,} requests", "met": bad == 0})
+        rows.append(
+            {
+                "target": "pipeline: 0 non-200 or degraded responses",
+                "value": f"{bad:,} of {total:,}",
+                "status": "met" if bad == 0 else f"MISSED: {bad:,} requests",
+                "met": bad == 0,
+            }
+        )
     return rows
 
 

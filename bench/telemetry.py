@@ -85,8 +85,13 @@ def mode(name: str) -> Iterator[InMemorySpanExporter | None]:
         return
     if name == "none":
         # The functions the pipeline calls on a free device's path, looked up on the module at each call.
-        stand_ins = {"span": _null, "waiting": _null, "turn": _null, "lease_taken": lambda: None,
-                     "renewal": lambda result: None}
+        stand_ins = {
+            "span": _null,
+            "waiting": _null,
+            "turn": _null,
+            "lease_taken": lambda: None,
+            "renewal": lambda result: None,
+        }
         saved = {key: getattr(telemetry, key) for key in stand_ins}
         try:
             for key, value in stand_ins.items():
@@ -130,7 +135,7 @@ def throughput(b: Bench, rounds: int, messages: int) -> dict[str, Any]:
     try:
         aio.run(one_round)  # warm-up: connections, prepared statements, imports
         for index in range(rounds):
-            order = MODES[index % len(MODES):] + MODES[:index % len(MODES)]
+            order = MODES[index % len(MODES) :] + MODES[: index % len(MODES)]
             for name in order:
                 with mode(name) as exporter:
                     seconds, bad = aio.run(one_round)
@@ -147,8 +152,11 @@ def throughput(b: Bench, rounds: int, messages: int) -> dict[str, Any]:
         # "off" that a noisy shared machine cannot resolve in msg/s.
         "off_calls_us_per_message": round(calls_us, 1),
         "off_calls_share_of_message": round(calls_us / (1e6 / median["none"]), 4),
-        "rounds": rounds, "messages_per_round": messages, "unexpected_results": wrong,
-        "messages_per_s": median, "rounds_messages_per_s": {k: [round(v, 1) for v in vs] for k, vs in rates.items()},
+        "rounds": rounds,
+        "messages_per_round": messages,
+        "unexpected_results": wrong,
+        "messages_per_s": median,
+        "rounds_messages_per_s": {k: [round(v, 1) for v in vs] for k, vs in rates.items()},
         "spans_per_message_on": round(spans["on"] / (rounds * messages), 2),
         # Per round (the three modes ran back to back), then the median: load that drifts cancels out.
         "ratio_off/none": paired_ratio(rates["off"], rates["none"]),
@@ -160,8 +168,9 @@ def off_calls_us(settings: Any, times: int = 20_000) -> float:
     """Microseconds per message of the telemetry calls on a free device's path (claim, turn, finish), off."""
     lease = SimpleNamespace(tenant="default", device=web_devices(1, "calls")[0])
     turn = SimpleNamespace(attempt=1, messages=[None], last=SimpleNamespace(id=1, session_id="sess"))
-    outcome = SimpleNamespace(status="ok", agent="manager", agent_before=None, agent_after=None, error=None,
-                              metadata={})
+    outcome = SimpleNamespace(
+        status="ok", agent="manager", agent_before=None, agent_after=None, error=None, metadata={}
+    )
     started = time.perf_counter()
     for _ in range(times):
         with telemetry.span("agent_sessions.claim", settings, lease.tenant, lease.device):
@@ -198,7 +207,10 @@ def cold_import(b: Bench, runs: int) -> dict[str, Any]:
     median = {name: round(statistics.median(values), 1) for name, values in times.items()}
     base = median["interpreter"]
     return {
-        "runs": runs, "otel_set": OTEL_SET, "median_ms": median, "sdk_imported": sdk,
+        "runs": runs,
+        "otel_set": OTEL_SET,
+        "median_ms": median,
+        "sdk_imported": sdk,
         "runs_ms": {name: [round(v, 1) for v in values] for name, values in times.items()},
         "ratio_set/unset": ratio(median["set"], median["unset"]),
         "ratio_set/unset_without_interpreter": ratio(median["set"] - base, median["unset"] - base),
@@ -215,27 +227,43 @@ def _check(proc: subprocess.CompletedProcess, what: str) -> subprocess.Completed
 def _print(out: dict[str, Any]) -> None:
     put = out["throughput"]
     rate = put["messages_per_s"]
-    print(f"in-process pipeline, one message at a time: {put['rounds']} rounds x {put['messages_per_round']} "
-          f"messages per mode, median msg/s; vs none: median of the rounds' ratios "
-          f"({put['spans_per_message_on']} spans per message when on)")
-    print(table(["mode", "msg/s", "vs none"], [
-        ["none (no instrumentation)", rate["none"], 1.0],
-        ["off (no OTEL_*: API no-ops)", rate["off"], put["ratio_off/none"]],
-        ["on (in-memory exporter)", rate["on"], put["ratio_on/none"]],
-    ]))
-    print(f"the telemetry calls of one message with nothing configured, timed alone: "
-          f"{put['off_calls_us_per_message']} us, {put['off_calls_share_of_message'] * 100:.2f}% of a message at the "
-          "`none` rate")
+    print(
+        f"in-process pipeline, one message at a time: {put['rounds']} rounds x {put['messages_per_round']} "
+        f"messages per mode, median msg/s; vs none: median of the rounds' ratios "
+        f"({put['spans_per_message_on']} spans per message when on)"
+    )
+    print(
+        table(
+            ["mode", "msg/s", "vs none"],
+            [
+                ["none (no instrumentation)", rate["none"], 1.0],
+                ["off (no OTEL_*: API no-ops)", rate["off"], put["ratio_off/none"]],
+                ["on (in-memory exporter)", rate["on"], put["ratio_on/none"]],
+            ],
+        )
+    )
+    print(
+        f"the telemetry calls of one message with nothing configured, timed alone: "
+        f"{put['off_calls_us_per_message']} us, {put['off_calls_share_of_message'] * 100:.2f}% of a message at the "
+        "`none` rate"
+    )
     cold = out["cold_import"]
     med = cold["median_ms"]
     print(f"cold `{IMPORT}`, median of {cold['runs']} fresh processes")
     loaded = {name: "yes" if value else "no" for name, value in cold["sdk_imported"].items()}
-    print(table(["OTEL_*", "ms", "SDK imported"], [
-        ["unset", med["unset"], loaded["unset"]],
-        ["set (endpoint, service name)", med["set"], loaded["set"]],
-        [f"python -c \"{API}\" (the API alone)", med["api"], "no"],
-        ["python -c pass", med["interpreter"], ""],
-    ]))
-    print(f"set/unset: {cold['ratio_set/unset']}x ({cold['ratio_set/unset_without_interpreter']}x without the "
-          f"interpreter's start); the API alone is at most {cold['api_share_of_unset_without_interpreter']} of the "
-          "unset import (without the interpreter's start)")
+    print(
+        table(
+            ["OTEL_*", "ms", "SDK imported"],
+            [
+                ["unset", med["unset"], loaded["unset"]],
+                ["set (endpoint, service name)", med["set"], loaded["set"]],
+                [f'python -c "{API}" (the API alone)', med["api"], "no"],
+                ["python -c pass", med["interpreter"], ""],
+            ],
+        )
+    )
+    print(
+        f"set/unset: {cold['ratio_set/unset']}x ({cold['ratio_set/unset_without_interpreter']}x without the "
+        f"interpreter's start); the API alone is at most {cold['api_share_of_unset_without_interpreter']} of the "
+        "unset import (without the interpreter's start)"
+    )

@@ -101,7 +101,6 @@ def subprocess_env(database_url: str) -> dict[str, str]:
     return env
 
 
-
 @pytest.fixture
 def settings(database_url: str) -> Settings:
     return make_settings(database_url)
@@ -116,10 +115,14 @@ def _shared_engine(database_url: str) -> Iterator[Engine]:
 
 def truncate_all(engine: Engine) -> None:
     with engine.begin() as conn:
-        tables = conn.exec_driver_sql(
-            "SELECT quote_ident(tablename) FROM pg_tables "
-            "WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
-        ).scalars().all()
+        tables = (
+            conn.exec_driver_sql(
+                "SELECT quote_ident(tablename) FROM pg_tables "
+                "WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+            )
+            .scalars()
+            .all()
+        )
         if tables:
             conn.exec_driver_sql(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
 

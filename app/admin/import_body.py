@@ -37,23 +37,27 @@ def parse_document(data: Any) -> ExportDocument:
     try:
         if isinstance(data, dict):
             ExportDocument.readable(data)
-            data = data | {name: _slices(name, data[name]) for name in _ITEMS
-                           if isinstance(data.get(name), list) and len(data[name]) > CHUNK}
+            data = data | {
+                name: _slices(name, data[name])
+                for name in _ITEMS
+                if isinstance(data.get(name), list) and len(data[name]) > CHUNK
+            }
         return ExportDocument.model_validate(data, context=IMPORTING)
     except ValidationError as err:
         raise InvalidDocument(err.errors()) from None
     except InvalidDocument:  # from _slices()
         raise
     except ValueError as err:  # from readable(): the whole document
-        raise InvalidDocument([{"type": "value_error", "loc": (), "msg": f"Value error, {err}", "input": data,
-                                "ctx": {"error": err}}]) from None
+        raise InvalidDocument(
+            [{"type": "value_error", "loc": (), "msg": f"Value error, {err}", "input": data, "ctx": {"error": err}}]
+        ) from None
 
 
 def _slices(name: str, items: list[Any]) -> list[Any]:
     validated: list[Any] = []
     for start in range(0, len(items), CHUNK):
         try:
-            validated += _ITEMS[name].validate_python(items[start:start + CHUNK], context=IMPORTING)
+            validated += _ITEMS[name].validate_python(items[start : start + CHUNK], context=IMPORTING)
         except ValidationError as err:
             errors = [e | {"loc": (name, start + e["loc"][0], *e["loc"][1:])} for e in err.errors()]
             raise InvalidDocument(errors) from None

@@ -79,13 +79,21 @@ class InboxStore:
         self.engine = engine
 
     async def conversations(
-        self, tenant: str, *, limit: int = 50, needs_person: bool = False, agent: str | None = None,
+        self,
+        tenant: str,
+        *,
+        limit: int = 50,
+        needs_person: bool = False,
+        agent: str | None = None,
         channel: str | None = None,
     ) -> list[dict[str, Any]]:
         """Up to limit conversations, newest message first; the filters are ANDed."""
         params = {
-            "tenant": validation.tenant_id(tenant), "limit": limit, "needs_person": needs_person,
-            "agent": None if agent is None else validation.agent_key(agent), "channel": channel,
+            "tenant": validation.tenant_id(tenant),
+            "limit": limit,
+            "needs_person": needs_person,
+            "agent": None if agent is None else validation.agent_key(agent),
+            "channel": channel,
         }
         return [dict(row) for row in await arun(self.engine, INBOX, params, rows="all", read_only=True)]
 

@@ -215,5 +215,3 @@ SELECT
     c.duration_ms AS cleanup_duration_ms
 FROM (SELECT 1) one LEFT JOIN LATERAL (SELECT * FROM cleanup_history LIMIT 1) c ON true
 """
-
-

@@ -14,13 +14,22 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from app import validation
+from app.admin.statements import (
+    AUDIT,
+    ERASE,
+    GET_STATE,
+    HISTORY,
+    LIST_SESSIONS,
+    MESSAGES,
+    OVERRIDE_CLEAR,
+    OVERRIDE_SET,
+    PATCH_CONTEXT,
+    STATS,
+)
 from app.context import ContextPatch, normalized
 from app.core.db import run
 from app.devices import canonical_device_id
 from app.erasure import NO_GUARD, ReplayGuard
-from app.admin.statements import (
-    AUDIT, ERASE, GET_STATE, HISTORY, LIST_SESSIONS, MESSAGES, OVERRIDE_CLEAR, OVERRIDE_SET, PATCH_CONTEXT, STATS,
-)
 
 logger = logging.getLogger(__name__)
 

@@ -185,8 +185,9 @@ class TakeoverStore:
         params = self._key(tenant, device) | {"operator": operator, "ttl": validation.ttl(ttl)}
         row = await self._first(TAKEOVER, params)
         if row is not None:
-            logger.info("operator took a conversation over from %s (%s messages held)", row["previous_agent"],
-                        row["held"])
+            logger.info(
+                "operator took a conversation over from %s (%s messages held)", row["previous_agent"], row["held"]
+            )
         return row
 
     async def release(
@@ -197,20 +198,23 @@ class TakeoverStore:
         resume: the lock goes back to the agent the takeover displaced (none if none did);
         otherwise to agent (None: no lock). Returns {taken, version, agent, expires_at, resumed}.
         """
-        params = {"answer_held": answer_held, "resume": resume,
-                  "agent": None if resume or agent is None else validation.agent_key(agent)}
+        params = {
+            "answer_held": answer_held,
+            "resume": resume,
+            "agent": None if resume or agent is None else validation.agent_key(agent),
+        }
         row = await self._first(RELEASE, self._key(tenant, device) | params)
         if row is not None and row["taken"]:
-            logger.info("operator released a conversation to %s (%s held messages to answer)", row["agent"],
-                        row["resumed"])
+            logger.info(
+                "operator released a conversation to %s (%s held messages to answer)", row["agent"], row["resumed"]
+            )
         return row
 
-    async def reply(
-        self, tenant: str, device: str, text: str, *, template: dict[str, Any] | None = None
-    ) -> Reply:
+    async def reply(self, tenant: str, device: str, text: str, *, template: dict[str, Any] | None = None) -> Reply:
         """Store the operator's reply under a live `human` lock (sliding it); refused replies store nothing."""
         params = self._key(tenant, device) | {
-            "content": validation.message_text(text), "address_keys": list(ADDRESS_KEYS),
+            "content": validation.message_text(text),
+            "address_keys": list(ADDRESS_KEYS),
             "template": None if template is None else json.dumps(template),
         }
         row = await self._first(REPLY, params)

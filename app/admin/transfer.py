@@ -84,9 +84,7 @@ TEXT_SCHEMA = {"pattern": r"^[^\u0000]*$"}
 AgentKey = Annotated[
     str, Field(max_length=50, pattern=r"^[a-z][a-z0-9_-]{0,49}$"), AfterValidator(validation.agent_key)
 ]
-DeviceId = Annotated[
-    str, Field(min_length=1, max_length=128, json_schema_extra=ID_SCHEMA), AfterValidator(_device_id)
-]
+DeviceId = Annotated[str, Field(min_length=1, max_length=128, json_schema_extra=ID_SCHEMA), AfterValidator(_device_id)]
 SessionId = Annotated[
     str, Field(min_length=1, max_length=128, json_schema_extra=ID_SCHEMA), AfterValidator(_session_id)
 ]
@@ -161,8 +159,9 @@ class OtherMessage(_Message):
     role: Literal["assistant", "system"]
     status: None
     delivery: Delivery | None = Field(
-        None, description="a WhatsApp reply's delivery state when exported (README, Delivery states); "
-        "informational: import ignores it"
+        None,
+        description="a WhatsApp reply's delivery state when exported (README, Delivery states); "
+        "informational: import ignores it",
     )
 
 
@@ -295,7 +294,8 @@ SELECT (SELECT count(*) FROM st) AS states, (SELECT count(*) FROM msg) AS messag
 def unrouted(metadata: dict[str, Any]) -> dict[str, Any]:
     """metadata without channel routing keys: any channel but "web", and ROUTING_KEYS."""
     return {
-        key: value for key, value in metadata.items()
+        key: value
+        for key, value in metadata.items()
         if key not in ROUTING_KEYS and not (key == "channel" and value != "web")
     }
 
@@ -334,8 +334,12 @@ def import_device(engine: Engine, tenant: str, document: ExportDocument) -> dict
         except exc.IntegrityError as err:
             # A concurrent first message of the device, or a channel id the tenant uses on another device.
             raise ImportConflict("the tenant already holds this device or one of its channel message ids") from err
-    logger.info("imported a device: %s messages (%s without their channel routing), %s audit rows",
-                counts["messages"], counts["dropped_metadata"], counts["audit"])
+    logger.info(
+        "imported a device: %s messages (%s without their channel routing), %s audit rows",
+        counts["messages"],
+        counts["dropped_metadata"],
+        counts["audit"],
+    )
     return counts
 
 
@@ -352,9 +356,10 @@ def _insert(engine: Engine, key: dict[str, str], document: ExportDocument, messa
             new_id = dict(zip((m.id for m in messages), sorted(claim["ids"]), strict=True))
             # Links to messages that are not in the document (lost to retention) become null.
             rows = [
-                m.model_copy(update={"id": new_id[m.id], "reply_to": new_id.get(m.reply_to),
-                                     "metadata": unrouted(m.metadata)}
-                             | ({"merged_into": new_id.get(m.merged_into)} if m.role == "user" else {}))
+                m.model_copy(
+                    update={"id": new_id[m.id], "reply_to": new_id.get(m.reply_to), "metadata": unrouted(m.metadata)}
+                    | ({"merged_into": new_id.get(m.merged_into)} if m.role == "user" else {})
+                )
                 for m in messages
             ]
             audit = [

@@ -53,8 +53,14 @@ try:
     from agents import Agent as SdkAgent
     from agents import FunctionTool, RunConfig, RunContextWrapper, Runner, function_tool
     from agents import Handoff as SdkHandoff
-    from agents.items import HandoffCallItem, HandoffOutputItem, ItemHelpers, MessageOutputItem, ToolCallItem
-    from agents.items import ToolCallOutputItem
+    from agents.items import (
+        HandoffCallItem,
+        HandoffOutputItem,
+        ItemHelpers,
+        MessageOutputItem,
+        ToolCallItem,
+        ToolCallOutputItem,
+    )
     from agents.result import RunResultBase
     from agents.stream_events import RawResponsesStreamEvent, RunItemStreamEvent
 except ImportError as err:  # pragma: no cover - exercised in a subprocess without the SDK
@@ -64,7 +70,16 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess witho
 
 from app import telemetry, validation
 from app.agents import (
-    MANAGER, AgentInput, AgentReply, Handoff, Keep, LockAction, Registry, Release, StreamEvent, StreamItem,
+    MANAGER,
+    AgentInput,
+    AgentReply,
+    Handoff,
+    Keep,
+    LockAction,
+    Registry,
+    Release,
+    StreamEvent,
+    StreamItem,
 )
 from app.core.config import Settings
 from app.errors import AgentFailed, ConfigurationError, InvalidInput
@@ -73,6 +88,7 @@ logger = logging.getLogger(__name__)
 
 RELEASE_TOOL = "release_conversation"
 RELEASED = "Released: the person's next message goes to the main assistant."
+
 
 async def _release(context: RunContextWrapper[Any]) -> str:
     return RELEASED
@@ -112,7 +128,10 @@ class SdkEntry:
             # An OpenTelemetry span under the turn's (the SDK's own spans go to its tracing processors only).
             with telemetry.sdk_run(self.agent.name) as traced:
                 result = await Runner.run(
-                    self.agent, input_items(message), context=message, max_turns=graph.max_turns,
+                    self.agent,
+                    input_items(message),
+                    context=message,
+                    max_turns=graph.max_turns,
                     run_config=graph.run_config,
                 )
                 traced(result)
@@ -129,7 +148,10 @@ class SdkEntry:
         """
         graph = self.graph
         result = Runner.run_streamed(
-            self.agent, input_items(message), context=message, max_turns=graph.max_turns,
+            self.agent,
+            input_items(message),
+            context=message,
+            max_turns=graph.max_turns,
             run_config=graph.run_config,
         )
         streamed, item_id = "", None
@@ -157,8 +179,9 @@ class SdkEntry:
                 if not result.is_complete:  # cancelled (a stop, the timeout) or failed: end the run's task
                     result.cancel()
             traced(result)
-        texts = [ItemHelpers.text_message_output(item) for item in result.new_items
-                 if isinstance(item, MessageOutputItem)]
+        texts = [
+            ItemHelpers.text_message_output(item) for item in result.new_items if isinstance(item, MessageOutputItem)
+        ]
         reply = "\n\n".join(text for text in texts if text)
         yield self._reply(result, reply if isinstance(result.final_output, str) else _text(result.final_output))
 
@@ -170,8 +193,9 @@ class SdkEntry:
         if isinstance(item, ToolCallItem | HandoffCallItem):
             name = item.tool_name if isinstance(item, ToolCallItem) else raw.name
             arguments = _field(raw, "arguments")
-            return StreamEvent("tool-call", call_id, name=name or str(_field(raw, "type") or "tool"),
-                               input=_arguments(arguments))
+            return StreamEvent(
+                "tool-call", call_id, name=name or str(_field(raw, "type") or "tool"), input=_arguments(arguments)
+            )
         if isinstance(item, HandoffOutputItem):
             return StreamEvent("tool-result", call_id, output={"handoff_to": self.graph.key_of(item.target_agent)})
         if isinstance(item, ToolCallOutputItem):

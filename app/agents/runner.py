@@ -54,16 +54,20 @@ class AgentRunner:
             return await handle(message)
         # abandon_on_cancel: a timeout or a stop gives up on the thread at once (it cannot be
         # interrupted); the result it returns later goes nowhere.
-        result = await anyio.to_thread.run_sync(
-            handle, message, limiter=self.threads, abandon_on_cancel=True
-        )
+        result = await anyio.to_thread.run_sync(handle, message, limiter=self.threads, abandon_on_cancel=True)
         if inspect.isawaitable(result):
             result = await result
         return result
 
     async def decide(
-        self, turn: Turn, tenant: str, device: str, context: dict[str, Any], lock: str | None,
-        *, writer: DraftWriter | None = None,
+        self,
+        turn: Turn,
+        tenant: str,
+        device: str,
+        context: dict[str, Any],
+        lock: str | None,
+        *,
+        writer: DraftWriter | None = None,
     ) -> Outcome:
         """Run the lock holder (or the manager) and any agents it hands off to; no database work here
         (the writer, when given, streams the agents' text: app/streams/writer.py)."""
@@ -107,8 +111,17 @@ class AgentRunner:
             break
         reply = " ".join(part for part in replies if part) or "…"
         return Outcome(
-            reply, key, agent_before, lock, ttl, patch.as_json(), tools, ms(started),
-            choices=choices, template=template, metadata=metadata,
+            reply,
+            key,
+            agent_before,
+            lock,
+            ttl,
+            patch.as_json(),
+            tools,
+            ms(started),
+            choices=choices,
+            template=template,
+            metadata=metadata,
         )
 
     async def answer_alone(self, text: str, metadata: dict[str, Any], tenant: str, device: str) -> str:
@@ -128,8 +141,16 @@ def agent_input(turn: Turn, tenant: str, device: str, context: dict[str, Any], l
     attachments = tuple(item for message in turn.messages for item in message.metadata.get("attachments") or ())
     """What the turn's agents see: its messages joined, the stored context, lock and history."""
     return AgentInput(
-        "\n".join(texts), tenant, device, context, lock, history=turn.history, attempt=turn.attempt,
-        messages=texts, choice_id=last.get("choice_id"), attachments=attachments,
+        "\n".join(texts),
+        tenant,
+        device,
+        context,
+        lock,
+        history=turn.history,
+        attempt=turn.attempt,
+        messages=texts,
+        choice_id=last.get("choice_id"),
+        attachments=attachments,
         channel=last.get("channel") or "web",
     )
 
@@ -139,7 +160,15 @@ def failed(
 ) -> Outcome:
     """The failure reply, stored for the turn; the lock and context are left as they were."""
     return Outcome(
-        FAILURE_REPLY, agent or lock or MANAGER, lock, lock, None, {}, tools or [], elapsed_ms, status="failed",
+        FAILURE_REPLY,
+        agent or lock or MANAGER,
+        lock,
+        lock,
+        None,
+        {},
+        tools or [],
+        elapsed_ms,
+        status="failed",
         error=error[:500],
     )
 
@@ -147,7 +176,14 @@ def failed(
 def stopped(lock: str | None, writer: DraftWriter, elapsed_ms: int) -> Outcome:
     """A turn stopped by POST /api/chat/stop: the text streamed so far, marked stopped; no lock change or patch."""
     return Outcome(
-        writer.text, writer.agent or lock or MANAGER, lock, lock, None, {}, [], elapsed_ms,
+        writer.text,
+        writer.agent or lock or MANAGER,
+        lock,
+        lock,
+        None,
+        {},
+        [],
+        elapsed_ms,
         metadata={"stopped": True, **({"stream_events": writer.events} if writer.events else {})},
     )
 

@@ -90,8 +90,10 @@ def web_device_id(value: str | None, settings: Settings, tenant: str = devices.D
         security.warning("refused a device id with a missing or wrong signature (%s)", verdict)
         message = "X-Device-ID must be a device id issued by POST /api/devices for this X-Tenant-ID"
         if verdict == "other_tenant":
-            message = ("this device id was issued before ids were bound to a tenant and is valid in the "
-                       "default tenant only; get a new one from POST /api/devices with this X-Tenant-ID")
+            message = (
+                "this device id was issued before ids were bound to a tenant and is valid in the "
+                "default tenant only; get a new one from POST /api/devices with this X-Tenant-ID"
+            )
         raise ApiError(401, "invalid_device_signature", message)
     return device_uuid
 

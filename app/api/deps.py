@@ -11,17 +11,17 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.admin import AdminStore
+from app.admin.takeover import OperatorChannel
+from app.agents import Registry
 from app.channels.whatsapp import WhatsAppSender
 from app.chat_history import ChatHistory
 from app.core.config import Settings
 from app.core.db import Database
 from app.erasure import ReplayGuard
-from app.agents import Registry
 from app.pipeline import Pipeline
 from app.services import Services
 from app.sessions import SessionService
-from app.admin import AdminStore
-from app.admin.takeover import OperatorChannel
 
 
 async def get_services(request: Request) -> Services:

@@ -16,8 +16,8 @@ from app.errors import (
     ImportConflict,
     InvalidInput,
     LeaseLost,
-    Overloaded,
     NonFiniteNumber,
+    Overloaded,
     RateLimited,
     SessionError,
     StoreUnavailable,
@@ -94,7 +94,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, err: HTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(err.status_code, "http_error")
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            err.status_code, "http_error"
+        )
         return error_response(err.status_code, code, str(err.detail), getattr(err, "headers", None))
 
     @app.exception_handler(Exception)

@@ -20,8 +20,15 @@ POSTGRES_SCHEMES = frozenset({"postgres", "postgresql", "postgresql+psycopg"})
 
 MAX_TTL_SECONDS = 30 * 24 * 3600
 MIN_ADMIN_KEY_LENGTH = 16
-SECRETS = ("cron_secret", "whatsapp_verify_token", "whatsapp_app_secret", "whatsapp_access_token",
-           "admin_api_keys", "device_id_secret", "log_hash_key")
+SECRETS = (
+    "cron_secret",
+    "whatsapp_verify_token",
+    "whatsapp_app_secret",
+    "whatsapp_access_token",
+    "admin_api_keys",
+    "device_id_secret",
+    "log_hash_key",
+)
 
 
 class Settings(BaseSettings):
@@ -201,8 +208,10 @@ class Settings(BaseSettings):
             try:
                 validation.tenant_id(tenant)
             except ValueError:
-                raise ValueError(f"WEB_TENANTS entry {number} is not a valid tenant id "
-                                 "(1-128 printable characters without whitespace)") from None
+                raise ValueError(
+                    f"WEB_TENANTS entry {number} is not a valid tenant id "
+                    "(1-128 printable characters without whitespace)"
+                ) from None
         return tenants
 
     @model_validator(mode="before")
@@ -221,7 +230,8 @@ class Settings(BaseSettings):
         version_key = next((k for k in values if k.lower() == "whatsapp_api_version"), "whatsapp_api_version")
         logger.warning(
             "WHATSAPP_API_BASE_URL ends in a Graph API version (%s): it is used, but set it as "
-            "WHATSAPP_API_VERSION and leave the version out of the base URL", found.group(1),
+            "WHATSAPP_API_VERSION and leave the version out of the base URL",
+            found.group(1),
         )
         return {**values, key: url[: found.start()], version_key: found.group(1)}
 

@@ -14,12 +14,17 @@ import psycopg
 import sqlalchemy as sa
 from psycopg.rows import dict_row, tuple_row
 from psycopg_pool import PoolTimeout
-from tenacity import (
-    AsyncRetrying, RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_random,
-)
 from sqlalchemy import event, exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool, QueuePool
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random,
+)
 
 from app.core import schema
 from app.core.config import Settings
@@ -93,9 +98,20 @@ def make_engine(settings: Settings, *, serverless: bool = False, url: str | None
 
     size = settings.db_pool_size if pool == "queue" else 0
     conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-    setattr(engine, _POOLS_ATTRIBUTE, LockPools(PoolConfig(
-        conninfo, dict(connect_args), size, settings.db_pool_timeout, settings.db_pre_ping, local_ms,
-    )))
+    setattr(
+        engine,
+        _POOLS_ATTRIBUTE,
+        LockPools(
+            PoolConfig(
+                conninfo,
+                dict(connect_args),
+                size,
+                settings.db_pool_timeout,
+                settings.db_pre_ping,
+                local_ms,
+            )
+        ),
+    )
     # dispose() (shutdown, tests) closes the sync pool too.
     event.listen(engine, "engine_disposed", lambda _engine: _close_sync(_engine))
     return engine
@@ -128,7 +144,8 @@ def _log_pooler_choice(settings: Settings) -> None:
         "%s: prepared statements %s, statement timeout set %s",
         reason,
         "on" if settings.prepare else "off",
-        "per transaction (SET LOCAL), no startup options" if settings.statement_timeout_mode == "local"
+        "per transaction (SET LOCAL), no startup options"
+        if settings.statement_timeout_mode == "local"
         else "as a startup option",
     )
 
@@ -149,8 +166,12 @@ def _discard_dead_connection(dbapi_conn, record, proxy) -> None:  # noqa: ANN001
 # Raised when the server is down, gone or too slow; connect errors from the pool
 # come unwrapped from the driver.
 UNAVAILABLE = (
-    exc.OperationalError, exc.InterfaceError, exc.TimeoutError, exc.DisconnectionError,
-    psycopg.OperationalError, psycopg.InterfaceError,
+    exc.OperationalError,
+    exc.InterfaceError,
+    exc.TimeoutError,
+    exc.DisconnectionError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
 )
 FAILURES = (*UNAVAILABLE, psycopg.Error, exc.DBAPIError)
 
@@ -255,8 +276,11 @@ def _log_conflict(state: RetryCallState) -> None:
 # Once more, after a short random pause: run at once, it could meet the same other
 # transaction at the same lock again.
 CONFLICT_RETRY: dict[str, Any] = {
-    "retry": retry_if_exception_type(_Conflict), "stop": stop_after_attempt(2), "wait": wait_random(0.01, 0.05),
-    "before_sleep": _log_conflict, "reraise": True,
+    "retry": retry_if_exception_type(_Conflict),
+    "stop": stop_after_attempt(2),
+    "wait": wait_random(0.01, 0.05),
+    "before_sleep": _log_conflict,
+    "reraise": True,
 }
 
 

@@ -23,8 +23,24 @@ request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", d
 access = logging.getLogger("app.access")
 
 # Fields a log call may add with extra=...; anything else is left out of the JSON.
-FIELDS = ("device", "tenant", "agent", "event", "outcome", "status", "method", "path", "duration_ms",
-          "db_ms", "agent_ms", "total_ms", "messages", "released", "deleted", "recovered")
+FIELDS = (
+    "device",
+    "tenant",
+    "agent",
+    "event",
+    "outcome",
+    "status",
+    "method",
+    "path",
+    "duration_ms",
+    "db_ms",
+    "agent_ms",
+    "total_ms",
+    "messages",
+    "released",
+    "deleted",
+    "recovered",
+)
 # The readable format: the request id, then the trace and span ids (to find the line's trace).
 TEXT_FORMAT = "%(asctime)s %(levelname)s [%(request_id)s %(trace_id)s %(span_id)s] %(name)s: %(message)s"
 _process_key: tuple[int, bytes] | None = None  # (pid, key), made on first use
@@ -86,9 +102,7 @@ def configure_logging(settings: Settings, *, serverless: bool) -> None:
     handler._agent_sessions = True  # type: ignore[attr-defined]
     handler.addFilter(RequestIdFilter())
     use_json = settings.log_format == "json" or (settings.log_format == "auto" and serverless)
-    handler.setFormatter(
-        JsonFormatter() if use_json else logging.Formatter(TEXT_FORMAT)
-    )
+    handler.setFormatter(JsonFormatter() if use_json else logging.Formatter(TEXT_FORMAT))
     root.handlers = [h for h in root.handlers if not isinstance(h, logging.StreamHandler)] + [handler]
     root.setLevel(settings.log_level.upper())
 
@@ -124,7 +138,11 @@ class RequestContext:
                 scope["method"],
                 scope["path"],
                 status,
-                extra={"method": scope["method"], "path": scope["path"], "status": status,
-                       "duration_ms": round((time.perf_counter() - started) * 1000, 1)},
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+                },
             )
             request_id.reset(token)

@@ -36,8 +36,25 @@ from app.core import schema
 
 logger = logging.getLogger(__name__)
 
-UTC_ZONES = frozenset({"UTC", "Etc/UTC", "Etc/UCT", "UCT", "Etc/Universal", "Universal", "Zulu", "Etc/Zulu",
-                       "GMT", "Etc/GMT", "Etc/GMT+0", "Etc/GMT-0", "Etc/Greenwich", "Greenwich", "GMT0"})
+UTC_ZONES = frozenset(
+    {
+        "UTC",
+        "Etc/UTC",
+        "Etc/UCT",
+        "UCT",
+        "Etc/Universal",
+        "Universal",
+        "Zulu",
+        "Etc/Zulu",
+        "GMT",
+        "Etc/GMT",
+        "Etc/GMT+0",
+        "Etc/GMT-0",
+        "Etc/Greenwich",
+        "Greenwich",
+        "GMT0",
+    }
+)
 # Connections live at most this long (psycopg_pool adds up to 5% of jitter), idle extras this long.
 MAX_LIFETIME_SECONDS = 1800.0
 MAX_IDLE_SECONDS = 600.0
@@ -206,16 +223,25 @@ class LockPools:
     def _make_sync(self) -> ConnectionPool:
         c = self.config
         common: dict[str, Any] = {
-            "kwargs": {"autocommit": True, **c.kwargs}, "timeout": c.timeout, "configure": self._configure,
-            "check": _ping if c.pre_ping else _check, "name": "lock-operations", "open": True,
+            "kwargs": {"autocommit": True, **c.kwargs},
+            "timeout": c.timeout,
+            "configure": self._configure,
+            "check": _ping if c.pre_ping else _check,
+            "name": "lock-operations",
+            "open": True,
             # One connect attempt per need: a failure is reported at once, not retried in the background.
-            "reconnect_timeout": 0, "reconnect_failed": self._connect_failed,
+            "reconnect_timeout": 0,
+            "reconnect_failed": self._connect_failed,
         }
         if not c.size:
             return NullConnectionPool(c.conninfo, max_size=None, **common)
         return ConnectionPool(
-            c.conninfo, min_size=0, max_size=2 * c.size, max_lifetime=MAX_LIFETIME_SECONDS,
-            max_idle=MAX_IDLE_SECONDS, **common,
+            c.conninfo,
+            min_size=0,
+            max_size=2 * c.size,
+            max_lifetime=MAX_LIFETIME_SECONDS,
+            max_idle=MAX_IDLE_SECONDS,
+            **common,
         )
 
     async def async_pool(self) -> AsyncConnectionPool:
@@ -225,16 +251,25 @@ class LockPools:
         if pool is None:
             c = self.config
             common: dict[str, Any] = {
-                "kwargs": {"autocommit": True, **c.kwargs}, "timeout": c.timeout, "configure": self._aconfigure,
-                "check": _aping if c.pre_ping else _acheck, "name": "lock-operations-async", "open": False,
-                "reconnect_timeout": 0, "reconnect_failed": self._connect_failed,
+                "kwargs": {"autocommit": True, **c.kwargs},
+                "timeout": c.timeout,
+                "configure": self._aconfigure,
+                "check": _aping if c.pre_ping else _acheck,
+                "name": "lock-operations-async",
+                "open": False,
+                "reconnect_timeout": 0,
+                "reconnect_failed": self._connect_failed,
             }
             if not c.size:
                 pool = AsyncNullConnectionPool(c.conninfo, max_size=None, **common)
             else:
                 pool = AsyncConnectionPool(
-                    c.conninfo, min_size=0, max_size=2 * c.size, max_lifetime=MAX_LIFETIME_SECONDS,
-                    max_idle=MAX_IDLE_SECONDS, **common,
+                    c.conninfo,
+                    min_size=0,
+                    max_size=2 * c.size,
+                    max_lifetime=MAX_LIFETIME_SECONDS,
+                    max_idle=MAX_IDLE_SECONDS,
+                    **common,
                 )
             self._async[loop] = pool  # set before the first await: one pool per loop
         if pool.closed:

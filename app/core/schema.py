@@ -53,7 +53,8 @@ def report(revision: str | None) -> SchemaState:
         else:
             logger.warning(
                 "database schema is behind the code (database %s, code %s): run `python -m app migrate`",
-                revision or "not migrated", head(),
+                revision or "not migrated",
+                head(),
             )
     return found
 

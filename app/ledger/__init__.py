@@ -161,8 +161,11 @@ def _history(value: Any, answered: dict[int, str] | None = None) -> tuple[Histor
     answered = answered or {}
     return tuple(
         HistoryItem(
-            item["role"], item["content"], answered.get(item["id"], item["agent"]),
-            datetime.fromisoformat(item["created_at"]), bool(item.get("stopped")),
+            item["role"],
+            item["content"],
+            answered.get(item["id"], item["agent"]),
+            datetime.fromisoformat(item["created_at"]),
+            bool(item.get("stopped")),
         )
         for item in items
     )
@@ -198,8 +201,16 @@ class Ledger:
     """SQL for the pipeline, as coroutines; every method is one round trip (next_turn: one, rarely a few)."""
 
     def __init__(
-        self, engine: Engine, *, lease_seconds: int, default_ttl: int, context_cap: int, history: int = 20,
-        batch: int = 1, max_attempts: int = 2, rate_limit: int = 0,
+        self,
+        engine: Engine,
+        *,
+        lease_seconds: int,
+        default_ttl: int,
+        context_cap: int,
+        history: int = 20,
+        batch: int = 1,
+        max_attempts: int = 2,
+        rate_limit: int = 0,
     ):
         self.engine = engine
         self.lease_seconds = lease_seconds
@@ -212,13 +223,23 @@ class Ledger:
 
     async def _row(self, statement: str, params: dict[str, Any]) -> Any:
         params |= {
-            "lease": self.lease_seconds, "default_ttl": self.default_ttl, "history": self.history,
-            "batch": self.batch, "max_attempts": self.max_attempts, "rate_limit": self.rate_limit,
+            "lease": self.lease_seconds,
+            "default_ttl": self.default_ttl,
+            "history": self.history,
+            "batch": self.batch,
+            "max_attempts": self.max_attempts,
+            "rate_limit": self.rate_limit,
         }
         return await arun(self.engine, statement, params)
 
     async def claim(
-        self, tenant: str, device: str, text: str, *, external_id: str | None, metadata: dict[str, Any],
+        self,
+        tenant: str,
+        device: str,
+        text: str,
+        *,
+        external_id: str | None,
+        metadata: dict[str, Any],
         sent_at: datetime | None = None,
     ) -> Claim:
         """Store a message and take the device's lease if it is free.
@@ -228,8 +249,13 @@ class Ledger:
         """
         digest = request_hash(text, metadata)
         params = {
-            "tenant": tenant, "device": device, "content": text, "external_id": external_id,
-            "metadata": json.dumps(metadata), "hash": digest, "sent_at": sent_at,
+            "tenant": tenant,
+            "device": device,
+            "content": text,
+            "external_id": external_id,
+            "metadata": json.dumps(metadata),
+            "hash": digest,
+            "sent_at": sent_at,
         }
         row = await self._row(sql.CLAIM, params | {"token": uuid.uuid4().hex, "new_session": new_session_id()})
         if row["limited"]:
@@ -241,8 +267,13 @@ class Ledger:
             won = row
             row = await self._row(sql.CLAIM, params | {"token": uuid.uuid4().hex, "new_session": new_session_id()})
             if won["lease_epoch"] is not None and row["lease_epoch"] is None:
-                row = {**row, "lease_epoch": won["lease_epoch"], "lock_agent": won["lock_agent"],
-                       "context": won["context"], "first": False}
+                row = {
+                    **row,
+                    "lease_epoch": won["lease_epoch"],
+                    "lock_agent": won["lock_agent"],
+                    "context": won["context"],
+                    "first": False,
+                }
         if row["dup_id"] is not None and row["dup_hash"] not in (None, digest):
             raise IdempotencyKeyReused("this idempotency key was used with another request; nothing was stored")
         new_id = row["new_id"]
@@ -293,7 +324,9 @@ class Ledger:
         params = {"tenant": lease.tenant, "device": lease.device, "epoch": lease.epoch}
         return await self._row(sql.RELEASE, params) is not None
 
-    async def finish(self, lease: Lease, turn: Turn, outcome: Outcome, *, db_ms: int = 0, total_ms: int = 0) -> Finished:
+    async def finish(
+        self, lease: Lease, turn: Turn, outcome: Outcome, *, db_ms: int = 0, total_ms: int = 0
+    ) -> Finished:
         """Write a turn's reply and effects and start the next turn; LeaseLost when the lease is gone."""
         last = turn.last
         metadata = {**outcome.metadata, **last.metadata}
@@ -306,13 +339,27 @@ class Ledger:
         row = await self._row(
             sql.FINISH,
             {
-                "tenant": lease.tenant, "device": lease.device, "epoch": lease.epoch,
-                "ids": [message.id for message in turn.messages], "last_id": last.id,
-                "reply": outcome.reply, "agent": outcome.agent, "agent_before": outcome.agent_before,
-                "agent_after": outcome.agent_after, "ttl": outcome.ttl, "patch": json.dumps(outcome.patch),
-                "cap": self.context_cap, "tools": json.dumps(outcome.tools_used), "elapsed_ms": outcome.elapsed_ms,
-                "status": outcome.status, "has_error": outcome.error is not None, "error": outcome.error,
-                "metadata": json.dumps(metadata), "event": outcome.event, "db_ms": db_ms, "total_ms": total_ms,
+                "tenant": lease.tenant,
+                "device": lease.device,
+                "epoch": lease.epoch,
+                "ids": [message.id for message in turn.messages],
+                "last_id": last.id,
+                "reply": outcome.reply,
+                "agent": outcome.agent,
+                "agent_before": outcome.agent_before,
+                "agent_after": outcome.agent_after,
+                "ttl": outcome.ttl,
+                "patch": json.dumps(outcome.patch),
+                "cap": self.context_cap,
+                "tools": json.dumps(outcome.tools_used),
+                "elapsed_ms": outcome.elapsed_ms,
+                "status": outcome.status,
+                "has_error": outcome.error is not None,
+                "error": outcome.error,
+                "metadata": json.dumps(metadata),
+                "event": outcome.event,
+                "db_ms": db_ms,
+                "total_ms": total_ms,
             },
         )
         if row is None:
@@ -321,15 +368,27 @@ class Ledger:
         if row["held"]:
             return Finished(held(row["active_agent"], lock_expires), row["context"], None, bool(row["kept"]), True)
         answer = Answer(
-            outcome.reply, outcome.agent, row["active_agent"], lock_expires, row["reply_id"], outcome.choices,
-            outcome.template, len(turn.messages) > 1, stopped=bool(outcome.metadata.get("stopped")),
+            outcome.reply,
+            outcome.agent,
+            row["active_agent"],
+            lock_expires,
+            row["reply_id"],
+            outcome.choices,
+            outcome.template,
+            len(turn.messages) > 1,
+            stopped=bool(outcome.metadata.get("stopped")),
         )
         answered = {message.id: outcome.agent for message in turn.messages}
         following = _turn(row["next_batch"], row["history"], answered)
         if following is not None and self.history and following.messages[0].session_id == row["session_id"]:
             # This statement's own reply is invisible to its snapshot: it joins the history here.
-            reply = HistoryItem("assistant", outcome.reply, outcome.agent, row["reply_created_at"],
-                                bool(outcome.metadata.get("stopped")))
+            reply = HistoryItem(
+                "assistant",
+                outcome.reply,
+                outcome.agent,
+                row["reply_created_at"],
+                bool(outcome.metadata.get("stopped")),
+            )
             following = Turn(following.messages, (*following.history, reply)[-self.history :])
         return Finished(answer, row["context"], following, bool(row["kept"]))
 
@@ -340,5 +399,15 @@ class Ledger:
 
 
 __all__: Sequence[str] = (
-    "Answer", "Claim", "Finished", "Lease", "Ledger", "Outcome", "Pending", "Poll", "Turn", "held", "request_hash",
+    "Answer",
+    "Claim",
+    "Finished",
+    "Lease",
+    "Ledger",
+    "Outcome",
+    "Pending",
+    "Poll",
+    "Turn",
+    "held",
+    "request_hash",
 )

@@ -59,12 +59,17 @@ class Encoder:
         """A draft's tool event ({"type": "tool-call" | "tool-result", "call_id", ...}) as its part."""
         out = self.end_text()
         if item.get("type") == "tool-call":
-            return out + event({
-                "type": "tool-input-available", "toolCallId": str(item["call_id"]),
-                "toolName": str(item.get("name") or "tool"), "input": item.get("input"),
-            })
-        return out + event({"type": "tool-output-available", "toolCallId": str(item["call_id"]),
-                            "output": item.get("output")})
+            return out + event(
+                {
+                    "type": "tool-input-available",
+                    "toolCallId": str(item["call_id"]),
+                    "toolName": str(item.get("name") or "tool"),
+                    "input": item.get("input"),
+                }
+            )
+        return out + event(
+            {"type": "tool-output-available", "toolCallId": str(item["call_id"]), "output": item.get("output")}
+        )
 
     def data(self, name: str, data: Any) -> str:
         return event({"type": f"data-{name}", "data": data})

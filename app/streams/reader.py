@@ -50,12 +50,19 @@ class Final:
     events: list[dict[str, Any]] = field(default_factory=list)  # the run's tool events, kept with the reply
 
 
-async def read(engine: Engine, tenant: str, device: str, message_id: int, *,
-               key: tuple[int, int] | None = None, offset: int = 0) -> dict[str, Any]:
+async def read(
+    engine: Engine, tenant: str, device: str, message_id: int, *, key: tuple[int, int] | None = None, offset: int = 0
+) -> dict[str, Any]:
     """One READ: message_id 0 follows the device's oldest pending message (the turn in flight)."""
     epoch, attempt = key or (0, 0)
-    params = {"tenant": tenant, "device": device, "message_id": message_id, "epoch": epoch, "attempt": attempt,
-              "offset": offset}
+    params = {
+        "tenant": tenant,
+        "device": device,
+        "message_id": message_id,
+        "epoch": epoch,
+        "attempt": attempt,
+        "offset": offset,
+    }
     return await arun(engine, sql.READ, params, read_only=True)
 
 
@@ -71,8 +78,13 @@ def final_of(row: dict[str, Any]) -> Final | None:
         return Final("held", None, "human", **lock)
     metadata = row["reply_metadata"] or {}
     return Final(
-        "answered", row["reply"] or "", row["reply_agent"], bool(metadata.get("stopped")),
-        choices=tuple(metadata.get("choices") or ()), events=list(metadata.get("stream_events") or ()), **lock,
+        "answered",
+        row["reply"] or "",
+        row["reply_agent"],
+        bool(metadata.get("stopped")),
+        choices=tuple(metadata.get("choices") or ()),
+        events=list(metadata.get("stream_events") or ()),
+        **lock,
     )
 
 
@@ -87,8 +99,17 @@ class Follower:
     """
 
     def __init__(
-        self, engine: Engine, hub: Hub, tenant: str, device: str, message_id: int, *, poll_seconds: float,
-        deadline: float, final: Callable[[], Final | None] | None = None, rerun: Callable[[], None] | None = None,
+        self,
+        engine: Engine,
+        hub: Hub,
+        tenant: str,
+        device: str,
+        message_id: int,
+        *,
+        poll_seconds: float,
+        deadline: float,
+        final: Callable[[], Final | None] | None = None,
+        rerun: Callable[[], None] | None = None,
     ):
         self.engine, self.hub = engine, hub
         self.tenant, self.device, self.message_id = tenant, device, message_id
@@ -127,7 +148,7 @@ class Follower:
         writer = self.hub.writer((self.tenant, self.device))
         if writer is not None and not writer.ended and self.message_id in writer.message_ids:
             out = self._run(writer.key)
-            return out + self._emit(writer.text[len(self.text):], writer.events), None
+            return out + self._emit(writer.text[len(self.text) :], writer.events), None
         final = self._final() if self._final is not None else None
         if final is not None and final.status != "answered":
             return "", final
@@ -160,7 +181,7 @@ class Follower:
     def _emit(self, new_text: str, events: list[dict[str, Any]]) -> str:
         """new_text continues self.text; events is the run's whole list (sent ones skipped)."""
         out = ""
-        for item in events[self.events:]:
+        for item in events[self.events :]:
             at = int(item.get("at", 0))
             if at > len(self.text) + len(new_text):
                 break
@@ -175,7 +196,7 @@ class Follower:
         out = ""
         reply = final.reply or ""
         if final.status == "answered" and final.events and reply.startswith(self.text):
-            out = self._emit(reply[len(self.text):], final.events)  # tool events this reader has not sent
+            out = self._emit(reply[len(self.text) :], final.events)  # tool events this reader has not sent
         return out + ending(self.encoder, self.text, final)
 
 
@@ -186,7 +207,7 @@ def ending(enc: Encoder, sent: str, final: Final) -> str:
     reply = final.reply or ""
     if final.status == "answered":
         if reply.startswith(sent):
-            out += enc.text(reply[len(sent):])
+            out += enc.text(reply[len(sent) :])
         else:  # the stored reply is not what was streamed (the agent's final text differed)
             out += enc.end_text() + enc.data("status", {"status": "restarted", "attempt": None})
             out += enc.text(reply)

@@ -28,7 +28,6 @@ from __future__ import annotations
 from app.sql import live_agent, live_until
 
 
-
 def key(alias: str = "") -> str:
     """The device's rows: alias.tenant_id and alias.device_id are the statement's parameters."""
     prefix = f"{alias}." if alias else ""
@@ -55,7 +54,6 @@ RETURNING COALESCE(d.stop_message_id = ANY(d.message_ids), false) AS stop
 CHECK = f"""
 SELECT COALESCE(stop_message_id = ANY(%(ids)s::bigint[]), false) AS stop FROM conversation_drafts WHERE {KEY}
 """
-
 
 
 def stop(target: str) -> str:

@@ -72,8 +72,16 @@ class DraftWriter:
     """
 
     def __init__(
-        self, engine: Engine, hub: Hub, *, tenant: str, device: str, epoch: int, attempt: int,
-        message_ids: list[int], flush_seconds: float,
+        self,
+        engine: Engine,
+        hub: Hub,
+        *,
+        tenant: str,
+        device: str,
+        epoch: int,
+        attempt: int,
+        message_ids: list[int],
+        flush_seconds: float,
     ):
         self.engine, self.hub = engine, hub
         self.tenant, self.device = tenant, device
@@ -174,12 +182,16 @@ class DraftWriter:
     async def _flush(self) -> bool:
         text, events = self.text[self._flushed_text :], self.events[self._flushed_events :]
         params = self._params() | {
-            "delta": text, "events": json.dumps(events), "attempt": self.attempt,
+            "delta": text,
+            "events": json.dumps(events),
+            "attempt": self.attempt,
         }
         row = await self._statement(sql.APPEND, params)
         self._last_flush = self._last_statement
         if row is None:  # fenced off: the lease is no longer ours
-            logger.warning("lease lost while streaming message %s: the draft is no longer written", self.message_ids[-1])
+            logger.warning(
+                "lease lost while streaming message %s: the draft is no longer written", self.message_ids[-1]
+            )
             self.lost = True
             return False
         self._flushed_text += len(text)
@@ -199,5 +211,8 @@ class DraftWriter:
 
     def _params(self) -> dict[str, Any]:
         return {
-            "tenant": self.tenant, "device": self.device, "epoch": self.epoch, "ids": self.message_ids,
+            "tenant": self.tenant,
+            "device": self.device,
+            "epoch": self.epoch,
+            "ids": self.message_ids,
         }

@@ -67,7 +67,9 @@ def instrument(app: FastAPI) -> None:
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
     FastAPIInstrumentor.instrument_app(
-        app, tracer_provider=telemetry.tracer_provider, meter_provider=telemetry.meter_provider,
+        app,
+        tracer_provider=telemetry.tracer_provider,
+        meter_provider=telemetry.meter_provider,
         excluded_urls="/metrics",
     )
 
@@ -152,14 +154,17 @@ def cleaned(released: int, deleted: int) -> None:
 def whatsapp_send(send: Callable[..., Any]) -> Callable[..., Any]:
     """Decorate the Graph API send (sync or async, returning a SendOutcome): a client span and a count by status."""
     if inspect.iscoroutinefunction(send):
+
         @functools.wraps(send)
         async def traced_async(*args: Any, **kwargs: Any) -> Any:
             with active().send_span() as note:
                 return note(await send(*args, **kwargs))
+
         return traced_async
 
     @functools.wraps(send)
     def traced(*args: Any, **kwargs: Any) -> Any:
         with active().send_span() as note:
             return note(send(*args, **kwargs))
+
     return traced

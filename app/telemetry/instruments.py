@@ -106,14 +106,18 @@ class Telemetry:
         self.tracer_provider, self.meter_provider, self.prometheus = tracer_provider, meter_provider, prometheus
         self.tracer = trace.get_tracer(SCOPE, tracer_provider=tracer_provider)
         meter = metrics.get_meter(SCOPE, meter_provider=meter_provider)
-        count, seconds = meter.create_counter, functools.partial(
-            meter.create_histogram, unit="s", explicit_bucket_boundaries_advisory=SECONDS
+        count, seconds = (
+            meter.create_counter,
+            functools.partial(meter.create_histogram, unit="s", explicit_bucket_boundaries_advisory=SECONDS),
         )
         self.turns = count("agent_sessions.turns", "{turn}", "agent turns, by agent and outcome")
-        self.turn_duration = seconds("agent_sessions.turn.duration", description="agent turn time, by agent and outcome")
+        self.turn_duration = seconds(
+            "agent_sessions.turn.duration", description="agent turn time, by agent and outcome"
+        )
         self.wait_duration = seconds("agent_sessions.wait.duration", description="time a message waited for its device")
         self.queued = meter.create_histogram(
-            "agent_sessions.device.queued", "{message}",
+            "agent_sessions.device.queued",
+            "{message}",
             "messages of one device waiting in this process when one more starts to wait (itself included)",
             explicit_bucket_boundaries_advisory=COUNTS,
         )
@@ -158,9 +162,13 @@ class Telemetry:
         self.queued.record(queued)
         span = self.tracer.start_span("agent_sessions.wait")
         if span.is_recording():
-            span.set_attributes(self.device(settings, tenant, device) | {
-                "agent_sessions.wait.reason": reason, "agent_sessions.wait.queued": queued,
-            })
+            span.set_attributes(
+                self.device(settings, tenant, device)
+                | {
+                    "agent_sessions.wait.reason": reason,
+                    "agent_sessions.wait.queued": queued,
+                }
+            )
         wait = Wait(span, self.wait_duration, {"reason": reason})
         try:
             yield wait
@@ -179,14 +187,22 @@ class Telemetry:
         """The span of one agent turn (current while the agents run: their own spans nest under it)."""
         started = time.perf_counter()
         with self.tracer.start_as_current_span(
-            f"invoke_agent {agent}", kind=SpanKind.INTERNAL, record_exception=False, set_status_on_exception=False,
+            f"invoke_agent {agent}",
+            kind=SpanKind.INTERNAL,
+            record_exception=False,
+            set_status_on_exception=False,
         ) as span:
             if span.is_recording():
-                span.set_attributes(self.device(settings, lease.tenant, lease.device) | {
-                    "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent,
-                    "agent_sessions.turn.attempt": turn.attempt, "agent_sessions.turn.messages": len(turn.messages),
-                    "agent_sessions.message.id": turn.last.id,
-                })
+                span.set_attributes(
+                    self.device(settings, lease.tenant, lease.device)
+                    | {
+                        "gen_ai.operation.name": "invoke_agent",
+                        "gen_ai.agent.name": agent,
+                        "agent_sessions.turn.attempt": turn.attempt,
+                        "agent_sessions.turn.messages": len(turn.messages),
+                        "agent_sessions.message.id": turn.last.id,
+                    }
+                )
                 if turn.last.session_id:
                     span.set_attribute("gen_ai.conversation.id", turn.last.session_id)
             record = TurnRecord(span)
@@ -216,16 +232,20 @@ class Telemetry:
         what nests under the turn (the time in the models and tools, and the tokens).
         """
         with self.span(f"openai_agents.run {agent}", lambda: {"gen_ai.agent.name": agent}) as span:
+
             def note(result: Any) -> None:
                 if not span.is_recording():
                     return
                 usage = result.context_wrapper.usage
-                span.set_attributes({
-                    "agent_sessions.sdk.last_agent": result.last_agent.name,
-                    "agent_sessions.sdk.requests": usage.requests,
-                    "gen_ai.usage.input_tokens": usage.input_tokens,
-                    "gen_ai.usage.output_tokens": usage.output_tokens,
-                })
+                span.set_attributes(
+                    {
+                        "agent_sessions.sdk.last_agent": result.last_agent.name,
+                        "agent_sessions.sdk.requests": usage.requests,
+                        "gen_ai.usage.input_tokens": usage.input_tokens,
+                        "gen_ai.usage.output_tokens": usage.output_tokens,
+                    }
+                )
+
             yield note
 
     # -- events and counts -------------------------------------------------------------------------
@@ -240,6 +260,7 @@ class Telemetry:
     @contextlib.contextmanager
     def send_span(self) -> Iterator[Callable[[Any], Any]]:
         with self.span("whatsapp.send", dict) as span:
+
             def note(outcome: Any) -> Any:
                 span.set_attribute("agent_sessions.whatsapp.status", outcome.status)
                 span.set_attribute("agent_sessions.whatsapp.attempts", outcome.attempts)
@@ -247,6 +268,7 @@ class Telemetry:
                     span.set_status(Status(StatusCode.ERROR))
                 self.sends.add(1, {"status": outcome.status})
                 return outcome
+
             yield note
 
 

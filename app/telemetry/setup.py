@@ -46,7 +46,9 @@ def exporter_names(environ: Mapping[str, str], signal: str) -> list[str]:
     named = environ.get(f"OTEL_{signal.upper()}_EXPORTER", "").strip()
     if named:
         return [name.strip() for name in named.split(",") if name.strip() and name.strip() != "none"]
-    endpoint = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
+    endpoint = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or environ.get(
+        f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT"
+    )
     return ["otlp"] if endpoint else []
 
 
@@ -120,6 +122,9 @@ def build(settings: Settings, *, serverless: bool, environ: Mapping[str, str] | 
         meter_provider = MeterProvider(metric_readers=readers, resource=resource)
         if pushed:  # exported anyway: libraries' instruments go along
             metrics.set_meter_provider(meter_provider)
-    logger.info("telemetry: traces to %s, metrics to %s", ", ".join(traces) or "nowhere",
-                ", ".join(pushed + (["GET /metrics"] if scrape else [])) or "nowhere")
+    logger.info(
+        "telemetry: traces to %s, metrics to %s",
+        ", ".join(traces) or "nowhere",
+        ", ".join(pushed + (["GET /metrics"] if scrape else [])) or "nowhere",
+    )
     return Telemetry(tracer_provider, meter_provider, registry)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import anyio
 import anyio.to_thread
@@ -19,8 +19,8 @@ from agents.models.openai_provider import OpenAIProvider
 from agents.tracing.processors import default_processor
 
 from app.agents import AgentInput, Handoff, HistoryItem, Keep, Release, load_registry
-from app.agents.openai_example import build
 from app.agents.openai_agents import RELEASE_TOOL, agent_key, registry_from_agents, release_conversation
+from app.agents.openai_example import build
 from app.errors import AgentFailed, ConfigurationError
 from tests.conftest import make_settings
 from tests.utils import aio, openai_registry
@@ -31,7 +31,7 @@ from tests.utils.openai_server import chat_completions
 from tests.utils.server import ROOT
 
 SECRET_TEXT = "card 4111-1111 for jane@example.com"
-NOW = datetime(2026, 1, 5, 9, 30, tzinfo=timezone.utc)
+NOW = datetime(2026, 1, 5, 9, 30, tzinfo=UTC)
 
 
 def message(text: str, lock: str | None = None, history=()) -> AgentInput:
@@ -129,7 +129,10 @@ class TestTurn:
         assert reply.reply == "What is the invoice number?"
         assert reply.lock == Handoff("billing", 120, answered=True)
         assert [len(models[name].calls) for name in ("Triage", "Billing")] == [1, 1]
-        assert models["Triage"].calls[0].handoffs == {"Billing": "transfer_to_billing", "Scheduling": "transfer_to_scheduling"}
+        assert models["Triage"].calls[0].handoffs == {
+            "Billing": "transfer_to_billing",
+            "Scheduling": "transfer_to_scheduling",
+        }
         assert RELEASE_TOOL in models["Billing"].calls[0].tools
 
     def test_history_is_replayed_as_text_messages_then_the_new_message(self):
@@ -155,7 +158,9 @@ class TestTurn:
             """Look up an invoice."""
             return f"Invoice {invoice_number}: $132.00 due"
 
-        model = FakeModel("billing", [Call("invoice_status", {"invoice_number": "4417"}), Say("$132.00 is due."), Say("Yes.")])
+        model = FakeModel(
+            "billing", [Call("invoice_status", {"invoice_number": "4417"}), Say("$132.00 is due."), Say("Yes.")]
+        )
         billing = Agent(name="Billing", model=model, tools=[invoice_status])
         registry = registry_from_agents(Agent(name="Triage", handoffs=[billing]))
         first = aio.run(registry["billing"].handle, message("4417", "billing"))
@@ -267,6 +272,7 @@ class TestEventLoop:
 
         async def cancelled_turn() -> None:
             async with anyio.create_task_group() as group:
+
                 async def turn() -> None:
                     finished.append(await entry.handle(message("hi")))
 
@@ -308,7 +314,8 @@ def traces():
 
 class TestTracing:
     @pytest.mark.parametrize(
-        ("tracing", "env", "on"), [(None, None, False), (True, None, True), (None, "true", True), (False, "true", False)]
+        ("tracing", "env", "on"),
+        [(None, None, False), (True, None, True), (None, "true", True), (False, "true", False)],
     )
     def test_tracing_is_off_unless_turned_on(self, monkeypatch, traces, tracing, env, on):
         if env is None:
@@ -364,9 +371,13 @@ class TestOpenAICompatibleServer:
                     bodies.append(response.json())
         assert [(body["reply"], body["agent"]) for body in bodies] == [("Hello from a local server", "manager")] * 3
         with engine.begin() as conn:
-            usage = conn.exec_driver_sql(
-                "SELECT metadata -> 'usage' FROM conversation_messages WHERE role = 'assistant' ORDER BY id"
-            ).scalars().all()
+            usage = (
+                conn.exec_driver_sql(
+                    "SELECT metadata -> 'usage' FROM conversation_messages WHERE role = 'assistant' ORDER BY id"
+                )
+                .scalars()
+                .all()
+            )
         assert usage == [{"requests": 1, "input_tokens": 5, "output_tokens": 2, "total_tokens": 7}] * 3
         assert [(r["path"], r["model"], r["messages"][-1]) for r in api.requests] == [
             ("/v1/chat/completions", "local-model", {"role": "user", "content": f"hi {n}"}) for n in range(3)

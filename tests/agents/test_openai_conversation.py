@@ -19,9 +19,9 @@ from openai import AsyncOpenAI
 from app.agents import AgentInput
 from app.agents.openai_agents import registry_from_agents
 from app.agents.openai_example import build
+from app.agents.runner import FAILURE_REPLY
 from app.core.logging import request_id
 from app.errors import AgentFailed
-from app.agents.runner import FAILURE_REPLY
 from tests.channels.conftest import wa_settings
 from tests.channels.payloads import USER, change, delivery, post, rows, text
 from tests.conftest import make_settings
@@ -51,7 +51,8 @@ def chat_over_http(server, message: str, device: str = DEVICE) -> dict:
 def assistant_rows(engine) -> list[dict]:
     with engine.begin() as conn:
         return [
-            dict(r) for r in conn.exec_driver_sql(
+            dict(r)
+            for r in conn.exec_driver_sql(
                 "SELECT content, agent, tools_used, metadata FROM conversation_messages "
                 "WHERE role = 'assistant' ORDER BY id"
             ).mappings()
@@ -62,13 +63,20 @@ class TestChatAcrossProcesses:
     def test_billing_takes_the_lock_keeps_it_in_a_new_process_and_releases_it(self, database_url, engine, tmp_path):
         log, blocked = tmp_path / "models.jsonl", tmp_path / "blocked.jsonl"
         env = app_env(
-            database_url, agents=REGISTRY, fake_llm_log=log, fake_llm_blocked_log=blocked,
+            database_url,
+            agents=REGISTRY,
+            fake_llm_log=log,
+            fake_llm_blocked_log=blocked,
             openai_api_key="sk-offline-test-key",  # with tracing on, the exporter would try to send
         )
 
         with running_app(env) as server:  # 1: the manager hands off; billing answers at once
             body = chat_over_http(server, PAY)
-        assert (body["reply"], body["agent"], body["lock"]["agent"]) == (openai_registry.ASK_INVOICE, "billing", "billing")
+        assert (body["reply"], body["agent"], body["lock"]["agent"]) == (
+            openai_registry.ASK_INVOICE,
+            "billing",
+            "billing",
+        )
         assert row(engine, DEVICE)["active_agent"] == "billing"
         first = read_log(log)
         assert [call.model for call in first] == ["triage", "billing"]  # billing not run a second time
@@ -76,7 +84,7 @@ class TestChatAcrossProcesses:
         with running_app(env) as server:  # 2: a new process; only billing's model runs, and it releases
             body = chat_over_http(server, INVOICE)
         assert (body["reply"], body["agent"], body["lock"]["agent"]) == (PAID, "billing", None)
-        second = read_log(log)[len(first):]
+        second = read_log(log)[len(first) :]
         assert [call.model for call in second] == ["billing"] * 3
         assert second[0].pid != first[0].pid
         assert second[0].texts() == [("user", PAY), ("assistant", openai_registry.ASK_INVOICE), ("user", INVOICE)]
@@ -84,20 +92,26 @@ class TestChatAcrossProcesses:
         replies = assistant_rows(engine)
         assert replies[1]["tools_used"] == ["invoice_status", "release_conversation"]
         assert replies[1]["metadata"]["usage"] == {
-            "requests": 3, "input_tokens": 33, "output_tokens": 21, "total_tokens": 54,
+            "requests": 3,
+            "input_tokens": 33,
+            "output_tokens": 21,
+            "total_tokens": 54,
         }
 
         with running_app(env) as server:  # 3: the lock is free, so the manager answers
             body = chat_over_http(server, "hello again")
         assert (body["reply"], body["agent"], body["lock"]["agent"]) == (openai_registry.GREETING, "manager", None)
-        assert [call.model for call in read_log(log)[len(first) + len(second):]] == ["triage"]
+        assert [call.model for call in read_log(log)[len(first) + len(second) :]] == ["triage"]
         assert not blocked.exists(), blocked.read_text()
 
     def test_the_guard_in_the_child_catches_traces_sent_to_openai(self, database_url, engine, tmp_path):
         """The control for the test above: with tracing on, the child tries to reach OpenAI, and is refused."""
         blocked = tmp_path / "blocked.jsonl"
         env = app_env(
-            database_url, agents=REGISTRY, fake_llm_blocked_log=blocked, openai_agents_tracing="true",
+            database_url,
+            agents=REGISTRY,
+            fake_llm_blocked_log=blocked,
+            openai_agents_tracing="true",
             openai_api_key="sk-offline-test-key",
         )
         with running_app(env) as server:

@@ -43,7 +43,9 @@ class TestAdapterStream:
         assert len(deltas) > 1 and "".join(deltas) == final.reply
         calls = [(event.name, event.input) for event in events if event.kind == "tool-call"]
         assert calls == [
-            ("transfer_to_billing", {}), ("invoice_status", {"invoice_number": "12345"}), (RELEASE_TOOL, {}),
+            ("transfer_to_billing", {}),
+            ("invoice_status", {"invoice_number": "12345"}),
+            (RELEASE_TOOL, {}),
         ]
         results = [event for event in events if event.kind == "tool-result"]
         assert [event.call_id for event in results] == [event.call_id for event in events if event.kind == "tool-call"]
@@ -52,8 +54,10 @@ class TestAdapterStream:
         assert isinstance(final.lock, Release)  # Billing called release_conversation
         assert final.tools_used == ["invoice_status", RELEASE_TOOL]
         # The same run through handle gives the same reply and effects.
-        again = aio.run(registry_from_agents(build(openai_registry.models()), tracing=False)["manager"].handle,
-                        message("my bill, invoice 12345"))
+        again = aio.run(
+            registry_from_agents(build(openai_registry.models()), tracing=False)["manager"].handle,
+            message("my bill, invoice 12345"),
+        )
         assert (again.reply, again.lock, again.tools_used) == (final.reply, final.lock, final.tools_used)
 
     def test_a_run_that_ends_on_another_agent_hands_the_lock_over_answered(self):

@@ -148,8 +148,16 @@ class TestBadInput:
 
     @pytest.mark.parametrize(
         "body",
-        [{}, {"message": ""}, {"message": "x" * 4097}, {"message": 5}, {"message": None}, [], "hi",
-         {"message": "nul \u0000 inside"}],
+        [
+            {},
+            {"message": ""},
+            {"message": "x" * 4097},
+            {"message": 5},
+            {"message": None},
+            [],
+            "hi",
+            {"message": "nul \u0000 inside"},
+        ],
     )
     def test_bad_body_is_422(self, client, engine, body):
         response = client.post("/api/chat", json=body, headers={"X-Device-ID": DEVICE})
@@ -229,8 +237,11 @@ class TestHealth:
         from app.core.migrate import head_revision
 
         assert client.get("/api/health").json() == {
-            "status": "ok", "database": "ok", "migration": head_revision(),
-            "expected_migration": head_revision(), "schema": "current",
+            "status": "ok",
+            "database": "ok",
+            "migration": head_revision(),
+            "expected_migration": head_revision(),
+            "schema": "current",
         }
 
     def test_unreachable(self):
@@ -241,6 +252,9 @@ class TestHealth:
             response = client.get("/api/health")
         assert response.status_code == 503
         assert response.json() == {
-            "status": "degraded", "database": "unavailable", "migration": None,
-            "expected_migration": head_revision(), "schema": None,
+            "status": "degraded",
+            "database": "unavailable",
+            "migration": None,
+            "expected_migration": head_revision(),
+            "schema": None,
         }

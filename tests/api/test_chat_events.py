@@ -18,8 +18,9 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 @pytest.fixture(scope="module")
 def server(direct_url: str) -> Iterator[Server]:
-    env = app_env(direct_url, device_id_secret=SECRET, web_tenants="default,acme",
-                  admin_api_keys=f"default:{ADMIN_KEY}")
+    env = app_env(
+        direct_url, device_id_secret=SECRET, web_tenants="default,acme", admin_api_keys=f"default:{ADMIN_KEY}"
+    )
     with running_app(env) as server:
         yield server
 
@@ -29,17 +30,19 @@ def events(response: httpx.Response) -> Iterator[dict]:
     name = None
     for line in response.iter_lines():
         if line.startswith("event: "):
-            name = line[len("event: "):]
+            name = line[len("event: ") :]
         elif line.startswith("data: ") and name == "changed":
-            yield json.loads(line[len("data: "):])
+            yield json.loads(line[len("data: ") :])
 
 
 def test_the_stream_says_at_once_what_the_page_shows_then_each_change(server, engine):
     device = devices.issue(SECRET)
     headers = {"X-Device-ID": device}
     with httpx.Client(base_url=server.url, timeout=30) as client:
-        assert client.post("/api/chat", json={"message": "I need to book an appointment"},
-                           headers=headers).status_code == 200
+        assert (
+            client.post("/api/chat", json={"message": "I need to book an appointment"}, headers=headers).status_code
+            == 200
+        )
         with client.stream("GET", "/api/chat/events", headers=headers) as response:
             assert response.status_code == 200
             assert response.headers["content-type"].startswith("text/event-stream")
@@ -47,8 +50,10 @@ def test_the_stream_says_at_once_what_the_page_shows_then_each_change(server, en
             first = next(seen)
             assert first["lock"]["agent"] == "scheduling" and first["newest"] > 0
             uuid = device.split(".")[0]
-            assert client.post(f"/api/sessions/{uuid}/takeover", json={"operator": "Ana"},
-                               headers=ADMIN).status_code == 200
+            assert (
+                client.post(f"/api/sessions/{uuid}/takeover", json={"operator": "Ana"}, headers=ADMIN).status_code
+                == 200
+            )
             second = next(seen)
             assert second["lock"]["agent"] == "human" and second["newest"] == first["newest"]
             reply = client.post(f"/api/sessions/{uuid}/messages", json={"text": "Ana here"}, headers=ADMIN)
@@ -57,13 +62,16 @@ def test_the_stream_says_at_once_what_the_page_shows_then_each_change(server, en
             assert third["newest"] == reply.json()["id"] and third["lock"]["agent"] == "human"
 
 
-@pytest.mark.parametrize(("headers", "status", "code"), [
-    ({}, 400, "missing_device_id"),
-    ({"X-Device-ID": "not-a-device"}, 401, "invalid_device_signature"),
-    ({"X-Device-ID": "9b2f4a1e-0c3d-4e5f-8a7b-6c5d4e3f2a1b"}, 401, "invalid_device_signature"),  # unsigned
-    ({"X-Device-ID": devices.issue(SECRET, "acme")}, 401, "invalid_device_signature"),  # another tenant's
-    ({"X-Device-ID": devices.issue(SECRET), "X-Tenant-ID": "nobody"}, 400, "unknown_tenant"),
-])
+@pytest.mark.parametrize(
+    ("headers", "status", "code"),
+    [
+        ({}, 400, "missing_device_id"),
+        ({"X-Device-ID": "not-a-device"}, 401, "invalid_device_signature"),
+        ({"X-Device-ID": "9b2f4a1e-0c3d-4e5f-8a7b-6c5d4e3f2a1b"}, 401, "invalid_device_signature"),  # unsigned
+        ({"X-Device-ID": devices.issue(SECRET, "acme")}, 401, "invalid_device_signature"),  # another tenant's
+        ({"X-Device-ID": devices.issue(SECRET), "X-Tenant-ID": "nobody"}, 400, "unknown_tenant"),
+    ],
+)
 def test_a_device_the_chat_routes_refuse_gets_no_stream(server, headers, status, code):
     response = httpx.get(f"{server.url}/api/chat/events", headers=headers, timeout=30)
     assert (response.status_code, response.json()["error"]["code"]) == (status, code)

@@ -60,7 +60,10 @@ class TestMessages:
         items = body["items"]
         assert all(set(item) == ITEM_KEYS for item in items)
         assert [(i["role"], i["agent"]) for i in items] == [
-            ("assistant", "scheduling"), ("user", "scheduling"), ("assistant", "manager"), ("user", "manager")
+            ("assistant", "scheduling"),
+            ("user", "scheduling"),
+            ("assistant", "manager"),
+            ("user", "manager"),
         ]
         assert [i["content"] for i in items][1::2] == ["I need to book an appointment", "hi"]
         assert items[0]["reply_to"] == items[1]["id"] and items[1]["reply_to"] is None
@@ -98,8 +101,19 @@ class TestMessages:
             rest = messages(client, f"?before={page['next_before']}").json()
             assert len(rest["items"]) == 1 and rest["next_before"] is None
 
-    @pytest.mark.parametrize("query", ["?limit=0", "?limit=201", "?limit=x", "?before=0", "?before=-1",
-                                       "?session_id=", "?session_id=has%20space", f"?session_id={'s' * 129}"])
+    @pytest.mark.parametrize(
+        "query",
+        [
+            "?limit=0",
+            "?limit=201",
+            "?limit=x",
+            "?before=0",
+            "?before=-1",
+            "?session_id=",
+            "?session_id=has%20space",
+            f"?session_id={'s' * 129}",
+        ],
+    )
     def test_bad_query_is_422(self, client, query):
         response = messages(client, query)
         assert response.status_code == 422
@@ -149,7 +163,9 @@ class TestSessions:
         assert messages(client).json()["items"] == []
         after = row(engine, DEVICE)
         assert (after["active_agent"], after["context"], after["version"]) == (
-            "scheduling", before["context"], before["version"]
+            "scheduling",
+            before["context"],
+            before["version"],
         )
         # The flow goes on where it was.
         assert chat(client, "10am")["reply"].startswith("Book tomorrow at 10:00")
@@ -193,7 +209,9 @@ class TestOwnDataOnly:
         chat(client, "hello", device=OTHER)
         other_rows = scalar(engine, "SELECT count(*) FROM conversation_messages WHERE device_id = %(d)s", d=OTHER)
         assert client.delete("/api/chat/history", headers=headers()).status_code == 204
-        assert scalar(engine, "SELECT count(*) FROM conversation_messages WHERE device_id = %(d)s", d=OTHER) == other_rows
+        assert (
+            scalar(engine, "SELECT count(*) FROM conversation_messages WHERE device_id = %(d)s", d=OTHER) == other_rows
+        )
         assert row(engine, OTHER) is not None
 
 
@@ -289,7 +307,9 @@ class TestLateReply:
 
 class TestChoices:
     def test_choice_id_reaches_the_pipeline_and_response_has_choices_and_merged(self, client, engine):
-        response = client.post("/api/chat", json={"message": "Tomorrow", "choice_id": "day:tomorrow"}, headers=headers())
+        response = client.post(
+            "/api/chat", json={"message": "Tomorrow", "choice_id": "day:tomorrow"}, headers=headers()
+        )
         assert response.status_code == 200
         body = response.json()
         assert body["choices"] == [] and body["merged"] is False

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from app.ledger import Ledger
 from tests.conftest import make_settings
-from tests.utils.apps import app_client
 from tests.utils import aio
+from tests.utils.apps import app_client
 
 DEVICE = "5e6f7a8b-9c0d-4e1f-a2b3-c4d5e6f7a8b9"
 
@@ -20,9 +20,7 @@ def test_cron_cleanup_recovers_a_crashed_workers_message(database_url, engine):
         response = client.get("/api/cron/cleanup", headers={"Authorization": "Bearer " + "c" * 32})
     assert response.status_code == 200
     with engine.begin() as conn:
-        rows = conn.exec_driver_sql(
-            "SELECT role, status, agent FROM conversation_messages ORDER BY id"
-        ).all()
+        rows = conn.exec_driver_sql("SELECT role, status, agent FROM conversation_messages ORDER BY id").all()
         recovered = conn.exec_driver_sql("SELECT recovered FROM cleanup_runs").scalar()
         lock = conn.exec_driver_sql("SELECT active_agent FROM conversation_states").scalar()
     assert [tuple(r) for r in rows] == [("user", "done", "scheduling"), ("assistant", None, "scheduling")]

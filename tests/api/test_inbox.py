@@ -19,8 +19,14 @@ class Named(Scripted):
 
 
 def settings(database_url, graph, **overrides):
-    return wa_settings(database_url, graph, admin_api_keys=ADMIN_KEYS, whatsapp_tenants={PHONE_ID: TENANT},
-                       web_tenants="default,acme", **overrides)
+    return wa_settings(
+        database_url,
+        graph,
+        admin_api_keys=ADMIN_KEYS,
+        whatsapp_tenants={PHONE_ID: TENANT},
+        web_tenants="default,acme",
+        **overrides,
+    )
 
 
 def chat(client, dev: str, message: str):
@@ -79,8 +85,10 @@ def test_bad_filters_are_422_and_change_nothing(database_url, engine, graph):
 
 def test_agents_have_display_names_and_keys(database_url, engine, graph):
     with app_client(settings(database_url, graph)) as client:
-        use_registry(client, {"manager": Scripted("manager"), "scheduling": Named("scheduling"),
-                              "front_desk": Scripted("front_desk")})
+        use_registry(
+            client,
+            {"manager": Scripted("manager"), "scheduling": Named("scheduling"), "front_desk": Scripted("front_desk")},
+        )
         items = client.get("/api/agents", headers=A).json()["items"]
         assert items == [
             {"key": "manager", "display_name": "Manager"},

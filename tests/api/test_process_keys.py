@@ -29,6 +29,8 @@ print("different" if child != parent else "shared")
 
 def test_log_hash_fallback_key_is_made_on_first_use_and_per_process(tmp_path):
     env = clean_env(PYTHONPATH=str(ROOT), DATABASE_URL="postgresql://x@127.0.0.1:1/x")
-    done = subprocess.run([sys.executable, "-c", CODE], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", CODE], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "different"

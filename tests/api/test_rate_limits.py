@@ -12,8 +12,8 @@ from app.cleanup import run_cleanup
 from app.errors import RateLimited
 from app.ledger import Ledger
 from tests.conftest import make_settings
-from tests.utils.apps import app_client
 from tests.utils import aio
+from tests.utils.apps import app_client
 
 DEVICE = "2d4f6a8c-1b3e-4a5c-9d7f-0e2a4c6e8a1b"
 
@@ -25,10 +25,14 @@ def chat(client, message: str, device: str = DEVICE, key: str | None = None):
 
 def inbound(engine, device: str = DEVICE) -> list[str]:
     with engine.begin() as conn:
-        return conn.exec_driver_sql(
-            "SELECT content FROM conversation_messages WHERE device_id = %(d)s AND role = 'user' ORDER BY id",
-            {"d": device},
-        ).scalars().all()
+        return (
+            conn.exec_driver_sql(
+                "SELECT content FROM conversation_messages WHERE device_id = %(d)s AND role = 'user' ORDER BY id",
+                {"d": device},
+            )
+            .scalars()
+            .all()
+        )
 
 
 def assert_limited(response) -> int:

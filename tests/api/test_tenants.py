@@ -46,8 +46,14 @@ def signed(database_url, engine):
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("POST", "/api/chat"), ("POST", "/api/chat/new"), ("GET", "/api/chat/messages"),
-     ("GET", "/api/chat/sessions"), ("DELETE", "/api/chat/history"), ("POST", "/api/devices")],
+    [
+        ("POST", "/api/chat"),
+        ("POST", "/api/chat/new"),
+        ("GET", "/api/chat/messages"),
+        ("GET", "/api/chat/sessions"),
+        ("DELETE", "/api/chat/history"),
+        ("POST", "/api/devices"),
+    ],
 )
 def test_an_unlisted_tenant_is_400_and_stores_nothing(plain, engine, method, path):
     body = {"message": "hi"} if path == "/api/chat" else None
@@ -71,9 +77,11 @@ def test_the_listed_second_tenant_chats_in_its_own_tenant(plain, engine):
     assert chat(plain, device, "acme").status_code == 200
     assert chat(plain, device).status_code == 200  # no header: the default tenant
     with engine.begin() as conn:
-        tenants = conn.exec_driver_sql(
-            "SELECT tenant_id FROM conversation_messages WHERE role = 'user' ORDER BY id"
-        ).scalars().all()
+        tenants = (
+            conn.exec_driver_sql("SELECT tenant_id FROM conversation_messages WHERE role = 'user' ORDER BY id")
+            .scalars()
+            .all()
+        )
     assert tenants == ["acme", "default"]
 
 
@@ -88,8 +96,9 @@ def test_a_signed_id_works_only_under_the_tenant_it_was_issued_for(signed, engin
         assert refused.json()["error"]["code"] == "invalid_device_signature"
     assert signed.get("/api/chat/messages", headers={"X-Device-ID": device}).status_code == 401
     with engine.begin() as conn:
-        stored = conn.exec_driver_sql("SELECT tenant_id, count(*) FROM conversation_messages "
-                                      "WHERE role = 'user' GROUP BY tenant_id").all()
+        stored = conn.exec_driver_sql(
+            "SELECT tenant_id, count(*) FROM conversation_messages WHERE role = 'user' GROUP BY tenant_id"
+        ).all()
     assert [tuple(row) for row in stored] == [("acme", 1)]
 
 

@@ -46,18 +46,34 @@ def media(kind: str, mid: str, sender: str = USER) -> dict[str, Any]:
 def tap(kind: str, choice_id: str, title: str, mid: str, sender: str = USER, description: str | None = None):
     """A tapped reply button (kind "button_reply") or list row ("list_reply")."""
     reply = {"id": choice_id, "title": title} | ({"description": description} if description else {})
-    return {"from": sender, "id": mid, "timestamp": now(), "type": "interactive",
-            "interactive": {"type": kind, kind: reply}}
+    return {
+        "from": sender,
+        "id": mid,
+        "timestamp": now(),
+        "type": "interactive",
+        "interactive": {"type": kind, kind: reply},
+    }
 
 
 def quick_reply(payload: str, label: str, mid: str, sender: str = USER) -> dict[str, Any]:
     """A tapped quick-reply button of a template message."""
-    return {"from": sender, "id": mid, "timestamp": now(), "type": "button", "button": {"payload": payload, "text": label}}
+    return {
+        "from": sender,
+        "id": mid,
+        "timestamp": now(),
+        "type": "button",
+        "button": {"payload": payload, "text": label},
+    }
 
 
 def located(mid: str, sender: str = USER, **place: Any) -> dict[str, Any]:
-    return {"from": sender, "id": mid, "timestamp": now(), "type": "location",
-            "location": {"latitude": 52.52, "longitude": 13.405, **place}}
+    return {
+        "from": sender,
+        "id": mid,
+        "timestamp": now(),
+        "type": "location",
+        "location": {"latitude": 52.52, "longitude": 13.405, **place},
+    }
 
 
 def change(messages=(), *, phone_number_id: str = PHONE_ID, contacts=None, statuses=None) -> dict[str, Any]:

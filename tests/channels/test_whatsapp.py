@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from app.agents.runner import TEXT_ONLY_REPLY
 from app.channels.whatsapp import WhatsAppSender, message_payload, replier
 from app.core.config import Settings
-from app.agents.runner import TEXT_ONLY_REPLY
 from app.pipeline import Inbound, Pipeline
 from tests.channels.conftest import wa_settings
 from tests.channels.payloads import (
@@ -26,11 +26,11 @@ from tests.channels.payloads import (
     state_count,
     text,
 )
+from tests.utils import aio
 from tests.utils.agents import Gate, Scripted
 from tests.utils.apps import app_client, use_registry
 from tests.utils.proxy import outage_proxy
 from tests.utils.states import row
-from tests.utils import aio
 
 DAY = 86400
 
@@ -64,7 +64,10 @@ class TestReplies:
         assert (reply["has_error"], reply["error_message"], reply["metadata"]["delivered"]) == (False, None, True)
         user = rows(engine)[0]
         assert user["metadata"] == {
-            "channel": "whatsapp", "phone_number_id": PHONE_ID, "to": USER, "wa_message_id": "wamid.O1"
+            "channel": "whatsapp",
+            "phone_number_id": PHONE_ID,
+            "to": USER,
+            "wa_message_id": "wamid.O1",
         }
         assert (user["device_id"], user["tenant_id"], user["status"]) == (USER, "default", "done")
 
@@ -81,9 +84,14 @@ class TestReplies:
         # Devices run side by side; each device's messages in the order Meta lists them.
         sent = [(r.path, r.json["to"], r.json["text"]["body"]) for r in graph.messages]
         assert [s for s in sent if s[1] == USER] == [
-            (path(), USER, "manager: a1"), (path(PHONE_ID_2), USER, "manager: a3"), (path(), USER, "manager: a5"),
+            (path(), USER, "manager: a1"),
+            (path(PHONE_ID_2), USER, "manager: a3"),
+            (path(), USER, "manager: a5"),
         ]
-        assert sorted(s for s in sent if s[1] != USER) == [(path(), USER_2, "manager: a2"), (path(), USER_3, "manager: a4")]
+        assert sorted(s for s in sent if s[1] != USER) == [
+            (path(), USER_2, "manager: a2"),
+            (path(), USER_3, "manager: a4"),
+        ]
         stored = rows(engine)
         assert [r["content"] for r in stored if r["role"] == "user" and r["device_id"] == USER] == ["a1", "a3", "a5"]
         for reply in replies(engine):
@@ -169,8 +177,13 @@ class TestNonText:
         payload = delivery([change([media("image", "wamid.M1")])])
         assert post(client, payload).json() == {"status": "ok", "stored": 1, "duplicates": 0, "ignored": 0}
         assert graph.sent == [
-            {"messaging_product": "whatsapp", "recipient_type": "individual", "to": USER, "type": "text",
-             "text": {"body": TEXT_ONLY_REPLY}}
+            {
+                "messaging_product": "whatsapp",
+                "recipient_type": "individual",
+                "to": USER,
+                "type": "text",
+                "text": {"body": TEXT_ONLY_REPLY},
+            }
         ]
         user, reply = rows(engine)
         assert (user["content"], user["status"], user["device_id"]) == ("[image]", "done", USER)
@@ -202,8 +215,13 @@ class TestBusinessScopedUsers:
         post(client, delivery([change([message], contacts=contacts)]))
         assert rows(engine)[0]["device_id"] == BSUID
         assert graph.sent == [
-            {"messaging_product": "whatsapp", "recipient_type": "individual", "recipient": BSUID, "type": "text",
-             "text": {"body": "manager: hola"}}
+            {
+                "messaging_product": "whatsapp",
+                "recipient_type": "individual",
+                "recipient": BSUID,
+                "type": "text",
+                "text": {"body": "manager: hola"},
+            }
         ]
 
     def test_empty_from_with_user_id_only_in_contacts(self, client, graph, engine):
@@ -234,9 +252,7 @@ class TestTenants:
 
 
 class TestDeliveryFailures:
-    def test_graph_api_500_is_retried_then_recorded_and_the_webhook_still_succeeds(
-        self, database_url, engine, graph
-    ):
+    def test_graph_api_500_is_retried_then_recorded_and_the_webhook_still_succeeds(self, database_url, engine, graph):
         graph.fail(500)
         with app_client(wa_settings(database_url, graph, whatsapp_send_attempts=3)) as client:
             response = post(client, delivery([change([text("hello", "wamid.F1")])]))
@@ -273,8 +289,9 @@ class TestDeliveryFailures:
         assert reply["has_error"] is True and "timeout" in reply["error_message"]
 
     def test_unreachable_graph_api_is_recorded(self, database_url, engine, graph):
-        settings = wa_settings(database_url, graph, whatsapp_api_base_url="http://127.0.0.1:1",
-                               whatsapp_send_attempts=2)
+        settings = wa_settings(
+            database_url, graph, whatsapp_api_base_url="http://127.0.0.1:1", whatsapp_send_attempts=2
+        )
         with app_client(settings) as client:
             assert post(client, delivery([change([text("hello", "wamid.F5")])])).status_code == 200
         assert "connection error" in replies(engine)[0]["error_message"]
@@ -331,7 +348,9 @@ class TestRecovery:
         sender = WhatsAppSender(settings)
         try:
             on_reply = replier(sender, pipeline.ledger)
-            result = aio.run(pipeline.handle, Inbound("default", USER, "hi", None, {"channel": "web"}), on_reply=on_reply)
+            result = aio.run(
+                pipeline.handle, Inbound("default", USER, "hi", None, {"channel": "web"}), on_reply=on_reply
+            )
         finally:
             sender.close()
         assert result.reply == "manager: hi"

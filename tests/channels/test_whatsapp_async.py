@@ -48,8 +48,9 @@ def test_a_delivery_from_200_senders_is_answered_in_full_and_every_reply_sent_in
     database_url, engine, graph, caplog
 ):
     senders = [f"1555{n:07d}" for n in range(SENDERS)]
-    messages = [text(f"{part}-{n}", f"wamid.M{part}{n}", sender) for part in ("a", "b")
-                for n, sender in enumerate(senders)]
+    messages = [
+        text(f"{part}-{n}", f"wamid.M{part}{n}", sender) for part in ("a", "b") for n, sender in enumerate(senders)
+    ]
     agent = Sleepy("manager", 0.5)
     caplog.set_level(logging.WARNING, logger="app")
     # 400 turns at once, each a few statements: behind a transaction pooler each statement is a
@@ -77,8 +78,9 @@ def test_a_delivery_from_200_senders_is_answered_in_full_and_every_reply_sent_in
 def test_no_free_turn_place_answers_503_for_the_device_not_stored_and_a_redelivery_answers_it_once(
     database_url, engine, graph
 ):
-    payload = delivery([change([text("one", "wamid.P1", USER), text("two", "wamid.P2", USER_2),
-                                text("three", "wamid.P3", USER_3)])])
+    payload = delivery(
+        [change([text("one", "wamid.P1", USER), text("two", "wamid.P2", USER_2), text("three", "wamid.P3", USER_3)])]
+    )
     with app_client(wa_settings(database_url, graph, max_concurrent_turns=2)) as client:
         use_registry(client, {"manager": Sleepy("manager", 0.2)})
         response = post(client, payload)
@@ -94,7 +96,9 @@ def test_no_free_turn_place_answers_503_for_the_device_not_stored_and_a_redelive
         assert response.status_code == 200, response.text
         assert response.json() == {"status": "ok", "stored": 1, "duplicates": 2, "ignored": 0}
     assert sorted((s["to"], s["text"]["body"]) for s in graph.delivered) == [
-        (USER, "manager: one"), (USER_2, "manager: two"), (USER_3, "manager: three")
+        (USER, "manager: one"),
+        (USER_2, "manager: two"),
+        (USER_3, "manager: three"),
     ]
 
 

@@ -24,13 +24,16 @@ from tests.channels.payloads import (
     text,
 )
 from tests.sessions.conftest import ADMIN_KEYS, A
-from tests.utils.agents import Gate, Offering, Scripted, Viewer, wait_for
 from tests.utils import aio
+from tests.utils.agents import Gate, Offering, Scripted, Viewer, wait_for
 from tests.utils.apps import app_client, join_background, use_registry
 
 HOUR = 3600
-TEMPLATE = {"name": "appointment_reminder", "language": {"code": "en_US"},
-            "components": [{"type": "body", "parameters": [{"type": "text", "text": "Friday"}]}]}
+TEMPLATE = {
+    "name": "appointment_reminder",
+    "language": {"code": "en_US"},
+    "components": [{"type": "body", "parameters": [{"type": "text", "text": "Friday"}]}],
+}
 
 
 def replies(engine) -> list[dict]:
@@ -56,22 +59,34 @@ class TestTaps:
             confirm = graph.sent[-1]["interactive"]
             assert confirm["type"] == "button"
             assert [b["reply"] for b in confirm["action"]["buttons"]] == [
-                {"id": "confirm:yes", "title": "Yes"}, {"id": "confirm:no", "title": "No"}
+                {"id": "confirm:yes", "title": "Yes"},
+                {"id": "confirm:no", "title": "No"},
             ]
             post(client, delivery([change([tap("button_reply", "confirm:yes", "Yes", "wamid.B4")])]))
         assert graph.sent[-1]["text"]["body"] == "You're booked for friday at 10:00. See you then!"
         taps = [r for r in rows(engine) if r["role"] == "user" and r["metadata"].get("choice_id")]
         assert [(r["content"], r["metadata"]["choice_id"]) for r in taps] == [
-            ("Friday", "day:friday"), ("Yes", "confirm:yes")
+            ("Friday", "day:friday"),
+            ("Yes", "confirm:yes"),
         ]
 
     def test_tapped_choices_reach_the_agent_with_their_id(self, client, graph, engine, echo):
-        post(client, delivery([change([
-            tap("list_reply", "slot-7", "Friday 10:00", "wamid.C1", description="with Dr. Ana"),
-            quick_reply("RESCHEDULE", "Change time", "wamid.C2"),
-        ])]))
+        post(
+            client,
+            delivery(
+                [
+                    change(
+                        [
+                            tap("list_reply", "slot-7", "Friday 10:00", "wamid.C1", description="with Dr. Ana"),
+                            quick_reply("RESCHEDULE", "Change time", "wamid.C2"),
+                        ]
+                    )
+                ]
+            ),
+        )
         assert [(m.text, m.choice_id, m.channel) for m in echo.seen] == [
-            ("Friday 10:00", "slot-7", "whatsapp"), ("Change time", "RESCHEDULE", "whatsapp")
+            ("Friday 10:00", "slot-7", "whatsapp"),
+            ("Change time", "RESCHEDULE", "whatsapp"),
         ]
         assert rows(engine)[0]["metadata"]["choice_description"] == "with Dr. Ana"
 
@@ -88,11 +103,20 @@ class TestChoices:
     def test_up_to_three_choices_are_reply_buttons(self, database_url, engine, graph):
         sent = self.offer(database_url, engine, graph, [("a", "Morning"), ("b", "An afternoon slot, late")])
         assert sent == {
-            "messaging_product": "whatsapp", "recipient_type": "individual", "to": USER, "type": "interactive",
-            "interactive": {"type": "button", "body": {"text": "Pick one"}, "action": {"buttons": [
-                {"type": "reply", "reply": {"id": "a", "title": "Morning"}},
-                {"type": "reply", "reply": {"id": "b", "title": "An afternoon slot, …"}},
-            ]}},
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": USER,
+            "type": "interactive",
+            "interactive": {
+                "type": "button",
+                "body": {"text": "Pick one"},
+                "action": {
+                    "buttons": [
+                        {"type": "reply", "reply": {"id": "a", "title": "Morning"}},
+                        {"type": "reply", "reply": {"id": "b", "title": "An afternoon slot, …"}},
+                    ]
+                },
+            },
         }
         assert all(len(b["reply"]["title"]) <= 20 for b in sent["interactive"]["action"]["buttons"])
 
@@ -116,11 +140,25 @@ class TestAttachments:
         post(client, delivery([change([photo, located("wamid.A2", name="Home")])]))
         first, second = viewer.seen
         assert first.text == "my rash"
-        assert first.attachments == ({"type": "image", "id": "media-wamid.A1", "mime_type": "image/jpeg",
-                                      "sha256": "0" * 64, "caption": "my rash"},)
+        assert first.attachments == (
+            {
+                "type": "image",
+                "id": "media-wamid.A1",
+                "mime_type": "image/jpeg",
+                "sha256": "0" * 64,
+                "caption": "my rash",
+            },
+        )
         assert second.text == "Home"
-        assert second.attachments[0] == {"type": "location", "id": None, "mime_type": None, "caption": None,
-                                              "latitude": 52.52, "longitude": 13.405, "name": "Home"}
+        assert second.attachments[0] == {
+            "type": "location",
+            "id": None,
+            "mime_type": None,
+            "caption": None,
+            "latitude": 52.52,
+            "longitude": 13.405,
+            "name": "Home",
+        }
         assert [s["text"]["body"] for s in graph.sent] == ["viewer: my rash", "viewer: Home"]
 
 
@@ -129,13 +167,20 @@ class TestTyping:
         post(client, delivery([change([text("hello", "wamid.T1")])]))
         kinds = [r.json.get("status") or r.json["type"] for r in graph.requests]
         assert kinds == ["read", "text"]
-        assert graph.typing == [{"messaging_product": "whatsapp", "status": "read", "message_id": "wamid.T1",
-                                 "typing_indicator": {"type": "text"}}]
+        assert graph.typing == [
+            {
+                "messaging_product": "whatsapp",
+                "status": "read",
+                "message_id": "wamid.T1",
+                "typing_indicator": {"type": "text"},
+            }
+        ]
 
     def test_typing_is_repeated_while_a_long_turn_runs(self, database_url, engine, graph, echo):
         gate = Gate(echo)
-        settings = wa_settings(database_url, graph, lease_seconds=1, whatsapp_typing_interval_seconds=0.2,
-                               webhook_ack_seconds=25)
+        settings = wa_settings(
+            database_url, graph, lease_seconds=1, whatsapp_typing_interval_seconds=0.2, webhook_ack_seconds=25
+        )
         with app_client(settings) as client:
             use_registry(client, {"manager": gate})
             done = threading.Thread(target=post, args=(client, delivery([change([text("think", "wamid.T2")])])))
@@ -147,8 +192,15 @@ class TestTyping:
                 gate.release.set()
                 done.join(30)
         assert {t["message_id"] for t in graph.typing} == {"wamid.T2"}
-        assert graph.sent == [{"messaging_product": "whatsapp", "recipient_type": "individual", "to": USER,
-                               "type": "text", "text": {"body": "manager: think"}}]
+        assert graph.sent == [
+            {
+                "messaging_product": "whatsapp",
+                "recipient_type": "individual",
+                "to": USER,
+                "type": "text",
+                "text": {"body": "manager: think"},
+            }
+        ]
 
     def test_a_failing_typing_call_is_not_retried_and_does_not_hold_the_reply(self, client, graph, engine):
         graph.fail(500)  # every call: the typing indicator and each send attempt
@@ -163,8 +215,9 @@ class TestAcknowledgement:
         self, database_url, engine, graph
     ):
         graph.hang(60)
-        settings = wa_settings(database_url, graph, webhook_ack_seconds=3, whatsapp_timeout_seconds=2,
-                               whatsapp_send_attempts=1)
+        settings = wa_settings(
+            database_url, graph, webhook_ack_seconds=3, whatsapp_timeout_seconds=2, whatsapp_send_attempts=1
+        )
         with app_client(settings) as client:
             use_registry(client, {"manager": Scripted("manager")})
             started = time.monotonic()
@@ -222,8 +275,15 @@ class TestWindow:
         with app_client(wa_settings(database_url, graph)) as client:
             use_registry(client, {"manager": Offering(template=TEMPLATE, reply="Reminder: Friday")})
             post(client, delivery([change([text("late", "wamid.W2", ts=hours_ago(30))])]))
-        assert graph.sent == [{"messaging_product": "whatsapp", "recipient_type": "individual", "to": USER,
-                               "type": "template", "template": TEMPLATE}]
+        assert graph.sent == [
+            {
+                "messaging_product": "whatsapp",
+                "recipient_type": "individual",
+                "to": USER,
+                "type": "template",
+                "template": TEMPLATE,
+            }
+        ]
         assert replies(engine)[0]["delivery"] == "sent"
 
     def test_131047_is_recorded_as_outside_the_window_and_not_retried(self, client, graph, engine):
@@ -249,7 +309,10 @@ class TestWindow:
         finally:
             sender.close()
         assert (fresh.status, stale.status, template.status, unknown.status) == (
-            "sent", "outside_window", "sent", "unknown_device"
+            "sent",
+            "outside_window",
+            "sent",
+            "unknown_device",
         )
         assert [(s["to"], s["type"]) for s in graph.sent[-2:]] == [(USER, "text"), ("15559990000", "template")]
         assert graph.sent[-2]["text"]["body"] == "An operator here"
@@ -272,7 +335,9 @@ class TestSenderTime:
             def listed() -> list:
                 page = client.get(f"/api/sessions/{USER}/messages", headers=A)
                 assert page.status_code == 200
-                return [(m["role"], m["sent_at"] and datetime.fromisoformat(m["sent_at"])) for m in page.json()["items"]]
+                return [
+                    (m["role"], m["sent_at"] and datetime.fromisoformat(m["sent_at"])) for m in page.json()["items"]
+                ]
 
             assert listed() == [("assistant", None), ("user", expected)]
             document = client.get(f"/api/sessions/{USER}/export", headers=A).json()

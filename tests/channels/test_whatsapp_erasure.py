@@ -19,8 +19,12 @@ ADMIN = {"Authorization": f"Bearer {KEY}"}
 
 @pytest.fixture
 def client(database_url, engine, graph):
-    settings = wa_settings(database_url, graph, admin_api_keys=f"default:{KEY},globex:{KEY}-globex",
-                           whatsapp_tenants={PHONE_ID_2: "globex"})
+    settings = wa_settings(
+        database_url,
+        graph,
+        admin_api_keys=f"default:{KEY},globex:{KEY}-globex",
+        whatsapp_tenants={PHONE_ID_2: "globex"},
+    )
     with app_client(settings) as client:
         use_registry(client, {"manager": Scripted("manager")})
         yield client
@@ -91,7 +95,6 @@ def test_the_cleanup_deletes_expired_hashes(client, engine):
         )
     run_cleanup(engine, client.services.settings)
     assert len(kept(engine)) == 1
-
 
 
 def test_deleting_one_session_keeps_its_hashes_too(client, graph, engine):

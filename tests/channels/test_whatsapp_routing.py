@@ -16,9 +16,9 @@ from app.channels.whatsapp import send_to_device
 from app.cleanup import scheduled_cleanup
 from tests.channels.conftest import wa_settings
 from tests.channels.payloads import BSUID, PHONE_ID, PHONE_ID_2, USER, change, delivery, post, rows, text
-from tests.sessions.conftest import A, ADMIN_KEYS
-from tests.utils.agents import Scripted
+from tests.sessions.conftest import ADMIN_KEYS, A
 from tests.utils import aio
+from tests.utils.agents import Scripted
 from tests.utils.apps import app_client, use_registry
 from tests.utils.factories import make_message
 
@@ -39,16 +39,41 @@ def forged(device: str, *, status: str = "done", phone_number_id: str = PHONE_ID
     now = datetime.now(UTC).isoformat()
     routing = {"channel": "whatsapp", "phone_number_id": phone_number_id, "to": VICTIM, "wa_message_id": "wamid.F1"}
     message = {
-        "id": 1, "role": "user", "content": "hi", "agent": None, "external_id": "wa:wamid.F1", "status": status,
-        "reply_to": None, "tools_used": [], "processing_time_ms": None, "has_error": False, "error_message": None,
-        "metadata": routing, "created_at": now, "sent_at": now, "session_id": "sess_forged",
+        "id": 1,
+        "role": "user",
+        "content": "hi",
+        "agent": None,
+        "external_id": "wa:wamid.F1",
+        "status": status,
+        "reply_to": None,
+        "tools_used": [],
+        "processing_time_ms": None,
+        "has_error": False,
+        "error_message": None,
+        "metadata": routing,
+        "created_at": now,
+        "sent_at": now,
+        "session_id": "sess_forged",
     }
     state = {
-        "session_id": "sess_forged", "session_started_at": now, "last_activity_at": now, "lock": None,
-        "session_ttl": 86400, "context": {}, "version": 1, "created_at": now, "updated_at": now,
+        "session_id": "sess_forged",
+        "session_started_at": now,
+        "last_activity_at": now,
+        "lock": None,
+        "session_ttl": 86400,
+        "context": {},
+        "version": 1,
+        "created_at": now,
+        "updated_at": now,
     }
-    return {"kind": "agent-sessions.export", "format_version": 1, "device_id": device, "state": state,
-            "messages": [message], "audit": []}
+    return {
+        "kind": "agent-sessions.export",
+        "format_version": 1,
+        "device_id": device,
+        "state": state,
+        "messages": [message],
+        "audit": [],
+    }
 
 
 def import_forged(client, device: str = VICTIM, **kwargs) -> dict:
@@ -125,8 +150,13 @@ class TestStoredMetadataIsNotAnAddress:
 
     def test_a_tenant_without_a_whatsapp_number_never_sends(self, database_url, engine, graph):
         settings = wa_settings(database_url, graph, whatsapp_tenants={PHONE_ID: "acme"})
-        make_message(engine, USER, "initech", content="hi", metadata={
-            "channel": "whatsapp", "phone_number_id": PHONE_ID, "to": USER, "wa_message_id": "wamid.R3"})
+        make_message(
+            engine,
+            USER,
+            "initech",
+            content="hi",
+            metadata={"channel": "whatsapp", "phone_number_id": PHONE_ID, "to": USER, "wa_message_id": "wamid.R3"},
+        )
         with app_client(settings) as client:
             outbox = client.services.whatsapp.outbox(engine)
             result = aio.run(send_to_device, outbox, "initech", USER, text="hello", timeout=5)

@@ -63,8 +63,10 @@ def test_a_failure_keeps_its_reason_and_other_tenants_callbacks_change_nothing(d
         use_registry(client, {"manager": Scripted("manager")})
         post(client, delivery([change([text("hi", "wamid.F1")])]))
         # The same Graph id reported for another tenant's business number: not this reply.
-        post(client, statuses(graph.status("failed", error=(131026, "Message undeliverable")),
-                              phone_number_id=PHONE_ID_2))
+        post(
+            client,
+            statuses(graph.status("failed", error=(131026, "Message undeliverable")), phone_number_id=PHONE_ID_2),
+        )
         assert api_delivery(client)[-1] == ("assistant", "sent", None)
         post(client, statuses(graph.status("failed", error=(131026, "Message undeliverable"))))
         role, state, reason = api_delivery(client)[-1]
@@ -73,8 +75,14 @@ def test_a_failure_keeps_its_reason_and_other_tenants_callbacks_change_nothing(d
         assert api_delivery(client)[-1][1] == "failed"
         # A callback for an id nobody has, a malformed one and an unknown state: acknowledged, ignored.
         before = rows(engine)
-        response = post(client, statuses({"id": "wamid.NOPE", "status": "read"}, {"status": "read"},
-                                         {"id": graph.status("read")["id"], "status": "deleted"}))
+        response = post(
+            client,
+            statuses(
+                {"id": "wamid.NOPE", "status": "read"},
+                {"status": "read"},
+                {"id": graph.status("read")["id"], "status": "deleted"},
+            ),
+        )
         assert response.status_code == 200 and rows(engine) == before
 
 

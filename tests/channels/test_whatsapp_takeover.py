@@ -66,7 +66,11 @@ def test_an_operator_reply_reaches_the_graph_api(client, engine, graph):
     assert response.status_code == 201, response.text
     stored = response.json()
     assert (stored["agent"], stored["operator"], stored["channel"], stored["delivery"]) == (
-        "human", "Ana", "whatsapp", "sent")
+        "human",
+        "Ana",
+        "whatsapp",
+        "sent",
+    )
     sent = messages_sent(graph)[-1]
     assert (sent["to"], sent["type"], sent["text"]["body"]) == (USER, "text", "Yes, Ana here.")
     row = next(r for r in rows(engine) if r["id"] == stored["id"])
@@ -90,7 +94,10 @@ def test_free_form_text_outside_the_24_hour_window_is_409_and_a_template_goes(cl
     assert response.status_code == 201, response.text
     sent = messages_sent(graph)[-1]
     assert (sent["type"], sent["template"]["name"], sent["template"]["language"]["code"]) == (
-        "template", "follow_up", "en_US")
+        "template",
+        "follow_up",
+        "en_US",
+    )
     # Inside the window free-form text goes again.
     write(client, "yes", "wamid.C2")
     assert reply(client, text="Great.").status_code == 201

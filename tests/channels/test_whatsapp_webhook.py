@@ -166,8 +166,12 @@ class TestSignature:
 class TestMalformedBodies:
     @pytest.mark.parametrize(
         ("body", "code"),
-        [(b'{"object": ', "invalid_json"), (b"\xff\xfe{}", "invalid_json"), (b"[]", "invalid_payload"),
-         (b'"text"', "invalid_payload")],
+        [
+            (b'{"object": ', "invalid_json"),
+            (b"\xff\xfe{}", "invalid_json"),
+            (b"[]", "invalid_payload"),
+            (b'"text"', "invalid_payload"),
+        ],
     )
     def test_signed_but_malformed_is_400(self, client, engine, graph, body, code):
         response = post(client, body=body)
@@ -216,7 +220,7 @@ class TestBodyLimit:
 
         def chunks():
             for start in range(0, len(body), 64 * 1024):
-                yield body[start:start + 64 * 1024]
+                yield body[start : start + 64 * 1024]
 
         response = post(client, body=chunks(), signature=sign(body))
         assert response.status_code == 413

@@ -16,24 +16,40 @@ from tests.utils.counting import count_statements, work
 
 FIRST = "6d1e2f3a-4b5c-4d6e-8f7a-9b0c1d2e3f4a"
 SECOND = "7e2f3a4b-5c6d-4e7f-8a9b-0c1d2e3f4a5b"
-# One statement that locks FIRST's row, then SECOND's (a DO block runs its updates in order). Between
-# the two it waits (at most 2 s, in 50 ms steps) for another transaction to queue on FIRST's row: then
-# this statement is the one that waits last, and so the one whose deadlock check finds the cycle and is
-# rolled back, however slowly the test reaches its side (a wait's check runs once, deadlock_timeout
-# after the wait began). A run that finds no one queued (the second) goes straight on.
-BUMP_BOTH = f"""
-DO $$ BEGIN
-    UPDATE conversation_states SET version = version + 1 WHERE device_id = '{FIRST}';
-    FOR step IN 1..40 LOOP
-        EXIT WHEN EXISTS (SELECT 1 FROM pg_stat_activity
-                          WHERE wait_event_type = 'Lock' AND datname = current_database());
+
+
+def bump_both(first_version: int) -> str:
+    """One statement that locks FIRST's row, then SECOND's (a DO block runs its updates in order).
+
+    Between the two it waits (at most 3.5 s, in 50 ms steps) for another transaction to queue behind it (on FIRST's
+    row), then checks for deadlocks 10 ms into its own wait: so it is the statement that waits last and
+    finds the cycle, and is rolled back, however slowly the test reaches its side. (A wait's deadlock
+    check runs once, deadlock_timeout after the wait began.) A run that finds FIRST's row already bumped
+    past first_version + 1 by the other transaction (the second run) goes straight on.
+    """
+    return f"""
+DO $$
+DECLARE
+    bumped integer;
+BEGIN
+    UPDATE conversation_states SET version = version + 1 WHERE device_id = '{FIRST}' RETURNING version INTO bumped;
+    FOR step IN 1..70 LOOP
+        EXIT WHEN bumped > {first_version + 1} OR EXISTS (
+            SELECT 1 FROM pg_stat_activity
+            WHERE wait_event_type = 'Lock' AND pg_backend_pid() = ANY(pg_blocking_pids(pid)));
         PERFORM pg_sleep(0.05);
     END LOOP;
+    PERFORM set_config('deadlock_timeout', '10ms', true);
     UPDATE conversation_states SET version = version + 1 WHERE device_id = '{SECOND}';
 END $$
 """
+
+
 # The statement under test holds FIRST's row and is looking for a transaction queued behind it.
-LOOKING = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND datname = current_database()"
+LOOKING = (
+    "SELECT count(*) FROM pg_stat_activity"
+    " WHERE wait_event = 'PgSleep' AND query LIKE '%RETURNING version INTO bumped%'"
+)
 
 
 def versions(conn: psycopg.Connection) -> list[int]:
@@ -51,6 +67,7 @@ def test_the_deadlock_victim_is_run_again(engine, database_url, caplog, mode):
     conninfo = database_url.replace("postgresql+psycopg://", "postgresql://", 1)
     with psycopg.connect(conninfo, autocommit=True) as watcher, psycopg.connect(conninfo) as blocker:
         before = versions(watcher)
+        statement_sql = bump_both(before[0])
         # The blocker, which waits first, checks for deadlocks late: the statement under test finds the cycle.
         blocker.execute("SET deadlock_timeout = '30s'")
         blocker.execute(f"UPDATE conversation_states SET version = version + 1 WHERE device_id = '{SECOND}'")
@@ -59,9 +76,9 @@ def test_the_deadlock_victim_is_run_again(engine, database_url, caplog, mode):
         def statement() -> None:
             try:
                 if mode == "sync":
-                    run(engine, BUMP_BOTH, {}, rows="all")
+                    run(engine, statement_sql, {}, rows="all")
                 else:
-                    aio.run(arun, engine, BUMP_BOTH, {}, rows="all")
+                    aio.run(arun, engine, statement_sql, {}, rows="all")
                 outcome["ok"] = True
             except Exception as err:  # noqa: BLE001 - the test reports what it was
                 outcome["error"] = err

@@ -14,7 +14,11 @@ from app.core import migrate
 from tests.utils.postgres import scratch_database
 
 TABLES = {
-    "conversation_states", "conversation_messages", "conversation_audit", "cleanup_runs", "erased_channel_messages",
+    "conversation_states",
+    "conversation_messages",
+    "conversation_audit",
+    "cleanup_runs",
+    "erased_channel_messages",
     "rate_limit_windows",
     "conversation_drafts",
 }
@@ -26,15 +30,14 @@ def schema(url: str) -> dict[str, set[str]]:
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     try:
         with engine.connect() as conn:
+
             def names(sql: str) -> set[str]:
                 return set(conn.exec_driver_sql(sql).scalars())
 
             return {
                 "tables": names("SELECT tablename FROM pg_tables WHERE schemaname = 'public'") - {"alembic_version"},
                 "views": names("SELECT viewname FROM pg_views WHERE schemaname = 'public'"),
-                "functions": names(
-                    "SELECT proname FROM pg_proc WHERE pronamespace = 'public'::regnamespace"
-                ),
+                "functions": names("SELECT proname FROM pg_proc WHERE pronamespace = 'public'::regnamespace"),
                 "revision": names("SELECT version_num FROM alembic_version")
                 if conn.exec_driver_sql("SELECT to_regclass('alembic_version')").scalar()
                 else set(),
@@ -81,7 +84,11 @@ def test_alembic_command_from_the_repository_root(empty_url):
     for command, expected_tables in (("upgrade head", TABLES), ("downgrade base", set()), ("upgrade head", TABLES)):
         done = subprocess.run(
             [sys.executable, "-m", "alembic", *command.split()],
-            cwd=migrate.ROOT, env=env, capture_output=True, text=True, timeout=120,
+            cwd=migrate.ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert done.returncode == 0, done.stderr
         assert schema(empty_url)["tables"] == expected_tables
@@ -114,18 +121,24 @@ def test_every_unique_key_of_the_device_tables_leads_with_tenant_and_device(empt
                 "GROUP BY 1, 2",
                 {"tables": list(DISTRIBUTED)},
             ).all()
-            unique_indexes = conn.exec_driver_sql(
-                "SELECT indexrelid::regclass::text FROM pg_index "
-                "WHERE indisunique AND indrelid::regclass::text = ANY(%(tables)s) "
-                "AND indexrelid NOT IN (SELECT conindid FROM pg_constraint WHERE contype IN ('p', 'u'))",
-                {"tables": list(DISTRIBUTED)},
-            ).scalars().all()
+            unique_indexes = (
+                conn.exec_driver_sql(
+                    "SELECT indexrelid::regclass::text FROM pg_index "
+                    "WHERE indisunique AND indrelid::regclass::text = ANY(%(tables)s) "
+                    "AND indexrelid NOT IN (SELECT conindid FROM pg_constraint WHERE contype IN ('p', 'u'))",
+                    {"tables": list(DISTRIBUTED)},
+                )
+                .scalars()
+                .all()
+            )
     finally:
         engine.dispose()
     assert {row.tbl for row in keys} == set(DISTRIBUTED)
     assert {(row.tbl, tuple(row.columns[:2])) for row in keys} == {(t, ("tenant_id", "device_id")) for t in DISTRIBUTED}
     assert {row.conname: row.columns for row in keys}["conversation_messages_external_id"] == [
-        "tenant_id", "device_id", "external_id",
+        "tenant_id",
+        "device_id",
+        "external_id",
     ]
     assert unique_indexes == []
 
@@ -163,7 +176,8 @@ def test_0007_stores_every_uuid_device_id_in_the_form_the_routes_use(empty_url):
                 )
                 conn.exec_driver_sql(
                     "INSERT INTO conversation_messages (tenant_id, device_id, role, content, status) "
-                    "VALUES (%(t)s, %(d)s, 'user', %(d)s, 'done')", key,
+                    "VALUES (%(t)s, %(d)s, 'user', %(d)s, 'done')",
+                    key,
                 )
                 conn.exec_driver_sql(
                     "INSERT INTO conversation_audit (tenant_id, device_id, event) VALUES (%(t)s, %(d)s, 'set')", key
@@ -171,13 +185,22 @@ def test_0007_stores_every_uuid_device_id_in_the_form_the_routes_use(empty_url):
         migrate.upgrade(engine)
         with engine.begin() as conn:
             rows = device_rows(conn)
-            contents = dict(conn.exec_driver_sql(
-                "SELECT content, device_id FROM conversation_messages WHERE tenant_id = 'acme'"
-            ).all())
-        expected = sorted([
-            ("acme", U1), ("globex", U1), ("acme", U2), ("acme", f"{U2}~dup1"), ("acme", f"{U2}~dup2"),
-            ("acme", "15551230001"), ("acme", "a/b"),
-        ])
+            contents = dict(
+                conn.exec_driver_sql(
+                    "SELECT content, device_id FROM conversation_messages WHERE tenant_id = 'acme'"
+                ).all()
+            )
+        expected = sorted(
+            [
+                ("acme", U1),
+                ("globex", U1),
+                ("acme", U2),
+                ("acme", f"{U2}~dup1"),
+                ("acme", f"{U2}~dup2"),
+                ("acme", "15551230001"),
+                ("acme", "a/b"),
+            ]
+        )
         assert rows == {table: expected for table in rows}
         # Each twin keeps its own rows together under its new name, in the order the ids sort.
         assert contents[U2] == U2

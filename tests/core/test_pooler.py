@@ -62,7 +62,9 @@ def test_one_setting_keeps_the_statement_timeout_behind_pgbouncer(pooled_url, di
 
 
 def test_explicit_modes_still_win(monkeypatch, direct_url):
-    settings = from_environment(monkeypatch, direct_url, {"DB_PREPARE": "false", "DB_STATEMENT_TIMEOUT_MODE": "startup"})
+    settings = from_environment(
+        monkeypatch, direct_url, {"DB_PREPARE": "false", "DB_STATEMENT_TIMEOUT_MODE": "startup"}
+    )
     assert (settings.prepare, settings.statement_timeout_mode) == (False, "startup")
     pooled = from_environment(monkeypatch, direct_url, {"DB_POOLER": "transaction", "DB_PREPARE": "true"})
     assert (pooled.prepare, pooled.statement_timeout_mode) == (False, "local")

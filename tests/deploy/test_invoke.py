@@ -18,8 +18,11 @@ from tests.utils.states import expire, row
 DEVICE = "invoke-device-1"
 PLACEHOLDER = "REPLACE_WITH_CRON_SECRET"
 HEALTH_SAMPLES = [
-    "apigw-v2-health.json", "apigw-v1-health.json", "function-url-health.json",
-    "alb-health.json", "alb-multivalue-health.json",
+    "apigw-v2-health.json",
+    "apigw-v1-health.json",
+    "function-url-health.json",
+    "alb-health.json",
+    "alb-multivalue-health.json",
 ]
 HTTP_SAMPLES = [*HEALTH_SAMPLES, "apigw-v2-cron-cleanup.json"]
 SCHEDULE_SAMPLES = ["scheduled-cleanup.json", "scheduler-cleanup.json"]
@@ -59,7 +62,9 @@ def test_run_health_samples(database_url: str, name: str, capsys):
     assert json.loads(capsys.readouterr().out) == result
 
 
-@pytest.mark.parametrize(("name", "headers"), [("alb-health.json", "headers"), ("alb-multivalue-health.json", "multiValueHeaders")])
+@pytest.mark.parametrize(
+    ("name", "headers"), [("alb-health.json", "headers"), ("alb-multivalue-health.json", "multiValueHeaders")]
+)
 def test_alb_answers_in_the_header_form_it_was_asked_in(database_url: str, name: str, headers: str):
     # An ALB with multi-value headers on refuses a response without multiValueHeaders, and the reverse.
     result = run(EVENTS / name, settings=make_settings(database_url))

@@ -39,8 +39,11 @@ def under_base_path(event: dict, base: str) -> dict:
 def assert_healthy(response: dict) -> None:
     assert response["statusCode"] == 200, response
     assert json.loads(response["body"]) == {
-        "status": "ok", "database": "ok", "migration": migrate.head_revision(),
-        "expected_migration": migrate.head_revision(), "schema": "current",
+        "status": "ok",
+        "database": "ok",
+        "migration": migrate.head_revision(),
+        "expected_migration": migrate.head_revision(),
+        "schema": "current",
     }
 
 
@@ -161,7 +164,8 @@ print(json.dumps([lambda_handler.handler(event, None), lambda_handler.handler(ev
         for response in (first, second):
             assert response["statusCode"] == 500
             assert json.loads(response["body"])["error"] == {
-                "code": "configuration_error", "message": "the service is not configured correctly",
+                "code": "configuration_error",
+                "message": "the service is not configured correctly",
             }
         assert scheduled["error"]["code"] == "configuration_error"
         refusals = [json.loads(line) for line in done.stderr.splitlines() if "refusing to serve" in line]

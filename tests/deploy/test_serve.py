@@ -35,7 +35,9 @@ def poll(get, predicate, seconds: float = WAIT_SECONDS):
 
 def webhook(client: httpx.Client) -> httpx.Response:
     body = raw(delivery([change([text("hi", "wamid.serve-1")])]))
-    return client.post(PATH, content=body, headers={"X-Hub-Signature-256": sign(body), "Content-Type": "application/json"})
+    return client.post(
+        PATH, content=body, headers={"X-Hub-Signature-256": sign(body), "Content-Type": "application/json"}
+    )
 
 
 def test_serve_starts_degraded_and_heals_when_the_database_appears(direct_url: str, engine):
@@ -52,8 +54,11 @@ def test_serve_starts_degraded_and_heals_when_the_database_appears(direct_url: s
             proxy.up()
             health = poll(lambda: client.get("/api/health"), lambda r: r.status_code == 200)
             assert health.json() == {
-                "status": "ok", "database": "ok", "migration": migrate.head_revision(),
-                "expected_migration": migrate.head_revision(), "schema": "current",
+                "status": "ok",
+                "database": "ok",
+                "migration": migrate.head_revision(),
+                "expected_migration": migrate.head_revision(),
+                "schema": "current",
             }
             chat = client.post("/api/chat", json={"message": "book"}, headers={"X-Device-ID": DEVICE})
             assert chat.status_code == 200 and chat.json()["degraded"] is False
@@ -94,8 +99,9 @@ def test_serve_answers_while_the_database_accepts_and_never_answers(tmp_path: Pa
 def test_migrate_gives_up_on_a_silent_database(tmp_path: Path):
     with silent_server() as port:
         env = app_env(f"postgresql://app@127.0.0.1:{port}/app", db_connect_timeout=2)
-        done = subprocess.run([sys.executable, "-m", "app", "migrate"], env=env, cwd=tmp_path,
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-m", "app", "migrate"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+        )
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
         "python -m app migrate: the database is unavailable: ConnectionTimeout: connection timeout expired"
@@ -111,7 +117,11 @@ def test_serve_reports_a_schema_behind_the_code(pg_server: str):
             log = server.log()
         assert first.status_code == second.status_code == 503
         assert first.json() | {"expected_migration": None} == {
-            "status": "degraded", "database": "ok", "migration": None, "expected_migration": None, "schema": "missing",
+            "status": "degraded",
+            "database": "ok",
+            "migration": None,
+            "expected_migration": None,
+            "schema": "missing",
         }
         lines = [line for line in log.splitlines() if "schema is behind the code" in line]
         assert len(lines) == 1, log
@@ -130,8 +140,9 @@ ADMIN_KEY = "k" * 24
 )
 def test_serve_refuses_bad_settings_in_one_line(tmp_path: Path, setting: dict, fragment: str):
     env = app_env("postgresql://app@127.0.0.1:1/app", **setting)
-    done = subprocess.run([sys.executable, "-m", "app", "serve"], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "serve"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     # The value is never repeated: a URL or a key may be a secret.
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
@@ -143,8 +154,9 @@ def test_serve_refuses_bad_settings_in_one_line(tmp_path: Path, setting: dict, f
 @pytest.mark.parametrize("url", ["not a url", f"mysql://app:{ADMIN_KEY}@db/app"])
 def test_a_database_url_that_is_not_postgresql_is_one_line_and_exit_2(tmp_path: Path, command: str, url: str):
     env = app_env(url)
-    done = subprocess.run([sys.executable, "-m", "app", command], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "app", command], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == (
         f"python -m app {command}: invalid settings: DATABASE_URL: must be a PostgreSQL URL such as "

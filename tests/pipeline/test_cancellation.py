@@ -84,7 +84,10 @@ class TestAsyncAgent:
             pipeline = pipeline_with(engine, database_url, {"manager": agent, "scheduling": Scripted("scheduling")})
             result = send(pipeline, "hello")
             assert (result.status, result.reply, result.agent, result.lock_agent) == (
-                "answered", FAILURE_REPLY, "manager", None,
+                "answered",
+                FAILURE_REPLY,
+                "manager",
+                None,
             )
             assert server.requested.is_set()  # the call was under way when the turn timed out
             assert server.closed.wait(BOUND)  # and the agent's cancellation closed its connection

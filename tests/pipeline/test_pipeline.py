@@ -10,15 +10,15 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from app.agents import AgentInput, AgentReply, Handoff, Keep
+from app.agents.runner import FAILURE_REPLY
 from app.errors import LeaseLost
 from app.ledger import Ledger, Outcome
-from app.agents.runner import FAILURE_REPLY
 from app.pipeline import Inbound, Pipeline
 from tests.conftest import make_settings
+from tests.utils import aio
 from tests.utils.agents import Boom, Gate, Scripted, demo_registry, routing_registry
 from tests.utils.counting import count_statements, work
 from tests.utils.states import row
-from tests.utils import aio
 
 DEVICE = "0b7e7f7e-1111-4c4c-9d9d-000000000001"
 OTHER = "0b7e7f7e-1111-4c4c-9d9d-000000000002"
@@ -46,7 +46,10 @@ class TestRouting:
         pipeline = make_pipeline(engine, database_url)
         result = send(pipeline, "hello")
         assert (result.status, result.agent, result.reply, result.lock_agent) == (
-            "answered", "manager", "manager: hello", None
+            "answered",
+            "manager",
+            "manager: hello",
+            None,
         )
         assert row(engine, DEVICE)["active_agent"] is None
 
@@ -321,11 +324,13 @@ class TestNoTransactionWhileThinking:
             samples = []
             while len(samples) < 10:  # every sample is taken while the agent runs
                 with engine.connect() as conn:
-                    samples.append(conn.exec_driver_sql(
-                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'agent-sessions' "
-                        "AND datname = current_database() "
-                        "AND pid <> pg_backend_pid() AND (xact_start IS NOT NULL OR state LIKE 'idle in%%')"
-                    ).scalar())
+                    samples.append(
+                        conn.exec_driver_sql(
+                            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'agent-sessions' "
+                            "AND datname = current_database() "
+                            "AND pid <> pg_backend_pid() AND (xact_start IS NOT NULL OR state LIKE 'idle in%%')"
+                        ).scalar()
+                    )
             sampled.set()
             assert future.result().agent == "scheduling"
         assert max(samples) == 0
@@ -363,4 +368,3 @@ def test_demo_registry_runs_a_booking(engine, database_url):
     context = row(engine, DEVICE)["context"]
     assert context["recent_interactions"] == [{"type": "appointment", "day": "friday", "time": "10:00"}]
     assert "flow" not in context["conversation_state"]
-

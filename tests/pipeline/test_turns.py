@@ -8,15 +8,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from app.agents import AgentInput, AgentReply, Choice, Handoff, Keep
-from app.errors import IdempotencyKeyReused
+from app.agents import AgentInput, AgentReply, Choice, Handoff
 from app.agents.runner import FAILURE_REPLY
+from app.errors import IdempotencyKeyReused
 from app.pipeline import Inbound, Pipeline
 from tests.conftest import make_settings
+from tests.utils import aio
 from tests.utils.agents import Gate, Scripted, wait_for
 from tests.utils.counting import count_statements, work
 from tests.utils.states import row
-from tests.utils import aio
 
 DEVICE = "0b7e7f7e-2222-4c4c-9d9d-000000000001"
 OTHER = "0b7e7f7e-2222-4c4c-9d9d-000000000002"
@@ -39,8 +39,6 @@ def pipeline_with(engine, database_url, registry, **overrides) -> Pipeline:
 
 def send(pipeline: Pipeline, text: str, device: str = DEVICE, on_reply=None, **kwargs):
     return aio.run(pipeline.handle, Inbound("default", device, text, **kwargs), on_reply=on_reply)
-
-
 
 
 def inbound_rows(engine, device: str = DEVICE) -> list:
@@ -72,7 +70,9 @@ class TestHistory:
         seen = echo.seen[-1]
         assert seen.text == "four"
         assert [(h.role, h.content) for h in seen.history] == [
-            ("assistant", "re: two"), ("user", "three"), ("assistant", "re: three"),
+            ("assistant", "re: two"),
+            ("user", "three"),
+            ("assistant", "re: three"),
         ]
         assert [h.agent for h in seen.history] == ["manager"] * 3  # a user message names the agent it went to
         assert seen.history[0].created_at <= seen.history[1].created_at <= seen.history[2].created_at
@@ -129,7 +129,9 @@ class TestTimeoutsAndAttempts:
                 Slow.calls += 1
                 time.sleep(2)  # the turn's work, longer than the timeout
                 done.set()
-                return AgentReply("too late", lock=Handoff("scheduling"), context={"conversation_state": {"late": True}})
+                return AgentReply(
+                    "too late", lock=Handoff("scheduling"), context={"conversation_state": {"late": True}}
+                )
 
         registry = {"manager": Slow(), "scheduling": Scripted("scheduling")}
         pipeline = pipeline_with(engine, database_url, registry, agent_timeout_seconds=0.5, lease_seconds=1)
@@ -187,9 +189,7 @@ def _unstorable_replies() -> dict:
 
 class TestUnstorableAgentOutput:
     @pytest.mark.parametrize("case", list(_unstorable_replies()))
-    def test_the_turn_fails_with_the_failure_reply_and_the_device_is_free_at_once(
-        self, engine, database_url, case
-    ):
+    def test_the_turn_fails_with_the_failure_reply_and_the_device_is_free_at_once(self, engine, database_url, case):
         fields = _unstorable_replies()[case]
 
         class Poisoned:
@@ -205,7 +205,10 @@ class TestUnstorableAgentOutput:
         second = send(pipeline, "next")
         assert (second.status, second.reply) == ("answered", "re: next")
         rows = inbound_rows(engine)
-        assert [(r.content, r.status, r.has_error) for r in rows] == [("poison", "failed", True), ("next", "done", False)]
+        assert [(r.content, r.status, r.has_error) for r in rows] == [
+            ("poison", "failed", True),
+            ("next", "done", False),
+        ]
         assert [r.content for r in replies(engine)] == [FAILURE_REPLY, "re: next"]
         assert row(engine, DEVICE)["context"]["conversation_state"] == {"ok": 1}
 
@@ -251,7 +254,8 @@ class TestMergedBursts:
             waiting = []
             for text in ("I need", "to book", "a visit"):  # stored in this order
                 waiting.append(pool.submit(send, pipeline, text))
-                assert wait_for(lambda n=len(waiting) + 1: len(inbound_rows(engine)) == n)
+                stored = len(waiting) + 1
+                assert wait_for(lambda stored=stored: len(inbound_rows(engine)) == stored)
             gate.release.set()
             results = [first.result()] + [future.result() for future in waiting]
         assert [m.messages for m in echo.seen] == [("hi",), ("I need", "to book", "a visit")]
@@ -263,7 +267,8 @@ class TestMergedBursts:
         assert [r.merged_into for r in rows] == [None, rows[3].id, rows[3].id, None]
         stored = replies(engine)
         assert [(r.content, r.reply_to) for r in stored] == [
-            ("re: hi", rows[0].id), ("re: I need\nto book\na visit", rows[3].id),
+            ("re: hi", rows[0].id),
+            ("re: I need\nto book\na visit", rows[3].id),
         ]
         assert [reply for _, reply in delivered] == ["re: hi", "re: I need\nto book\na visit"]  # each sent once
 

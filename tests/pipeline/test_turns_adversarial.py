@@ -17,16 +17,16 @@ import sqlalchemy as sa
 
 from app.admin import AdminStore
 from app.agents import AgentInput, AgentReply, Handoff
+from app.agents.runner import FAILURE_REPLY
 from app.core.db import make_engine
 from app.errors import IdempotencyKeyReused
-from app.agents.runner import FAILURE_REPLY
 from app.pipeline import Inbound
 from tests.conftest import make_settings
 from tests.pipeline.test_turns import DEVICE, Echo, inbound_rows, pipeline_with, replies, send, wait_for
+from tests.utils import aio
 from tests.utils.agents import Gate, Scripted
 from tests.utils.proxy import outage_proxy
 from tests.utils.states import row
-from tests.utils import aio
 
 CLAIMS = "%WITH known AS%"
 FINISHES = "%WITH snap AS (%), nxt AS (%"  # pg_stat_activity keeps only the statement's start
@@ -125,10 +125,10 @@ class TestMergedAttempts:
     def test_a_poison_message_does_not_fail_the_fresh_messages_merged_with_it(self, engine, database_url):
         """After AGENT_MAX_ATTEMPTS the poison message fails and the device moves on: the others still run."""
         echo = Echo()
-        pipeline = pipeline_with(
-            engine, database_url, {"manager": echo}, burst_mode="merge", agent_max_attempts=1
-        )
-        aio.run(pipeline.ledger.claim, "default", DEVICE, "poison", external_id=None, metadata={})  # started; holder dies
+        pipeline = pipeline_with(engine, database_url, {"manager": echo}, burst_mode="merge", agent_max_attempts=1)
+        aio.run(
+            pipeline.ledger.claim, "default", DEVICE, "poison", external_id=None, metadata={}
+        )  # started; holder dies
         aio.run(pipeline.ledger.claim, "default", DEVICE, "waiting", external_id=None, metadata={})  # queued behind it
         expire_lease(engine)
         result = send(pipeline, "next")
@@ -181,12 +181,11 @@ class TestHistoryFromTheFinish:
         fresh = echo.seen[-1]
         assert [(h.role, h.agent) for h in fresh.history][:2] == [("user", "manager"), ("assistant", "manager")]
         assert [(h.role, h.content, h.agent) for h in queued.history] == [
-            ("user", "first", "manager"), ("assistant", "re: first", "manager"),
+            ("user", "first", "manager"),
+            ("assistant", "re: first", "manager"),
         ]
 
-    def test_a_new_session_started_mid_turn_leaves_no_reply_without_its_question(
-        self, engine, database_url, sessions
-    ):
+    def test_a_new_session_started_mid_turn_leaves_no_reply_without_its_question(self, engine, database_url, sessions):
         echo = Echo()
         gate = Gate(echo, when=lambda m: m.text == "old question")
         pipeline = pipeline_with(engine, database_url, {"manager": gate})
@@ -217,7 +216,11 @@ class TestHistoryFromTheFinish:
         assert [(h.role, h.content) for h in echo.seen[1].history] == [("user", "hi"), ("assistant", "re: hi")]
         send(pipeline, "c")
         assert [(h.role, h.content) for h in echo.seen[-1].history] == [
-            ("user", "hi"), ("assistant", "re: hi"), ("user", "a"), ("user", "b"), ("assistant", "re: a\nb"),
+            ("user", "hi"),
+            ("assistant", "re: hi"),
+            ("user", "a"),
+            ("user", "b"),
+            ("assistant", "re: a\nb"),
         ]
 
 
@@ -286,8 +289,7 @@ class TestOutageMidTurn:
             settings = make_settings(proxy.url, db_connect_timeout=2, lease_seconds=1)
             proxied = make_engine(settings)
             try:
-                pipeline = pipeline_with(proxied, proxy.url, {"manager": gate}, db_connect_timeout=2,
-                                         lease_seconds=1)
+                pipeline = pipeline_with(proxied, proxy.url, {"manager": gate}, db_connect_timeout=2, lease_seconds=1)
                 with ThreadPoolExecutor(1) as pool:
                     future = pool.submit(send, pipeline, "hello")
                     assert gate.entered.wait(10)

@@ -35,10 +35,10 @@ from tests.reliability.ledger_checks import (
     live_locks,
     stored_messages,
 )
+from tests.utils.agents import wait_for
 from tests.utils.graph_api import graph_api
 from tests.utils.load import Call, Load, Outcome, together
 from tests.utils.server import app_env, running_app
-from tests.utils.agents import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -51,8 +51,6 @@ OUTAGE_SECONDS = 1.5  # long enough for clients to retry against the stopped ser
 def live_leases(engine) -> int:
     with engine.connect() as conn:
         return conn.exec_driver_sql("SELECT count(*) FROM conversation_states WHERE lease_expires_at > now()").scalar()
-
-
 
 
 def web_call(device: str, text_: str) -> Call:
@@ -81,7 +79,9 @@ class Tally:
             return sum(
                 1
                 for o in self.outcomes
-                if o.call.tag[0] == kind and o.status == status and o.started >= since
+                if o.call.tag[0] == kind
+                and o.status == status
+                and o.started >= since
                 and (degraded is None or (isinstance(o.body, dict) and o.body.get("degraded") == degraded))
             )
 
@@ -100,8 +100,10 @@ class TestDatabaseRestart:
         ]
         senders = [f"1555000{n:04d}" for n in range(self.WA_SENDERS)]
         scripts += [
-            [wa_call(sender, f"wamid.F{n}.{i}", f"wa{n} m{i:03d} {rng.choice(COMMANDS)}")
-             for i in range(self.PER_CLIENT)]
+            [
+                wa_call(sender, f"wamid.F{n}.{i}", f"wa{n} m{i:03d} {rng.choice(COMMANDS)}")
+                for i in range(self.PER_CLIENT)
+            ]
             for n, sender in enumerate(senders)
         ]
         tally, stop = Tally(), threading.Event()
@@ -109,9 +111,18 @@ class TestDatabaseRestart:
 
         with dedicated_postgres() as pg, graph_api() as graph:
             env = app_env(
-                pg.url, agents=AGENTS, lease_seconds=2, chat_wait_seconds=15, db_connect_timeout=2, db_pool_size=5,
-                whatsapp_app_secret=SECRET, whatsapp_verify_token=VERIFY_TOKEN, whatsapp_access_token=ACCESS_TOKEN,
-                whatsapp_api_base_url=graph.url, whatsapp_timeout_seconds=2, cron_secret=CRON_SECRET,
+                pg.url,
+                agents=AGENTS,
+                lease_seconds=2,
+                chat_wait_seconds=15,
+                db_connect_timeout=2,
+                db_pool_size=5,
+                whatsapp_app_secret=SECRET,
+                whatsapp_verify_token=VERIFY_TOKEN,
+                whatsapp_access_token=ACCESS_TOKEN,
+                whatsapp_api_base_url=graph.url,
+                whatsapp_timeout_seconds=2,
+                cron_secret=CRON_SECRET,
                 rate_limit_per_device=0,  # steady traffic on a few devices for minutes: no limit
             )
             with running_app(env) as server:
@@ -119,18 +130,29 @@ class TestDatabaseRestart:
 
                 def outage() -> None:
                     try:
-                        assert wait_for(lambda: tally.count("web", 200, degraded=False) >= 20
-                                        and tally.count("wa", 200) >= 10, 30), "no traffic before the outage"
+                        assert wait_for(
+                            lambda: tally.count("web", 200, degraded=False) >= 20 and tally.count("wa", 200) >= 10, 30
+                        ), "no traffic before the outage"
                         pg.stop()
                         marks["stopped"] = time.monotonic()
-                        assert wait_for(lambda: tally.count("web", 200, degraded=True, since=marks["stopped"]) >= 10
-                                        and tally.count("wa", 503, since=marks["stopped"]) >= 5, 30), "outage unseen"
+                        assert wait_for(
+                            lambda: (
+                                tally.count("web", 200, degraded=True, since=marks["stopped"]) >= 10
+                                and tally.count("wa", 503, since=marks["stopped"]) >= 5
+                            ),
+                            30,
+                        ), "outage unseen"
                         time.sleep(max(0.0, marks["stopped"] + OUTAGE_SECONDS - time.monotonic()))
                         marks["starting"] = time.monotonic()
                         pg.start()
                         marks["started"] = time.monotonic()
-                        assert wait_for(lambda: tally.count("web", 200, since=marks["started"]) >= 20
-                                        and tally.count("wa", 200, since=marks["started"]) >= 10, 30), "no recovery"
+                        assert wait_for(
+                            lambda: (
+                                tally.count("web", 200, since=marks["started"]) >= 20
+                                and tally.count("wa", 200, since=marks["started"]) >= 10
+                            ),
+                            30,
+                        ), "no recovery"
                     finally:
                         stop.set()
 
@@ -225,8 +247,12 @@ class TestCleanupUnderLoad:
             )
         rng = random.Random(11)
         scripts = [
-            [web_call(str(uuid.uuid5(uuid.NAMESPACE_URL, f"cleanup/{d}")), f"cl{d:02d} m{i:03d} {rng.choice(COMMANDS)}")
-             for i in range(self.PER_DEVICE)]
+            [
+                web_call(
+                    str(uuid.uuid5(uuid.NAMESPACE_URL, f"cleanup/{d}")), f"cl{d:02d} m{i:03d} {rng.choice(COMMANDS)}"
+                )
+                for i in range(self.PER_DEVICE)
+            ]
             for d in range(self.DEVICES)
         ]
         tally, stop, warm, done = Tally(), threading.Event(), threading.Event(), threading.Event()

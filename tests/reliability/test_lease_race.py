@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from app.pipeline import Inbound, Pipeline
 from tests.conftest import make_settings
 from tests.reliability.ledger_checks import stored_messages
-from tests.utils.load_agents import registry
 from tests.utils import aio
+from tests.utils.load_agents import registry
 
 DEVICE = "race-device"
 
@@ -28,8 +28,7 @@ def waiting_on_locks(engine, count: int, seconds: float = 10.0) -> bool:
     while time.monotonic() < deadline:
         with engine.begin() as conn:
             waiting = conn.exec_driver_sql(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND wait_event_type = 'Lock'"
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
             ).scalar()
         if waiting >= count:
             return True
@@ -42,7 +41,9 @@ def test_a_message_answered_by_the_previous_holder_is_not_answered_again(databas
     ledger = pipeline.ledger
     first = aio.run(ledger.claim, "default", DEVICE, "first say", external_id=None, metadata={})
     assert first.lease is not None and first.lease.first.last.id == first.message_id
-    outcome = aio.run(pipeline.agents.decide, first.lease.first, "default", DEVICE, first.lease.context, first.lease.lock)
+    outcome = aio.run(
+        pipeline.agents.decide, first.lease.first, "default", DEVICE, first.lease.context, first.lease.lock
+    )
 
     # Hold the first message's row so the holder's finish stops half-way: it has updated (and
     # locked) the device's row and waits to mark the message done, uncommitted.
@@ -55,6 +56,7 @@ def test_a_message_answered_by_the_previous_holder_is_not_answered_again(databas
                 target()
             except BaseException as err:  # noqa: BLE001 - reported by the test below
                 errors.append(err)
+
         return threading.Thread(target=wrapped, daemon=True)
 
     results = {}
@@ -66,7 +68,9 @@ def test_a_message_answered_by_the_previous_holder_is_not_answered_again(databas
         finish.start()
         assert waiting_on_locks(engine, 1), "the finish did not block on the held message row"
         # A second message arrives now: its snapshot still sees the first one pending.
-        second = run(lambda: results.setdefault("second", aio.run(pipeline.handle, Inbound("default", DEVICE, "second say"))))
+        second = run(
+            lambda: results.setdefault("second", aio.run(pipeline.handle, Inbound("default", DEVICE, "second say")))
+        )
         second.start()
         assert waiting_on_locks(engine, 2), "the second claim did not queue behind the finish"
         conn.commit()  # the finish completes (freeing the lease), then the claim wins it
@@ -82,9 +86,12 @@ def test_a_message_answered_by_the_previous_holder_is_not_answered_again(databas
 
 def lease_is_live(engine, device: str) -> bool:
     with engine.begin() as conn:
-        return conn.exec_driver_sql(
-            "SELECT lease_expires_at > now() FROM conversation_states WHERE device_id = %(d)s", {"d": device}
-        ).scalar() is True
+        return (
+            conn.exec_driver_sql(
+                "SELECT lease_expires_at > now() FROM conversation_states WHERE device_id = %(d)s", {"d": device}
+            ).scalar()
+            is True
+        )
 
 
 def test_a_waiter_whose_message_is_answered_leaves_no_lease_behind(database_url, engine):

@@ -81,7 +81,11 @@ def test_two_thousand_messages_are_stored_once_answered_in_order_and_locks_end_r
     # behind a lease nobody works on (test_lease_race.py) to 5 s instead of the default 30.
     # The load drives far more than a minute's RATE_LIMIT_PER_DEVICE through each device: limits off.
     env = app_env(
-        database_url, db_pool_size=10, chat_wait_seconds=60, lease_seconds=5, agents="tests.utils.load_agents:registry",
+        database_url,
+        db_pool_size=10,
+        chat_wait_seconds=60,
+        lease_seconds=5,
+        agents="tests.utils.load_agents:registry",
         rate_limit_per_device=0,
     )
     with running_app(env) as server:

@@ -18,9 +18,13 @@ def test_the_31st_message_in_a_minute_is_429_whichever_instance_gets_it(database
     device = str(uuid.uuid4())
     env = app_env(database_url, rate_limit_per_device=LIMIT)
     with running_app(env) as one, running_app(env) as two, httpx.Client(timeout=30) as client:
+
         def post(server, n: int) -> httpx.Response:
-            return client.post(f"{server.url}/api/chat", json={"message": f"message {n}"},
-                               headers={"X-Device-ID": device, "Idempotency-Key": f"key-{n}"})
+            return client.post(
+                f"{server.url}/api/chat",
+                json={"message": f"message {n}"},
+                headers={"X-Device-ID": device, "Idempotency-Key": f"key-{n}"},
+            )
 
         answered = [post((one, two)[n % 2], n) for n in range(LIMIT)]
         assert [response.status_code for response in answered] == [200] * LIMIT
@@ -35,8 +39,12 @@ def test_the_31st_message_in_a_minute_is_429_whichever_instance_gets_it(database
         assert retry.status_code == 200, retry.text
         assert retry.json()["reply"] == answered[3].json()["reply"]
     with engine.begin() as conn:
-        stored = conn.exec_driver_sql(
-            "SELECT content FROM conversation_messages WHERE device_id = %(d)s AND role = 'user' ORDER BY id",
-            {"d": device},
-        ).scalars().all()
+        stored = (
+            conn.exec_driver_sql(
+                "SELECT content FROM conversation_messages WHERE device_id = %(d)s AND role = 'user' ORDER BY id",
+                {"d": device},
+            )
+            .scalars()
+            .all()
+        )
     assert stored == [f"message {n}" for n in range(LIMIT)]

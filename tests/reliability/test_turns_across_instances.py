@@ -15,9 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from tests.utils.agents import wait_for
 from tests.utils.server import app_env, running_app
 from tests.utils.turn_agents import turns
-from tests.utils.agents import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -25,12 +25,15 @@ AGENTS = "tests.utils.turn_agents:registry"
 LEASE_SECONDS = 2
 
 
-
-
 def env_for(database_url: str, log, **settings) -> dict[str, str]:
     # Bursts of hundreds of messages on one device: RATE_LIMIT_PER_DEVICE off (test_rate_limit_across_instances.py).
-    values = {"agents": AGENTS, "lease_seconds": LEASE_SECONDS, "chat_wait_seconds": 120, "db_pool_size": 20,
-              "rate_limit_per_device": 0}
+    values = {
+        "agents": AGENTS,
+        "lease_seconds": LEASE_SECONDS,
+        "chat_wait_seconds": 120,
+        "db_pool_size": 20,
+        "rate_limit_per_device": 0,
+    }
     return app_env(database_url, **(values | settings)) | {"TURN_LOG": str(log)}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import anyio
+import anyio.lowlevel
 
 from app.runtime import Wakeups
 from tests.utils import aio
@@ -21,7 +22,7 @@ async def _notified_while_waiting() -> tuple[bool, bool, int]:
         group.start_soon(waiter)
         group.start_soon(waiter)
         while len(wakeups) == 0:  # both waiters registered on the same event
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
         await anyio.wait_all_tasks_blocked()
         wakeups.notify(KEY)
     return results[0], results[1], len(wakeups)

@@ -19,7 +19,11 @@ ADMIN_KEYS = f"acme:{KEY_A},globex:{KEY_B}"
 CRON_SECRET = "cron-secret-for-security-tests-91c4"
 DEVICE = "3f1c2b4a-5d6e-4f70-8a9b-0c1d2e3f4a5b"
 TABLES = (
-    "conversation_states", "conversation_messages", "conversation_audit", "cleanup_runs", "erased_channel_messages",
+    "conversation_states",
+    "conversation_messages",
+    "conversation_audit",
+    "cleanup_runs",
+    "erased_channel_messages",
 )
 
 
@@ -65,10 +69,18 @@ def raw_http(port: int, request: bytes, timeout: float = 10.0) -> tuple[int, byt
 def asgi_call(app, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> tuple[int, bytes]:
     """Call the ASGI app directly with header bytes no HTTP client would send (as a Lambda adapter might)."""
     scope: dict[str, Any] = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
-        "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
         "headers": [*headers, (b"content-length", str(len(body)).encode())],
-        "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 80),
+        "client": ("127.0.0.1", 40000),
+        "server": ("127.0.0.1", 80),
     }
     messages: list[dict[str, Any]] = []
     delivered = False

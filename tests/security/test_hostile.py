@@ -109,8 +109,9 @@ class TestBodies:
         # would break every later read and export of the device.
         deep = json.loads(nested(300))
         if route == "patch_context":
-            response = client.patch("/api/sessions/wa-15550001111/context", json={"conversation_state": {"k": deep}},
-                                    headers=A)
+            response = client.patch(
+                "/api/sessions/wa-15550001111/context", json={"conversation_state": {"k": deep}}, headers=A
+            )
         else:
             document = client.get("/api/sessions/wa-15550001111/export", headers=A).json() | {"device_id": "copy"}
             if route == "import_context":
@@ -142,11 +143,17 @@ class TestHeaders:
     @staticmethod
     def request_for(header: str, bad: bytes) -> bytes:
         body = b'{"message": "hi"}'
-        value = (b"Bearer " + A["Authorization"].split()[1].encode() + bad) if header == "Authorization" else (
-            (DEVICE.encode() if header == "X-Device-ID" else b"acme") + bad + b"x"
+        value = (
+            (b"Bearer " + A["Authorization"].split()[1].encode() + bad)
+            if header == "Authorization"
+            else ((DEVICE.encode() if header == "X-Device-ID" else b"acme") + bad + b"x")
         )
-        lines = [b"POST /api/chat HTTP/1.1" if header != "Authorization" else b"GET /api/sessions HTTP/1.1",
-                 b"Host: 127.0.0.1", b"Content-Type: application/json", b"Connection: close"]
+        lines = [
+            b"POST /api/chat HTTP/1.1" if header != "Authorization" else b"GET /api/sessions HTTP/1.1",
+            b"Host: 127.0.0.1",
+            b"Content-Type: application/json",
+            b"Connection: close",
+        ]
         if header != "X-Device-ID":
             lines.append(b"X-Device-ID: " + DEVICE.encode())
         lines.append(header.encode() + b": " + value)
@@ -188,9 +195,11 @@ class TestHeaders:
 class TestSqlAsData:
     @pytest.mark.parametrize(
         ("headers", "code"),
-        [({"X-Device-ID": SQL}, "invalid_device_id"),
-         ({"X-Device-ID": DEVICE, "X-Tenant-ID": SQL}, "invalid_tenant_id"),
-         ({"X-Device-ID": DEVICE, "Idempotency-Key": SQL + "\t"}, "invalid_idempotency_key")],
+        [
+            ({"X-Device-ID": SQL}, "invalid_device_id"),
+            ({"X-Device-ID": DEVICE, "X-Tenant-ID": SQL}, "invalid_tenant_id"),
+            ({"X-Device-ID": DEVICE, "Idempotency-Key": SQL + "\t"}, "invalid_idempotency_key"),
+        ],
     )
     def test_sql_in_chat_headers_is_400_and_changes_nothing(self, client, engine, seeded, headers, code):
         response = client.post("/api/chat", json={"message": "hi"}, headers=headers)
@@ -202,8 +211,9 @@ class TestSqlAsData:
         settings = hardened_settings(database_url, graph.url, web_tenants=f"default,{SQL_NO_SPACE}")
         with app_client(settings) as client:
             response = client.post(
-                "/api/chat", json={"message": SQL}, headers={"X-Device-ID": DEVICE, "X-Tenant-ID": SQL_NO_SPACE,
-                                                             "Idempotency-Key": SQL}
+                "/api/chat",
+                json={"message": SQL},
+                headers={"X-Device-ID": DEVICE, "X-Tenant-ID": SQL_NO_SPACE, "Idempotency-Key": SQL},
             )
         assert response.status_code == 200
         with engine.begin() as conn:
@@ -220,8 +230,10 @@ class TestSqlAsData:
         assert_clean_refusal(response, 400)
         assert snapshot(engine) == seeded and tables_exist(engine)
 
-    @pytest.mark.parametrize("body", [{"agent": SQL}, {"agent": "scheduling", "ttl": "60; DROP TABLE x"},
-                                      {"agent": "scheduling", "extra": SQL}])
+    @pytest.mark.parametrize(
+        "body",
+        [{"agent": SQL}, {"agent": "scheduling", "ttl": "60; DROP TABLE x"}, {"agent": "scheduling", "extra": SQL}],
+    )
     def test_sql_in_lock_bodies_is_422_and_changes_nothing(self, client, engine, seeded, body):
         response = client.put("/api/sessions/wa-15550001111/lock", json=body, headers=A)
         assert_clean_refusal(response, 422)
@@ -251,8 +263,13 @@ class TestWebhook:
 
     @pytest.mark.parametrize(
         ("where", "value"),
-        [("text", b"a\\u0000b"), ("text", b"a\\ud800b"), ("text", b"a\xed\xa0\x80b"), ("id", b"wamid.\\u0000"),
-         ("id", b"wamid.\\ud800")],
+        [
+            ("text", b"a\\u0000b"),
+            ("text", b"a\\ud800b"),
+            ("text", b"a\xed\xa0\x80b"),
+            ("id", b"wamid.\\u0000"),
+            ("id", b"wamid.\\ud800"),
+        ],
     )
     def test_a_message_postgresql_cannot_store_does_not_make_meta_retry_forever(
         self, client, engine, graph, where, value
@@ -264,9 +281,13 @@ class TestWebhook:
         # A 5xx makes Meta deliver the batch again, with the same result, for days; the message after it waits.
         assert response.status_code == 200, response.text
         with engine.begin() as conn:
-            later = conn.exec_driver_sql(
-                "SELECT status FROM conversation_messages WHERE role = 'user' AND content = 'after it'"
-            ).scalars().all()
+            later = (
+                conn.exec_driver_sql(
+                    "SELECT status FROM conversation_messages WHERE role = 'user' AND content = 'after it'"
+                )
+                .scalars()
+                .all()
+            )
         assert later == ["done"] and len(graph.sent) == 1  # the message after it is answered, once
 
 

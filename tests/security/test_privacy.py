@@ -63,7 +63,9 @@ class TestNoTenantOracle:
     def test_another_tenants_device_answers_exactly_like_one_that_does_not_exist(self, client, engine):
         seed_acme(engine)
         before = snapshot(engine)
-        for (method, foreign, body), (_, nowhere, _) in zip(device_routes(FOREIGN), device_routes(NOWHERE), strict=True):
+        for (method, foreign, body), (_, nowhere, _) in zip(
+            device_routes(FOREIGN), device_routes(NOWHERE), strict=True
+        ):
             seen = answer(client.request(method, foreign, json=body, headers=B))
             unseen = answer(client.request(method, nowhere, json=body, headers=B))
             assert seen[0] == 404, (method, foreign, seen)
@@ -92,8 +94,9 @@ class TestNoTenantOracle:
 
     def test_the_web_chat_does_not_reveal_other_tenants_either(self, client, engine):
         used, fresh = "5b0c1d2e-3f40-4a5b-8c6d-7e8f90a1b2c3", "6c1d2e3f-4051-4b6c-9d7e-8f90a1b2c3d4"
-        booked = client.post("/api/chat", json={"message": "book an appointment"},
-                             headers={"X-Device-ID": used, "X-Tenant-ID": "acme"})
+        booked = client.post(
+            "/api/chat", json={"message": "book an appointment"}, headers={"X-Device-ID": used, "X-Tenant-ID": "acme"}
+        )
         assert booked.json()["lock"]["agent"] == "scheduling"
         seen, unseen = (
             client.post("/api/chat", json={"message": "hi"}, headers={"X-Device-ID": device, "X-Tenant-ID": "globex"})
@@ -105,8 +108,14 @@ class TestNoTenantOracle:
 
 
 def near_misses(secret: str) -> list[str]:
-    return [secret[:-1], secret[: len(secret) // 2], secret + "x", secret[:-1] + chr(ord(secret[-1]) ^ 1),
-            secret.upper() if secret.upper() != secret else secret.lower(), ""]
+    return [
+        secret[:-1],
+        secret[: len(secret) // 2],
+        secret + "x",
+        secret[:-1] + chr(ord(secret[-1]) ^ 1),
+        secret.upper() if secret.upper() != secret else secret.lower(),
+        "",
+    ]
 
 
 class TestSecretsAreComparedWhole:

@@ -47,7 +47,9 @@ class TestParseKeys:
     def test_pairs_with_whitespace_and_several_keys_per_tenant(self):
         raw = SecretStr(f" acme:{KEY_A} ,\n globex:{KEY_B}, acme:{KEY_B[::-1]},")
         assert parse_admin_keys(raw) == [
-            ("acme", KEY_A.encode()), ("globex", KEY_B.encode()), ("acme", KEY_B[::-1].encode())
+            ("acme", KEY_A.encode()),
+            ("globex", KEY_B.encode()),
+            ("acme", KEY_B[::-1].encode()),
         ]
 
     @pytest.mark.parametrize("raw", [None, "", " , "])
@@ -198,4 +200,3 @@ class TestTenantIsolation:
         imported = client.get(f"/api/sessions/{DEVICE}", headers=B).json()
         assert imported["context"] == before["context"]
         assert client.get(f"/api/sessions/{DEVICE}", headers=A).json() == before
-

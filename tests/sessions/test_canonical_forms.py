@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from app.core import migrate
 from tests.conftest import make_settings
-from tests.sessions.conftest import A, ADMIN_KEYS
+from tests.sessions.conftest import ADMIN_KEYS, A
 from tests.utils.apps import app_client
 from tests.utils.factories import make_audit, make_exchange, make_state
 from tests.utils.postgres import scratch_database
@@ -71,12 +71,20 @@ def test_every_time_in_responses_is_utc_with_z_whatever_the_session_time_zone(ko
         engine = client.services.database.engine
         with engine.connect() as conn:
             assert conn.exec_driver_sql("SHOW timezone").scalar() == "Asia/Kolkata"
-        chat = client.post("/api/chat", json={"message": "book"}, headers={"X-Device-ID": DEVICE, "X-Tenant-ID": "acme"})
+        chat = client.post(
+            "/api/chat", json={"message": "book"}, headers={"X-Device-ID": DEVICE, "X-Tenant-ID": "acme"}
+        )
         assert chat.status_code == 200 and chat.json()["lock"]["agent"] == "scheduling"
         documents = {"chat": chat.json()}
-        for path in ("/api/sessions", f"/api/sessions/{DEVICE}", f"/api/sessions/{DEVICE}/history",
-                     f"/api/sessions/{DEVICE}/messages", f"/api/sessions/{DEVICE}/audit",
-                     f"/api/sessions/{DEVICE}/export", "/api/stats"):
+        for path in (
+            "/api/sessions",
+            f"/api/sessions/{DEVICE}",
+            f"/api/sessions/{DEVICE}/history",
+            f"/api/sessions/{DEVICE}/messages",
+            f"/api/sessions/{DEVICE}/audit",
+            f"/api/sessions/{DEVICE}/export",
+            "/api/stats",
+        ):
             response = client.get(path, headers=A)
             assert response.status_code == 200, (path, response.text)
             documents[path] = response.json()

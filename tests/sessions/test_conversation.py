@@ -13,8 +13,8 @@ from app.agents import load_registry
 from app.core.db import make_engine
 from app.pipeline import Inbound, Pipeline
 from tests.sessions.conftest import A, admin_settings
-from tests.utils.apps import app_client
 from tests.utils import aio
+from tests.utils.apps import app_client
 
 SESSION_ID = re.compile(r"sess_\d{8}_\d{6}_[0-9a-f]{6}")
 
@@ -85,14 +85,21 @@ class TestRotation:
     def test_inactivity_past_session_ttl_starts_a_new_session(self, client, engine, device):
         chat(client, device, "hi")
         first = client.get(f"/api/sessions/{device}", headers=A).json()
-        client.patch(f"/api/sessions/{device}/context", headers=A, json={
-            "conversation_state": {"flow": "billing"}, "user_preferences": {"lang": "en"},
-            "recent_interactions": [{"type": "billing"}], "interrupted_queries": ["refund?"],
-        })
+        client.patch(
+            f"/api/sessions/{device}/context",
+            headers=A,
+            json={
+                "conversation_state": {"flow": "billing"},
+                "user_preferences": {"lang": "en"},
+                "recent_interactions": [{"type": "billing"}],
+                "interrupted_queries": ["refund?"],
+            },
+        )
         with engine.begin() as conn:
             conn.exec_driver_sql(
                 "UPDATE conversation_states SET last_activity_at = now() - make_interval(secs => session_ttl + 10) "
-                "WHERE device_id = %(d)s", {"d": device},
+                "WHERE device_id = %(d)s",
+                {"d": device},
             )
         assert client.get(f"/api/sessions/{device}", headers=A).json()["status"] == "ended"
         chat(client, device, "hello again")
@@ -101,12 +108,15 @@ class TestRotation:
         assert second["session_id"] != first["session_id"]
         assert second["status"] == "idle"
         assert second["context"] == {
-            "conversation_state": {}, "user_preferences": {"lang": "en"}, "interrupted_queries": [],
+            "conversation_state": {},
+            "user_preferences": {"lang": "en"},
+            "interrupted_queries": [],
             "recent_interactions": [],
         }
         history = client.get(f"/api/sessions/{device}/history", headers=A).json()["items"]
         assert [(h["session_id"], h["status"], h["message_count"]) for h in history] == [
-            (second["session_id"], "idle", 2), (first["session_id"], "ended", 2)
+            (second["session_id"], "idle", 2),
+            (first["session_id"], "ended", 2),
         ]
         assert second["message_count"] == 2
 
@@ -147,14 +157,17 @@ class TestConcurrentContextMerges:
         start = threading.Barrier(4)
 
         with app_client(settings) as client:
+
             def patch(thread: int) -> list[int]:
                 start.wait()
                 return [
                     client.patch(
-                        f"/api/sessions/{device}/context", headers=A,
+                        f"/api/sessions/{device}/context",
+                        headers=A,
                         json={"conversation_state": {key: True}, "recent_interactions": [key]},
                     ).status_code
-                    for key in admin_keys if key.startswith(f"admin-{thread}-")
+                    for key in admin_keys
+                    if key.startswith(f"admin-{thread}-")
                 ]
 
             def talk() -> list[str]:

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from tests.conftest import ACTIVE, POOLER_SETTINGS
-from tests.sessions.conftest import A, ADMIN_KEYS, admin_settings
+from tests.sessions.conftest import ADMIN_KEYS, A, admin_settings
 from tests.sessions.test_transfer import seeded_document
 from tests.utils.apps import app_client
 from tests.utils.factories import snapshot
@@ -21,9 +21,10 @@ JSON = {"Content-Type": "application/json"}
 def test_a_2_mib_import_is_413_while_health_answers_during_it(database_url, engine):
     health: list[int] = []
     pooler = POOLER_SETTINGS if ACTIVE["pooler"] else {}
-    with running_app(app_env(database_url, admin_api_keys=ADMIN_KEYS, **pooler)) as server, httpx.Client(
-        base_url=server.url, timeout=30
-    ) as other:
+    with (
+        running_app(app_env(database_url, admin_api_keys=ADMIN_KEYS, **pooler)) as server,
+        httpx.Client(base_url=server.url, timeout=30) as other,
+    ):
 
         def body():
             # No Content-Length: the server reads the first MiB (just under the limit) and waits for more.

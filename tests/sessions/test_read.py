@@ -20,7 +20,13 @@ class TestList:
         assert body["total"] == 3
         mid = body["items"][1]
         assert set(mid) == {
-            "device_id", "session_id", "status", "active_agent", "locked_at", "expires_at", "last_activity_at",
+            "device_id",
+            "session_id",
+            "status",
+            "active_agent",
+            "locked_at",
+            "expires_at",
+            "last_activity_at",
             "message_count",
         }
         assert (mid["session_id"], mid["status"], mid["active_agent"]) == (S1, "active", "billing")
@@ -43,7 +49,9 @@ class TestList:
         assert item["status"] == status
         live = status == "active"
         assert (item["active_agent"] is not None, item["locked_at"] is not None, item["expires_at"] is not None) == (
-            live, live, live
+            live,
+            live,
+            live,
         )
         assert client.get("/api/sessions/dev", headers=A).json()["status"] == status
 
@@ -83,7 +91,8 @@ class TestList:
         assert client.get("/api/sessions", headers=A).json()["items"][0]["message_count"] == 3
         history = client.get("/api/sessions/dev/history", headers=A).json()["items"]
         assert [(h["session_id"], h["status"], h["message_count"]) for h in history] == [
-            (S2, "idle", 3), (None, "ended", 1)
+            (S2, "idle", 3),
+            (None, "ended", 1),
         ]
 
     def test_pages_walk_every_device_once(self, client, engine):
@@ -109,8 +118,17 @@ class TestList:
 
     @pytest.mark.parametrize(
         "query",
-        ["limit=0", "limit=201", "limit=-1", "limit=x", "offset=-1", "offset=1.5", "status=busy", "agent=Bad",
-         "agent=" + "a" * 51],
+        [
+            "limit=0",
+            "limit=201",
+            "limit=-1",
+            "limit=x",
+            "offset=-1",
+            "offset=1.5",
+            "status=busy",
+            "agent=Bad",
+            "agent=" + "a" * 51,
+        ],
     )
     def test_bad_query_is_422(self, client, query):
         response = client.get(f"/api/sessions?{query}", headers=A)
@@ -124,7 +142,12 @@ class TestList:
 class TestOneSession:
     def test_state_with_normalized_context_and_live_lock(self, client, engine):
         make_state(
-            engine, "dev", "acme", agent="scheduling", session_ttl=900, version=4,
+            engine,
+            "dev",
+            "acme",
+            agent="scheduling",
+            session_ttl=900,
+            version=4,
             context={"conversation_state": {"step": "day"}},
         )
         body = client.get("/api/sessions/dev", headers=A).json()
@@ -134,7 +157,9 @@ class TestOneSession:
         assert body["lock"]["agent"] == "scheduling"
         assert body["lock"]["expires_at"] > body["lock"]["locked_at"]
         assert body["context"] == {
-            "conversation_state": {"step": "day"}, "user_preferences": {}, "interrupted_queries": [],
+            "conversation_state": {"step": "day"},
+            "user_preferences": {},
+            "interrupted_queries": [],
             "recent_interactions": [],
         }
         assert body["session_started_at"] is not None and body["created_at"] and body["updated_at"]
@@ -142,7 +167,10 @@ class TestOneSession:
     def test_expired_lock_is_not_reported(self, client, engine):
         make_state(engine, "dev", "acme", agent="scheduling", lock_seconds=-1)
         assert client.get("/api/sessions/dev", headers=A).json()["lock"] == {
-            "agent": None, "locked_at": None, "expires_at": None, "operator": None
+            "agent": None,
+            "locked_at": None,
+            "expires_at": None,
+            "operator": None,
         }
 
     def test_device_with_messages_but_no_state_is_404_here(self, client, engine):
@@ -167,7 +195,8 @@ class TestHistory:
         make_state(engine, "dev", "acme", session_id=S2, agent="billing")
         items = client.get("/api/sessions/dev/history", headers=A).json()["items"]
         assert [(i["session_id"], i["status"], i["message_count"]) for i in items] == [
-            (S2, "active", 3), (S1, "ended", 2)
+            (S2, "active", 3),
+            (S1, "ended", 2),
         ]
         assert items[1]["started_at"] <= items[1]["last_activity_at"] < items[0]["last_activity_at"]
 
@@ -176,7 +205,8 @@ class TestHistory:
         make_state(engine, "dev", "acme", session_id=S2)
         items = client.get("/api/sessions/dev/history", headers=A).json()["items"]
         assert [(i["session_id"], i["status"], i["message_count"]) for i in items] == [
-            (S2, "idle", 0), (S1, "ended", 2)
+            (S2, "idle", 0),
+            (S1, "ended", 2),
         ]
 
     def test_device_without_state_has_only_ended_sessions(self, client, engine):
@@ -201,7 +231,11 @@ class TestMessages:
         assert body["next_before"] is None
         reply = body["items"][1]
         assert (reply["role"], reply["content"], reply["agent"], reply["reply_to"], reply["status"]) == (
-            "assistant", "which day?", "scheduling", asked, None
+            "assistant",
+            "which day?",
+            "scheduling",
+            asked,
+            None,
         )
         assert (body["items"][0]["status"], body["items"][0]["has_error"]) == ("failed", True)
         assert body["items"][2]["session_id"] == S1
@@ -236,7 +270,8 @@ class TestMessages:
         items = client.get(f"/api/sessions/dev/messages?session_id={S1}", headers=A).json()["items"]
         assert [m["content"] for m in items] == ["hello!", "old"]
         assert client.get("/api/sessions/dev/messages?session_id=sess_none", headers=A).json() == {
-            "items": [], "next_before": None
+            "items": [],
+            "next_before": None,
         }
 
     def test_known_device_without_messages_is_an_empty_page(self, client, engine):
@@ -262,7 +297,8 @@ class TestAudit:
         make_audit(engine, "dev", "acme", event="handoff", from_agent="scheduling", to_agent="billing")
         body = client.get("/api/sessions/dev/audit", headers=A).json()
         assert [(a["event"], a["from_agent"], a["to_agent"]) for a in body["items"]] == [
-            ("set", None, "scheduling"), ("handoff", "scheduling", "billing")
+            ("set", None, "scheduling"),
+            ("handoff", "scheduling", "billing"),
         ]
         assert body["items"][0]["timings"] == {"db_ms": 1, "agent_ms": 2, "total_ms": 3}
         assert body["items"][0]["session_id"] == S1

@@ -35,7 +35,12 @@ def seed(engine) -> None:
 def run_stats(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "app", "stats", *args],
-        env=subprocess_env(database_url), cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+        env=subprocess_env(database_url),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -65,8 +70,11 @@ class TestApi:
 
     def test_empty_tenant(self, client):
         assert client.get("/api/stats", headers=A).json() == {
-            "active_locks_by_agent": {}, "expired_pending": 0, "avg_lock_age_seconds_by_agent": {},
-            "messages_last_hour": 0, "last_cleanup": None,
+            "active_locks_by_agent": {},
+            "expired_pending": 0,
+            "avg_lock_age_seconds_by_agent": {},
+            "messages_last_hour": 0,
+            "last_cleanup": None,
         }
 
     def test_last_cleanup_is_the_latest_run(self, client, engine, database_url):
@@ -118,8 +126,11 @@ class TestCommandLine:
         done = run_stats(database_url, "--tenant", "nobody")
         _, figures = parse_table(done.stdout)
         assert figures == {
-            "active_locks_by_agent": "-", "expired_pending": "0", "avg_lock_age_seconds_by_agent": "-",
-            "messages_last_hour": "0", "last_cleanup": "never",
+            "active_locks_by_agent": "-",
+            "expired_pending": "0",
+            "avg_lock_age_seconds_by_agent": "-",
+            "messages_last_hour": "0",
+            "last_cleanup": "never",
         }
 
     def test_invalid_tenant_is_a_clear_error(self, engine, database_url):
@@ -145,8 +156,12 @@ class TestCliEdges:
         seed(engine)
         # `python -m app stats | head -1`: the pipe closes after the first line.
         stats = subprocess.Popen(
-            [sys.executable, "-m", "app", "stats"], env=subprocess_env(database_url), cwd=ROOT,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [sys.executable, "-m", "app", "stats"],
+            env=subprocess_env(database_url),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         assert stats.stdout is not None and stats.stderr is not None
         stats.stdout.close()  # the reader is gone before the table is written

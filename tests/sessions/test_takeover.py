@@ -11,10 +11,10 @@ from app.agents import load_registry
 from app.errors import ConfigurationError
 from app.pipeline import Pipeline
 from tests.sessions.conftest import A, B
+from tests.utils import aio
 from tests.utils.agents import Gate, Scripted
 from tests.utils.apps import use_registry
 from tests.utils.factories import make_message, make_state, scalar, snapshot
-from tests.utils import aio
 
 TENANT = "acme"
 
@@ -53,23 +53,36 @@ def say(client, dev: str, text: str, headers=A):
 
 def messages(engine, dev: str) -> list[tuple]:
     with engine.begin() as conn:
-        return [tuple(r) for r in conn.exec_driver_sql(
-            "SELECT role, content, agent, status, reply_to FROM conversation_messages WHERE device_id = %(d)s "
-            "ORDER BY id", {"d": dev}).all()]
+        return [
+            tuple(r)
+            for r in conn.exec_driver_sql(
+                "SELECT role, content, agent, status, reply_to FROM conversation_messages WHERE device_id = %(d)s "
+                "ORDER BY id",
+                {"d": dev},
+            ).all()
+        ]
 
 
 def snapshot_row(engine, dev: str) -> tuple:
     with engine.begin() as conn:
-        return tuple(conn.exec_driver_sql(
-            "SELECT active_agent, locked_at, extract(epoch FROM expires_at - now()), context "
-            "FROM conversation_states WHERE device_id = %(d)s", {"d": dev}).one())
+        return tuple(
+            conn.exec_driver_sql(
+                "SELECT active_agent, locked_at, extract(epoch FROM expires_at - now()), context "
+                "FROM conversation_states WHERE device_id = %(d)s",
+                {"d": dev},
+            ).one()
+        )
 
 
 def audit(engine, dev: str) -> list[tuple]:
     with engine.begin() as conn:
-        return [tuple(r) for r in conn.exec_driver_sql(
-            "SELECT event, from_agent, to_agent FROM conversation_audit WHERE device_id = %(d)s ORDER BY id",
-            {"d": dev}).all()]
+        return [
+            tuple(r)
+            for r in conn.exec_driver_sql(
+                "SELECT event, from_agent, to_agent FROM conversation_audit WHERE device_id = %(d)s ORDER BY id",
+                {"d": dev},
+            ).all()
+        ]
 
 
 class TestTakeover:
@@ -85,8 +98,11 @@ class TestTakeover:
         assert response.status_code == 200, response.text
         lock = response.json()
         assert (lock["agent"], lock["operator"], lock["previous_agent"], lock["held"]) == ("human", "Ana", previous, 0)
-        left = scalar(engine, "SELECT extract(epoch FROM expires_at - now()) FROM conversation_states "
-                              "WHERE device_id = %(d)s", d=dev)
+        left = scalar(
+            engine,
+            "SELECT extract(epoch FROM expires_at - now()) FROM conversation_states WHERE device_id = %(d)s",
+            d=dev,
+        )
         assert 880 < left <= 900
         assert scalar(engine, "SELECT operator FROM conversation_states WHERE device_id = %(d)s", d=dev) == "Ana"
         assert audit(engine, dev) == [("takeover", previous, "human")]
@@ -97,14 +113,22 @@ class TestTakeover:
         dev = device()
         make_state(engine, dev, TENANT)
         before = snapshot(engine)
-        for body in ({"operator": ""}, {"operator": "Ana", "ttl": 0}, {"operator": "Ana", "ttl": 2592001},
-                     {"operator": "Ana", "extra": 1}, {}):
+        for body in (
+            {"operator": ""},
+            {"operator": "Ana", "ttl": 0},
+            {"operator": "Ana", "ttl": 2592001},
+            {"operator": "Ana", "extra": 1},
+            {},
+        ):
             response = bot.post(f"/api/sessions/{dev}/takeover", json=body, headers=A)
             assert response.status_code == 422, body
         assert snapshot(engine) == before
         take(bot, dev)
-        left = scalar(engine, "SELECT extract(epoch FROM expires_at - now()) FROM conversation_states "
-                              "WHERE device_id = %(d)s", d=dev)
+        left = scalar(
+            engine,
+            "SELECT extract(epoch FROM expires_at - now()) FROM conversation_states WHERE device_id = %(d)s",
+            d=dev,
+        )
         assert 3590 < left <= 3600
 
     def test_pending_messages_are_held_at_the_takeover(self, bot, engine, manager):
@@ -115,8 +139,10 @@ class TestTakeover:
         assert messages(engine, dev) == [("user", "are you there?", None, "held", None)]
         # The cleanup run's crash recovery does not answer it either.
         assert aio.run(Pipeline(engine, {"manager": manager}, bot.services.settings).recover) == 0
-        assert manager.seen == [] and scalar(engine, "SELECT status FROM conversation_messages WHERE id = %(i)s",
-                                             i=waiting) == "held"
+        assert (
+            manager.seen == []
+            and scalar(engine, "SELECT status FROM conversation_messages WHERE id = %(i)s", i=waiting) == "held"
+        )
 
 
 class TestHeldMessages:
@@ -170,15 +196,26 @@ class TestOperatorReplies:
         assert response.status_code == 201, response.text
         stored = response.json()
         assert (stored["role"], stored["agent"], stored["operator"], stored["reply_to"], stored["channel"]) == (
-            "assistant", "human", "Ana", latest_held, "web")
+            "assistant",
+            "human",
+            "Ana",
+            latest_held,
+            "web",
+        )
         left = scalar(engine, "SELECT extract(epoch FROM expires_at - now()) FROM conversation_states")
         assert 590 < left <= 600
-        assert scalar(engine, "SELECT metadata ->> 'operator' FROM conversation_messages WHERE id = %(i)s",
-                      i=stored["id"]) == "Ana"
+        assert (
+            scalar(engine, "SELECT metadata ->> 'operator' FROM conversation_messages WHERE id = %(i)s", i=stored["id"])
+            == "Ana"
+        )
         page = bot.get("/api/chat/messages", headers={"X-Device-ID": dev, "X-Tenant-ID": TENANT}).json()
         newest = page["items"][0]
         assert (newest["id"], newest["content"], newest["agent"], newest["reply_to"]) == (
-            stored["id"], "Hello, Ana here. How can I help?", "human", latest_held)
+            stored["id"],
+            "Hello, Ana here. How can I help?",
+            "human",
+            latest_held,
+        )
 
     def test_without_a_live_human_lock_is_409_and_stores_nothing(self, bot, engine):
         dev = device()
@@ -198,13 +235,22 @@ class TestOperatorReplies:
         make_state(engine, dev, TENANT)
         take(bot, dev)
         before = snapshot(engine)
-        for body in ({}, {"text": ""}, {"text": "x" * 4097}, {"text": "a", "template": {"name": "t"}},
-                     {"text": "a\x00b"}, {"template": {"name": "Bad Name"}},
-                     {"template": {"name": "t", "components": [{"type": "body", "text": "a\x00"}]}}):
+        for body in (
+            {},
+            {"text": ""},
+            {"text": "x" * 4097},
+            {"text": "a", "template": {"name": "t"}},
+            {"text": "a\x00b"},
+            {"template": {"name": "Bad Name"}},
+            {"template": {"name": "t", "components": [{"type": "body", "text": "a\x00"}]}},
+        ):
             response = bot.post(f"/api/sessions/{dev}/messages", json=body, headers=A)
             assert response.status_code == 422, body
-        lone = bot.post(f"/api/sessions/{dev}/messages", content=b'{"text": "lone \\ud800"}',
-                        headers={**A, "Content-Type": "application/json"})
+        lone = bot.post(
+            f"/api/sessions/{dev}/messages",
+            content=b'{"text": "lone \\ud800"}',
+            headers={**A, "Content-Type": "application/json"},
+        )
         assert lone.status_code == 422, lone.text
         response = bot.post(f"/api/sessions/{dev}/messages", json={"template": {"name": "hello_world"}}, headers=A)
         assert response.status_code == 422 and response.json()["error"]["code"] == "template_needs_whatsapp"
@@ -243,8 +289,15 @@ class TestHandBack:
 
     def test_release_gives_the_lock_back_to_the_agent_the_takeover_displaced(self, bot, engine, manager):
         dev = device()
-        make_state(engine, dev, TENANT, agent="scheduling", lock_seconds=1200, locked_ago=300,
-                   context={"conversation_state": {"day": "tomorrow"}})
+        make_state(
+            engine,
+            dev,
+            TENANT,
+            agent="scheduling",
+            lock_seconds=1200,
+            locked_ago=300,
+            context={"conversation_state": {"day": "tomorrow"}},
+        )
         locked_at = scalar(engine, "SELECT locked_at FROM conversation_states WHERE device_id = %(d)s", d=dev)
         take(bot, dev)
         with engine.begin() as conn:  # the person held it for ten minutes: that time is not the agent's
@@ -253,7 +306,7 @@ class TestHandBack:
         response = release(bot, dev)
         assert response.status_code == 200, response.text
         assert response.json()["agent"] == "scheduling"
-        row = dict(zip(("agent", "locked_at", "left", "context"), snapshot_row(engine, dev)))
+        row = dict(zip(("agent", "locked_at", "left", "context"), snapshot_row(engine, dev), strict=True))
         assert (row["agent"], row["locked_at"], row["context"]) == ("scheduling", locked_at, context)
         assert 1190 < row["left"] <= 1200
         assert audit(engine, dev) == [("takeover", "scheduling", "human"), ("release", "human", "scheduling")]
@@ -271,8 +324,11 @@ class TestHandBack:
         assert release(bot, dev, agent="Bad Key").status_code == 422
         assert snapshot(engine) == before
         assert release(bot, dev, agent="manager").json()["agent"] == "manager"
-        left = scalar(engine, "SELECT extract(epoch FROM expires_at - now()) FROM conversation_states "
-                              "WHERE device_id = %(d)s", d=dev)
+        left = scalar(
+            engine,
+            "SELECT extract(epoch FROM expires_at - now()) FROM conversation_states WHERE device_id = %(d)s",
+            d=dev,
+        )
         assert 890 < left <= 900
         assert chat(bot, dev, "hello").json()["agent"] == "manager"
 
@@ -311,7 +367,11 @@ class TestHandBack:
         assert [m.text for m in manager.seen] == ["hi", "one", "two", "three"]
         rows = messages(engine, dev)
         assert [(r[0], r[1], r[3]) for r in rows if r[0] == "user"] == [
-            ("user", "hi", "done"), ("user", "one", "done"), ("user", "two", "done"), ("user", "three", "done")]
+            ("user", "hi", "done"),
+            ("user", "one", "done"),
+            ("user", "two", "done"),
+            ("user", "three", "done"),
+        ]
         replies = {r[4]: r[1] for r in rows if r[0] == "assistant" and r[2] == "manager"}
         ids = {r[1]: i for i, r in enumerate(rows)}
         assert sorted(replies.values()) == ["manager: hi", "manager: one", "manager: three", "manager: two"]

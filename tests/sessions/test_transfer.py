@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from tests.sessions.conftest import A, B, admin_settings
+from tests.sessions.conftest import A, admin_settings
 from tests.utils.apps import app_client
 from tests.utils.factories import make_exchange, make_message, make_state, snapshot
 
@@ -70,9 +70,14 @@ class TestExport:
 class TestRoundTrip:
     def test_export_erase_import_restores_state_and_history(self, scripted, engine):
         converse(scripted, "hello", "sched a visit", "tuesday", "bill me", "done", "hello again", "sched more")
-        scripted.patch(f"/api/sessions/{DEVICE}/context", headers=A, json={
-            "user_preferences": {"lang": "pt"}, "interrupted_queries": ["refund?"],
-        })
+        scripted.patch(
+            f"/api/sessions/{DEVICE}/context",
+            headers=A,
+            json={
+                "user_preferences": {"lang": "pt"},
+                "interrupted_queries": ["refund?"],
+            },
+        )
         before = everything(scripted)
         assert before["state"]["lock"]["agent"] == "scheduling"
         assert [a["event"] for a in before["audit"]] == ["set", "refresh", "handoff", "release", "set"]
@@ -83,7 +88,10 @@ class TestRoundTrip:
         response = scripted.post("/api/sessions/import", json=document, headers=A)
         assert response.status_code == 201, response.text
         assert response.json() == {
-            "device_id": DEVICE, "session_id": before["state"]["session_id"], "messages": 14, "audit": 5,
+            "device_id": DEVICE,
+            "session_id": before["state"]["session_id"],
+            "messages": 14,
+            "audit": 5,
             "dropped_metadata": 0,  # web messages: nothing routes them
         }
 
@@ -105,6 +113,7 @@ class TestRoundTrip:
         new_ids = [m["id"] for m in again["messages"]]
         assert new_ids == sorted(new_ids) and set(new_ids).isdisjoint(old_ids)
         assert again["messages"][1]["reply_to"] == new_ids[0]
+
         def strip(ms):
             return [{k: v for k, v in m.items() if k not in ("id", "reply_to")} for m in ms]
 
@@ -122,14 +131,20 @@ class TestRoundTrip:
         document = seeded_document(client, engine)
         client.delete("/api/sessions/dev", headers=A)
         question, answer = document["messages"]
-        question["metadata"] = {"channel": "whatsapp", "phone_number_id": "2200002", "to": "15557770001",
-                                "wa_message_id": "wamid.X", "choice_id": "tue"}
+        question["metadata"] = {
+            "channel": "whatsapp",
+            "phone_number_id": "2200002",
+            "to": "15557770001",
+            "wa_message_id": "wamid.X",
+            "choice_id": "tue",
+        }
         answer["metadata"] = {"channel": "web", "recipient": "US.1", "choices": [{"id": "a", "title": "A"}]}
         response = client.post("/api/sessions/import", json=document, headers=A)
         assert response.status_code == 201 and response.json()["dropped_metadata"] == 2
         again = client.get("/api/sessions/dev/export", headers=A).json()
         assert [m["metadata"] for m in again["messages"]] == [
-            {"choice_id": "tue"}, {"channel": "web", "choices": [{"id": "a", "title": "A"}]},
+            {"choice_id": "tue"},
+            {"channel": "web", "choices": [{"id": "a", "title": "A"}]},
         ]
 
     def test_document_without_state_imports_messages_only(self, client, engine):
@@ -165,9 +180,13 @@ class TestConflict:
         document["device_id"] = "copy"
         assert client.post("/api/sessions/import", json=document, headers=A).status_code == 201
         with engine.begin() as conn:
-            holders = conn.exec_driver_sql(
-                "SELECT device_id FROM conversation_messages WHERE external_id = 'wamid.X' ORDER BY device_id"
-            ).scalars().all()
+            holders = (
+                conn.exec_driver_sql(
+                    "SELECT device_id FROM conversation_messages WHERE external_id = 'wamid.X' ORDER BY device_id"
+                )
+                .scalars()
+                .all()
+            )
         assert holders == ["copy", "dev"]
         # Importing the same device again is still refused: the tenant already holds it.
         before = snapshot(engine)
@@ -178,6 +197,7 @@ class TestConflict:
 def _drop(key):
     def mutate(doc):
         del doc[key]
+
     return mutate
 
 
@@ -187,6 +207,7 @@ def _set(path, value):
         for part in path[:-1]:
             target = target[part]
         target[path[-1]] = value
+
     return mutate
 
 
@@ -261,8 +282,10 @@ class TestMalformedImport:
         assert response.status_code == 422
         assert response.json()["error"]["message"].startswith("body.messages.650: ")
         document["format_version"] = 2  # the version is still judged first
-        assert "format_version 2 is newer" in client.post(
-            "/api/sessions/import", json=document, headers=A).json()["error"]["message"]
+        assert (
+            "format_version 2 is newer"
+            in client.post("/api/sessions/import", json=document, headers=A).json()["error"]["message"]
+        )
         assert snapshot(engine) == before
         document["format_version"] = 1
         document["messages"][650]["role"] = "user"
@@ -276,8 +299,12 @@ class TestMalformedImport:
 
 
 UUID_DEVICE = "9b2e4f6a-1c3d-4e5f-8a7b-6c5d4e3f2a1b"
-UUID_SPELLINGS = ["{" + UUID_DEVICE.upper() + "}", UUID_DEVICE.upper(), "urn:uuid:" + UUID_DEVICE,
-                  UUID_DEVICE.replace("-", "")]
+UUID_SPELLINGS = [
+    "{" + UUID_DEVICE.upper() + "}",
+    UUID_DEVICE.upper(),
+    "urn:uuid:" + UUID_DEVICE,
+    UUID_DEVICE.replace("-", ""),
+]
 
 
 def uuid_document(client, engine) -> dict:
@@ -288,10 +315,12 @@ def uuid_document(client, engine) -> dict:
 
 def stored_device_ids(engine) -> set[str]:
     with engine.begin() as conn:
-        return set(conn.exec_driver_sql(
-            "SELECT device_id FROM conversation_states UNION SELECT device_id FROM conversation_messages "
-            "UNION SELECT device_id FROM conversation_audit"
-        ).scalars())
+        return set(
+            conn.exec_driver_sql(
+                "SELECT device_id FROM conversation_states UNION SELECT device_id FROM conversation_messages "
+                "UNION SELECT device_id FROM conversation_audit"
+            ).scalars()
+        )
 
 
 class TestImportedDeviceIds:

@@ -17,26 +17,37 @@ DEVICE = "dev-1"
 def audit_rows(engine, device=DEVICE):
     with engine.begin() as conn:
         return [
-            tuple(r) for r in conn.exec_driver_sql(
+            tuple(r)
+            for r in conn.exec_driver_sql(
                 "SELECT event, from_agent, to_agent, session_id FROM conversation_audit "
-                "WHERE device_id = %(d)s ORDER BY id", {"d": device},
+                "WHERE device_id = %(d)s ORDER BY id",
+                {"d": device},
             )
         ]
 
 
 class TestContextPatch:
     def test_merges_into_the_stored_context(self, client, engine):
-        make_state(engine, DEVICE, "acme", context={
-            "conversation_state": {"flow": "billing", "step": "invoice"},
-            "user_preferences": {"lang": "en"},
-            "recent_interactions": [1, 2],
-        })
-        response = client.patch(f"/api/sessions/{DEVICE}/context", headers=A, json={
-            "conversation_state": {"step": None, "invoice": "4821"},
-            "user_preferences": {"tz": "UTC"},
-            "recent_interactions": [3],
-            "interrupted_queries": ["later"],
-        })
+        make_state(
+            engine,
+            DEVICE,
+            "acme",
+            context={
+                "conversation_state": {"flow": "billing", "step": "invoice"},
+                "user_preferences": {"lang": "en"},
+                "recent_interactions": [1, 2],
+            },
+        )
+        response = client.patch(
+            f"/api/sessions/{DEVICE}/context",
+            headers=A,
+            json={
+                "conversation_state": {"step": None, "invoice": "4821"},
+                "user_preferences": {"tz": "UTC"},
+                "recent_interactions": [3],
+                "interrupted_queries": ["later"],
+            },
+        )
         assert response.status_code == 200, response.text
         merged = {
             "conversation_state": {"flow": "billing", "invoice": "4821"},
@@ -89,8 +100,12 @@ class TestContextPatch:
     @pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e400", "-1e999"])
     @pytest.mark.parametrize(
         "template",
-        ['{"conversation_state": {"x": %s}}', '{"user_preferences": {"a": {"b": [1, %s]}}}',
-         '{"recent_interactions": [%s]}', '{"interrupted_queries": [{"score": %s}]}'],
+        [
+            '{"conversation_state": {"x": %s}}',
+            '{"user_preferences": {"a": {"b": [1, %s]}}}',
+            '{"recent_interactions": [%s]}',
+            '{"interrupted_queries": [{"score": %s}]}',
+        ],
     )
     def test_a_non_finite_number_is_422_and_changes_nothing(self, client, engine, number, template):
         make_state(engine, DEVICE, "acme", context={"user_preferences": {"lang": "en"}})
@@ -113,7 +128,10 @@ class TestLockOverride:
         assert response.status_code == 200, response.text
         body = response.json()
         assert (body["agent"], body["previous_agent"], body["session_ttl"], body["version"]) == (
-            "billing", None, 120, 1
+            "billing",
+            None,
+            120,
+            1,
         )
         state = row(engine, DEVICE, "acme")
         assert state["active_agent"] == "billing"
@@ -150,7 +168,11 @@ class TestLockOverride:
         make_state(engine, DEVICE, "acme", agent="scheduling", version=3)
         body = client.delete(f"/api/sessions/{DEVICE}/lock", headers=A).json()
         assert body == {
-            "agent": None, "locked_at": None, "expires_at": None, "session_ttl": 86400, "version": 4,
+            "agent": None,
+            "locked_at": None,
+            "expires_at": None,
+            "session_ttl": 86400,
+            "version": 4,
             "previous_agent": "scheduling",
         }
         assert row(engine, DEVICE, "acme")["active_agent"] is None

@@ -13,8 +13,14 @@ from tests.utils.factories import scalar
 
 async def make_writer(engine, lease, turn) -> DraftWriter:
     return DraftWriter(
-        engine, Hub(), tenant=lease.tenant, device=lease.device, epoch=lease.epoch, attempt=turn.attempt,
-        message_ids=[m.id for m in turn.messages], flush_seconds=0.1,
+        engine,
+        Hub(),
+        tenant=lease.tenant,
+        device=lease.device,
+        epoch=lease.epoch,
+        attempt=turn.attempt,
+        message_ids=[m.id for m in turn.messages],
+        flush_seconds=0.1,
     )
 
 
@@ -44,8 +50,12 @@ def test_a_worker_that_lost_its_lease_cannot_append(engine):
     assert tuple(draft(engine, device)) == (claim.lease.epoch, 1, "first ")
 
     # The lease lapses (the worker stalled) and another worker takes the device over: a rerun.
-    scalar(engine, "UPDATE conversation_states SET lease_expires_at = now() - interval '1 second' "
-                   "WHERE device_id = %(d)s RETURNING 1", d=device)
+    scalar(
+        engine,
+        "UPDATE conversation_states SET lease_expires_at = now() - interval '1 second' "
+        "WHERE device_id = %(d)s RETURNING 1",
+        d=device,
+    )
     lapsed_text = "after the lease lapsed "
     assert aio.run(add_and_flush, old, lapsed_text) is False and old.lost  # fenced: nothing written
     assert draft(engine, device).text == "first "

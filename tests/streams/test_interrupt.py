@@ -57,18 +57,22 @@ def test_a_message_sent_mid_stream_stops_the_turn_and_the_next_turn_sees_both(da
     assert answer.json()["reply"] == "no wait, something else"
     statuses = [item["data"]["status"] for item in rest if item["type"] == "data-status"]
     assert statuses == ["stopped"] and rest[-1] == DONE
-    assert sorted(stored(engine, device)) == sorted([
-        ("user", "hold never w1 w2 w3", False), ("assistant", "w1 ", True),
-        ("user", "no wait, something else", False), ("assistant", "no wait, something else", False),
-    ])
+    assert sorted(stored(engine, device)) == sorted(
+        [
+            ("user", "hold never w1 w2 w3", False),
+            ("assistant", "w1 ", True),
+            ("user", "no wait, something else", False),
+            ("assistant", "no wait, something else", False),
+        ]
+    )
     # One more turn, and it saw both messages: the new one, after the first and its stopped partial reply.
     assert len(agent.seen) == 2
     second = agent.seen[1]
     assert second.messages == ("no wait, something else",)
     assert [(item.role, item.content, item.stopped) for item in second.history] == [
-        ("user", "hold never w1 w2 w3", False), ("assistant", "w1 ", True),
+        ("user", "hold never w1 w2 w3", False),
+        ("assistant", "w1 ", True),
     ]
-
 
 
 def test_the_interrupt_targets_only_a_turn_in_flight_without_the_new_message(database_url, engine):

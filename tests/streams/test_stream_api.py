@@ -38,7 +38,9 @@ def client(database_url, engine, gates):
 def body(text: str, message_id: str | None = None) -> dict:
     """DefaultChatTransport's request body for one new user message."""
     return {
-        "id": "chat-1", "trigger": "submit-message", "messageId": None,
+        "id": "chat-1",
+        "trigger": "submit-message",
+        "messageId": None,
         "messages": [
             {"id": "old-1", "role": "user", "parts": [{"type": "text", "text": "an earlier message"}]},
             {"id": "old-2", "role": "assistant", "parts": [{"type": "text", "text": "an earlier reply"}]},
@@ -57,7 +59,8 @@ def stream(client, text: str, device: str, **kwargs) -> list[dict]:
 
 def stored(engine, device: str) -> list[tuple]:
     return [
-        tuple(row) for row in scalar_rows(
+        tuple(row)
+        for row in scalar_rows(
             engine,
             "SELECT role, content, COALESCE((metadata->>'stopped')::boolean, false) FROM conversation_messages "
             "WHERE device_id = %(device)s ORDER BY id",

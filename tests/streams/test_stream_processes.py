@@ -60,14 +60,18 @@ def test_the_ai_sdk_client_reads_the_reply_as_stored_with_the_lock(database_url,
         api = f"{server.url}/api/chat/stream"
         reader = subprocess.Popen(
             [node, "read_stream.mjs", "send", api, device, "hold sdk alpha beta gamma"],
-            cwd=JS, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=JS,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         gates.open("sdk")
         out, err = reader.communicate(timeout=60)
         assert reader.returncode == 0, err
         message = json.loads(out)
-        nothing = subprocess.run([node, "read_stream.mjs", "resume", api, device], cwd=JS, capture_output=True,
-                                 text=True, timeout=60)
+        nothing = subprocess.run(
+            [node, "read_stream.mjs", "resume", api, device], cwd=JS, capture_output=True, text=True, timeout=60
+        )
     texts = [part["text"] for part in message["parts"] if part["type"] == "text"]
     locks = [part["data"] for part in message["parts"] if part["type"] == "data-lock"]
     assert stored(engine, device)[-1] == ("assistant", "alpha beta gamma", False)
@@ -82,10 +86,14 @@ def test_another_instance_streams_the_turn_and_goes_on_with_the_rerun_when_the_p
 ):
     device = str(uuid.uuid4())
     settings = {"lease_seconds": 2}
-    with running_app(env(database_url, gates, **settings)) as a, running_app(env(database_url, gates, **settings)) as b, \
-            httpx.Client(timeout=TIMEOUT) as client:
-        with client.stream("POST", f"{a.url}/api/chat/stream", json=body("hold kill one two three"),
-                           headers=headers(device)) as produced:
+    with (
+        running_app(env(database_url, gates, **settings)) as a,
+        running_app(env(database_url, gates, **settings)) as b,
+        httpx.Client(timeout=TIMEOUT) as client,
+    ):
+        with client.stream(
+            "POST", f"{a.url}/api/chat/stream", json=body("hold kill one two three"), headers=headers(device)
+        ) as produced:
             assert until_text(parts(produced))["delta"] == "one "
             with client.stream("GET", f"{b.url}/api/chat/stream/chat-1/stream", headers=headers(device)) as resumed:
                 assert resumed.status_code == 200
@@ -104,10 +112,14 @@ def test_another_instance_streams_the_turn_and_goes_on_with_the_rerun_when_the_p
 
 def test_stop_from_another_process_ends_the_turn_stopped(database_url, engine, gates):
     device = str(uuid.uuid4())
-    with running_app(env(database_url, gates)) as a, running_app(env(database_url, gates)) as b, \
-            httpx.Client(timeout=TIMEOUT) as client:
-        with client.stream("POST", f"{a.url}/api/chat/stream", json=body("hold never w1 w2"),
-                           headers=headers(device)) as produced:
+    with (
+        running_app(env(database_url, gates)) as a,
+        running_app(env(database_url, gates)) as b,
+        httpx.Client(timeout=TIMEOUT) as client,
+    ):
+        with client.stream(
+            "POST", f"{a.url}/api/chat/stream", json=body("hold never w1 w2"), headers=headers(device)
+        ) as produced:
             items = parts(produced)
             assert until_text(items)["delta"] == "w1 "
             stop = client.post(f"{b.url}/api/chat/stop", headers=headers(device)).json()
@@ -123,8 +135,9 @@ def test_stop_from_another_process_ends_the_turn_stopped(database_url, engine, g
 def test_a_client_that_leaves_mid_stream_does_not_stop_the_turn(database_url, engine, gates):
     device = str(uuid.uuid4())
     with running_app(env(database_url, gates)) as server, httpx.Client(timeout=TIMEOUT) as client:
-        with client.stream("POST", f"{server.url}/api/chat/stream", json=body("hold leave x y z"),
-                           headers=headers(device)) as produced:
+        with client.stream(
+            "POST", f"{server.url}/api/chat/stream", json=body("hold leave x y z"), headers=headers(device)
+        ) as produced:
             assert until_text(parts(produced))["delta"] == "x "
         # The connection is closed. The turn goes on: resume it, then let the agent finish.
         with client.stream("GET", f"{server.url}/api/chat/stream/chat-1/stream", headers=headers(device)) as resumed:

@@ -39,7 +39,9 @@ def test_a_turn_stopped_by_the_person_has_the_outcome_stopped(database_url, engi
     device = str(uuid.uuid4())
     headers = {"X-Device-ID": device}
     request = {
-        "id": "chat-1", "trigger": "submit-message", "messageId": None,
+        "id": "chat-1",
+        "trigger": "submit-message",
+        "messageId": None,
         "messages": [{"id": uuid.uuid4().hex, "role": "user", "parts": [{"type": "text", "text": "hold never w1 w2"}]}],
     }
     with recording() as recorded, app_client(make_settings(database_url, agents=AGENTS)) as client:
@@ -59,7 +61,10 @@ def test_a_turn_stopped_by_the_person_has_the_outcome_stopped(database_url, engi
 
 
 def test_an_openai_agents_sdk_run_nests_under_its_turn(database_url, engine):
-    triage, billing = FakeModel("triage", [HandTo("Billing")]), FakeModel("billing", [Say("What is the invoice number?")])
+    triage, billing = (
+        FakeModel("triage", [HandTo("Billing")]),
+        FakeModel("billing", [Say("What is the invoice number?")]),
+    )
     manager = Agent(name="Triage", model=triage, handoffs=[Agent(name="Billing", model=billing)])
     registry = registry_from_agents(manager, tracing=False)
     with recording() as recorded:

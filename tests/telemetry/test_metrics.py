@@ -28,7 +28,9 @@ def test_turns_are_counted_by_agent_and_outcome(database_url, engine):
 
 def test_a_message_past_the_device_rate_limit_is_counted(database_url, engine):
     with recording() as recorded:
-        pipeline = Pipeline(engine, {"manager": Scripted("manager")}, make_settings(database_url, rate_limit_per_device=1))
+        pipeline = Pipeline(
+            engine, {"manager": Scripted("manager")}, make_settings(database_url, rate_limit_per_device=1)
+        )
         aio.run(pipeline.handle, Inbound("default", DEVICE, "one"))
         try:
             aio.run(pipeline.handle, Inbound("default", DEVICE, "two"))

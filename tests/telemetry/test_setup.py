@@ -95,7 +95,9 @@ def collector() -> Iterator[tuple[str, list[tuple[str, bytes]]]]:
 def test_an_otlp_endpoint_gets_the_request_span(database_url):
     with collector() as (endpoint, received):
         env = no_otel(database_url) | {
-            "PYTHONPATH": str(ROOT), "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_SERVICE_NAME": "chat-test",
+            "PYTHONPATH": str(ROOT),
+            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+            "OTEL_SERVICE_NAME": "chat-test",
         }
         function = probe("lambda", env)
     assert function["tracer_provider"] == "TracerProvider"
@@ -110,6 +112,8 @@ def test_an_otlp_endpoint_gets_the_request_span(database_url):
 
 def test_the_sdk_is_not_installed_when_disabled(database_url):
     env = no_otel(database_url) | {
-        "PYTHONPATH": str(ROOT), "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "OTEL_SDK_DISABLED": "true",
+        "PYTHONPATH": str(ROOT),
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+        "OTEL_SDK_DISABLED": "true",
     }
     assert probe("lambda", env)["tracer_provider"] == "ProxyTracerProvider"

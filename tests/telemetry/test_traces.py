@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import anyio
+import anyio.lowlevel
 from opentelemetry.trace import SpanKind, StatusCode
 
 from app.agents import AgentInput, AgentReply, Handoff
@@ -43,14 +44,18 @@ def pipeline_of(engine, database_url, registry, **overrides) -> Pipeline:
 def test_a_chat_request_is_one_trace_with_claim_turn_and_finish(database_url, engine):
     settings = make_settings(database_url, log_hash_key="k")
     with recording() as recorded, app_client(settings) as client:
-        use_registry(client, {"manager": Scripted("manager", action=Handoff("billing")),
-                              "billing": Scripted("billing")})
+        use_registry(
+            client, {"manager": Scripted("manager", action=Handoff("billing")), "billing": Scripted("billing")}
+        )
         response = client.post("/api/chat", json={"message": TEXT}, headers={"X-Device-ID": DEVICE})
     assert response.status_code == 200
     request = [span for span in recorded.spans() if span.kind == SpanKind.SERVER]
     assert len(request) == 1 and request[0].name == "POST /api/chat"
-    claim, turn, finish = only(recorded, "agent_sessions.claim"), only(recorded, "invoke_agent*"), only(
-        recorded, "agent_sessions.finish")
+    claim, turn, finish = (
+        only(recorded, "agent_sessions.claim"),
+        only(recorded, "invoke_agent*"),
+        only(recorded, "agent_sessions.finish"),
+    )
     for span in (claim, turn, finish):
         assert span.parent.span_id == request[0].context.span_id
         assert span.context.trace_id == request[0].context.trace_id
@@ -77,7 +82,7 @@ class AsyncTraced:
 
     async def handle(self, message: AgentInput) -> AgentReply:
         with self.tracer.start_as_current_span("chat fake-model"):
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
         return AgentReply("done")
 
 

@@ -53,6 +53,7 @@ class Boom:
 
 def routing_registry() -> dict:
     """manager hands 'sched*' to scheduling and 'bill*' to billing; others echo."""
+
     def route(message: AgentInput):
         if message.text.startswith("sched"):
             return Handoff("scheduling")

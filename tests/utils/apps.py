@@ -23,7 +23,9 @@ class AppClient(TestClient):
 @contextlib.contextmanager
 def app_client(settings: Settings, **kwargs) -> Iterator[AppClient]:
     """peer: the (host, port) requests come from, as the ASGI server reports it (default TestClient's)."""
-    services = build_services(settings, serverless=kwargs.pop("serverless", False), database=kwargs.pop("database", None))
+    services = build_services(
+        settings, serverless=kwargs.pop("serverless", False), database=kwargs.pop("database", None)
+    )
     peer = kwargs.pop("peer", ("testclient", 50000))
     app = create_app(services=services, **kwargs)
     try:

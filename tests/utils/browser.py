@@ -26,7 +26,10 @@ def unavailable() -> str | None:
     except ImportError:
         return "selenium is not installed (the dev extra installs it)"
     if _which(BROWSER_NAMES) is None or _which(DRIVER_NAMES) is None:
-        return "chromium and chromedriver are not installed (Debian packages chromium, chromium-driver; .ci/run installs them)"
+        return (
+            "chromium and chromedriver are not installed "
+            "(Debian packages chromium, chromium-driver; .ci/run installs them)"
+        )
     return None
 
 
@@ -52,8 +55,14 @@ def chromium(profile: Path, *, width: int = 1280, height: int = 900, offline: bo
     options = webdriver.ChromeOptions()
     options.binary_location = _which(BROWSER_NAMES)
     for argument in (
-        "--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-        "--no-first-run", "--disable-extensions", f"--user-data-dir={profile}", f"--window-size={width},{height}",
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-extensions",
+        f"--user-data-dir={profile}",
+        f"--window-size={width},{height}",
     ):
         options.add_argument(argument)
     for argument in OFFLINE if offline else ():
@@ -102,6 +111,12 @@ def sent_requests(driver: Any) -> list[dict[str, Any]]:
         message = json.loads(entry["message"])["message"]
         if message["method"] == "Network.requestWillBeSent":
             request = message["params"]["request"]
-            found.append({"method": request["method"], "url": request["url"], "headers": request["headers"],
-                          "body": request.get("postData")})
+            found.append(
+                {
+                    "method": request["method"],
+                    "url": request["url"],
+                    "headers": request["headers"],
+                    "body": request.get("postData"),
+                }
+            )
     return found

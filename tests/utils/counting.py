@@ -55,8 +55,10 @@ def count_statements(engine: Engine, seconds: list[float] | None = None) -> Iter
             if seconds is not None:
                 seconds.append(time.perf_counter() - started)
 
-    with mock.patch.object(psycopg.Cursor, "execute", execute), \
-            mock.patch.object(psycopg.AsyncCursor, "execute", aexecute):
+    with (
+        mock.patch.object(psycopg.Cursor, "execute", execute),
+        mock.patch.object(psycopg.AsyncCursor, "execute", aexecute),
+    ):
         yield statements
 
 

@@ -12,7 +12,11 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 TABLES = (
-    "conversation_states", "conversation_messages", "conversation_audit", "cleanup_runs", "erased_channel_messages",
+    "conversation_states",
+    "conversation_messages",
+    "conversation_audit",
+    "cleanup_runs",
+    "erased_channel_messages",
 )
 
 
@@ -44,8 +48,15 @@ def make_state(
                     %(ttl)s, %(ctx)s::jsonb, %(v)s, now() - make_interval(secs => %(idle)s))
             """,
             {
-                "t": tenant_id, "d": device_id, "sid": session_id, "a": agent, "ago": locked_ago,
-                "lock": lock_seconds, "ttl": session_ttl, "ctx": json.dumps(context or {}), "v": version,
+                "t": tenant_id,
+                "d": device_id,
+                "sid": session_id,
+                "a": agent,
+                "ago": locked_ago,
+                "lock": lock_seconds,
+                "ttl": session_ttl,
+                "ctx": json.dumps(context or {}),
+                "v": version,
                 "idle": idle_seconds,
             },
         )
@@ -79,24 +90,47 @@ def make_message(
             RETURNING id
             """,
             {
-                "t": tenant_id, "d": device_id, "r": role, "c": content, "a": agent, "x": external_id,
-                "s": status if role == "user" else None, "rt": reply_to, "sid": session_id, "e": has_error,
-                "age": age_seconds, "m": json.dumps(metadata or {}),
+                "t": tenant_id,
+                "d": device_id,
+                "r": role,
+                "c": content,
+                "a": agent,
+                "x": external_id,
+                "s": status if role == "user" else None,
+                "rt": reply_to,
+                "sid": session_id,
+                "e": has_error,
+                "age": age_seconds,
+                "m": json.dumps(metadata or {}),
             },
         ).scalar_one()
 
 
 def make_exchange(
-    engine: Engine, device_id: str, tenant_id: str = "default", *, text: str = "hi", reply: str = "hello!",
-    agent: str = "manager", session_id: str | None = "sess_20260101_000000_aaaaaa", age_seconds: int = 0,
+    engine: Engine,
+    device_id: str,
+    tenant_id: str = "default",
+    *,
+    text: str = "hi",
+    reply: str = "hello!",
+    agent: str = "manager",
+    session_id: str | None = "sess_20260101_000000_aaaaaa",
+    age_seconds: int = 0,
 ) -> tuple[int, int]:
     """A user message and the assistant's reply linked to it; returns both ids."""
     asked = make_message(
         engine, device_id, tenant_id, content=text, agent=agent, session_id=session_id, age_seconds=age_seconds
     )
     answered = make_message(
-        engine, device_id, tenant_id, role="assistant", content=reply, agent=agent, reply_to=asked,
-        session_id=session_id, age_seconds=age_seconds,
+        engine,
+        device_id,
+        tenant_id,
+        role="assistant",
+        content=reply,
+        agent=agent,
+        reply_to=asked,
+        session_id=session_id,
+        age_seconds=age_seconds,
     )
     return asked, answered
 
@@ -121,8 +155,16 @@ def make_audit(
                  total_ms, at)
             VALUES (%(t)s, %(d)s, %(sid)s, %(e)s, %(f)s, %(to)s, %(m)s, 1, 2, 3, now() - make_interval(secs => %(age)s))
             """,
-            {"t": tenant_id, "d": device_id, "sid": session_id, "e": event, "f": from_agent, "to": to_agent,
-             "m": message_id, "age": age_seconds},
+            {
+                "t": tenant_id,
+                "d": device_id,
+                "sid": session_id,
+                "e": event,
+                "f": from_agent,
+                "to": to_agent,
+                "m": message_id,
+                "age": age_seconds,
+            },
         )
 
 

@@ -86,7 +86,8 @@ class Seen:
         """The output of the latest call of tool `name` in the input, if any."""
         calls = {item["call_id"]: item["name"] for item in self.input if item.get("type") == "function_call"}
         outputs = [
-            item["output"] for item in self.input
+            item["output"]
+            for item in self.input
             if item.get("type") == "function_call_output" and calls.get(item["call_id"]) == name
         ]
         return str(outputs[-1]) if outputs else None
@@ -95,7 +96,8 @@ class Seen:
         if not self.input or self.input[-1].get("type") != "function_call_output":
             return False
         return any(
-            item.get("type") == "function_call" and item["call_id"] == self.input[-1]["call_id"]
+            item.get("type") == "function_call"
+            and item["call_id"] == self.input[-1]["call_id"]
             and item["name"] == name
             for item in self.input
         )
@@ -137,20 +139,36 @@ class FakeModel(Model):
         if isinstance(output, ResponseOutputMessage):
             for number, word in enumerate(re.findall(r"\s*\S+\s*", output.content[0].text) or [""]):
                 yield ResponseTextDeltaEvent(
-                    type="response.output_text.delta", item_id=output.id, output_index=0, content_index=0,
-                    delta=word, logprobs=[], sequence_number=number,
+                    type="response.output_text.delta",
+                    item_id=output.id,
+                    output_index=0,
+                    content_index=0,
+                    delta=word,
+                    logprobs=[],
+                    sequence_number=number,
                 )
                 if number == 0 and self.pause is not None:
                     await self.pause(seen)
         given, taken = self.tokens
         usage = ResponseUsage(
-            input_tokens=given, output_tokens=taken, total_tokens=given + taken,
+            input_tokens=given,
+            output_tokens=taken,
+            total_tokens=given + taken,
             input_tokens_details=InputTokensDetails(cached_tokens=0, cache_write_tokens=0),
             output_tokens_details=OutputTokensDetails(reasoning_tokens=0),
         )
         response = Response(
-            id=f"resp_{self.name}_{number}", created_at=0, model=self.name, object="response", output=[output],
-            tool_choice="auto", tools=[], top_p=None, parallel_tool_calls=False, status="completed", usage=usage,
+            id=f"resp_{self.name}_{number}",
+            created_at=0,
+            model=self.name,
+            object="response",
+            output=[output],
+            tool_choice="auto",
+            tools=[],
+            top_p=None,
+            parallel_tool_calls=False,
+            status="completed",
+            usage=usage,
         )
         yield ResponseCompletedEvent(type="response.completed", response=response, sequence_number=number + 1)
 
@@ -158,8 +176,13 @@ class FakeModel(Model):
         """Record the call and pick its step: the output item it makes, and the call as seen."""
         items = [{"role": "user", "content": input}] if isinstance(input, str) else [_plain(i) for i in input]
         seen = Seen(
-            self.name, system_instructions, items, [tool.name for tool in tools],
-            {handoff.agent_name: handoff.tool_name for handoff in handoffs}, tracing.name, os.getpid(),
+            self.name,
+            system_instructions,
+            items,
+            [tool.name for tool in tools],
+            {handoff.agent_name: handoff.tool_name for handoff in handoffs},
+            tracing.name,
+            os.getpid(),
         )
         self.calls.append(seen)
         if self.log is not None:

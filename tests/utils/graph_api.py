@@ -90,8 +90,12 @@ class GraphApi:
         """
         with self._lock:
             given, recipient = self.given_ids[n]
-        callback: dict[str, Any] = {"id": given, "status": state, "timestamp": str(int(time.time())),
-                                    "recipient_id": recipient}
+        callback: dict[str, Any] = {
+            "id": given,
+            "status": state,
+            "timestamp": str(int(time.time())),
+            "recipient_id": recipient,
+        }
         if error is not None:
             callback["errors"] = [{"code": error[0], "title": error[1], "error_data": {"details": error[1]}}]
         return callback
@@ -165,8 +169,14 @@ class GraphApi:
                         "messages": [{"id": given}],
                     }
                 else:
-                    answer = {"error": {"message": f"scripted failure {behaviour.status}", "type": "OAuthException",
-                                        "code": behaviour.code, "fbtrace_id": "AbCdEf"}}
+                    answer = {
+                        "error": {
+                            "message": f"scripted failure {behaviour.status}",
+                            "type": "OAuthException",
+                            "code": behaviour.code,
+                            "fbtrace_id": "AbCdEf",
+                        }
+                    }
                 data = json.dumps(answer).encode()
                 try:
                     self.send_response(behaviour.status)
@@ -181,7 +191,7 @@ class GraphApi:
                     with api._lock:
                         api.accepted.append(captured)
 
-            do_GET = do_POST = _serve
+            do_GET = do_POST = _serve  # noqa: N815 - http.server's handler names
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep test output quiet
                 pass

@@ -47,8 +47,10 @@ class ChatCompletions:
                 usage = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
                 head = {"id": f"chatcmpl-{len(api.requests)}", "created": 0, "model": request.get("model")}
                 if request.get("stream"):
-                    chunks = [{"index": 0, "delta": {"role": "assistant", "content": word}, "finish_reason": None}
-                              for word in re.findall(r"\s*\S+\s*", api.reply)]
+                    chunks = [
+                        {"index": 0, "delta": {"role": "assistant", "content": word}, "finish_reason": None}
+                        for word in re.findall(r"\s*\S+\s*", api.reply)
+                    ]
                     chunks.append({"index": 0, "delta": {}, "finish_reason": "stop"})
                     events = [{**head, "object": "chat.completion.chunk", "choices": [chunk]} for chunk in chunks]
                     events.append({**head, "object": "chat.completion.chunk", "choices": [], "usage": usage})
@@ -56,11 +58,20 @@ class ChatCompletions:
                     body += b"data: [DONE]\n\n"
                     content_type = "text/event-stream"
                 else:
-                    body = json.dumps({
-                        **head, "object": "chat.completion", "usage": usage,
-                        "choices": [{"index": 0, "finish_reason": "stop",
-                                     "message": {"role": "assistant", "content": api.reply}}],
-                    }).encode()
+                    body = json.dumps(
+                        {
+                            **head,
+                            "object": "chat.completion",
+                            "usage": usage,
+                            "choices": [
+                                {
+                                    "index": 0,
+                                    "finish_reason": "stop",
+                                    "message": {"role": "assistant", "content": api.reply},
+                                }
+                            ],
+                        }
+                    ).encode()
                     content_type = "application/json"
                 self.send_response(200)
                 self.send_header("Content-Type", content_type)

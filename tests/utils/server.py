@@ -86,8 +86,18 @@ def running_app(env: dict[str, str], *, attempts: int = 3, factory: str = "app.m
         for _ in range(attempts):  # another process may take the free port before uvicorn binds it
             port = free_port()
             command = [
-                sys.executable, "-m", "uvicorn", factory, "--factory",
-                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log",
+                sys.executable,
+                "-m",
+                "uvicorn",
+                factory,
+                "--factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+                "--no-access-log",
             ]
             with open(log_path, "ab") as log:
                 process = subprocess.Popen(command, env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT)

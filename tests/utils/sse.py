@@ -16,7 +16,7 @@ def parts(response: httpx.Response) -> Iterator[dict[str, Any]]:
     for line in response.iter_lines():
         if not line.startswith("data: "):
             continue
-        payload = line[len("data: "):]
+        payload = line[len("data: ") :]
         yield DONE if payload == "[DONE]" else json.loads(payload)
 
 
@@ -24,5 +24,5 @@ def text_of(items: list[dict[str, Any]], *, after_restart: bool = False) -> str:
     """The text the parts spell (with after_restart: only what follows the last data-status restarted)."""
     if after_restart:
         marks = [i for i, p in enumerate(items) if p["type"] == "data-status" and p["data"]["status"] == "restarted"]
-        items = items[marks[-1] + 1:] if marks else items
+        items = items[marks[-1] + 1 :] if marks else items
     return "".join(p["delta"] for p in items if p["type"] == "text-delta")

@@ -10,11 +10,15 @@ from sqlalchemy.engine import Engine
 def row(engine: Engine, device_id: str, tenant_id: str = "default") -> dict[str, Any] | None:
     """The raw row, with the lock's remaining seconds judged by the database clock."""
     with engine.begin() as conn:
-        found = conn.exec_driver_sql(
-            "SELECT *, EXTRACT(EPOCH FROM expires_at - now()) AS remaining "
-            "FROM conversation_states WHERE tenant_id = %(t)s AND device_id = %(d)s",
-            {"t": tenant_id, "d": device_id},
-        ).mappings().first()
+        found = (
+            conn.exec_driver_sql(
+                "SELECT *, EXTRACT(EPOCH FROM expires_at - now()) AS remaining "
+                "FROM conversation_states WHERE tenant_id = %(t)s AND device_id = %(d)s",
+                {"t": tenant_id, "d": device_id},
+            )
+            .mappings()
+            .first()
+        )
     return dict(found) if found else None
 
 

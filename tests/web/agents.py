@@ -27,7 +27,8 @@ class FileGate:
         if message.text == "slow":
             release = anyio.Path(os.environ["WEB_TEST_RELEASE_FILE"])
             with anyio.move_on_after(WAIT_SECONDS):
-                while not await release.exists():  # a file from another process: polled, not awaited
+                # A file from another process: polled, there is no event to await.
+                while not await release.exists():  # noqa: ASYNC110
                     await anyio.sleep(0.05)
                 return AgentReply("Sorry for the wait: here I am.")
             raise TimeoutError("the test never released the slow agent")

@@ -71,10 +71,15 @@ class Inbox:
 
     def click(self, device: str) -> None:
         """Open a conversation (the list is redrawn on updates: try again if the row was replaced)."""
+
         def go() -> bool:
-            return self.js("""const li = [...document.querySelectorAll('#conversations li')]
+            return self.js(
+                """const li = [...document.querySelectorAll('#conversations li')]
                 .find(l => l.dataset.device === arguments[0]);
-                if (!li) return false; li.querySelector('button').click(); return true;""", device)
+                if (!li) return false; li.querySelector('button').click(); return true;""",
+                device,
+            )
+
         self.wait(go, "the conversation is not listed")
 
     def history(self) -> list[dict]:
@@ -87,5 +92,7 @@ class Inbox:
 
     def overflow(self) -> int:
         """How many pixels the page is wider than its viewport (0: no horizontal scroll)."""
-        return self.js("return Math.max(document.documentElement.scrollWidth, document.body.scrollWidth)"
-                       " - document.documentElement.clientWidth")
+        return self.js(
+            "return Math.max(document.documentElement.scrollWidth, document.body.scrollWidth)"
+            " - document.documentElement.clientWidth"
+        )

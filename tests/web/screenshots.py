@@ -27,15 +27,17 @@ OUT = Path(__file__).resolve().parents[2] / "docs" / "images"
 
 
 def seed(url: str, key: str, secret: str | None) -> str:
-    """Three conversations: one with the scheduling agent, one on WhatsApp, one waiting for a person; returns the last."""
+    """Three conversations (the scheduling agent, WhatsApp, one waiting for a person); returns the last."""
     web_chat(url, "I need to book an appointment")
     if secret:
-        whatsapp_message(url, "Hello, is my invoice paid?", f"wamid.SHOT{int(time.time())}", secret,
-                         sender="15550001234")
+        whatsapp_message(
+            url, "Hello, is my invoice paid?", f"wamid.SHOT{int(time.time())}", secret, sender="15550001234"
+        )
     device, _ = web_chat(url, "hi")
     headers = {"Authorization": f"Bearer {key}"}
-    httpx.post(f"{url}/api/sessions/{device}/takeover", json={"operator": "Ana"}, headers=headers,
-               timeout=30).raise_for_status()
+    httpx.post(
+        f"{url}/api/sessions/{device}/takeover", json={"operator": "Ana"}, headers=headers, timeout=30
+    ).raise_for_status()
     web_chat(url, "Can a person look at my booking, please?", device)
     return device
 
@@ -46,9 +48,15 @@ def chat(url: str, tmp: Path, name: str, width: int, height: int) -> None:
 
     driver = chromium(tmp / f"chat-{name}", width=width, height=height)
     try:
-        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
-            "width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600,
-        })
+        driver.execute_cdp_cmd(
+            "Emulation.setDeviceMetricsOverride",
+            {
+                "width": width,
+                "height": height,
+                "deviceScaleFactor": 1,
+                "mobile": width < 600,
+            },
+        )
         page = ChatPage(driver, url).open()
         for text in ("hi", "I need to book an appointment"):
             page.say(text)
@@ -78,15 +86,15 @@ def main() -> int:
             try:
                 driver.set_window_size(width, height)
                 inbox = Inbox(driver, url).open(key)
-                inbox.wait(lambda: len(inbox.items()) >= 2, "the inbox is empty")
+                inbox.wait(lambda: len(inbox.items()) >= 2, "the inbox is empty")  # noqa: B023 - waited on within this pass
                 if name == "wide":
                     inbox.click(device)
-                    inbox.wait(lambda: len(inbox.history()) >= 3, "the conversation does not open")
+                    inbox.wait(lambda: len(inbox.history()) >= 3, "the conversation does not open")  # noqa: B023 - waited on within this pass
                     driver.save_screenshot(str(OUT / "inbox-1280.png"))
                 else:
                     driver.save_screenshot(str(OUT / "inbox-390.png"))
                     inbox.click(device)
-                    inbox.wait(lambda: len(inbox.history()) >= 3, "the conversation does not open")
+                    inbox.wait(lambda: len(inbox.history()) >= 3, "the conversation does not open")  # noqa: B023 - waited on within this pass
                     driver.save_screenshot(str(OUT / "inbox-390-conversation.png"))
             finally:
                 driver.quit()

@@ -20,8 +20,12 @@ def create_app():
 
     async def slow(scope, receive, send) -> None:
         path = scope.get("path", "")
-        if (scope["type"] == "http" and scope.get("method") == "GET" and path.startswith(SLOW_PATHS)
-                and path not in EVENT_STREAMS):
+        if (
+            scope["type"] == "http"
+            and scope.get("method") == "GET"
+            and path.startswith(SLOW_PATHS)
+            and path not in EVENT_STREAMS
+        ):
             await anyio.sleep(delay)
         await app(scope, receive, send)
 

@@ -32,13 +32,15 @@ def server(direct_url: str) -> Iterator[Server]:
 
 
 def take_over(url: str, device: str) -> None:
-    httpx.post(f"{url}/api/sessions/{device}/takeover", json={"operator": "Ana"}, headers=ADMIN,
-               timeout=30).raise_for_status()
+    httpx.post(
+        f"{url}/api/sessions/{device}/takeover", json={"operator": "Ana"}, headers=ADMIN, timeout=30
+    ).raise_for_status()
 
 
 def operator_reply(url: str, device: str, text: str) -> None:
-    httpx.post(f"{url}/api/sessions/{device}/messages", json={"text": text}, headers=ADMIN,
-               timeout=30).raise_for_status()
+    httpx.post(
+        f"{url}/api/sessions/{device}/messages", json={"text": text}, headers=ADMIN, timeout=30
+    ).raise_for_status()
 
 
 def stream_open(page: ChatPage) -> bool:
@@ -53,11 +55,14 @@ def test_an_operator_reply_during_a_takeover_appears_without_a_reload(server, br
     device = page.device_id()
 
     take_over(server.url, device)
-    page.wait(lambda: page.text("#lock").startswith("A person is handling this conversation"),
-              "the takeover is not shown")
+    page.wait(
+        lambda: page.text("#lock").startswith("A person is handling this conversation"), "the takeover is not shown"
+    )
     operator_reply(server.url, device, "Hello, Ana here. I can help with your booking.")
-    page.wait(lambda: page.log()[-1] == ("assistant", "A person", "Hello, Ana here. I can help with your booking."),
-              "the operator's reply is not shown")
+    page.wait(
+        lambda: page.log()[-1] == ("assistant", "A person", "Hello, Ana here. I can help with your booking."),
+        "the operator's reply is not shown",
+    )
     httpx.delete(f"{server.url}/api/sessions/{device}/takeover", headers=ADMIN, timeout=30).raise_for_status()
     page.wait(lambda: page.text("#lock").startswith("Handled by Scheduling"), "the release is not shown")
     assert browser.execute_script("return window.notReloaded === true")
@@ -72,8 +77,9 @@ def test_one_event_stream_and_no_overlapping_requests_while_the_server_is_slow(d
         try:
             page = ChatPage(driver, slow.url).open()
             device = page.device_id()
-            httpx.post(f"{slow.url}/api/chat", json={"message": "hi"}, headers={"X-Device-ID": device},
-                       timeout=30).raise_for_status()
+            httpx.post(
+                f"{slow.url}/api/chat", json={"message": "hi"}, headers={"X-Device-ID": device}, timeout=30
+            ).raise_for_status()
             page.wait(lambda: stream_open(page) and len(page.log()) == 2, "no event stream, or the reply is not shown")
             take_over(slow.url, device)
             # A burst of replies while each read of the page takes 1.5 s.

@@ -35,9 +35,15 @@ return [[x0, r.top + 3], [x0, r.bottom - 3]].every(([x, y]) =>
 
 
 def viewport(browser, width: int, height: int) -> None:
-    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
-        "width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600,
-    })
+    browser.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {
+            "width": width,
+            "height": height,
+            "deviceScaleFactor": 1,
+            "mobile": width < 600,
+        },
+    )
 
 
 @pytest.fixture
@@ -50,8 +56,9 @@ def in_view(page: ChatPage, css: str) -> bool:
 
 
 @pytest.mark.parametrize(("width", "height"), SIZES)
-def test_the_newest_reply_and_its_choices_stay_in_view_under_a_fixed_header(page, browser, width, height,
-                                                                              tmp_path: Path):
+def test_the_newest_reply_and_its_choices_stay_in_view_under_a_fixed_header(
+    page, browser, width, height, tmp_path: Path
+):
     viewport(browser, width, height)
     page.reload()
 
@@ -78,8 +85,11 @@ def test_shift_enter_makes_one_two_line_message(page, engine):
     page.type_lines(["first line", "second line"])
     page.wait(lambda: len(page.replies()) == 1 and page.idle(), "no reply")
     assert [text for role, _, text in page.log() if role == "user"] == ["first line\nsecond line"]
-    rows = scalar(engine, "SELECT json_agg(content ORDER BY id) FROM conversation_messages "
-                  "WHERE device_id = %(d)s AND role = 'user'", d=page.device_id())
+    rows = scalar(
+        engine,
+        "SELECT json_agg(content ORDER BY id) FROM conversation_messages WHERE device_id = %(d)s AND role = 'user'",
+        d=page.device_id(),
+    )
     assert rows == ["first line\nsecond line"]
 
 
@@ -94,49 +104,74 @@ def test_a_message_over_the_limit_is_refused_with_its_count_and_never_cut(page, 
     assert page.find("#send").get_attribute("disabled") is not None
     assert browser.execute_script("return document.getElementById('message').value.length") == 5000
     assert page.log() == []
-    assert scalar(engine, "SELECT count(*) FROM conversation_messages WHERE device_id = %(d)s",
-                  d=page.device_id()) == 0
+    assert scalar(engine, "SELECT count(*) FROM conversation_messages WHERE device_id = %(d)s", d=page.device_id()) == 0
     # Shortened to the limit, it goes.
-    browser.execute_script("const b = document.getElementById('message'); b.value = b.value.slice(0, 4096);"
-                           "b.dispatchEvent(new Event('input'));")
+    browser.execute_script(
+        "const b = document.getElementById('message'); b.value = b.value.slice(0, 4096);"
+        "b.dispatchEvent(new Event('input'));"
+    )
     page.wait(lambda: "too long" not in page.text("#count"), "the count still refuses 4096 characters")
     box.send_keys("\n")
     page.wait(lambda: len(page.replies()) == 1 and page.idle(), "the shortened message got no reply")
-    assert scalar(engine, "SELECT length(content) FROM conversation_messages WHERE device_id = %(d)s "
-                  "AND role = 'user'", d=page.device_id()) == 4096
+    assert (
+        scalar(
+            engine,
+            "SELECT length(content) FROM conversation_messages WHERE device_id = %(d)s AND role = 'user'",
+            d=page.device_id(),
+        )
+        == 4096
+    )
 
 
 def test_a_merged_bursts_queued_message_shows_its_reply(direct_url, browser, engine):
     with gate_server() as gates:
-        env = app_env(direct_url, agents="tests.utils.stream_agents:registry", burst_mode="merge",
-                      chat_wait_seconds=1)
+        env = app_env(direct_url, agents="tests.utils.stream_agents:registry", burst_mode="merge", chat_wait_seconds=1)
         env["GATE_URL"] = gates.url
         with running_app(env) as server:
             page = ChatPage(browser, server.url).open()
             device = page.device_id()
 
             def other_tab(text: str) -> None:
-                httpx.post(f"{server.url}/api/chat", json={"message": text}, headers={"X-Device-ID": device},
-                           timeout=60)
+                httpx.post(
+                    f"{server.url}/api/chat", json={"message": text}, headers={"X-Device-ID": device}, timeout=60
+                )
 
             first = threading.Thread(target=other_tab, args=("hold burst busy now",))
             first.start()
-            page.wait(lambda: scalar(engine, "SELECT count(*) FROM conversation_messages WHERE device_id = %(d)s",
-                                     d=device) == 1, "the other tab's message never arrived")
+            page.wait(
+                lambda: (
+                    scalar(engine, "SELECT count(*) FROM conversation_messages WHERE device_id = %(d)s", d=device) == 1
+                ),
+                "the other tab's message never arrived",
+            )
             page.type("hi")
-            page.wait(lambda: scalar(engine, "SELECT count(*) FROM conversation_messages WHERE device_id = %(d)s",
-                                     d=device) == 2, "the page's message never arrived")
+            page.wait(
+                lambda: (
+                    scalar(engine, "SELECT count(*) FROM conversation_messages WHERE device_id = %(d)s", d=device) == 2
+                ),
+                "the page's message never arrived",
+            )
             second = threading.Thread(target=other_tab, args=("there",))
             second.start()
-            page.wait(lambda: scalar(engine, "SELECT count(*) FROM conversation_messages WHERE device_id = %(d)s",
-                                     d=device) == 3, "the second message never arrived")
+            page.wait(
+                lambda: (
+                    scalar(engine, "SELECT count(*) FROM conversation_messages WHERE device_id = %(d)s", d=device) == 3
+                ),
+                "the second message never arrived",
+            )
             gates.open("burst")
-            page.wait(lambda: page.replies() and page.replies()[-1] == "hi\nthere" and page.idle(),
-                      "the merged reply never showed")
+            page.wait(
+                lambda: page.replies() and page.replies()[-1] == "hi\nthere" and page.idle(),
+                "the merged reply never showed",
+            )
             first.join(60)
             second.join(60)
-            merged = scalar(engine, "SELECT metadata->'merged' FROM conversation_messages WHERE device_id = %(d)s "
-                            "AND role = 'assistant' ORDER BY id DESC LIMIT 1", d=device)
+            merged = scalar(
+                engine,
+                "SELECT metadata->'merged' FROM conversation_messages WHERE device_id = %(d)s "
+                "AND role = 'assistant' ORDER BY id DESC LIMIT 1",
+                d=device,
+            )
             assert len(merged) == 2
 
 
@@ -148,8 +183,14 @@ def network(browser) -> tuple[list[dict], dict[str, int]]:
         params = message.get("params", {})
         if message["method"] == "Network.requestWillBeSent":
             request = params["request"]
-            sent.append({"id": params["requestId"], "method": request["method"], "url": request["url"],
-                         "headers": {k.lower(): v for k, v in request["headers"].items()}})
+            sent.append(
+                {
+                    "id": params["requestId"],
+                    "method": request["method"],
+                    "url": request["url"],
+                    "headers": {k.lower(): v for k, v in request["headers"].items()},
+                }
+            )
         elif message["method"] == "Network.responseReceived":
             statuses[params["requestId"]] = params["response"]["status"]
     return sent, statuses

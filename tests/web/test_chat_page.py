@@ -7,7 +7,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-
 import pytest
 
 from tests.utils.browser import sent_requests, unavailable
@@ -39,7 +38,8 @@ class TestConversation:
         page.reload()
         shown = page.log()
         assert [(role, text) for role, _, text in shown][0::2] == [
-            ("user", "I need to book an appointment"), ("user", "tomorrow")
+            ("user", "I need to book an appointment"),
+            ("user", "tomorrow"),
         ]
         assert [who for _, who, _ in shown] == ["You", "Scheduling", "You", "Scheduling"]
 
@@ -66,7 +66,10 @@ class TestConversation:
         # The first visit asked the server for its id (POST /api/devices, no id of its own yet).
         api = [r for r in sent_requests(browser) if "/api/" in r["url"] and not r["url"].endswith("/api/devices")]
         assert {(r["method"], r["url"].split("/api/")[1].split("?")[0]) for r in api} >= {
-            ("GET", "chat/messages"), ("GET", "chat/sessions"), ("POST", "chat/stream"), ("POST", "chat/new"),
+            ("GET", "chat/messages"),
+            ("GET", "chat/sessions"),
+            ("POST", "chat/stream"),
+            ("POST", "chat/new"),
             ("GET", "chat/stream/web/stream"),
         }
         for sent in api:
@@ -80,7 +83,8 @@ class TestConversation:
         page.say("hi")
         ids = [
             json.loads(r["body"])["messages"][-1]["id"]
-            for r in sent_requests(browser) if r["method"] == "POST" and r["url"].endswith("/api/chat/stream")
+            for r in sent_requests(browser)
+            if r["method"] == "POST" and r["url"].endswith("/api/chat/stream")
         ]
         assert len(ids) == 2 and len(set(ids)) == 2
         assert page.replies()[0] == page.replies()[1]  # both answered: the second was not taken for a retry
@@ -155,7 +159,8 @@ class TestKeyboardAndLabels:
         labelled = browser.execute_script(
             "const box = document.getElementById('message');"
             "return [box.labels.length, document.getElementById('log').getAttribute('aria-label'),"
-            " document.getElementById('log').getAttribute('role'), document.getElementById('status').getAttribute('role'),"
+            " document.getElementById('log').getAttribute('role'),"
+            " document.getElementById('status').getAttribute('role'),"
             " document.getElementById('error').getAttribute('role'), document.documentElement.lang,"
             " [...document.querySelectorAll('button')].every(b => b.textContent.trim().length > 0)]"
         )
@@ -171,7 +176,9 @@ class TestSignedIds:
             assert dot and len(tag) >= 40
             assert page.say("I need to book an appointment").startswith("Sure, let me get you to scheduling")
             assert page.find("#error").get_attribute("hidden") is not None
-            assert scalar(engine, "SELECT count(*) FROM conversation_messages WHERE device_id = %(d)s", d=device_uuid) == 2
+            assert (
+                scalar(engine, "SELECT count(*) FROM conversation_messages WHERE device_id = %(d)s", d=device_uuid) == 2
+            )
             page.reload()
             assert page.device_id() == device and len(page.log()) == 2
 
@@ -185,12 +192,17 @@ class TestWaitingAndErrors:
             page = ChatPage(browser, server.url).open()
             # Another tab of the same device keeps the conversation busy, so the page's message waits.
             busy = pool.submit(
-                httpx.post, f"{server.url}/api/chat", json={"message": "slow"},
-                headers={"X-Device-ID": page.device_id()}, timeout=60,
+                httpx.post,
+                f"{server.url}/api/chat",
+                json={"message": "slow"},
+                headers={"X-Device-ID": page.device_id()},
+                timeout=60,
             )
             page.wait(lambda: scalar(engine, "SELECT count(*) FROM conversation_messages") == 1, "slow never arrived")
             page.type("hi")
-            page.wait(lambda: "Waiting for the reply" in page.text("#status"), "no waiting indicator for the queued message")
+            page.wait(
+                lambda: "Waiting for the reply" in page.text("#status"), "no waiting indicator for the queued message"
+            )
             assert "waiting" in page.find("#status").get_attribute("class").split()
             assert page.replies() == []
             release.touch()

@@ -46,8 +46,9 @@ def page(streaming, browser) -> ChatPage:
 
 
 def pending(engine, device: str) -> int:
-    return scalar(engine, "SELECT count(*) FROM conversation_messages WHERE device_id = %(d)s AND status = 'pending'",
-                  d=device)
+    return scalar(
+        engine, "SELECT count(*) FROM conversation_messages WHERE device_id = %(d)s AND status = 'pending'", d=device
+    )
 
 
 def last_reply(page: ChatPage) -> str:
@@ -78,8 +79,12 @@ class TestStreaming:
         assert "Stopped" in page.text("#log li.stopped .note")
         device = page.device_id()
         assert pending(engine, device) == 0
-        stored = scalar(engine, "SELECT content || '|' || (metadata->>'stopped') FROM conversation_messages "
-                        "WHERE device_id = %(d)s AND role = 'assistant'", d=device)
+        stored = scalar(
+            engine,
+            "SELECT content || '|' || (metadata->>'stopped') FROM conversation_messages "
+            "WHERE device_id = %(d)s AND role = 'assistant'",
+            d=device,
+        )
         assert stored == "Partial |true"
         page.reload()  # history shows it stopped too, from the API's `stopped`
         assert page.replies() == ["Partial"] and page.all("#log li.stopped")
@@ -105,7 +110,7 @@ PAYLOAD_LINES = [
     "- two",
     "",
     "[safe](https://example.org/x) and [bad](javascript:window.pwned=1)",
-    "<script>window.pwned=2</script><img src=x onerror=\"window.pwned=3\"><b onclick=\"window.pwned=4\">raw</b>",
+    '<script>window.pwned=2</script><img src=x onerror="window.pwned=3"><b onclick="window.pwned=4">raw</b>',
 ]
 
 
@@ -151,8 +156,8 @@ class TestMarkdown:
         page.reload()
         warnings = [e["message"] for e in browser.get_log("browser") if e["level"] == "WARNING"]
         assert any("plain text" in w for w in warnings), warnings
-        page.type("**bold** <img src=x onerror=\"window.pwned=1\">")
+        page.type('**bold** <img src=x onerror="window.pwned=1">')
         page.wait(lambda: len(page.replies()) == 1 and page.idle(), "no reply")
         seen = rendered(page)
         assert seen["strong"] == [] and seen["scripts"] == 0 and seen["pwned"] is None
-        assert seen["shown"] == "**bold** <img src=x onerror=\"window.pwned=1\">"
+        assert seen["shown"] == '**bold** <img src=x onerror="window.pwned=1">'

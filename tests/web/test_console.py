@@ -31,9 +31,15 @@ def graph_stand_in() -> Iterator[GraphApi]:
 
 
 def env(direct_url: str, graph: GraphApi, **more: object) -> dict[str, str]:
-    return app_env(direct_url, admin_api_keys=f"default:{ADMIN_KEY}", whatsapp_app_secret=SECRET,
-                   whatsapp_verify_token=VERIFY_TOKEN, whatsapp_access_token=ACCESS_TOKEN,
-                   whatsapp_api_base_url=graph.url, **more)
+    return app_env(
+        direct_url,
+        admin_api_keys=f"default:{ADMIN_KEY}",
+        whatsapp_app_secret=SECRET,
+        whatsapp_verify_token=VERIFY_TOKEN,
+        whatsapp_access_token=ACCESS_TOKEN,
+        whatsapp_api_base_url=graph.url,
+        **more,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +94,10 @@ def test_take_over_reply_and_release_resumes_the_agent(inbox, server, engine):
     web_chat(server.url, "is someone there?", device)
     inbox.wait(lambda: any("held" in m["classes"].split() for m in inbox.history()), "the held message is not shown")
     # The reply box is under the history.
-    assert inbox.js("return document.getElementById('reply').getBoundingClientRect().top"
-                    " > document.getElementById('history').getBoundingClientRect().bottom - 1")
+    assert inbox.js(
+        "return document.getElementById('reply').getBoundingClientRect().top"
+        " > document.getElementById('history').getBoundingClientRect().bottom - 1"
+    )
     inbox.js("document.getElementById('reply').value = 'Ana here: the scheduling agent will take it from here.'")
     inbox.js("document.getElementById('send-reply').click()")
     inbox.wait(lambda: inbox.history()[-1]["text"].startswith("Ana here"), "the reply is not in the history")
@@ -100,9 +108,12 @@ def test_take_over_reply_and_release_resumes_the_agent(inbox, server, engine):
     device, answer = web_chat(server.url, "tomorrow", device)
     assert (answer["agent"], answer["reply"].startswith("What time on tomorrow?")) == ("scheduling", True)
     inbox.wait(lambda: inbox.history()[-1]["text"].startswith("What time on tomorrow?"), "the answer is not shown")
-    events = scalar(engine, "SELECT string_agg(event || ':' || COALESCE(to_agent, '-'), ',' ORDER BY id) "
-                            "FROM conversation_audit WHERE device_id = %(d)s AND event IN ('takeover', 'release')",
-                    d=device)
+    events = scalar(
+        engine,
+        "SELECT string_agg(event || ':' || COALESCE(to_agent, '-'), ',' ORDER BY id) "
+        "FROM conversation_audit WHERE device_id = %(d)s AND event IN ('takeover', 'release')",
+        d=device,
+    )
     assert events == "takeover:human,release:scheduling"
     assert inbox.overflow() <= 0
 
@@ -123,8 +134,12 @@ def test_whatsapp_delivery_state_follows_the_status_callbacks(inbox, server, gra
 def httpx_take_over(url: str, device: str) -> None:
     import httpx
 
-    response = httpx.post(f"{url}/api/sessions/{device}/takeover", json={"operator": "Ana"},
-                          headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30)
+    response = httpx.post(
+        f"{url}/api/sessions/{device}/takeover",
+        json={"operator": "Ana"},
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        timeout=30,
+    )
     response.raise_for_status()
 
 
@@ -136,20 +151,26 @@ def network(driver) -> list[dict]:
         params = message.get("params", {})
         if message["method"] == "Network.requestWillBeSent":
             requests[params["requestId"]] = {"url": params["request"]["url"], "start": params["timestamp"], "end": None}
-        elif message["method"] in ("Network.loadingFinished", "Network.loadingFailed") \
-                and params["requestId"] in requests:
+        elif (
+            message["method"] in ("Network.loadingFinished", "Network.loadingFailed")
+            and params["requestId"] in requests
+        ):
             requests[params["requestId"]]["end"] = params["timestamp"]
     return list(requests.values())
 
 
-def test_one_event_stream_and_no_overlapping_requests_while_the_server_is_slow(direct_url, graph_stand_in, tmp_path,
-                                                                               engine):
-    with running_app(env(direct_url, graph_stand_in, slow_seconds=1.5), factory="tests.web.slow_app:create_app") as slow:
+def test_one_event_stream_and_no_overlapping_requests_while_the_server_is_slow(
+    direct_url, graph_stand_in, tmp_path, engine
+):
+    with running_app(
+        env(direct_url, graph_stand_in, slow_seconds=1.5), factory="tests.web.slow_app:create_app"
+    ) as slow:
         driver = chromium(tmp_path / "slow", width=1280, height=800)
         try:
             inbox = Inbox(driver, slow.url).open(ADMIN_KEY)
-            inbox.wait(lambda: driver.execute_script("return document.body.dataset.stream === 'open'"),
-                       "no event stream")
+            inbox.wait(
+                lambda: driver.execute_script("return document.body.dataset.stream === 'open'"), "no event stream"
+            )
             device, _ = web_chat(slow.url, "first")
             # A burst of changes while each refresh takes 1.5 s.
             senders = [threading.Thread(target=web_chat, args=(slow.url, f"message {n}", device)) for n in range(4)]
@@ -159,14 +180,18 @@ def test_one_event_stream_and_no_overlapping_requests_while_the_server_is_slow(d
                 sender.join()
             _, answer = web_chat(slow.url, "last one", device)
             newest = f"{answer['agent'].title()}: {answer['reply']}"[:20]
-            inbox.wait(lambda: (inbox.items() or [{"preview": ""}])[0]["preview"].startswith(newest), "the last answer never shows")
+            inbox.wait(
+                lambda: (inbox.items() or [{"preview": ""}])[0]["preview"].startswith(newest),
+                "the last answer never shows",
+            )
             seen = network(driver)
         finally:
             driver.quit()
     streams = [r for r in seen if "/api/inbox/events" in r["url"]]
     assert len(streams) == 1 and streams[0]["end"] is None
-    reads = sorted((r for r in seen if "/api/" in r["url"] and "/api/inbox/events" not in r["url"]),
-                   key=lambda r: r["start"])
+    reads = sorted(
+        (r for r in seen if "/api/" in r["url"] and "/api/inbox/events" not in r["url"]), key=lambda r: r["start"]
+    )
     assert len([r for r in reads if "/api/inbox?" in r["url"]]) >= 2
     # Every read of the page (agents, then each refresh's list) waits for the one before.
     for earlier, later in itertools.pairwise(reads):

@@ -17,9 +17,14 @@ from tests.utils.apps import app_client
 
 CSP = "default-src 'self'; base-uri 'self'; form-action 'self'; frame-ancestors 'self'"
 FILES = [
-    ("/", "text/html"), ("/web/chat.js", "text/javascript"), ("/web/chat.css", "text/css"),
-    ("/web/chat-render.js", "text/javascript"), ("/web/chat-stream.js", "text/javascript"),
-    ("/console", "text/html"), ("/web/console.js", "text/javascript"), ("/web/console.css", "text/css"),
+    ("/", "text/html"),
+    ("/web/chat.js", "text/javascript"),
+    ("/web/chat.css", "text/css"),
+    ("/web/chat-render.js", "text/javascript"),
+    ("/web/chat-stream.js", "text/javascript"),
+    ("/console", "text/html"),
+    ("/web/console.js", "text/javascript"),
+    ("/web/console.css", "text/css"),
 ]
 
 
@@ -41,14 +46,27 @@ def test_files_are_served_with_a_self_only_policy(client, path, kind):
 
 
 def test_the_page_loads_nothing_from_outside_the_app():
-    for name in ("index.html", "chat.js", "chat-render.js", "chat-stream.js", "chat.css", "console.html",
-                 "console.js", "console.css"):
+    for name in (
+        "index.html",
+        "chat.js",
+        "chat-render.js",
+        "chat-stream.js",
+        "chat.css",
+        "console.html",
+        "console.js",
+        "console.css",
+    ):
         text = resources.files("app.web").joinpath(name).read_text(encoding="utf-8")
         # The SVG namespace is a name, never fetched.
         text = text.replace("http://www.w3.org/2000/svg", "")
         assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, re.IGNORECASE), name
-    chat = ["web/vendor/marked.umd.js", "web/vendor/purify.min.js", "web/chat-render.js", "web/chat-stream.js",
-            "web/chat.js"]
+    chat = [
+        "web/vendor/marked.umd.js",
+        "web/vendor/purify.min.js",
+        "web/chat-render.js",
+        "web/chat-stream.js",
+        "web/chat.js",
+    ]
     for page_name, scripts in (("index.html", chat), ("console.html", ["web/console.js"])):
         page = resources.files("app.web").joinpath(page_name).read_text(encoding="utf-8")
         assert "<style" not in page and "style=" not in page and "onclick" not in page
@@ -75,7 +93,9 @@ def test_other_vendor_paths_are_404(client, path):
     assert client.get(path).status_code == 404
 
 
-@pytest.mark.parametrize("path", ["/web/index.html", "/web/console.html", "/web/missing.js", "/web/..%2Fapp%2F__init__.py", "/web/"])
+@pytest.mark.parametrize(
+    "path", ["/web/index.html", "/web/console.html", "/web/missing.js", "/web/..%2Fapp%2F__init__.py", "/web/"]
+)
 def test_other_paths_are_404(client, path):
     response = client.get(path)
     assert response.status_code == 404
@@ -95,9 +115,13 @@ def body_of(response: dict) -> str:
     return base64.b64decode(body).decode() if response.get("isBase64Encoded") else body
 
 
-@pytest.mark.parametrize(("path", "kind", "marker"), [
-    ("/", "text/html", '<ol id="log"'), ("/web/chat.js", "text/javascript", "api/chat/messages"),
-])
+@pytest.mark.parametrize(
+    ("path", "kind", "marker"),
+    [
+        ("/", "text/html", '<ol id="log"'),
+        ("/web/chat.js", "text/javascript", "api/chat/messages"),
+    ],
+)
 def test_through_the_lambda_handler(database_url, path, kind, marker):
     response = lambda_handler_for(make_settings(database_url))(page_event(path), None)
     assert response["statusCode"] == 200, response

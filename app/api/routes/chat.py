@@ -23,14 +23,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import AfterValidator, BaseModel, Field
 
 from app import devices, rate_limits
-from app.api.auth import WebDevice, WebTenant
+from app.admin.transfer import ID_SCHEMA, MAX_ID
 from app.agents import HUMAN, display_name
+from app.api.auth import WebDevice, WebTenant
 from app.api.deps import Agents, AppServices, AppSettings, Db, History, Pipe, Sessions
-from app.api.routes.inbox import AgentList, AgentName
 from app.api.errors import ApiError, ErrorBody
 from app.api.events import change_events
+from app.api.routes.inbox import AgentList, AgentName
 from app.pipeline import Inbound, Result
-from app.admin.transfer import ID_SCHEMA, MAX_ID
 
 router = APIRouter(tags=["chat"])
 
@@ -222,8 +222,9 @@ async def my_events(device: WebDevice, history: History, services: AppServices) 
     queued message's reply): woken in this process by the device's turns and operator actions, else by a poll
     at most once a second; see app/api/events.py."""
     key = (device.tenant_id, device.device_id)
-    return change_events(lambda: history.now(*key), lambda seconds: services.runtime.wakeups.watch_device(key, seconds),
-                         services.runtime)
+    return change_events(
+        lambda: history.now(*key), lambda seconds: services.runtime.wakeups.watch_device(key, seconds), services.runtime
+    )
 
 
 @router.get("/api/chat/agents", response_model=AgentList, responses=_errors())
@@ -240,9 +241,7 @@ def my_sessions(device: WebDevice, history: History) -> SessionList:
     return SessionList(items=[SessionItem(**row) for row in rows])
 
 
-@router.delete(
-    "/api/chat/sessions/{session_id}", status_code=204, response_class=Response, responses=_errors(404, 422)
-)
+@router.delete("/api/chat/sessions/{session_id}", status_code=204, response_class=Response, responses=_errors(404, 422))
 def delete_my_session(
     session_id: Annotated[str, Path(**SESSION_ID), AfterValidator(_session_id)],
     device: WebDevice,

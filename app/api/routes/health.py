@@ -18,7 +18,6 @@ logger = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
 
 
-
 class Health(BaseModel):
     """`status` is ok only when the database answers and its schema is the code's (`schema` current or ahead)."""
 
@@ -37,12 +36,22 @@ def health(database: Db) -> Health | JSONResponse:
         revision = _revision(database)
     except SessionError as err:
         logger.warning("health check failed: %s", err)
-        body = Health(status="degraded", database="unavailable", migration=None,
-                      expected_migration=schema.head(), schema_state=None)
+        body = Health(
+            status="degraded",
+            database="unavailable",
+            migration=None,
+            expected_migration=schema.head(),
+            schema_state=None,
+        )
         return JSONResponse(body.model_dump(by_alias=True), status_code=503)
     state = schema.report(revision)
-    body = Health(status="ok" if state in ("current", "ahead") else "degraded", database="ok",
-                  migration=revision, expected_migration=schema.head(), schema_state=state)
+    body = Health(
+        status="ok" if state in ("current", "ahead") else "degraded",
+        database="ok",
+        migration=revision,
+        expected_migration=schema.head(),
+        schema_state=state,
+    )
     return body if body.status == "ok" else JSONResponse(body.model_dump(by_alias=True), status_code=503)
 
 

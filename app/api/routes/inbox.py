@@ -48,7 +48,9 @@ class LastMessage(BaseModel):
 class Conversation(BaseModel):
     device_id: str
     channel: Literal["web", "whatsapp"]
-    name: str = Field(description="the WhatsApp profile name when stored (named), else a short label stable for the device")
+    name: str = Field(
+        description="the WhatsApp profile name when stored (named), else a short label stable for the device"
+    )
     named: bool
     agent: str | None = Field(description="the live lock's holder (a key; human: a person)")
     operator: str | None
@@ -86,11 +88,32 @@ async def inbox(
     for row in rows:
         last = None
         if row["last_id"] is not None:
-            last = LastMessage(id=row["last_id"], role=row["last_role"], agent=row["last_agent"],
-                               preview=row["last_preview"], delivery=row["last_delivery"])
-        items.append(Conversation(**{k: row[k] for k in (
-            "device_id", "channel", "name", "named", "agent", "operator", "expires_at", "last_at", "waiting")},
-            last_message=last))
+            last = LastMessage(
+                id=row["last_id"],
+                role=row["last_role"],
+                agent=row["last_agent"],
+                preview=row["last_preview"],
+                delivery=row["last_delivery"],
+            )
+        items.append(
+            Conversation(
+                **{
+                    k: row[k]
+                    for k in (
+                        "device_id",
+                        "channel",
+                        "name",
+                        "named",
+                        "agent",
+                        "operator",
+                        "expires_at",
+                        "last_at",
+                        "waiting",
+                    )
+                },
+                last_message=last,
+            )
+        )
     return ConversationList(items=items)
 
 

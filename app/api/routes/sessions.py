@@ -15,6 +15,7 @@ from fastapi import APIRouter, Body, Path, Query, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator
 
+from app.admin.import_body import DocumentBody, InvalidDocument, parse_document
 from app.admin.schemas import (
     AuditItem,
     AuditPage,
@@ -36,13 +37,13 @@ from app.admin.schemas import (
     Timings,
     session_id_text,
 )
-from app.admin.import_body import DocumentBody, InvalidDocument, parse_document
 from app.admin.transfer import ID_SCHEMA, MAX_ID, ExportDocument, export_device, import_device
 from app.api.auth import AdminTenant
 from app.api.deps import Admin, Agents, Db
 from app.api.errors import ApiError, ErrorBody
 
 router = APIRouter(tags=["sessions"])
+
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     # 400: a bad device id in the path, or a body that is not JSON at all.
@@ -79,9 +80,7 @@ def list_sessions(
 
 
 @router.post("/api/sessions/import", status_code=201, response_model=ImportResult, responses=_errors(409, 413))
-def import_session(
-    tenant: AdminTenant, database: Db, body: Annotated[Any, DocumentBody(), Body()]
-) -> ImportResult:
+def import_session(tenant: AdminTenant, database: Db, body: Annotated[Any, DocumentBody(), Body()]) -> ImportResult:
     """Import an export document into the caller's tenant (a tenant named in it is ignored); 409 if it exists."""
     # A sync route runs in the threadpool: validating a big document here leaves the event loop free.
     try:
@@ -105,8 +104,9 @@ def get_session(device_id: DeviceId, tenant: AdminTenant, admin: Admin) -> Sessi
     row = admin.get_state(tenant, device_id)
     if row is None:
         raise _not_found()
-    lock = Lock(agent=row["active_agent"], locked_at=row["locked_at"], expires_at=row["expires_at"],
-                operator=row["operator"])
+    lock = Lock(
+        agent=row["active_agent"], locked_at=row["locked_at"], expires_at=row["expires_at"], operator=row["operator"]
+    )
     return SessionDetail(**row, lock=lock)
 
 
@@ -169,9 +169,7 @@ def release_lock(device_id: DeviceId, tenant: AdminTenant, admin: Admin) -> Lock
     return LockChange(agent=row["active_agent"], **{k: v for k, v in row.items() if k != "active_agent"})
 
 
-@router.delete(
-    "/api/sessions/{device_id}", status_code=204, response_class=Response, responses=_errors(404)
-)
+@router.delete("/api/sessions/{device_id}", status_code=204, response_class=Response, responses=_errors(404))
 def erase_session(device_id: DeviceId, tenant: AdminTenant, admin: Admin) -> Response:
     """Erase the device's state, messages, audit and deduplication ids, in one transaction."""
     if not admin.erase(tenant, device_id):

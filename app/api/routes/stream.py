@@ -116,8 +116,15 @@ class Flight:
         if result is None:
             return None
         if result.status == "answered":
-            return Final("answered", result.reply or "", result.agent, result.stopped, result.lock_agent,
-                         result.lock_expires_at, result.choices)
+            return Final(
+                "answered",
+                result.reply or "",
+                result.agent,
+                result.stopped,
+                result.lock_agent,
+                result.lock_expires_at,
+                result.choices,
+            )
         return Final(result.status, result.reply, result.agent, False, result.lock_agent, result.lock_expires_at)
 
 
@@ -173,14 +180,21 @@ async def chat_stream(
         assert final is not None
         return Response(whole("reply-0", final), headers=HEADERS)
     follower = Follower(
-        pipeline.ledger.engine, hub, device.tenant_id, device.device_id, flight.message_id,
-        poll_seconds=pipeline.settings.stream_flush_ms / 1000, deadline=_deadline(pipeline), final=flight.final,
+        pipeline.ledger.engine,
+        hub,
+        device.tenant_id,
+        device.device_id,
+        flight.message_id,
+        poll_seconds=pipeline.settings.stream_flush_ms / 1000,
+        deadline=_deadline(pipeline),
+        final=flight.final,
     )
     return StreamingResponse(follower.parts(), headers=HEADERS)
 
 
 @router.get(
-    "/api/chat/stream/{chat_id}/stream", response_class=StreamingResponse,
+    "/api/chat/stream/{chat_id}/stream",
+    response_class=StreamingResponse,
     responses={204: {"description": "no turn in flight"}, **STREAM_RESPONSES},
 )
 async def resume_stream(
@@ -201,8 +215,14 @@ async def resume_stream(
             pipeline.runtime.background.start(pipeline.drain, device.tenant_id, device.device_id)
 
     follower = Follower(
-        engine, hub, device.tenant_id, device.device_id, row["message_id"],
-        poll_seconds=pipeline.settings.stream_flush_ms / 1000, deadline=_deadline(pipeline), rerun=rerun,
+        engine,
+        hub,
+        device.tenant_id,
+        device.device_id,
+        row["message_id"],
+        poll_seconds=pipeline.settings.stream_flush_ms / 1000,
+        deadline=_deadline(pipeline),
+        rerun=rerun,
     )
     return StreamingResponse(follower.parts(), headers=HEADERS)
 
@@ -215,7 +235,15 @@ async def stop(device: WebDevice, database: Db) -> StopResult:
     if row["message_id"] is None:
         return StopResult(stopping=False, status="idle", message_id=None, message="no turn is in flight")
     if row["already"]:
-        return StopResult(stopping=True, status="already_stopping", message_id=row["message_id"],
-                          message="this turn was already asked to stop")
-    return StopResult(stopping=True, status="stopping", message_id=row["message_id"],
-                      message="the turn stops; its partial reply is kept, marked stopped")
+        return StopResult(
+            stopping=True,
+            status="already_stopping",
+            message_id=row["message_id"],
+            message="this turn was already asked to stop",
+        )
+    return StopResult(
+        stopping=True,
+        status="stopping",
+        message_id=row["message_id"],
+        message="the turn stops; its partial reply is kept, marked stopped",
+    )

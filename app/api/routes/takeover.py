@@ -12,15 +12,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from app.devices import canonical_device_id
 from app import validation
+from app.admin.schemas import Ttl
+from app.admin.takeover import DEFAULT_TTL, TakeoverStore
+from app.admin.transfer import AgentKey
 from app.api.auth import AdminTenant
 from app.api.deps import Agents, AppServices, Db, OperatorSend, Pipe
 from app.api.errors import ApiError
-from app.admin.schemas import Ttl
-from app.admin.transfer import AgentKey
 from app.api.routes.sessions import DeviceId, _errors, _not_found
-from app.admin.takeover import DEFAULT_TTL, TakeoverStore
+from app.devices import canonical_device_id
 
 router = APIRouter(tags=["takeover"])
 
@@ -44,7 +44,9 @@ class TakeoverRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     operator: Annotated[str, AfterValidator(_storable_text)] = Field(
-        min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$",
+        min_length=1,
+        max_length=100,
+        pattern=r"^[^\x00-\x1f\x7f]+$",
         description="the person taking over, as shown in the console and stored with replies",
     )
     ttl: Ttl = Field(DEFAULT_TTL, description="seconds; each reply slides the lock by it; 1 s to 30 days")
@@ -66,7 +68,8 @@ class ReleaseRequest(BaseModel):
         False, description="the bot answers, in order, the held messages no operator reply came after"
     )
     agent: AgentKey | None = Field(
-        None, description="absent: the agent that held the lock before the takeover gets it back, with the time it "
+        None,
+        description="absent: the agent that held the lock before the takeover gets it back, with the time it "
         "had left; a registry key: that agent, for the session_ttl; null: no agent (the manager answers next)",
     )
 
@@ -142,8 +145,14 @@ async def take_over(
 
 @router.delete("/api/sessions/{device_id}/takeover", response_model=Released, responses=_errors(404, 409))
 async def release(
-    device_id: DeviceId, tenant: AdminTenant, store: Takeovers, pipeline: Pipe, send: OperatorSend, registry: Agents,
-    services: AppServices, body: Annotated[ReleaseRequest | None, Body()] = None,
+    device_id: DeviceId,
+    tenant: AdminTenant,
+    store: Takeovers,
+    pipeline: Pipe,
+    send: OperatorSend,
+    registry: Agents,
+    services: AppServices,
+    body: Annotated[ReleaseRequest | None, Body()] = None,
 ) -> Released:
     """Hand the conversation back to the bot (audited as "release"): by default to the agent the takeover
     displaced, where it was; answer_held: the bot answers the held messages no operator reply answered."""
@@ -161,15 +170,24 @@ async def release(
     answered = 0
     if row["resumed"]:
         answered = await pipeline.drain(tenant, device, send.on_reply(pipeline))
-    return Released(agent=row["agent"], expires_at=row["expires_at"], previous_agent="human", version=row["version"],
-                    answered=answered)
+    return Released(
+        agent=row["agent"],
+        expires_at=row["expires_at"],
+        previous_agent="human",
+        version=row["version"],
+        answered=answered,
+    )
 
 
 @router.post(
     "/api/sessions/{device_id}/messages", status_code=201, response_model=StoredMessage, responses=_errors(404, 409)
 )
 async def operator_reply(
-    device_id: DeviceId, body: OperatorMessage, tenant: AdminTenant, store: Takeovers, send: OperatorSend,
+    device_id: DeviceId,
+    body: OperatorMessage,
+    tenant: AdminTenant,
+    store: Takeovers,
+    send: OperatorSend,
     services: AppServices,
 ) -> StoredMessage:
     """The operator's reply: stored as the `human` agent's, sent through the device's channel, slides the lock."""
@@ -183,7 +201,8 @@ async def operator_reply(
         raise ApiError(409, "not_taken_over", "take the conversation over first (POST .../takeover)")
     if reply.refused == "outside_window":
         raise ApiError(
-            409, "outside_window",
+            409,
+            "outside_window",
             "more than 24 hours since the user's last WhatsApp message: only a template can be sent",
         )
     if reply.refused == "template_needs_whatsapp":

@@ -77,7 +77,8 @@ async def signed_body(
     if not hmac.compare_digest(x_hub_signature_256.strip().lower().encode(), expected.encode()):
         security.warning(
             "whatsapp webhook from %s refused: X-Hub-Signature-256 does not match the body (%s bytes)",
-            _client(request), len(body),
+            _client(request),
+            len(body),
         )
         raise ApiError(401, "invalid_signature", "the request signature does not match")
     return body
@@ -85,7 +86,10 @@ async def signed_body(
 
 @router.post(PATH, response_model=Ack, responses={400: {}, 401: {}, 413: {}, 503: {}})
 async def receive(
-    received: Received, body: Annotated[bytes, Depends(signed_body)], pipeline: Pipe, settings: AppSettings,
+    received: Received,
+    body: Annotated[bytes, Depends(signed_body)],
+    pipeline: Pipe,
+    settings: AppSettings,
     sender: WhatsApp,
 ) -> Ack:
     try:

@@ -17,6 +17,18 @@ from app.channels.whatsapp.webhook import (
 )
 
 __all__ = [
-    "CHANNEL", "DeliveryReport", "GraphApi", "Outbox", "SendOutcome", "SendResult", "UserMessage", "WhatsAppSender",
-    "handle_delivery", "message_payload", "replier", "send_to_device", "typist", "user_messages",
+    "CHANNEL",
+    "DeliveryReport",
+    "GraphApi",
+    "Outbox",
+    "SendOutcome",
+    "SendResult",
+    "UserMessage",
+    "WhatsAppSender",
+    "handle_delivery",
+    "message_payload",
+    "replier",
+    "send_to_device",
+    "typist",
+    "user_messages",
 ]

@@ -52,7 +52,10 @@ Status = Literal["sent", "retry", "failed", "outside_window"]
 
 @dataclass(frozen=True)
 class SendOutcome:
-    """What the Graph API made of one send: sent (with its message id), worth retrying, refused, or outside the window."""
+    """What the Graph API made of one send.
+
+    Sent (with its message id), worth retrying, refused, or outside the window.
+    """
 
     status: Status
     error: str | None = None
@@ -85,7 +88,10 @@ def message_payload(
         return envelope | {"type": "text", "text": {"body": _cut(body, MAX_TEXT)}}
     if len(choices) <= MAX_BUTTONS:
         buttons = [
-            {"type": "reply", "reply": {"id": str(c["id"])[:MAX_BUTTON_ID], "title": _cut(str(c["title"]), MAX_BUTTON_TITLE)}}
+            {
+                "type": "reply",
+                "reply": {"id": str(c["id"])[:MAX_BUTTON_ID], "title": _cut(str(c["title"]), MAX_BUTTON_TITLE)},
+            }
             for c in choices
         ]
         interactive = {"type": "button", "body": {"text": _cut(body, MAX_BUTTON_BODY)}, "action": {"buttons": buttons}}
@@ -159,8 +165,11 @@ class GraphApi:
 
         backoff = wait_exponential(multiplier=0.2, max=2)
         retrying = AsyncRetrying(
-            stop=stop, wait=wait, retry=retry_if_result(lambda outcome: outcome.status == "retry"),
-            retry_error_callback=lambda state: state.outcome.result(), before_sleep=_log_retry,
+            stop=stop,
+            wait=wait,
+            retry=retry_if_result(lambda outcome: outcome.status == "retry"),
+            retry_error_callback=lambda state: state.outcome.result(),
+            before_sleep=_log_retry,
         )
         if deadline - time.monotonic() < MIN_ATTEMPT_SECONDS:
             return SendOutcome("retry", "no time left to send before the webhook's acknowledgement")
@@ -206,14 +215,18 @@ class GraphApi:
         if token is None or timeout < MIN_ATTEMPT_SECONDS:
             return False
         payload = {
-            "messaging_product": "whatsapp", "status": "read", "message_id": message_id,
+            "messaging_product": "whatsapp",
+            "status": "read",
+            "message_id": message_id,
             "typing_indicator": {"type": "text"},
         }
         response = None
         with anyio.move_on_after(timeout, shield=True):
             try:
                 response = await self.client.post(
-                    self.url(phone_number_id), json=payload, headers={"Authorization": f"Bearer {token}"},
+                    self.url(phone_number_id),
+                    json=payload,
+                    headers={"Authorization": f"Bearer {token}"},
                     timeout=timeout,
                 )
             except (httpx.HTTPError, httpx.InvalidURL) as err:

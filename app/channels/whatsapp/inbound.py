@@ -157,7 +157,10 @@ class UserMessage:
     def metadata(self) -> dict[str, Any]:
         """The message's metadata: the channel, where its reply goes, and the keys the pipeline reads."""
         data: dict[str, Any] = {
-            "channel": CHANNEL, "phone_number_id": self.phone_number_id, "wa_message_id": self.id, **self.address
+            "channel": CHANNEL,
+            "phone_number_id": self.phone_number_id,
+            "wa_message_id": self.id,
+            **self.address,
         }
         if self.choice_id is not None:
             data["choice_id"] = self.choice_id
@@ -211,8 +214,13 @@ def _content(message: Message) -> tuple[str | None, str | None, str | None, tupl
         return _clean(media.caption) or f"[{kind}]", None, None, (attachment,)
     if kind == "location" and message.location is not None:
         place = message.location
-        attachment = {"type": "location", "id": None, "mime_type": None, "caption": None,
-                      **place.model_dump(exclude_none=True)}
+        attachment = {
+            "type": "location",
+            "id": None,
+            "mime_type": None,
+            "caption": None,
+            **place.model_dump(exclude_none=True),
+        }
         return _clean(place.name) or _clean(place.address) or "[location]", None, None, (attachment,)
     if kind == "contacts" and message.contacts:
         attachment = {"type": "contacts", "id": None, "mime_type": None, "caption": None, "contacts": message.contacts}
@@ -247,9 +255,16 @@ def _user_message(raw: Any, contacts: list[Contact], phone_number_id: str) -> Us
     text, choice_id, description, attachments = _content(message)
     sent_at = None if message.timestamp is None else datetime.fromtimestamp(message.timestamp, UTC)
     return UserMessage(
-        id=message.id, kind=message.type, text=text, sent_at=sent_at, device_id=user_id or phone,
-        address={"to": phone} if phone else {"recipient": user_id}, phone_number_id=phone_number_id,
-        choice_id=choice_id, choice_description=description, attachments=attachments,
+        id=message.id,
+        kind=message.type,
+        text=text,
+        sent_at=sent_at,
+        device_id=user_id or phone,
+        address={"to": phone} if phone else {"recipient": user_id},
+        phone_number_id=phone_number_id,
+        choice_id=choice_id,
+        choice_description=description,
+        attachments=attachments,
     )
 
 

@@ -169,8 +169,13 @@ class Outbox:
         self.hold = marker_hold(graph.settings)
 
     async def flush(
-        self, *, reply_id: int | None = None, tenant: str | None = None, device: str | None = None,
-        deadline: Callable[[], float], due_only: bool = False,
+        self,
+        *,
+        reply_id: int | None = None,
+        tenant: str | None = None,
+        device: str | None = None,
+        deadline: Callable[[], float],
+        due_only: bool = False,
     ) -> list[Delivered]:
         """Send a device's unsent replies oldest first, until one is not accepted (order is kept).
 
@@ -179,9 +184,17 @@ class Outbox:
         """
         done: list[Delivered] = []
         while True:
-            row = await arun(self.engine, CLAIM_NEXT, {
-                "reply_id": reply_id, "tenant": tenant, "device": device, "hold": self.hold, "due_only": due_only,
-            })
+            row = await arun(
+                self.engine,
+                CLAIM_NEXT,
+                {
+                    "reply_id": reply_id,
+                    "tenant": tenant,
+                    "device": device,
+                    "hold": self.hold,
+                    "due_only": due_only,
+                },
+            )
             if row is None:
                 return done
             claimed_at = time.monotonic()
@@ -229,12 +242,22 @@ class Outbox:
             sql, params = RECORD_SENT, {"id": reply_id, "wa_id": result.message_id}
         else:
             delivery = "pending" if result.status == "retry" else result.status
-            sql, params = RECORD_UNSENT, {"id": reply_id, "epoch": epoch, "delivery": delivery,
-                                          "error": result.error, "attempted": result.attempts > 0}
+            sql, params = (
+                RECORD_UNSENT,
+                {
+                    "id": reply_id,
+                    "epoch": epoch,
+                    "delivery": delivery,
+                    "error": result.error,
+                    "attempted": result.attempts > 0,
+                },
+            )
         until = time.monotonic() + RECORD_SECONDS
         retrying = AsyncRetrying(
-            stop=lambda state: time.monotonic() >= until, wait=wait_exponential(multiplier=0.1, max=1),
-            retry=retry_if_exception_type(StoreUnavailable), reraise=True,
+            stop=lambda state: time.monotonic() >= until,
+            wait=wait_exponential(multiplier=0.1, max=1),
+            retry=retry_if_exception_type(StoreUnavailable),
+            reraise=True,
         )
         try:
             # Shielded: a cancelled turn (shutdown, the request's budget on a serverless
@@ -257,8 +280,9 @@ class Outbox:
         for row in rows:
             if time.monotonic() >= deadline:
                 break
-            done = await self.flush(tenant=row["tenant_id"], device=row["device_id"], deadline=lambda: deadline,
-                              due_only=True)
+            done = await self.flush(
+                tenant=row["tenant_id"], device=row["device_id"], deadline=lambda: deadline, due_only=True
+            )
             sent += sum(1 for d in done if d.status == "sent")
         return sent
 
@@ -278,8 +302,14 @@ class SendResult:
 
 
 async def send_to_device(
-    outbox: Outbox, tenant: str, device: str, *, text: str, template: dict[str, Any] | None = None,
-    agent: str | None = None, timeout: float | None = None,
+    outbox: Outbox,
+    tenant: str,
+    device: str,
+    *,
+    text: str,
+    template: dict[str, Any] | None = None,
+    agent: str | None = None,
+    timeout: float | None = None,  # noqa: ASYNC109 - the Graph call's HTTP timeout, passed to httpx
 ) -> SendResult:
     """Store a message to a WhatsApp device and send it (text, or a template), honouring the window.
 
@@ -299,9 +329,17 @@ async def send_to_device(
     if template is not None:
         metadata["template"] = template
     validation.storable_json(metadata)
-    row = await arun(outbox.engine, INSERT_OUTBOUND, {
-        "tenant": tenant, "device": device, "content": text, "agent": agent, "metadata": json.dumps(metadata),
-    })
+    row = await arun(
+        outbox.engine,
+        INSERT_OUTBOUND,
+        {
+            "tenant": tenant,
+            "device": device,
+            "content": text,
+            "agent": agent,
+            "metadata": json.dumps(metadata),
+        },
+    )
     bound = time.monotonic() + (timeout or outbox.hold)
     for delivered in await outbox.flush(reply_id=row["id"], deadline=lambda: bound):
         if delivered.reply_id == row["id"]:

@@ -181,13 +181,20 @@ def parse(payload: Any, settings: Settings) -> tuple[list[Callback], list[Name]]
 
 
 def _status_params(callbacks: list[Callback]) -> dict[str, list]:
-    return {"tenants": [c.tenant for c in callbacks], "ids": [c.wa_id for c in callbacks],
-            "states": [c.state for c in callbacks], "reasons": [c.reason for c in callbacks]}
+    return {
+        "tenants": [c.tenant for c in callbacks],
+        "ids": [c.wa_id for c in callbacks],
+        "states": [c.state for c in callbacks],
+        "reasons": [c.reason for c in callbacks],
+    }
 
 
 def _name_params(names: list[Name]) -> dict[str, list]:
-    return {"tenants": [n.tenant for n in names], "devices": [n.device for n in names],
-            "names": [n.name for n in names]}
+    return {
+        "tenants": [n.tenant for n in names],
+        "devices": [n.device for n in names],
+        "names": [n.name for n in names],
+    }
 
 
 async def arecord(engine: Any, settings: Settings, payload: Any) -> list[tuple[str, str]]:

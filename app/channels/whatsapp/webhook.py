@@ -37,9 +37,9 @@ from typing import Any
 import anyio
 
 from app import validation
+from app.channels.whatsapp import statuses
 from app.channels.whatsapp.graph import TYPING_TIMEOUT, GraphApi
 from app.channels.whatsapp.inbound import CHANNEL, UserMessage, business_tenant, user_messages
-from app.channels.whatsapp import statuses
 from app.channels.whatsapp.outbox import Outbox, marker_hold
 from app.core.aio import call_async
 from app.core.config import Settings
@@ -201,7 +201,9 @@ class _Batch:
         redeliver it), never stored, never answered."""
         logger.warning(
             "whatsapp message %s from device %s dropped: over the rate limit (RATE_LIMIT_PER_DEVICE), "
-            "window ends in %s s", job.message.id, device_hash(self.sender.settings, job.message.device_id),
+            "window ends in %s s",
+            job.message.id,
+            device_hash(self.sender.settings, job.message.device_id),
             err.retry_after,
         )
         self._set(job, "ignored", done=True)
@@ -230,8 +232,11 @@ class _Batch:
             with self.runtime.slot():
                 await self._run_jobs(jobs)
         except Overloaded as err:
-            logger.warning("whatsapp messages of device %s not taken: %s",
-                           device_hash(self.sender.settings, jobs[0].message.device_id), err)
+            logger.warning(
+                "whatsapp messages of device %s not taken: %s",
+                device_hash(self.sender.settings, jobs[0].message.device_id),
+                err,
+            )
             for job in jobs:
                 self._set(job, "overloaded", only_from=("waiting",), done=True)
 
@@ -254,7 +259,7 @@ class _Batch:
                 self._set(job, "duplicate" if result.duplicate else "stored", only_from=("running",), done=True)
             except StoreUnavailable as err:
                 logger.warning("whatsapp message %s not stored: %s", job.message.id, err)
-                for rest in jobs[jobs.index(job):]:
+                for rest in jobs[jobs.index(job) :]:
                     self._set(rest, "unavailable", only_from=("waiting", "running"), done=True)
                 return  # the request stores them itself, or answers 503
             except RateLimited as err:
@@ -286,15 +291,20 @@ class _Batch:
             await self._store(job)
         self.acked = True
         if any(job.state == "overloaded" for job in self.jobs):
-            raise Overloaded(f"this instance holds {self.runtime.max_turns} turns already: deliver again shortly",
-                             retry_after=1)
+            raise Overloaded(
+                f"this instance holds {self.runtime.max_turns} turns already: deliver again shortly", retry_after=1
+            )
 
     async def _store(self, job: _Job) -> None:
         inbound, started = job.inbound(), job.state != "storing"
         try:
             claim = await self.pipeline.ledger.claim(
-                validation.tenant_id(inbound.tenant_id), validation.device_id(inbound.device_id), inbound.text,
-                external_id=inbound.external_id, metadata=inbound.metadata, sent_at=inbound.sent_at,
+                validation.tenant_id(inbound.tenant_id),
+                validation.device_id(inbound.device_id),
+                inbound.text,
+                external_id=inbound.external_id,
+                metadata=inbound.metadata,
+                sent_at=inbound.sent_at,
             )
         except StoreUnavailable:
             raise  # 503: Meta delivers again once the store is back
