@@ -9,7 +9,7 @@ learns of a change without polling:
 - at most one `ask()` (one statement) a second, and one every POLL_SECONDS while nothing
   wakes it; a store that is down keeps the last answer (the next poll asks again);
 - a comment line every HEARTBEAT_SECONDS keeps proxies from closing it;
-- it ends after STREAM_SECONDS, or at shutdown, and the page opens a new one (`retry: 3000`).
+- it ends after EVENTS_STREAM_SECONDS, or at shutdown, and the page opens a new one (`retry: 3000`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from app.runtime import Runtime
 POLL_SECONDS = 2.0  # without an in-process wake-up: how often a stream asks the database
 MIN_INTERVAL_SECONDS = 1.0  # never more than one statement a second per stream
 HEARTBEAT_SECONDS = 15.0
-STREAM_SECONDS = 300.0
 HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}  # no proxy buffering the stream
 
 
@@ -38,16 +37,17 @@ def event(name: str, data: Any) -> bytes:
 
 
 def change_events(
-    ask: Callable[[], Awaitable[Any]], wake: Callable[[float], Awaitable[bool]], runtime: Runtime
+    ask: Callable[[], Awaitable[Any]], wake: Callable[[float], Awaitable[bool]], runtime: Runtime, seconds: float
 ) -> StreamingResponse:
-    """The streaming response: `changed` with ask()'s answer (JSON-able) each time it differs; see the module doc."""
+    """The streaming response: `changed` with ask()'s answer (JSON-able) each time it differs, for at most
+    seconds (EVENTS_STREAM_SECONDS); see the module doc."""
 
     async def stream() -> AsyncIterator[bytes]:
         yield b"retry: 3000\n\n"
         seen: Any = None
         sent = False
         asked, beat = 0.0, time.monotonic()
-        end = time.monotonic() + STREAM_SECONDS
+        end = time.monotonic() + seconds
         while time.monotonic() < end and not runtime.closing:
             pause = MIN_INTERVAL_SECONDS - (time.monotonic() - asked)
             if pause > 0:

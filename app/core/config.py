@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     burst_max_messages: int = Field(10, ge=2, le=100)  # at most this many messages merged into one turn
     # Streamed replies: a web turn's draft is written at most once per this many ms while text arrives.
     stream_flush_ms: int = Field(100, ge=10, le=10_000)
+    # An event stream (GET /api/chat/events, /api/inbox/events) ends after this long and the page opens
+    # a new one: keep it under the host's longest request (Vercel's function duration, a proxy's timeout).
+    events_stream_seconds: float = Field(300.0, ge=1, le=3600)
     # Send OpenAI Agents SDK runs to OpenAI's trace viewer; off so no conversation leaves unasked.
     openai_agents_tracing: bool = False
 

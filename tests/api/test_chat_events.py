@@ -75,3 +75,13 @@ def test_the_stream_says_at_once_what_the_page_shows_then_each_change(server, en
 def test_a_device_the_chat_routes_refuse_gets_no_stream(server, headers, status, code):
     response = httpx.get(f"{server.url}/api/chat/events", headers=headers, timeout=30)
     assert (response.status_code, response.json()["error"]["code"]) == (status, code)
+
+
+def test_a_stream_ends_after_events_stream_seconds(direct_url, engine):
+    device = devices.issue(SECRET)
+    env = app_env(direct_url, device_id_secret=SECRET, events_stream_seconds=1)
+    with running_app(env) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        with client.stream("GET", "/api/chat/events", headers={"X-Device-ID": device}) as response:
+            assert response.status_code == 200
+            changes = list(events(response))  # the body ends: the server closed the stream
+    assert changes == [{"newest": None, "lock": {"agent": None, "expires_at": None}}]

@@ -44,7 +44,9 @@ _turn = itertools.count()
 def fuzz_app(database_url, engine):
     # The admin key belongs to tenant "default", where web chat and WhatsApp write by default,
     # so the admin routes also read what the generated chat requests stored.
-    with app_client(hardened_settings(database_url, admin_api_keys=f"default:{ADMIN_KEY}")) as client:
+    # Event streams end after a second: each generated request reads a whole one.
+    settings = hardened_settings(database_url, admin_api_keys=f"default:{ADMIN_KEY}", events_stream_seconds=1)
+    with app_client(settings) as client:
         yield client.app
 
 

@@ -223,7 +223,10 @@ async def my_events(device: WebDevice, history: History, services: AppServices) 
     at most once a second; see app/api/events.py."""
     key = (device.tenant_id, device.device_id)
     return change_events(
-        lambda: history.now(*key), lambda seconds: services.runtime.wakeups.watch_device(key, seconds), services.runtime
+        lambda: history.now(*key),
+        lambda seconds: services.runtime.wakeups.watch_device(key, seconds),
+        services.runtime,
+        services.settings.events_stream_seconds,
     )
 
 

@@ -131,4 +131,9 @@ async def inbox_events(tenant: AdminTenant, store: Inbox, services: AppServices)
     async def ask() -> dict[str, str]:
         return {"token": await store.changes(tenant)}
 
-    return change_events(ask, lambda seconds: services.runtime.wakeups.watch(tenant, seconds), services.runtime)
+    return change_events(
+        ask,
+        lambda seconds: services.runtime.wakeups.watch(tenant, seconds),
+        services.runtime,
+        services.settings.events_stream_seconds,
+    )
