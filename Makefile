@@ -40,6 +40,7 @@ test: install
 lint: install
 	$(BIN)/python -m ruff check app tests bench
 	$(BIN)/python -m ruff format --check app tests bench
+	$(BIN)/python -m mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache web/node_modules $(WEB_VENDOR)

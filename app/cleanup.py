@@ -156,7 +156,8 @@ def scheduled_cleanup(services: Services) -> CleanupResult:
     repliers = {name: channel.replier(pipeline.ledger) for name, channel in services.channels.items()}
 
     async def on_reply(pending: Pending, answer: Answer) -> None:  # the channels' repliers are coroutine functions
-        replier = repliers.get(pending.metadata.get("channel"))
+        channel = pending.metadata.get("channel")
+        replier = repliers.get(channel) if channel is not None else None
         if replier is not None:
             await replier(pending, answer)
 

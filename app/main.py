@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -24,7 +25,7 @@ logger = logging.getLogger(__name__)
 SETTLE_SECONDS = 10.0
 
 
-def stop_listener(services: Services) -> Callable[[], Awaitable[None]] | None:
+def stop_listener(services: Services) -> Callable[[], Coroutine[Any, Any, None]] | None:
     """The stop listener's task for a server's lifespan (app/streams/signals.py), or None where
     a LISTEN cannot hold: through a transaction-mode pooler the draft writers poll instead."""
     if services.settings.db_pooler == "transaction":

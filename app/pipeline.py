@@ -52,6 +52,8 @@ POLL_CAP_SECONDS = 1.0
 # Called after each stored reply (a channel pushes it); a coroutine function or a plain
 # function, which then runs on a worker thread so that it never blocks the loop.
 OnReply = Callable[[Pending, Answer], Awaitable[None] | None]
+# A channel's on_reply (app.services.ReplyChannel.replier): always a coroutine function.
+ChannelReplier = Callable[[Pending, Answer], Awaitable[None]]
 # Called when a turn starts on a message and again at each lease renewal while the
 # agent runs (about every LEASE_SECONDS / 3); a channel shows "typing..." with it.
 # It runs beside the turn: a slow channel API never delays a renewal.
@@ -181,7 +183,7 @@ class Pipeline:
                 await interrupt(self.ledger.engine, tenant, device, claim.message_id)  # then answered with the rest
             if claim.lease is not None:
                 drained = await self._drain(claim.lease, on_reply, on_working, db_ms=claim_ms, started=started)
-                answer = drained.get(message_id)
+                answer = drained.get(message_id) if message_id is not None else None
                 if answer is not None:
                     return _answered(answer, message_id, duplicate=claim.message_id is None)
             if not wait or message_id is None:

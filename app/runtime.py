@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
 import anyio
@@ -201,7 +201,7 @@ class Runtime:
         self.grace = settings.shutdown_grace_seconds
 
     @contextlib.asynccontextmanager
-    async def serve(self, listen: Callable[[], Awaitable[None]] | None = None) -> AsyncIterator[None]:
+    async def serve(self, listen: Callable[[], Coroutine[Any, Any, None]] | None = None) -> AsyncIterator[None]:
         """The app's lifespan: background tasks run in its body; at exit no new turn starts,
         running ones get SHUTDOWN_GRACE_SECONDS, then are cancelled.
 

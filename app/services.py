@@ -16,14 +16,14 @@ from app.channels.whatsapp import WhatsAppSender
 from app.core.config import Settings
 from app.core.db import Database
 from app.ledger import Ledger
-from app.pipeline import OnReply, Pipeline
+from app.pipeline import ChannelReplier, Pipeline
 from app.runtime import Runtime
 
 
 class ReplyChannel(Protocol):
     """A channel that pushes replies to people (WhatsApp); web chat replies are read, not pushed."""
 
-    def replier(self, ledger: Ledger) -> OnReply:
+    def replier(self, ledger: Ledger) -> ChannelReplier:
         """The pipeline's on_reply for this channel's messages (a coroutine function)."""
 
     def send_due(self, engine: Engine, *, deadline: float) -> int:

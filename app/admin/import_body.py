@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler, TypeAdapter, ValidationError
-from pydantic_core import core_schema
+from pydantic_core import ErrorDetails, core_schema
 
-from app.admin.transfer import IMPORTING, ExportDocument, ExportedAudit, ExportedMessage
+from app.admin.transfer import IMPORTING, ExportDocument, ExportedAudit, ExportedMessage, check_readable
 from app.errors import InvalidInput
 
 
@@ -16,7 +16,7 @@ class InvalidDocument(InvalidInput):
 
     code = "validation_error"
 
-    def __init__(self, errors: list[dict[str, Any]]):
+    def __init__(self, errors: list[ErrorDetails]):
         super().__init__(errors[0]["msg"] if errors else "invalid export document")
         self.errors = errors
 
@@ -25,7 +25,10 @@ class InvalidDocument(InvalidInput):
 # took 1.2 s in one), so a big document is validated in slices: other threads, and the
 # event loop, run in between.
 CHUNK = 200
-_ITEMS = {"messages": TypeAdapter(list[ExportedMessage]), "audit": TypeAdapter(list[ExportedAudit])}
+_ITEMS: dict[str, TypeAdapter[list[Any]]] = {
+    "messages": TypeAdapter(list[ExportedMessage]),
+    "audit": TypeAdapter(list[ExportedAudit]),
+}
 
 
 def parse_document(data: Any) -> ExportDocument:
@@ -36,7 +39,7 @@ def parse_document(data: Any) -> ExportDocument:
     """
     try:
         if isinstance(data, dict):
-            ExportDocument.readable(data)
+            check_readable(data)
             data = data | {
                 name: _slices(name, data[name])
                 for name in _ITEMS
@@ -47,7 +50,7 @@ def parse_document(data: Any) -> ExportDocument:
         raise InvalidDocument(err.errors()) from None
     except InvalidDocument:  # from _slices()
         raise
-    except ValueError as err:  # from readable(): the whole document
+    except ValueError as err:  # from check_readable(): the whole document
         raise InvalidDocument(
             [{"type": "value_error", "loc": (), "msg": f"Value error, {err}", "input": data, "ctx": {"error": err}}]
         ) from None
@@ -59,7 +62,8 @@ def _slices(name: str, items: list[Any]) -> list[Any]:
         try:
             validated += _ITEMS[name].validate_python(items[start : start + CHUNK], context=IMPORTING)
         except ValidationError as err:
-            errors = [e | {"loc": (name, start + e["loc"][0], *e["loc"][1:])} for e in err.errors()]
+            # A list adapter's errors are located from the slice's root: their loc starts with the item's index.
+            errors = [e | {"loc": (name, start + cast(int, e["loc"][0]), *e["loc"][1:])} for e in err.errors()]
             raise InvalidDocument(errors) from None
     return validated
 

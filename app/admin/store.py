@@ -127,10 +127,10 @@ class AdminStore:
         Keyed hashes of its channel message ids stay for the replay window (app/erasure.py).
         """
         row = self._first(ERASE, self._key(tenant, device) | self.guard.params(), read_only=False)
-        erased = row is not None and any(row.values())
-        if erased:
-            logger.info("erased a device: %s state, %s messages, %s audit rows", *row.values())
-        return erased
+        if row is None or not any(row.values()):
+            return False
+        logger.info("erased a device: %s state, %s messages, %s audit rows", *row.values())
+        return True
 
     def stats(self, tenant: str | None) -> dict[str, Any]:
         """Lock, message and cleanup figures of one tenant (None: all tenants)."""

@@ -180,6 +180,21 @@ class ExportedAudit(Strict):
     total_ms: Millis | None
 
 
+def check_readable(data: Any) -> None:
+    """ValueError for a newer format_version or unstorable JSON (NUL, NaN...) anywhere in a document (a dict).
+
+    ExportDocument checks it before any field, so a newer document is refused for its version, not for whatever
+    field it changed. Anything but a dict passes (the model refuses it).
+    """
+    if isinstance(data, dict):
+        version = data.get("format_version")
+        if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+            raise ValueError(
+                f"format_version {version} is newer than this server reads ({FORMAT_VERSION}); upgrade to import it"
+            )
+        validation.storable_json(data)
+
+
 class ExportDocument(Strict):
     """Format version 1 of an export; import refuses newer versions and unknown keys."""
 
@@ -195,17 +210,8 @@ class ExportDocument(Strict):
     @model_validator(mode="before")
     @classmethod
     def readable(cls, data: Any) -> Any:
-        """ValueError for a newer format_version or unstorable JSON (NUL, NaN...) anywhere in the document.
-
-        Checked first, so a newer document is refused for its version, not for whatever field it changed.
-        """
-        if isinstance(data, dict):
-            version = data.get("format_version")
-            if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
-                raise ValueError(
-                    f"format_version {version} is newer than this server reads ({FORMAT_VERSION}); upgrade to import it"
-                )
-            validation.storable_json(data)
+        """check_readable, before any field is validated."""
+        check_readable(data)
         return data
 
     @model_validator(mode="after")
@@ -354,16 +360,20 @@ def _insert(engine: Engine, key: dict[str, str], document: ExportDocument, messa
                 raise ImportConflict("the tenant already has this device; erase it first")
             # New ids in the old ids' order, so the history reads the same way.
             new_id = dict(zip((m.id for m in messages), sorted(claim["ids"]), strict=True))
-            # Links to messages that are not in the document (lost to retention) become null.
+
+            def link(old: int | None) -> int | None:
+                # Links to messages that are not in the document (lost to retention) become null.
+                return new_id.get(old) if old is not None else None
+
             rows = [
                 m.model_copy(
-                    update={"id": new_id[m.id], "reply_to": new_id.get(m.reply_to), "metadata": unrouted(m.metadata)}
-                    | ({"merged_into": new_id.get(m.merged_into)} if m.role == "user" else {})
+                    update={"id": new_id[m.id], "reply_to": link(m.reply_to), "metadata": unrouted(m.metadata)}
+                    | ({"merged_into": link(m.merged_into)} if m.role == "user" else {})
                 )
                 for m in messages
             ]
             audit = [
-                a.model_dump(mode="json") | {"message_id": new_id.get(a.message_id), "n": n}
+                a.model_dump(mode="json") | {"message_id": link(a.message_id), "n": n}
                 for n, a in enumerate(document.audit)
             ]
             states = [document.state.model_dump(mode="json")] if document.state is not None else []

@@ -98,7 +98,8 @@ class Scheduling:
                 day = time = None
             else:
                 return self._ask(day, time, "confirm")
-        picked = message.choice_id.removeprefix("day:") if (message.choice_id or "").startswith("day:") else None
+        choice = message.choice_id or ""
+        picked = choice.removeprefix("day:") if choice.startswith("day:") else None
         day = day or (picked if picked in WEEKDAYS else None) or parse_day(text)
         if day and not time:
             time = parse_time(text)

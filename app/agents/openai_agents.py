@@ -60,9 +60,11 @@ try:
         MessageOutputItem,
         ToolCallItem,
         ToolCallOutputItem,
+        TResponseInputItem,
     )
     from agents.result import RunResultBase
     from agents.stream_events import RawResponsesStreamEvent, RunItemStreamEvent
+    from openai.types.responses import EasyInputMessageParam, ResponseTextDeltaEvent
 except ImportError as err:  # pragma: no cover - exercised in a subprocess without the SDK
     raise ImportError(
         "app.agents.openai_agents needs the OpenAI Agents SDK: pip install -e '.[openai-agents]'"
@@ -154,20 +156,23 @@ class SdkEntry:
             max_turns=graph.max_turns,
             run_config=graph.run_config,
         )
-        streamed, item_id = "", None
+        streamed = ""
+        item_id: str | None = None
         # The run's OpenTelemetry span, as in handle; the generator is consumed by the turn's own task.
         with telemetry.sdk_run(self.agent.name) as traced:
             try:
                 async for event in result.stream_events():
                     if isinstance(event, RawResponsesStreamEvent):
-                        if getattr(event.data, "type", None) != "response.output_text.delta" or not event.data.delta:
+                        # The union's member whose type is "response.output_text.delta": the text deltas.
+                        data = event.data
+                        if not isinstance(data, ResponseTextDeltaEvent) or not data.delta:
                             continue
-                        if item_id is not None and event.data.item_id != item_id and streamed:
+                        if item_id is not None and data.item_id != item_id and streamed:
                             streamed += "\n\n"  # another message of the run: as the reply joins them
                             yield "\n\n"
-                        item_id = event.data.item_id
-                        streamed += event.data.delta
-                        yield event.data.delta
+                        item_id = data.item_id
+                        streamed += data.delta
+                        yield data.delta
                     elif isinstance(event, RunItemStreamEvent):
                         part = self._event(event)
                         if part is not None:
@@ -191,7 +196,7 @@ class SdkEntry:
         raw = item.raw_item
         call_id = str(_field(raw, "call_id") or _field(raw, "id") or "")
         if isinstance(item, ToolCallItem | HandoffCallItem):
-            name = item.tool_name if isinstance(item, ToolCallItem) else raw.name
+            name = item.tool_name if isinstance(item, ToolCallItem) else item.raw_item.name
             arguments = _field(raw, "arguments")
             return StreamEvent(
                 "tool-call", call_id, name=name or str(_field(raw, "type") or "tool"), input=_arguments(arguments)
@@ -338,10 +343,15 @@ def registry_from_agents(
     return {key: SdkEntry(graph, key, agent) for key, agent in entries.items()}
 
 
-def input_items(message: AgentInput) -> list[dict[str, str]]:
-    """The SDK input of a turn: the history as text messages, oldest first, then the new message."""
-    items = [{"role": item.role, "content": item.content} for item in message.history]
-    items.append({"role": "user", "content": message.text})
+def input_items(message: AgentInput) -> list[TResponseInputItem]:
+    """The SDK input of a turn: the history as text messages, oldest first, then the new message.
+
+    Each item is a {"role", "content"} dict (EasyInputMessageParam), role "user" or "assistant".
+    """
+    items: list[TResponseInputItem] = [
+        EasyInputMessageParam(role=item.role, content=item.content) for item in message.history
+    ]
+    items.append(EasyInputMessageParam(role="user", content=message.text))
     return items
 
 

@@ -76,8 +76,13 @@ class AgentRunner:
         if lock is not None and lock not in self.registry:
             logger.warning("lock names unknown agent %s; the manager takes over and the lock is released", lock)
             lock = None
-        key, patch, replies, tools, ttl = lock or MANAGER, ContextPatch(), [], [], None
-        choices, template, metadata = (), None, {}
+        key, patch = lock or MANAGER, ContextPatch()
+        replies: list[str] = []
+        tools: list[str] = []
+        ttl: int | None = None
+        choices: tuple[dict[str, str], ...] = ()
+        template: dict[str, Any] | None = None
+        metadata: dict[str, Any] = {}
         message = agent_input(turn, tenant, device, normalized(context), lock)
         for _ in range(MAX_HANDOFFS + 1):
             agent = self.registry[key]

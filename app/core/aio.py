@@ -14,7 +14,7 @@ import asyncio
 import functools
 import threading
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import anyio
@@ -66,7 +66,7 @@ def thread_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-def call_async(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+def call_async(fn: Callable[..., Coroutine[Any, Any, T]], *args: Any, **kwargs: Any) -> T:
     """Run coroutine function fn(*args, **kwargs) from sync code and return its result.
 
     On a loop of its own, what was made for that loop (pools, HTTP clients) is closed before returning.

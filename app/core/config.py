@@ -227,8 +227,10 @@ class Settings(BaseSettings):
             return values
         key = next((k for k in values if k.lower() == "whatsapp_api_base_url"), None)
         url = values.get(key) if key else None
-        found = re.search(r"/(v[0-9]{1,3}\.[0-9]{1,2})/*$", url) if isinstance(url, str) else None
-        if key is None or found is None:
+        if key is None or not isinstance(url, str):
+            return values
+        found = re.search(r"/(v[0-9]{1,3}\.[0-9]{1,2})/*$", url)
+        if found is None:
             return values
         version_key = next((k for k in values if k.lower() == "whatsapp_api_version"), "whatsapp_api_version")
         logger.warning(

@@ -7,12 +7,12 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import psycopg
 import sqlalchemy as sa
-from psycopg.rows import dict_row, tuple_row
+from psycopg.rows import BaseRowFactory, dict_row, tuple_row
 from psycopg_pool import PoolTimeout
 from sqlalchemy import event, exc
 from sqlalchemy.engine import Engine
@@ -30,6 +30,9 @@ from app.core import schema
 from app.core.config import Settings
 from app.core.pools import LockPools, PoolConfig, has_input, utc_timestamps
 from app.errors import ConfigurationError, StoreError, StoreUnavailable
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine.interfaces import DBAPIModule
 
 logger = logging.getLogger(__name__)
 
@@ -285,7 +288,9 @@ CONFLICT_RETRY: dict[str, Any] = {
 
 
 def _disconnected(engine: Engine, conn: Any, err: psycopg.Error) -> bool:
-    return bool(conn.broken or engine.dialect.is_disconnect(err, conn, None))
+    # psycopg.Error is the DB-API (PEP 249) Error of the psycopg dialect, what is_disconnect reads; SQLAlchemy
+    # types that argument as the Error nested in its DBAPIModule protocol, a class no driver's error derives from.
+    return bool(conn.broken or engine.dialect.is_disconnect(cast("DBAPIModule.Error", err), conn, None))
 
 
 def _run_direct(pools: LockPools, sql: str, params: dict[str, Any], rows: str) -> Any:
@@ -408,14 +413,19 @@ async def _arun_once(engine: Engine, pools: LockPools, sql: str, params: dict[st
     return result
 
 
+def _row_factory(rows: str) -> BaseRowFactory[Any]:
+    """The rows of a statement: tuples for a scalar (its first column is returned), dicts by column name otherwise."""
+    return tuple_row if rows == "scalar" else dict_row
+
+
 def _execute(conn: psycopg.Connection, sql: str, params: dict[str, Any], rows: str) -> Any:
-    with conn.cursor(row_factory=tuple_row if rows == "scalar" else dict_row) as cursor:
+    with conn.cursor(row_factory=_row_factory(rows)) as cursor:
         cursor.execute(sql, params)
         return _fetch(cursor, rows)
 
 
 async def _aexecute(conn: psycopg.AsyncConnection, sql: str, params: dict[str, Any], rows: str) -> Any:
-    async with conn.cursor(row_factory=tuple_row if rows == "scalar" else dict_row) as cursor:
+    async with conn.cursor(row_factory=_row_factory(rows)) as cursor:
         await cursor.execute(sql, params)
         # rownumber is None when the statement returned no result set (cheaper than description).
         if cursor.rownumber is None:
@@ -426,7 +436,7 @@ async def _aexecute(conn: psycopg.AsyncConnection, sql: str, params: dict[str, A
         return row[0] if rows == "scalar" and row is not None else row
 
 
-def _fetch(cursor: psycopg.Cursor, rows: str) -> Any:
+def _fetch(cursor: psycopg.Cursor[Any], rows: str) -> Any:
     # rownumber is None when the statement returned no result set (cheaper than description).
     if cursor.rownumber is None:
         return [] if rows == "all" else None

@@ -139,7 +139,7 @@ class DraftWriter:
     def add_event(self, event: StreamEvent) -> None:
         if self.stopped:
             return
-        item = {"at": len(self.text), "type": event.kind, "call_id": event.call_id}
+        item: dict[str, Any] = {"at": len(self.text), "type": event.kind, "call_id": event.call_id}
         if event.kind == "tool-call":
             item |= {"name": event.name, "input": event.input}
         else:

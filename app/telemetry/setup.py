@@ -110,9 +110,9 @@ def build(settings: Settings, *, serverless: bool, environ: Mapping[str, str] | 
         trace.set_tracer_provider(tracer_provider)
     if pushed or scrape:
         from opentelemetry.sdk.metrics import MeterProvider
-        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+        from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 
-        readers = [PeriodicExportingMetricReader(_exporter("metrics", name)) for name in pushed]
+        readers: list[MetricReader] = [PeriodicExportingMetricReader(_exporter("metrics", name)) for name in pushed]
         if scrape:
             from opentelemetry.exporter.prometheus import PrometheusMetricReader
             from prometheus_client import CollectorRegistry

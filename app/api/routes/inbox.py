@@ -11,7 +11,7 @@ app/api/events.py says.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
@@ -27,7 +27,7 @@ from app.sql import DELIVERY_STATES
 
 router = APIRouter(tags=["inbox"])
 
-ERRORS = {code: {"model": ErrorBody} for code in (401, 422)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 422)}
 
 
 async def get_inbox(database: Db) -> InboxStore:

@@ -193,7 +193,12 @@ async def operator_reply(
     """The operator's reply: stored as the `human` agent's, sent through the device's channel, slides the lock."""
     device = canonical_device_id(device_id)
     template = None if body.template is None else body.template.model_dump()
-    text = body.text if body.text is not None else f"[template {body.template.name}]"
+    if body.text is not None:
+        text = body.text
+    elif body.template is not None:
+        text = f"[template {body.template.name}]"
+    else:  # OperatorMessage's validator already refuses a body with neither
+        raise ApiError(422, "validation_error", "give exactly one of text and template")
     reply = await store.reply(tenant, device, text, template=template)
     if reply.refused == "no_state":
         raise _not_found()
@@ -208,6 +213,8 @@ async def operator_reply(
     if reply.refused == "template_needs_whatsapp":
         raise ApiError(422, "template_needs_whatsapp", "templates can only be sent to WhatsApp devices")
     message = reply.message
+    if message is None:  # a Reply without a message is refused: one refusal this route does not map
+        raise RuntimeError(f"the operator's reply was refused: {reply.refused}")
     services.runtime.wakeups.changed((tenant, device))
     delivery = await send.deliver(message["id"]) if reply.channel == "whatsapp" else None
     return StoredMessage(**message, channel=reply.channel, delivery=delivery, lock_expires_at=reply.lock_expires_at)

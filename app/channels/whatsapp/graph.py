@@ -168,12 +168,13 @@ class GraphApi:
             stop=stop,
             wait=wait,
             retry=retry_if_result(lambda outcome: outcome.status == "retry"),
-            retry_error_callback=lambda state: state.outcome.result(),
+            retry_error_callback=_last_outcome,
             before_sleep=_log_retry,
         )
         if deadline - time.monotonic() < MIN_ATTEMPT_SECONDS:
             return SendOutcome("retry", "no time left to send before the webhook's acknowledgement")
-        outcome = await retrying(self._post, self.url(phone_number_id), payload, headers, deadline)
+        # A SendOutcome: _post's or _last_outcome's (tenacity leaves its call's return type unbound).
+        outcome: SendOutcome = await retrying(self._post, self.url(phone_number_id), payload, headers, deadline)
         tries = retrying.statistics.get("attempt_number", 1)
         error = None if outcome.error is None else f"{outcome.error} (after {tries} attempt{'s' if tries > 1 else ''})"
         if outcome.status == "sent":
@@ -240,6 +241,13 @@ class GraphApi:
         else:
             logger.info("whatsapp typing indicator sent")
         return response.is_success
+
+
+def _last_outcome(state: RetryCallState) -> SendOutcome:
+    """What send returns once the retries stop: the last attempt's SendOutcome ("retry" included)."""
+    if state.outcome is None:  # tenacity calls retry_error_callback only after an attempt, which sets it
+        raise RuntimeError("no attempt has run")
+    return state.outcome.result()
 
 
 def _log_retry(state: RetryCallState) -> None:

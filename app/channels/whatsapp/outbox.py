@@ -226,7 +226,8 @@ class Outbox:
             return SendOutcome("failed", NOT_OURS)
         address = recipient_of(row["device_id"], inbound)
         template = own.get("template") if isinstance(own.get("template"), dict) else None
-        choices = own.get("choices") if isinstance(own.get("choices"), list) else []
+        listed = own.get("choices")
+        choices = listed if isinstance(listed, list) else []
         payload = message_payload(address, row["content"], [c for c in choices if isinstance(c, dict)], template)
         return await self.graph.send(phone_number_id, payload, deadline=deadline)
 

@@ -174,7 +174,7 @@ def parse(payload: Any, settings: Settings) -> tuple[list[Callback], list[Name]]
             except ValidationError:
                 continue
             name = _clean_name(contact.profile.name if contact.profile else None)
-            for device in {contact.user_id, contact.wa_id} - {None, ""}:
+            for device in {ident for ident in (contact.user_id, contact.wa_id) if ident}:  # neither None nor ""
                 if name and len(device) <= 128:
                     names.append(Name(tenant, device, name))
     return callbacks, names

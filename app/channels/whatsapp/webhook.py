@@ -47,7 +47,7 @@ from app.core.logging import device_hash
 from app.erasure import ReplayGuard
 from app.errors import InvalidInput, Overloaded, RateLimited, StoreError, StoreUnavailable
 from app.ledger import Answer, Lease, Ledger, Pending
-from app.pipeline import Inbound, OnReply, Pipeline
+from app.pipeline import ChannelReplier, Inbound, OnReply, Pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class WhatsAppSender:
     def outbox(self, engine: Any) -> Outbox:
         return Outbox(engine, self.graph)
 
-    def replier(self, ledger: Ledger) -> OnReply:
+    def replier(self, ledger: Ledger) -> ChannelReplier:
         """The pipeline's on_reply for WhatsApp messages (app.services.ReplyChannel)."""
         return replier(self, ledger)
 
@@ -100,7 +100,7 @@ class WhatsAppSender:
 
 def replier(
     sender: WhatsAppSender, ledger: Ledger, deadline: Deadline | None = None, typing: Typist | None = None
-) -> OnReply:
+) -> ChannelReplier:
     """The pipeline's on_reply for WhatsApp: send the device's unsent replies, this one included, in order.
 
     A coroutine function. deadline: the latest time.monotonic() a send may run to; by
