@@ -184,6 +184,17 @@ class TestTurn:
         manager, models = graph([Say("Hi! What can I do for you?")], [HandTo("Triage")])
         reply = aio.run(registry_from_agents(manager)["billing"].handle, message("something else", "billing"))
         assert (reply.reply, reply.lock) == ("Hi! What can I do for you?", Release())
+        assert reply.agent == "manager"  # the manager's words, though the run started on billing
+
+    def test_the_reply_names_the_agent_that_wrote_it(self):
+        manager, _ = graph([HandTo("Billing")], [Call(RELEASE_TOOL), Say("Done, anything else?")])
+        registry = registry_from_agents(manager)
+        handed = aio.run(registry["manager"].handle, message("my bill"))
+        assert (handed.agent, handed.lock) == ("billing", Release())  # billing answered, then released
+        kept = aio.run(
+            registry_from_agents(graph([], [Say("Still me.")])[0])["billing"].handle, message("hi", "billing")
+        )
+        assert (kept.agent, kept.lock) == ("billing", Keep())
 
     def test_a_manager_turn_that_stays_with_the_manager_releases(self):
         manager, _ = graph([Say("Hi!")], [])
