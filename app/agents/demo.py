@@ -84,25 +84,25 @@ class Scheduling:
     async def handle(self, message: AgentInput) -> AgentReply:
         state = message.context.get("conversation_state", {})
         text = message.text
-        choice = message.choice_id if message.choice_id in OFFERED_IDS else None
+        tapped = message.choice_id if message.choice_id in OFFERED_IDS else None
         if CANCEL.search(_words(text)):
             return AgentReply("No problem, I've cancelled that booking.", lock=Release(), context=_reset())
         in_flow = state.get("flow") == "scheduling"
         day = state.get("day") if in_flow else None
         time = state.get("time") if in_flow else None
         if in_flow and state.get("step") == "confirm":
-            if choice == "confirm:yes" or (choice is None and YES.search(_words(text))):
+            if tapped == "confirm:yes" or (tapped is None and YES.search(_words(text))):
                 booked = {"type": "appointment", "day": day, "time": time}
                 return AgentReply(
                     f"You're booked for {day} at {time}. See you then!",
                     lock=Release(),
                     context={**_reset(), "recent_interactions": [booked]},
                 )
-            if choice == "confirm:no" or (choice is None and NO.search(_words(text))):
+            if tapped == "confirm:no" or (tapped is None and NO.search(_words(text))):
                 day = time = None
             else:
                 return self._ask(day, time, "confirm")
-        picked = choice.removeprefix("day:") if (choice or "").startswith("day:") else None
+        picked = message.choice_id.removeprefix("day:") if (message.choice_id or "").startswith("day:") else None
         day = day or (picked if picked in WEEKDAYS else None) or parse_day(text)
         if day and not time:
             time = parse_time(text)
