@@ -13,7 +13,7 @@ import math
 import os
 import sys
 from datetime import datetime
-from typing import Any
+from typing import Any, TextIO
 
 from pydantic import ValidationError
 
@@ -25,20 +25,20 @@ from app.errors import StoreUnavailable
 logger = logging.getLogger("app.cli")
 
 
-def _database_url(settings: Settings) -> str:
-    """DATABASE_URL, or the embedded PostgreSQL of this checkout (started here)."""
+def _database_url(settings: Settings, notice: TextIO | None = None) -> str:
+    """DATABASE_URL, or the embedded PostgreSQL of this checkout (started here; notice: where to say so, stdout)."""
     if settings.database_url:
         return settings.database_url
     from app.core.embedded import start_embedded
 
     url = start_embedded(settings.data_dir)
-    print(f"DATABASE_URL is not set: using embedded PostgreSQL in {settings.data_dir} ({url})", flush=True)
+    print(f"DATABASE_URL is not set: using embedded PostgreSQL in {settings.data_dir} ({url})", file=notice, flush=True)
     return url
 
 
-def _resolved(settings: Settings) -> Settings:
+def _resolved(settings: Settings, notice: TextIO | None = None) -> Settings:
     """Settings with DATABASE_URL resolved (the embedded PostgreSQL started when unset)."""
-    return settings.model_copy(update={"database_url": _database_url(settings)})
+    return settings.model_copy(update={"database_url": _database_url(settings, notice)})
 
 
 def _migrate(settings: Settings) -> None:
@@ -188,9 +188,20 @@ def _cell(value: Any) -> str:
 
 
 def cmd_invoke(args: argparse.Namespace, settings: Settings) -> int:
+    from app.invoke import InvalidEvent, event_kind, load_event
     from app.invoke import main as invoke
 
-    return invoke(args.event)
+    if settings.database_url is not None:
+        return invoke(args.event)  # the deployed handlers, configured from the environment
+    try:
+        event_kind(load_event(args.event))
+    except InvalidEvent:
+        return invoke(args.event)  # it says why, and exits 2, before any database starts
+    # The embedded default, migrated as serve migrates it; its notice goes to stderr so that
+    # stdout stays the handler's result, JSON a script can read.
+    settings = _resolved(settings, notice=sys.stderr)
+    _migrate(settings)
+    return invoke(args.event, settings=settings)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -93,10 +93,13 @@ def _run_with(settings: Settings, kind: Kind, event: dict[str, Any], context: An
         services.close()
 
 
-def main(path: str) -> int:
-    """CLI entry: 0 on success, 1 if the handler failed or answered 5xx (or an error), 2 for an unusable event file."""
+def main(path: str, settings: Settings | None = None) -> int:
+    """CLI entry: 0 on success, 1 if the handler failed or answered 5xx (or an error), 2 for an unusable event file.
+
+    settings: as for `run` (None: the deployed handlers, configured from the environment).
+    """
     try:
-        result = run(path)
+        result = run(path, settings=settings)
     except InvalidEvent as err:
         print(f"invoke: {err}", file=sys.stderr)
         return 2

@@ -130,6 +130,10 @@ class AgentReply:
     choices: up to 10 for the person to tap. template: a WhatsApp template message
     ({"name", "language", "components"}), sendable outside the customer-service window.
     metadata: stored on the reply message (for example an LLM run's token usage).
+    agent: the registry key of the agent whose output the reply is, when it is not the agent
+    called (an SDK run that handed on within itself, back to the manager included); None for
+    the agent called. The reply is stored and reported under it; a key outside the registry
+    is ignored. It moves no lock: `lock` does.
     """
 
     reply: str
@@ -139,6 +143,7 @@ class AgentReply:
     choices: list[Choice] = field(default_factory=list)
     template: dict[str, Any] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    agent: str | None = None
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,9 @@ def parse_time(text: str) -> str | None:
 # A tap comes back with the title as its text, so the typed flow and the tapped one are the same.
 DAY_CHOICES = [Choice(f"day:{day}", day.capitalize()) for day in WEEKDAYS]
 CONFIRM_CHOICES = [Choice("confirm:yes", "Yes"), Choice("confirm:no", "No")]
+# A button these agents never offered (a template's quick reply, payload CONFIRM_YES) has an id
+# they cannot know, so it is read like typed text: by its title.
+OFFERED_IDS = frozenset(choice.id for choice in [*DAY_CHOICES, *CONFIRM_CHOICES])
 
 FLOW_RESET = {"flow": None, "step": None, "day": None, "time": None, "invoice": None}
 
@@ -81,20 +84,21 @@ class Scheduling:
     async def handle(self, message: AgentInput) -> AgentReply:
         state = message.context.get("conversation_state", {})
         text = message.text
+        tapped = message.choice_id if message.choice_id in OFFERED_IDS else None
         if CANCEL.search(_words(text)):
             return AgentReply("No problem, I've cancelled that booking.", lock=Release(), context=_reset())
         in_flow = state.get("flow") == "scheduling"
         day = state.get("day") if in_flow else None
         time = state.get("time") if in_flow else None
         if in_flow and state.get("step") == "confirm":
-            if message.choice_id == "confirm:yes" or (message.choice_id is None and YES.search(_words(text))):
+            if tapped == "confirm:yes" or (tapped is None and YES.search(_words(text))):
                 booked = {"type": "appointment", "day": day, "time": time}
                 return AgentReply(
                     f"You're booked for {day} at {time}. See you then!",
                     lock=Release(),
                     context={**_reset(), "recent_interactions": [booked]},
                 )
-            if message.choice_id == "confirm:no" or (message.choice_id is None and NO.search(_words(text))):
+            if tapped == "confirm:no" or (tapped is None and NO.search(_words(text))):
                 day = time = None
             else:
                 return self._ask(day, time, "confirm")

@@ -21,6 +21,8 @@ on Lambda). A turn on a new loop after that one closed fails ("Event loop is clo
 | another agent than the one it started on         | Handoff(key, ttl, answered=True)      |
 | the agent it started on                          | Keep (sliding expiry)                 |
 
+The reply is the last agent's (`AgentReply.agent`): stored and reported under its key.
+
 Replay: the model sees the session history as text messages (user and assistant
 turns, oldest first) and then the new message; the SDK's native items of earlier turns
 (tool calls, their outputs, handoff calls, reasoning) are not replayed. What a tool
@@ -223,6 +225,7 @@ class SdkEntry:
         usage = result.context_wrapper.usage
         return AgentReply(
             text,
+            agent=last,  # the run's last agent wrote the reply, whichever agent the run started on
             lock=lock,
             tools_used=[item.tool_name or str(getattr(item.raw_item, "type", "tool")) for item in calls],
             metadata={

@@ -84,7 +84,9 @@ class AgentRunner:
         template: dict[str, Any] | None = None
         metadata: dict[str, Any] = {}
         message = agent_input(turn, tenant, device, normalized(context), lock)
+        author = None  # who wrote the last reply, when an agent names another than itself (AgentReply.agent)
         for _ in range(MAX_HANDOFFS + 1):
+            author = None
             agent = self.registry[key]
             if message.attachments and not getattr(agent, "accepts_attachments", False):
                 replies.append(TEXT_ONLY_REPLY)
@@ -99,6 +101,7 @@ class AgentRunner:
                 logger.error("agent %s failed: %s", key, type(err).__name__)  # the text may hold personal data
                 return failed(agent_before, f"{type(err).__name__}: {err}", ms(started), agent=key, tools=tools)
             replies.append(answer.reply)
+            author = answer.agent if answer.agent in self.registry else None
             tools.extend(answer.tools_used)
             choices = tuple({"id": c.id, "title": c.title} for c in answer.choices[:10])
             template, metadata = answer.template, {**metadata, **answer.metadata}
@@ -117,7 +120,7 @@ class AgentRunner:
         reply = " ".join(part for part in replies if part) or "…"
         return Outcome(
             reply,
-            key,
+            author or key,
             agent_before,
             lock,
             ttl,

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 import anyio
 import anyio.to_thread
+import httpx
 import pytest
 from agents import Agent, RunConfig, RunContextWrapper, TracingProcessor, function_tool, handoff, set_trace_processors
 from agents.models.openai_provider import OpenAIProvider
@@ -20,7 +21,8 @@ from agents.tracing.processors import default_processor
 
 from app.agents import AgentInput, Handoff, HistoryItem, Keep, Release, load_registry
 from app.agents.openai_agents import RELEASE_TOOL, agent_key, registry_from_agents, release_conversation
-from app.agents.openai_example import build
+from app.agents.openai_example import build, model_provider
+from app.agents.runner import FAILURE_REPLY
 from app.errors import AgentFailed, ConfigurationError
 from tests.conftest import make_settings
 from tests.utils import aio, openai_registry
@@ -28,10 +30,18 @@ from tests.utils.apps import app_client, use_registry
 from tests.utils.fake_llm import Call, Fail, FakeModel, HandTo, Say, StuckModel
 from tests.utils.no_network import loopback_only
 from tests.utils.openai_server import chat_completions
-from tests.utils.server import ROOT
+from tests.utils.server import ROOT, app_env, serving
 
 SECRET_TEXT = "card 4111-1111 for jane@example.com"
 NOW = datetime(2026, 1, 5, 9, 30, tzinfo=UTC)
+
+
+def example_env(database_url: str, **openai: str) -> dict[str, str]:
+    """The environment of `make run` with the example registry, no OpenAI setting but those given."""
+    env = app_env(database_url, agents="app.agents.openai_example:registry")
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_DEFAULT_MODEL"):
+        env.pop(name, None)
+    return env | openai
 
 
 def message(text: str, lock: str | None = None, history=()) -> AgentInput:
@@ -184,6 +194,17 @@ class TestTurn:
         manager, models = graph([Say("Hi! What can I do for you?")], [HandTo("Triage")])
         reply = aio.run(registry_from_agents(manager)["billing"].handle, message("something else", "billing"))
         assert (reply.reply, reply.lock) == ("Hi! What can I do for you?", Release())
+        assert reply.agent == "manager"  # the manager's words, though the run started on billing
+
+    def test_the_reply_names_the_agent_that_wrote_it(self):
+        manager, _ = graph([HandTo("Billing")], [Call(RELEASE_TOOL), Say("Done, anything else?")])
+        registry = registry_from_agents(manager)
+        handed = aio.run(registry["manager"].handle, message("my bill"))
+        assert (handed.agent, handed.lock) == ("billing", Release())  # billing answered, then released
+        kept = aio.run(
+            registry_from_agents(graph([], [Say("Still me.")])[0])["billing"].handle, message("hi", "billing")
+        )
+        assert (kept.agent, kept.lock) == ("billing", Keep())
 
     def test_a_manager_turn_that_stays_with_the_manager_releases(self):
         manager, _ = graph([Say("Hi!")], [])
@@ -398,6 +419,47 @@ class TestExample:
         reply = aio.run(registry["scheduling"].handle, message("actually, a question about my bill", "scheduling"))
         assert (reply.reply, reply.lock) == (openai_registry.ASK_INVOICE, Handoff("billing", None, answered=True))
         assert [len(models[name].calls) for name in ("Scheduling", "Triage", "Billing")] == [1, 1, 1]
+
+    def test_without_a_key_or_base_url_one_line_at_start_names_them_and_each_turn_fails_saying_so(self, caplog):
+        with caplog.at_level(logging.WARNING, logger="app.agents.openai_example"):
+            provider = model_provider({})
+        [warning] = [record.getMessage() for record in caplog.records]
+        assert "OPENAI_API_KEY" in warning and "OPENAI_BASE_URL" in warning and "\n" not in warning
+        caplog.clear()
+        registry = registry_from_agents(build(), run_config=RunConfig(model_provider=provider), tracing=False)
+        with caplog.at_level(logging.WARNING), pytest.raises(AgentFailed):
+            aio.run(registry["manager"].handle, message("hello"))
+        lines = [record.getMessage() for record in caplog.records]
+        assert warning in lines and not any("OpenAIError" in line for line in lines)
+
+    def test_make_run_says_at_start_that_the_key_is_missing_and_each_turn_says_it_again(self, database_url):
+        env = example_env(database_url)
+        with serving(env) as server:
+            started = server.log()
+            response = httpx.post(
+                f"{server.url}/api/chat", json={"message": "hello"}, headers={"X-Device-ID": str(uuid.uuid4())}
+            )
+            assert response.status_code == 200 and response.json()["reply"] == FAILURE_REPLY
+            log = server.log()
+        [warning] = [line for line in started.splitlines() if "OPENAI_API_KEY" in line]
+        assert " WARNING " in warning and "OPENAI_BASE_URL" in warning
+        turn = log[len(started) :]
+        assert warning.split(": ", 1)[1] in turn and "OpenAIError" not in turn
+
+    def test_a_local_server_at_openai_base_url_needs_no_key(self, database_url):
+        """The offline way the module's docstring names: an OpenAI-compatible server on this machine."""
+        with chat_completions("Hello from a local server") as api:
+            env = example_env(database_url, OPENAI_BASE_URL=api.base_url, OPENAI_DEFAULT_MODEL="local-model")
+            with serving(env) as server:
+                response = httpx.post(
+                    f"{server.url}/api/chat", json={"message": "hello"}, headers={"X-Device-ID": str(uuid.uuid4())}
+                )
+                log = server.log()
+        assert response.status_code == 200 and response.json()["reply"] == "Hello from a local server"
+        assert "OPENAI_API_KEY" not in log
+        assert [(request["path"], request["model"]) for request in api.requests] == [
+            ("/v1/chat/completions", "local-model")
+        ]
 
     def test_the_tools_are_deterministic(self):
         models = openai_registry.models()

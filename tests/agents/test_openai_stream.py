@@ -67,6 +67,13 @@ class TestAdapterStream:
         assert "".join(item for item in items if isinstance(item, str)) == "Billing here, what is it?"
         assert items[-1].lock == Handoff("billing", 300, answered=True)
 
+    def test_a_specialist_that_hands_back_gives_the_managers_reply_as_the_managers(self):
+        billing = Agent(name="Billing", model=FakeModel("billing", [HandTo("Triage")]))
+        manager = Agent(name="Triage", model=FakeModel("triage", [Say("Hi, what else?")]), handoffs=[billing])
+        billing.handoffs = [manager]
+        items = aio.run(collect, registry_from_agents(manager, tracing=False)["billing"], "other", "billing")
+        assert (items[-1].reply, items[-1].lock, items[-1].agent) == ("Hi, what else?", Release(), "manager")
+
     def test_a_run_on_the_lock_holder_keeps_the_lock(self):
         billing = Agent(name="Billing", model=FakeModel("billing", [Say("Still me.")]))
         registry = registry_from_agents(Agent(name="Triage", handoffs=[billing]), tracing=False)
@@ -113,3 +120,38 @@ def test_through_the_stream_route_the_text_comes_in_deltas_equal_to_the_stored_r
     assert types.index("tool-input-available") < types.index("tool-output-available") < types.index("text-delta")
     lock = next(item["data"] for item in items if item["type"] == "data-lock")
     assert lock["agent"] is None  # handed to Billing, which released the conversation
+
+
+@pytest.mark.parametrize("route", ["/api/chat", "/api/chat/stream"])
+def test_a_reply_the_manager_wrote_after_a_hand_back_is_the_managers_in_the_response_and_history(
+    database_url, engine, route
+):
+    """Billing holds the lock and hands back to Triage, which answers: Runner.run (/api/chat) and
+    Runner.run_streamed (/api/chat/stream) both store and report that answer as the manager's."""
+    billing = Agent(name="Billing", model=FakeModel("billing", [Say("Which invoice?"), HandTo("Triage")]))
+    manager = Agent(
+        name="Triage", model=FakeModel("triage", [HandTo("Billing"), Say("Hi, what else?")]), handoffs=[billing]
+    )
+    billing.handoffs = [manager]
+    device = str(uuid.uuid4())
+    answered_by = []
+    with app_client(make_settings(database_url)) as client:
+        use_registry(client, registry_from_agents(manager, tracing=False))
+        for text in ("my bill", "something else"):
+            if route == "/api/chat":
+                response = client.post(route, json={"message": text}, headers={"X-Device-ID": device})
+                assert response.status_code == 200, response.text
+                answered_by.append(response.json()["agent"])
+            else:
+                with client.stream("POST", route, json=body(text), headers={"X-Device-ID": device}) as response:
+                    assert response.status_code == 200
+                    items = list(parts(response))
+                answered_by.append(next(item["data"] for item in items if item["type"] == "data-lock")["answered_by"])
+    assert answered_by == ["billing", "manager"]
+    with engine.connect() as conn:
+        history = conn.exec_driver_sql(
+            "SELECT content, agent FROM conversation_messages WHERE device_id = %(device)s AND role = 'assistant' "
+            "ORDER BY id",
+            {"device": device},
+        ).all()
+    assert [tuple(row) for row in history] == [("Which invoice?", "billing"), ("Hi, what else?", "manager")]

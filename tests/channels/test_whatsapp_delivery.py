@@ -70,6 +70,15 @@ class TestTaps:
             ("Yes", "confirm:yes"),
         ]
 
+    def test_a_button_the_agent_never_offered_is_read_by_its_title(self, database_url, engine, graph):
+        """A template's quick reply (its payload not one of the agent's choice ids) answers "confirm? (yes/no)"."""
+        with app_client(wa_settings(database_url, graph)) as client:
+            use_registry(client, demo)
+            post(client, delivery([change([text("book an appointment friday at 10am", "wamid.Q1")])]))
+            assert graph.sent[-1]["interactive"]["body"]["text"].endswith("Book friday at 10:00, confirm? (yes/no)")
+            post(client, delivery([change([quick_reply("CONFIRM_YES", "Yes", "wamid.Q2")])]))
+        assert graph.sent[-1].get("text") == {"body": "You're booked for friday at 10:00. See you then!"}
+
     def test_tapped_choices_reach_the_agent_with_their_id(self, client, graph, engine, echo):
         post(
             client,

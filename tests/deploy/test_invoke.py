@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -143,3 +145,51 @@ def test_main_bad_event_files(tmp_path: Path):
         done = cli(path, tmp_path)
         assert done.returncode == 2, path
         assert done.stderr.startswith("invoke: ") and done.stdout == ""
+
+
+def test_the_cli_without_database_url_uses_the_embedded_default(tmp_path: Path):
+    """`python -m app invoke` as every other command: the checkout's embedded PostgreSQL (DATA_DIR), migrated
+    like serve's, stopped when the command ends; stdout stays the handler's result alone."""
+    data = tmp_path / "pg"
+    env = clean_env(PYTHONPATH=str(ROOT), DATA_DIR=str(data))
+    command = [sys.executable, "-m", "app", "invoke"]
+    http = subprocess.run(
+        [*command, str(EVENTS / "apigw-v2-health.json")],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert http.returncode == 0, http.stderr
+    result = json.loads(http.stdout)
+    assert result["statusCode"] == 200
+    assert json.loads(result["body"])["migration"] == migrate.head_revision()
+    assert f"using embedded PostgreSQL in {data}" in http.stderr
+    scheduled = subprocess.run(
+        [*command, str(EVENTS / "scheduled-cleanup.json")],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert scheduled.returncode == 0, scheduled.stderr
+    assert set(json.loads(scheduled.stdout)) == {"released", "deleted", "duration_ms"}
+    # PostgreSQL removes postmaster.pid when it shuts down cleanly.
+    assert not (data / "postmaster.pid").exists(), "the embedded PostgreSQL was left running"
+
+
+def test_the_cli_refuses_a_bad_event_file_before_starting_the_embedded_default(tmp_path: Path):
+    data = tmp_path / "pg"
+    env = clean_env(PYTHONPATH=str(ROOT), DATA_DIR=str(data))
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "invoke", str(tmp_path / "missing.json")],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and done.stderr.startswith("invoke: cannot read event") and done.stdout == ""
+    assert not data.exists()
