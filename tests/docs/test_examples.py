@@ -10,7 +10,9 @@ in order, `...` standing for any text. Before running, the server's address repl
 
 The server has the settings the tours tell the reader to set: `ADMIN_API_KEYS=default:$ADMIN_KEY`
 (and `ADMIN_KEY` is exported to the shell, as the README's tour exports it), and the local WhatsApp
-settings of docs/channels/whatsapp.md ("Trying it without Meta"), whose sends go nowhere.
+settings of docs/channels/whatsapp.md ("Trying it without Meta"), whose sends go nowhere. The shell
+has `DATABASE_URL` set to the server's database, so Python examples that read it use that database
+(a reader without it gets the embedded PostgreSQL `make run` uses).
 """
 
 from __future__ import annotations
@@ -106,17 +108,16 @@ def server_address(database_url: str) -> Iterator[str]:
     [path for path in documents() if runnable_blocks(path.read_text())],
     ids=lambda path: str(path.relative_to(ROOT)),
 )
-def test_runnable_examples(document: Path, server_address: str, engine, tmp_path: Path):
+def test_runnable_examples(document: Path, server_address: str, database_url: str, engine, tmp_path: Path):
     script = "\n".join(runnable_blocks(document.read_text()))
     for written in ("localhost:8000", "127.0.0.1:8000"):
         script = script.replace(written, server_address)
     script = script.replace(".venv/bin/python", sys.executable)
     env = {
-        **app_env(f"http://{server_address}"),  # no app setting of this process leaks into the examples
+        **app_env(database_url),  # no other app setting of this process leaks into the examples
         "ADMIN_KEY": ADMIN_KEY,
         "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
     }
-    env.pop("DATABASE_URL")
     done = subprocess.run(
         ["bash", "-c", "set -euo pipefail\n" + script],
         cwd=tmp_path,
