@@ -99,3 +99,18 @@ def test_cleanup_stops_before_the_function_times_out():
     # Both functions can run a cleanup (the HTTP one through GET /api/cron/cleanup).
     for name, props in functions().items():
         assert 0 < float(env(props)["CLEANUP_MAX_SECONDS"]) < props["Timeout"] - 5, name
+
+
+def test_functions_build_from_pyproject():
+    """Each function is built by the Makefile's build-<name> target (pip install . into the artifacts),
+    so `sam build` needs no requirements file. The build itself downloads the dependencies, so it is
+    not run here."""
+    makefile = (ROOT / "Makefile").read_text()
+    for name, resource in TEMPLATE["Resources"].items():
+        if resource["Type"] != "AWS::Serverless::Function":
+            continue
+        assert resource.get("Metadata", {}).get("BuildMethod") == "makefile", name
+        target = next(line for line in makefile.splitlines() if f"build-{name}" in line and line.endswith(":"))
+        recipe = makefile.split(target, 1)[1].splitlines()[1]
+        assert "pip install" in recipe and '--target "$(ARTIFACTS_DIR)" .' in recipe, recipe
+    assert not (ROOT / "requirements.txt").exists()
