@@ -17,7 +17,7 @@ from app.core.config import Settings
 from app.core.db import Database, lock_pools
 from app.core.logging import RequestContext, configure_logging
 from app.services import Services, build_services
-from app.streams.signals import StopListener
+from app.streams.signals import Listener
 
 logger = logging.getLogger(__name__)
 
@@ -25,15 +25,16 @@ logger = logging.getLogger(__name__)
 SETTLE_SECONDS = 10.0
 
 
-def stop_listener(services: Services) -> Callable[[], Coroutine[Any, Any, None]] | None:
-    """The stop listener's task for a server's lifespan (app/streams/signals.py), or None where
-    a LISTEN cannot hold: through a transaction-mode pooler the draft writers poll instead."""
+def listener(services: Services) -> Callable[[], Coroutine[Any, Any, None]] | None:
+    """The listener's task for a server's lifespan (app/streams/signals.py), or None where a LISTEN
+    cannot hold: through a transaction-mode pooler the draft writers and the waiters poll instead."""
     if services.settings.db_pooler == "transaction":
         return None
 
     async def listen() -> None:
         pools = lock_pools(services.database.engine)
-        await StopListener(services.runtime.streams, pools.config.conninfo, pools.connect_kwargs()).run()
+        runtime = services.runtime
+        await Listener(runtime.streams, runtime.wakeups, pools.config.conninfo, pools.connect_kwargs()).run()
 
     return listen
 
@@ -58,7 +59,7 @@ def create_app(
         # requests still running): no new turn, that work gets SHUTDOWN_GRACE_SECONDS and is
         # cancelled; uvicorn does not wait for the turns it cancelled, so wait here while they
         # give their leases back (one statement each), then close this loop's HTTP client and pool.
-        async with services.runtime.serve(listen=stop_listener(services)):
+        async with services.runtime.serve(listen=listener(services)):
             yield
         if not await services.runtime.settle(SETTLE_SECONDS):
             logger.warning("%s leases still held at shutdown: they lapse after LEASE_SECONDS", services.runtime.holders)

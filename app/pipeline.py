@@ -182,7 +182,9 @@ class Pipeline:
             if claim.lease is None and claim.message_id is not None and self.settings.burst_mode == "interrupt":
                 await interrupt(self.ledger.engine, tenant, device, claim.message_id)  # then answered with the rest
             if claim.lease is not None:
-                drained = await self._drain(claim.lease, on_reply, on_working, db_ms=claim_ms, started=started)
+                drained = await self._drain(
+                    claim.lease, on_reply, on_working, own=claim.message_id, db_ms=claim_ms, started=started
+                )
                 answer = drained.get(message_id) if message_id is not None else None
                 if answer is not None:
                     return _answered(answer, message_id, duplicate=claim.message_id is None)
@@ -224,7 +226,7 @@ class Pipeline:
             answer = poll.answer
             if poll.lease is not None:  # a lease we won must be drained (and so freed) before we leave
                 telemetry.lease_taken()
-                answer = (await self._drain(poll.lease, on_reply, on_working)).get(message_id) or answer
+                answer = (await self._drain(poll.lease, on_reply, on_working, own=message_id)).get(message_id) or answer
             if answer is not None:
                 return _answered(answer, message_id, duplicate=duplicate)
         logger.info("message %s still queued after %ss", message_id, self.settings.chat_wait_seconds)
@@ -257,10 +259,14 @@ class Pipeline:
         on_reply: OnReply | None,
         on_working: OnWorking | None = None,
         *,
+        own: int | None = None,
         db_ms: int = 0,
         started: float | None = None,
     ) -> dict[int, Answer]:
         """Handle pending turns in order while holding the lease; the last finish frees it.
+
+        own: the message this request stored (None: none, a recovery). A turn that answers
+        any other message notifies that message's waiter, on whichever instance it waits.
 
         Cancelled (shutdown, a request's task cancelled) in the middle of a turn, the
         lease is given back at once (fenced): the next holder runs the turn again with
@@ -269,7 +275,7 @@ class Pipeline:
         answers: dict[int, Answer] = {}
         with self.runtime.holding():  # a shutdown waits for the give-back before closing the pool
             try:
-                await self._drain_turns(lease, answers, on_reply, on_working, db_ms=db_ms, started=started)
+                await self._drain_turns(lease, answers, on_reply, on_working, own=own, db_ms=db_ms, started=started)
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await self._give_back(lease)
@@ -292,6 +298,7 @@ class Pipeline:
         on_reply: OnReply | None,
         on_working: OnWorking | None,
         *,
+        own: int | None,
         db_ms: int,
         started: float | None,
     ) -> None:
@@ -312,7 +319,11 @@ class Pipeline:
             finish_started = time.perf_counter()
             try:
                 with telemetry.span("agent_sessions.finish", self.settings, lease.tenant, lease.device):
-                    finished = await self._finish(lease, turn, outcome, db_ms=db_ms, total_ms=ms(started))
+                    # Another request's message: it waits for this reply, maybe on another instance.
+                    notify = any(message.id != own for message in turn.messages)
+                    finished = await self._finish(
+                        lease, turn, outcome, notify=notify, db_ms=db_ms, total_ms=ms(started)
+                    )
             except LeaseLost:
                 telemetry.lease_lost("finish")
                 logger.warning("lease lost on message %s; the new holder will handle it", turn.last.id)
@@ -349,7 +360,9 @@ class Pipeline:
             turn = finished.next or (await self.ledger.next_turn(lease) if finished.kept else None)
             db_ms, started = ms(finish_started), None
 
-    async def _finish(self, lease: Lease, turn: Turn, outcome: Outcome, *, db_ms: int, total_ms: int) -> Finished:
+    async def _finish(
+        self, lease: Lease, turn: Turn, outcome: Outcome, *, notify: bool, db_ms: int, total_ms: int
+    ) -> Finished:
         """The fenced finish, retried while the database is unreachable, for at most LEASE_SECONDS.
 
         A retry is safe: the statement writes only while the lease is ours and the turn's
@@ -373,7 +386,7 @@ class Pipeline:
         )
         async for attempt in retrying:
             with attempt:
-                return await self.ledger.finish(lease, turn, outcome, db_ms=db_ms, total_ms=total_ms)
+                return await self.ledger.finish(lease, turn, outcome, notify=notify, db_ms=db_ms, total_ms=total_ms)
         raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
 
     async def _run_turn(

@@ -205,7 +205,7 @@ class Runtime:
         """The app's lifespan: background tasks run in its body; at exit no new turn starts,
         running ones get SHUTDOWN_GRACE_SECONDS, then are cancelled.
 
-        listen: a task for the whole lifespan, outside the background count (the stop
+        listen: a task for the whole lifespan, outside the background count (the
         listener, app/streams/signals.py), cancelled once the background work is done.
         """
         async with anyio.create_task_group() as signals:

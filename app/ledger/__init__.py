@@ -325,9 +325,13 @@ class Ledger:
         return await self._row(sql.RELEASE, params) is not None
 
     async def finish(
-        self, lease: Lease, turn: Turn, outcome: Outcome, *, db_ms: int = 0, total_ms: int = 0
+        self, lease: Lease, turn: Turn, outcome: Outcome, *, notify: bool = False, db_ms: int = 0, total_ms: int = 0
     ) -> Finished:
-        """Write a turn's reply and effects and start the next turn; LeaseLost when the lease is gone."""
+        """Write a turn's reply and effects and start the next turn; LeaseLost when the lease is gone.
+
+        notify: say at commit that the device's turn finished (NOTIFY DONE_CHANNEL), for a waiter
+        on another instance (app/streams/signals.py).
+        """
         last = turn.last
         metadata = {**outcome.metadata, **last.metadata}
         if outcome.choices:
@@ -360,6 +364,7 @@ class Ledger:
                 "event": outcome.event,
                 "db_ms": db_ms,
                 "total_ms": total_ms,
+                "notify": notify,
             },
         )
         if row is None:

@@ -20,7 +20,9 @@
 |               |                                                   | turn's and the pending messages `held`; it writes only while the |
 |               |                                                   | turn's last message is pending, so a retry of a finish that was  |
 |               |                                                   | applied (its answer lost on a disconnect) writes nothing         |
-|               |                                                   | and deletes the device's streamed draft (app/streams) with it    |
+|               |                                                   | and deletes the device's streamed draft (app/streams) with it;   |
+|               |                                                   | asked to (another request's message answered), NOTIFY            |
+|               |                                                   | DONE_CHANNEL [tenant, device] at commit                          |
 
 Every statement that changes a device's row adds 1 to its version. A claim or
 finish compares the version its snapshot saw with the row it locked: when they
@@ -32,6 +34,10 @@ claim slipped in between, the holder reads the next turn afresh (NEXT).
 from __future__ import annotations
 
 from app.sql import fresh_context, human_lock, lease_free, live_agent, live_until, turn_history
+
+# What FINISH notifies when a turn answered another request's message (a JSON array [tenant, device]);
+# app/streams/signals.py listens and wakes that device's waiters in its process.
+DONE_CHANNEL = "agent_sessions_done"
 
 # A device's pending inbound messages (add ORDER BY id and a limit).
 PENDING = """
@@ -304,7 +310,11 @@ st AS (
 )
 SELECT st.active_agent, st.expires_at, st.context, st.kept, st.held, outbound.session_id, outbound.id AS reply_id,
        outbound.created_at AS reply_created_at, {_batch_json("started")} AS next_batch,
-       {turn_history("(SELECT min(id) FROM nxt)", "(SELECT session_id FROM nxt ORDER BY id LIMIT 1)")} AS history
+       {turn_history("(SELECT min(id) FROM nxt)", "(SELECT session_id FROM nxt ORDER BY id LIMIT 1)")} AS history,
+       -- delivered at commit to every listener (app/streams/signals.py): another request's message
+       -- was answered (or held), and its waiter may be on another instance
+       CASE WHEN %(notify)s THEN pg_notify('{DONE_CHANNEL}', json_build_array(%(tenant)s::text, %(device)s::text)::text)
+       END AS notified
 FROM st LEFT JOIN outbound ON true
 """
 

@@ -26,7 +26,7 @@ class Hub:
     def __init__(self) -> None:
         self._writers: dict[Key, DraftWriter] = {}
         self._events: dict[Key, anyio.Event] = {}
-        # Whether this process's StopListener is connected (app/streams/signals.py): then the
+        # Whether this process's Listener is connected (app/streams/signals.py): then the
         # writers wait for a poke instead of polling for stop requests.
         self.listening = False
 

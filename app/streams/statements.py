@@ -77,7 +77,7 @@ WITH target AS ({target}), old AS (
 SELECT (SELECT id FROM target) AS message_id,
        (SELECT stop_message_id FROM old) IS NOT DISTINCT FROM (SELECT id FROM target) AS already,
        EXISTS (SELECT 1 FROM asked) AS asked,
-       -- delivered at commit to every StopListener (app/streams/signals.py)
+       -- delivered at commit to every Listener (app/streams/signals.py)
        CASE WHEN EXISTS (SELECT 1 FROM asked)
             THEN pg_notify('{STOP_CHANNEL}', json_build_array(%(tenant)s::text, %(device)s::text)::text) END AS notified
 """

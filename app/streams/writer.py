@@ -9,7 +9,7 @@ written: the finish statement stores the whole reply. So an agent that answers w
 one interval (or only has `handle`) costs no statement here.
 
 Stop: an APPEND answers whether POST /api/chat/stop asked for this turn. While no text
-arrives, the process's StopListener (app/streams/signals.py) pokes the writer when a stop
+arrives, the process's Listener (app/streams/signals.py) pokes the writer when a stop
 is asked for its device, and the writer runs one CHECK; while no listener is connected, a
 CHECK runs instead at most every STOP_CHECK_SECONDS and only when no statement ran for that
 long. So a stop is seen within a round trip (STOP_CHECK_SECONDS plus one statement without
@@ -37,7 +37,7 @@ from app.streams.hub import Hub
 
 logger = logging.getLogger(__name__)
 
-# Without a stop listener: at most this long between two looks at the stop flag while the agent sends nothing.
+# Without a listener: at most this long between two looks at the stop flag while the agent sends nothing.
 STOP_CHECK_SECONDS = 0.5
 
 
@@ -156,7 +156,7 @@ class DraftWriter:
         self._changed.set()
 
     def wake(self) -> None:
-        """Look again at how to wait (the stop listener came or went)."""
+        """Look again at how to wait (the listener came or went)."""
         self._changed.set()
 
     def stoppable(self) -> anyio.CancelScope:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 
 from app.core.db import lock_pools, make_engine
 from app.sessions import SessionService
+from app.streams import signals
 from tests.conftest import make_settings
+from tests.utils.agents import wait_for
 from tests.utils.apps import app_client
 from tests.utils.proxy import OutageProxy, outage_proxy
 
@@ -45,8 +48,9 @@ def test_one_disconnect_invalidates_the_older_pooled_connections(proxy: OutagePr
     settings = make_settings(proxy.url, db_pool="queue", db_pool_size=POOLED)
     with app_client(settings) as client:
         engine = client.services.database.engine
+        assert wait_for(lambda: client.services.runtime.streams.listening), "the listener never connected"
         client.portal.call(fill_async_pool, engine)  # on the app's own loop
-        assert proxy.drop_silently() == POOLED
+        assert proxy.drop_silently() == POOLED + 1  # and the listener's connection
         replies = [
             client.post("/api/chat", json={"message": text}, headers={"X-Device-ID": DEVICE}).json()
             for text in ("hi", "book", "monday", "3pm")
@@ -105,3 +109,21 @@ def test_connections_carry_tcp_keepalives_from_settings(proxy: OutageProxy):
     finally:
         engine.dispose()
     assert options[0] != 0 and options[1:] == (42, 7, 4)
+
+
+def listener_pid(database_url: str) -> int | None:
+    conninfo = database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute("SELECT pid FROM pg_stat_activity WHERE query LIKE 'LISTEN agent_sessions_%'").fetchone()
+    return row[0] if row else None
+
+
+def test_the_listener_finds_its_connection_dropped_silently_and_listens_again(proxy, database_url, monkeypatch):
+    monkeypatch.setattr(signals, "PING_SECONDS", 0.1)  # a ping after 0.1 s without a notification
+    with app_client(make_settings(proxy.url)) as client:
+        assert wait_for(lambda: client.services.runtime.streams.listening and listener_pid(database_url))
+        first = listener_pid(database_url)
+        assert proxy.drop_silently() >= 1
+        # Told nothing, the listener learns of the drop by its ping, and listens again on a new connection.
+        assert wait_for(lambda: listener_pid(database_url) not in (None, first)), "the listener never came back"
+        assert wait_for(lambda: client.services.runtime.streams.listening)

@@ -19,13 +19,13 @@ from tests.utils.counting import count_statements, work
 from tests.utils.sse import DONE, parts
 
 CHECKS = "stop_message_id = ANY(%(ids)s::bigint[]), false) AS stop"
-LISTENERS = "SELECT pid FROM pg_stat_activity WHERE query = 'LISTEN agent_sessions_stop'"
+LISTENERS = "SELECT pid FROM pg_stat_activity WHERE query LIKE 'LISTEN agent_sessions_%'"
 
 
 @pytest.fixture
 def client(database_url, engine, gates):
     with app_client(make_settings(database_url, agents=AGENTS)) as client:
-        assert wait_for(lambda: client.services.runtime.streams.listening, 20), "the stop listener never connected"
+        assert wait_for(lambda: client.services.runtime.streams.listening, 20), "the listener never connected"
         yield client
 
 
@@ -112,3 +112,24 @@ def test_a_notification_names_tenant_and_device():
         "default",
         "6d1e2f3a-4b5c-4d6e-8f7a-9b0c1d2e3f4a",
     )
+
+
+def test_a_waiter_on_another_instance_is_woken_by_the_finish_notification(database_url, engine, gates):
+    device = str(uuid.uuid4())
+    settings = make_settings(database_url, agents=AGENTS)
+    with app_client(settings) as a, app_client(settings) as b:
+        assert wait_for(lambda: a.services.runtime.streams.listening and b.services.runtime.streams.listening)
+        woken: list[tuple[str, str]] = []
+        wake = b.services.runtime.wakeups.notify
+        b.services.runtime.wakeups.notify = lambda key: (woken.append(key), wake(key))  # type: ignore[method-assign]
+        first, first_result = held_turn(a, device, "hold finish w1 w2")
+        assert wait_for(lambda: draft_text(conninfo_of(database_url), device) == "w1 "), "A's turn never started"
+        second, second_result = held_turn(b, device, "and then")
+        assert wait_for(lambda: len(b.services.runtime.wakeups) == 1), "B's message never waited"
+        gates.open("finish")  # A answers its message, then B's (the device's next), and notifies
+        first.join(30)
+        second.join(30)
+        # B ran no turn of the device: only A's finish, through B's listener, can wake its waiters.
+        assert wait_for(lambda: woken == [("default", device)]), woken
+    assert first_result["response"].json()["reply"] == "w1 w2"
+    assert second_result["response"].json()["reply"] == "and then"
