@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
 from app.core.config import Settings
+from app.core.db import Engine as AppEngine
 from app.core.db import make_engine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,8 +49,8 @@ class Bench:
         values = {"database_url": self.url, "_env_file": None} | NO_RATE_LIMITS
         return Settings(**(values | overrides))
 
-    def engine(self, **overrides: Any) -> Engine:
-        """The production engine (AUTOCOMMIT, QueuePool, psycopg auto-prepare)."""
+    def engine(self, **overrides: Any) -> AppEngine:
+        """The production handle (psycopg pools, auto-prepare; SQLAlchemy's AUTOCOMMIT engine on first use)."""
         return make_engine(self.settings(**overrides))
 
     def setup_engine(self) -> Engine:
