@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi import FastAPI
 
@@ -13,14 +13,28 @@ from app.api import errors
 from app.api.limits import KIB, BodyLimit
 from app.api.routes import chat, cron, docs, health, inbox, metrics, sessions, stats, stream, takeover, web, whatsapp
 from app.core.config import Settings
-from app.core.db import Database
+from app.core.db import Database, lock_pools
 from app.core.logging import RequestContext, configure_logging
 from app.services import Services, build_services
+from app.streams.signals import StopListener
 
 logger = logging.getLogger(__name__)
 
 # How long a shutdown waits for cancelled turns to give their leases back (a statement each).
 SETTLE_SECONDS = 10.0
+
+
+def stop_listener(services: Services) -> Callable[[], Awaitable[None]] | None:
+    """The stop listener's task for a server's lifespan (app/streams/signals.py), or None where
+    a LISTEN cannot hold: through a transaction-mode pooler the draft writers poll instead."""
+    if services.settings.db_pooler == "transaction":
+        return None
+
+    async def listen() -> None:
+        pools = lock_pools(services.database.engine)
+        await StopListener(services.runtime.streams, pools.config.conninfo, pools.connect_kwargs()).run()
+
+    return listen
 
 
 def create_app(
@@ -43,7 +57,7 @@ def create_app(
         # requests still running): no new turn, that work gets SHUTDOWN_GRACE_SECONDS and is
         # cancelled; uvicorn does not wait for the turns it cancelled, so wait here while they
         # give their leases back (one statement each), then close this loop's HTTP client and pool.
-        async with services.runtime.serve():
+        async with services.runtime.serve(listen=stop_listener(services)):
             yield
         if not await services.runtime.settle(SETTLE_SECONDS):
             logger.warning("%s leases still held at shutdown: they lapse after LEASE_SECONDS", services.runtime.holders)

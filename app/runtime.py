@@ -201,14 +201,22 @@ class Runtime:
         self.grace = settings.shutdown_grace_seconds
 
     @contextlib.asynccontextmanager
-    async def serve(self) -> AsyncIterator[None]:
+    async def serve(self, listen: Callable[[], Awaitable[None]] | None = None) -> AsyncIterator[None]:
         """The app's lifespan: background tasks run in its body; at exit no new turn starts,
-        running ones get SHUTDOWN_GRACE_SECONDS, then are cancelled."""
-        async with self.background.serve(self.grace):
-            try:
-                yield
-            finally:
-                self.closing = True
+        running ones get SHUTDOWN_GRACE_SECONDS, then are cancelled.
+
+        listen: a task for the whole lifespan, outside the background count (the stop
+        listener, app/streams/signals.py), cancelled once the background work is done.
+        """
+        async with anyio.create_task_group() as signals:
+            if listen is not None:
+                signals.start_soon(listen)
+            async with self.background.serve(self.grace):
+                try:
+                    yield
+                finally:
+                    self.closing = True
+            signals.cancel_scope.cancel()
 
     @contextlib.contextmanager
     def slot(self) -> Iterator[None]:

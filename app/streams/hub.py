@@ -26,6 +26,9 @@ class Hub:
     def __init__(self) -> None:
         self._writers: dict[Key, DraftWriter] = {}
         self._events: dict[Key, anyio.Event] = {}
+        # Whether this process's StopListener is connected (app/streams/signals.py): then the
+        # writers wait for a poke instead of polling for stop requests.
+        self.listening = False
 
     def writer(self, key: Key) -> DraftWriter | None:
         """The writer of the device's turn running in this process, if any."""
@@ -39,6 +42,22 @@ class Hub:
         if self._writers.get(key) is writer:
             del self._writers[key]
         self.notify(key)
+
+    def poke(self, key: Key) -> None:
+        """A stop was asked for the device (a notification): its writer here, if any, checks once."""
+        writer = self._writers.get(key)
+        if writer is not None:
+            writer.check_soon()
+
+    def poke_all(self) -> None:
+        """Every writer here checks once (the listener has just (re)connected)."""
+        for writer in list(self._writers.values()):
+            writer.check_soon()
+
+    def wake_all(self) -> None:
+        """Every writer here looks again at how to wait (the listener is gone: they poll)."""
+        for writer in list(self._writers.values()):
+            writer.wake()
 
     def notify(self, key: Key) -> None:
         """Wake the device's readers in this process (new text, a writer came or went)."""

@@ -11,6 +11,7 @@
 | STOP      | POST /api/chat/stop, any instance    | one statement; marks the device's oldest pending message to stop (the     |
 |           |                                     | turn in flight, as messages are answered in order); says whether one ran  |
 |           |                                     | and whether a stop was already asked; nothing pending: nothing written     |
+|           |                                     | and nothing notified; else NOTIFY STOP_CHANNEL [tenant, device] at commit  |
 | INTERRUPT | a new message's request, with        | one statement; as STOP, for the turn in flight only when it is another   |
 |           | BURST_MODE=interrupt, any instance  | turn than the new message's: the oldest pending message started before   |
 |           |                                     | it (attempts > 0) while the new one is pending, not started; read in one |
@@ -26,6 +27,9 @@ the same statement that stores the reply.
 from __future__ import annotations
 
 from app.sql import live_agent, live_until
+
+# What STOP and INTERRUPT notify (a JSON array [tenant, device]); app/streams/signals.py listens.
+STOP_CHANNEL = "agent_sessions_stop"
 
 
 def key(alias: str = "") -> str:
@@ -72,7 +76,10 @@ WITH target AS ({target}), old AS (
 )
 SELECT (SELECT id FROM target) AS message_id,
        (SELECT stop_message_id FROM old) IS NOT DISTINCT FROM (SELECT id FROM target) AS already,
-       EXISTS (SELECT 1 FROM asked) AS asked
+       EXISTS (SELECT 1 FROM asked) AS asked,
+       -- delivered at commit to every StopListener (app/streams/signals.py)
+       CASE WHEN EXISTS (SELECT 1 FROM asked)
+            THEN pg_notify('{STOP_CHANNEL}', json_build_array(%(tenant)s::text, %(device)s::text)::text) END AS notified
 """
 
 

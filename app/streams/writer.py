@@ -8,17 +8,20 @@ no sooner than one interval after the turn started, and what is left at the end 
 written: the finish statement stores the whole reply. So an agent that answers within
 one interval (or only has `handle`) costs no statement here.
 
-Stop: an APPEND answers whether POST /api/chat/stop asked for this turn; while no text
-arrives, a CHECK runs instead, at most every STOP_CHECK_SECONDS and only when no
-statement ran for that long. So a stop is seen within STOP_CHECK_SECONDS plus one
-statement, on whichever instance runs the turn, and a streamed reply costs at most one
-statement per flush interval, checks included.
+Stop: an APPEND answers whether POST /api/chat/stop asked for this turn. While no text
+arrives, the process's StopListener (app/streams/signals.py) pokes the writer when a stop
+is asked for its device, and the writer runs one CHECK; while no listener is connected, a
+CHECK runs instead at most every STOP_CHECK_SECONDS and only when no statement ran for that
+long. So a stop is seen within a round trip (STOP_CHECK_SECONDS plus one statement without
+a listener), on whichever instance runs the turn; a turn that is never stopped costs no
+check, and a streamed reply at most one statement per flush interval.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -33,7 +36,7 @@ from app.streams.hub import Hub
 
 logger = logging.getLogger(__name__)
 
-# At most this long between two looks at the stop flag while the agent sends nothing.
+# Without a stop listener: at most this long between two looks at the stop flag while the agent sends nothing.
 STOP_CHECK_SECONDS = 0.5
 
 
@@ -96,6 +99,7 @@ class DraftWriter:
         self._flushed_text, self._flushed_events = 0, 0
         self._last_flush = self._last_statement = time.monotonic()
         self._changed = anyio.Event()
+        self._check_due = False  # a poke: a stop was asked for this device
         self._stop_scope = anyio.CancelScope()
 
     @property
@@ -145,6 +149,15 @@ class DraftWriter:
 
     # -- the turn's task -------------------------------------------------------------------
 
+    def check_soon(self) -> None:
+        """Look at the stop flag at once (the hub's poke: a stop was asked for this device)."""
+        self._check_due = True
+        self._changed.set()
+
+    def wake(self) -> None:
+        """Look again at how to wait (the stop listener came or went)."""
+        self._changed.set()
+
     def stoppable(self) -> anyio.CancelScope:
         """The scope the agent runs in: a stop request cancels it."""
         return self._stop_scope
@@ -156,6 +169,10 @@ class DraftWriter:
             now = time.monotonic()
             if pending:
                 delay = self._last_flush + self.flush_seconds - now
+            elif self._check_due:
+                delay = 0.0
+            elif self.hub.listening:
+                delay = math.inf  # until text arrives or a poke
             else:
                 delay = self._last_statement + STOP_CHECK_SECONDS - now
             if delay > 0:
@@ -166,6 +183,7 @@ class DraftWriter:
                     await self._changed.wait()
                 self._changed = anyio.Event()
                 continue
+            self._check_due = False  # an append answers the stop question too
             try:
                 stop = await (self._flush() if pending else self._check())
             except StoreUnavailable as err:  # the next interval tries again; the finish stores the reply

@@ -6,8 +6,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 
-import pytest
-
 from app.agents import AgentInput, StreamItem
 from app.ledger import Ledger, Outcome
 from app.streams.writer import interrupt
@@ -15,7 +13,6 @@ from tests.conftest import make_settings
 from tests.streams.test_stream_api import body, stored
 from tests.utils import aio
 from tests.utils.apps import app_client, use_registry
-from tests.utils.gates import gate_server
 from tests.utils.sse import DONE, parts
 from tests.utils.stream_agents import Streamer
 
@@ -31,13 +28,6 @@ class Recording(Streamer):
         self.seen.append(message)
         async for item in super().stream(message):
             yield item
-
-
-@pytest.fixture
-def gates(monkeypatch):
-    with gate_server() as gates:
-        monkeypatch.setenv("GATE_URL", gates.url)
-        yield gates
 
 
 def test_a_message_sent_mid_stream_stops_the_turn_and_the_next_turn_sees_both(database_url, engine, gates):

@@ -16,17 +16,9 @@ from tests.utils import aio
 from tests.utils.apps import app_client
 from tests.utils.counting import count_statements, work
 from tests.utils.factories import scalar
-from tests.utils.gates import gate_server
 from tests.utils.sse import DONE, parts, text_of
 
 AGENTS = "tests.utils.stream_agents:registry"
-
-
-@pytest.fixture
-def gates(monkeypatch):
-    with gate_server() as gates:
-        monkeypatch.setenv("GATE_URL", gates.url)
-        yield gates
 
 
 @pytest.fixture
