@@ -49,7 +49,7 @@ def _migrate(settings: Settings) -> None:
 
     engine = make_engine(settings, serverless=True)
     # This engine brings the schema up to date: "the schema is behind" would be noise here.
-    event.remove(engine, "first_connect", schema.on_first_connect)
+    event.remove(engine.sqlalchemy, "first_connect", schema.on_first_connect)
     try:
         migrate.upgrade(engine)
     finally:

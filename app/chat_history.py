@@ -21,11 +21,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy.engine import Engine
-
 from app import validation
 from app.admin.statements import ERASE, HISTORY, KEY
-from app.core.db import arun, run
+from app.core.db import Engine, arun, run
 from app.erasure import NO_GUARD, ReplayGuard, keep_erased
 from app.sql import live_agent, live_until
 

@@ -11,12 +11,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy.engine import Engine
-
 from app import telemetry
 from app.core.aio import call_async
 from app.core.config import Settings
-from app.core.db import run, run_batches
+from app.core.db import Engine, run, run_batches
 from app.ledger import Answer, Pending
 from app.pipeline import OnReply, Pipeline
 from app.sessions import SessionService

@@ -9,12 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from sqlalchemy.engine import Engine
-
 from app.agents import Registry, load_registry
 from app.channels.whatsapp import WhatsAppSender
 from app.core.config import Settings
-from app.core.db import Database
+from app.core.db import Database, Engine
 from app.ledger import Ledger
 from app.pipeline import ChannelReplier, Pipeline
 from app.runtime import Runtime

@@ -16,11 +16,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.engine import Engine
-
 from app import validation
 from app.context import ContextPatch, normalized
-from app.core.db import arun, arun_batches, run, run_batches
+from app.core.db import Engine, arun, arun_batches, run, run_batches
 from app.errors import InvalidInput
 from app.sql import fresh_context, live
 

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
 from app.core.config import Settings
+from app.core.db import Engine as AppEngine
 from app.core.db import make_engine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,8 +49,8 @@ class Bench:
         values = {"database_url": self.url, "_env_file": None} | NO_RATE_LIMITS
         return Settings(**(values | overrides))
 
-    def engine(self, **overrides: Any) -> Engine:
-        """The production engine (AUTOCOMMIT, QueuePool, psycopg auto-prepare)."""
+    def engine(self, **overrides: Any) -> AppEngine:
+        """The production handle (psycopg pools, auto-prepare; SQLAlchemy's AUTOCOMMIT engine on first use)."""
         return make_engine(self.settings(**overrides))
 
     def setup_engine(self) -> Engine:
@@ -218,15 +219,15 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 def python(
-    args: list[str], env: dict[str, str], timeout: float = 300, *, own_maxrss: bool = False
+    args: list[str], env: dict[str, str], timeout: float = 300, *, own_maxrss: bool = False, cwd: Path | None = None
 ) -> subprocess.CompletedProcess:
-    """Run this interpreter in a fresh process from the project root."""
+    """Run this interpreter in a fresh process from cwd (default: the project root)."""
     # Linux carries ru_maxrss across fork+exec, so a child of this (large) process would
     # report our peak as its own: own_maxrss starts it from a small shell that forks first.
     cmd = [sys.executable, *args]
     if own_maxrss:
         cmd = ["/bin/sh", "-c", '"$0" "$@"; exit $?', *cmd]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=cwd or ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def machine_info(engine: Engine, origin: str) -> dict[str, Any]:

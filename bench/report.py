@@ -147,24 +147,42 @@ def render(report: dict[str, Any]) -> str:
         out.append(f"\n### 5. Cold start (median of {cs['runs']} fresh processes)\n")
         if cs.get("note"):
             out.append(f"Note: {cs['note']}\n")
-        out.append(
-            md(
-                ["command", "median ms"],
-                [
-                    [f'`python -c "{cs["commands"]["app"]}"`', cs["median_ms"]["app"]],
-                    [f'`python -c "{cs["commands"]["deps"]}"`', cs["median_ms"]["deps"]],
-                    ["`python -c pass`", cs["median_ms"]["interpreter"]],
-                ],
-            )
-        )
-        fr = cs["first_request"]
+        med, cmd, before = cs["median_ms"], cs["commands"], cs.get("before_commit")
+        rows = [
+            [f'`python -c "{cmd["app"]}"`', med["app"]],
+            [f'`python -c "{cmd["deps"]}"` (the request path\'s packages)', med["deps"]],
+        ]
+        if "app_before" in med:
+            rows += [
+                [f'`python -c "{cmd["app_before"]}"` at {before}', med["app_before"]],
+                [f'`python -c "{cmd["deps_before"]}"` (the bare import compared before)', med["deps_before"]],
+            ]
+        rows.append(["`python -c pass`", med["interpreter"]])
+        out.append(md(["command", "median ms"], rows))
         out.append(
             f"\nRatio app/deps: {cs['ratio_app/deps']} (interpreter start subtracted: "
-            f"{cs['ratio_app/deps_without_interpreter']}). First GET /api/health through {fr['handler']} in a "
-            f"fresh process (median of {fr['processes']}): import {fr['median_import_ms']} ms, first request "
-            f"{fr['median_first_request_ms']} ms including the DB connect, second request "
-            f"{fr['median_second_request_ms']} ms; status {fr['status']}."
+            f"{cs['ratio_app/deps_without_interpreter']})"
+            + (f"; at {before}: {cs['ratio_app_before/deps_before']}." if "app_before" in med else ".")
         )
+        for label, key, rss_key in (
+            ("Now", "first_request", "rss"),
+            (f"At {before}", "first_request_before", "rss_before"),
+        ):
+            fr, rss = cs.get(key), cs.get(rss_key)
+            if not fr:
+                continue
+            out.append(
+                f"{label}: first GET /api/health through {fr['handler']} in a fresh process (median of "
+                f"{fr['processes']}): import {fr['median_import_ms']} ms, first request "
+                f"{fr['median_first_request_ms']} ms including the DB connect, second request "
+                f"{fr['median_second_request_ms']} ms; status {fr['status']}"
+                + (
+                    f"; peak RSS over {rss['events']:,} events {rss['peak_rss_mib']} MiB (after import "
+                    f"{rss['peak_rss_after_import_mib']} MiB)."
+                    if rss
+                    else "."
+                )
+            )
     if "memory" in s and "peak_rss_mib" in s["memory"]:
         me = s["memory"]
         out.append(

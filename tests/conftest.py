@@ -12,11 +12,10 @@ from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
 
 from app.core import migrate
 from app.core.config import Settings
-from app.core.db import make_engine
+from app.core.db import Engine, make_engine
 from app.sessions import SessionService
 from tests.utils import aio, pgbouncer
 from tests.utils.graph_api import graph_api

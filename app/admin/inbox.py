@@ -16,11 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.engine import Engine
-
 from app import validation
 from app.agents import HUMAN
-from app.core.db import arun
+from app.core.db import Engine, arun
 from app.sql import delivery_state, live
 
 PREVIEW_CHARS = 140

@@ -11,8 +11,6 @@ import json
 import logging
 from typing import Any
 
-from sqlalchemy.engine import Engine
-
 from app import validation
 from app.admin.statements import (
     AUDIT,
@@ -27,7 +25,7 @@ from app.admin.statements import (
     STATS,
 )
 from app.context import ContextPatch, normalized
-from app.core.db import run
+from app.core.db import Engine, run
 from app.devices import canonical_device_id
 from app.erasure import NO_GUARD, ReplayGuard
 

@@ -28,13 +28,11 @@ from pydantic import (
     ValidationInfo,
     model_validator,
 )
-from sqlalchemy import exc
-from sqlalchemy.engine import Engine
 
 from app import validation
 from app.channels.whatsapp.inbound import ROUTING_KEYS
 from app.core.config import MAX_TTL_SECONDS
-from app.core.db import run, store_errors
+from app.core.db import Engine, run, store_errors
 from app.devices import canonical_device_id
 from app.errors import ImportConflict
 from app.sql import delivery_state, known_device
@@ -334,6 +332,10 @@ def import_device(engine: Engine, tenant: str, document: ExportDocument) -> dict
     device = document.device_id
     key = {"tenant": tenant, "device": device}
     messages = sorted(document.messages, key=lambda m: m.id)
+    # The import's transaction runs on SQLAlchemy (engine.connect): imported here, with the
+    # engine's first connect, so that no request but an import pays for it.
+    from sqlalchemy import exc
+
     with store_errors():
         try:
             counts = _insert(engine, key, document, messages)

@@ -1,22 +1,24 @@
-"""Engine construction, the one-statement path (`run`), and the boundary where driver errors become StoreError."""
+"""The database handle (`Engine`), the one-statement path (`run`), and where driver errors become StoreError.
+
+The request path runs its statements on psycopg's pools (app/core/pools.py) and never
+imports SQLAlchemy: a cold start pays only for psycopg. Migrations and the admin import
+use a SQLAlchemy engine, built on first use from the same settings.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import psycopg
-import sqlalchemy as sa
 from psycopg.rows import BaseRowFactory, dict_row, tuple_row
 from psycopg_pool import PoolTimeout
-from sqlalchemy import event, exc
-from sqlalchemy.engine import Engine
-from sqlalchemy.pool import NullPool, QueuePool
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -32,20 +34,75 @@ from app.core.pools import LockPools, PoolConfig, has_input, utc_timestamps
 from app.errors import ConfigurationError, StoreError, StoreUnavailable
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine.interfaces import DBAPIModule
+    import sqlalchemy as sa
 
 logger = logging.getLogger(__name__)
 
 
+class Engine:
+    """One database's handle: psycopg pools for `run` and `arun`, and a SQLAlchemy engine made on first use.
+
+    Not SQLAlchemy's Engine, though `connect`, `begin` and `raw_connection` hand over to
+    one (`sqlalchemy`): migrations and the admin import need it, the request path does not,
+    so a process that only serves requests never imports SQLAlchemy. Made by make_engine;
+    nothing connects before the first statement.
+    """
+
+    def __init__(self, url: str, pools: LockPools, sqlalchemy_args: dict[str, Any], local_timeout_ms: int) -> None:
+        self.url = url  # postgresql+psycopg://..., SQLAlchemy's spelling (the pools use pools.config.conninfo)
+        self.pools = pools
+        self._sqlalchemy_args = sqlalchemy_args
+        self._local_timeout_ms = local_timeout_ms
+        self._sqlalchemy: sa.Engine | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def sqlalchemy(self) -> sa.Engine:
+        """The SQLAlchemy engine of the same database and settings, created (and SQLAlchemy imported) on first use."""
+        engine = self._sqlalchemy
+        if engine is None:
+            with self._lock:
+                if self._sqlalchemy is None:
+                    self._sqlalchemy = _sqlalchemy_engine(self.url, self._sqlalchemy_args, self._local_timeout_ms)
+                engine = self._sqlalchemy
+        return engine
+
+    def connect(self) -> sa.Connection:
+        """A SQLAlchemy connection (autocommit; a migration or an import sets its own isolation level)."""
+        return self.sqlalchemy.connect()
+
+    def begin(self) -> contextlib.AbstractContextManager[sa.Connection]:
+        """A SQLAlchemy connection in a transaction, committed when the block ends without an error."""
+        return self.sqlalchemy.begin()
+
+    def raw_connection(self) -> Any:
+        """A driver connection from SQLAlchemy's pool, as SQLAlchemy's Engine.raw_connection."""
+        return self.sqlalchemy.raw_connection()
+
+    def dispose(self, close: bool = True) -> None:
+        """close=True (shutdown, tests): close the sync pool and SQLAlchemy's connections.
+
+        close=False (after a disconnect): SQLAlchemy's pool is replaced without touching the
+        connections it lent; the psycopg pools are drained by the caller. Async pools are
+        closed by LockPools.aclose, in their own loop.
+        """
+        if close:
+            self.pools.close()
+        engine = self._sqlalchemy
+        if engine is not None:
+            engine.dispose(close=close)
+
+
 def make_engine(settings: Settings, *, serverless: bool = False, url: str | None = None) -> Engine:
-    """Build an engine tuned for one-statement lock operations; it connects on first use, never here.
+    """Build the handle for one-statement lock operations; it connects on first use, never here.
 
     Every connection has TCP keepalives (DB_KEEPALIVES_*), hands timestamps back in UTC
     whatever the session's TimeZone, and is bounded by DB_CONNECT_TIMEOUT and
-    DB_STATEMENT_TIMEOUT_MS. `run` draws its connections from the engine's
-    `connection_pool` (DB_POOL_SIZE idle, twice that open at once, DB_POOL_TIMEOUT);
-    SQLAlchemy's own pool serves migrations and imports. Raises ConfigurationError
-    without a URL.
+    DB_STATEMENT_TIMEOUT_MS. `run` draws its connections from the handle's psycopg
+    pools (DB_POOL_SIZE idle, twice that open at once, DB_POOL_TIMEOUT; a null pool
+    with DB_POOL=null or serverless); the SQLAlchemy engine that serves migrations and
+    imports (queue or null pool alike) is made on first use. Imports nothing of
+    SQLAlchemy. Raises ConfigurationError without a URL.
     """
     url = url or settings.database_url
     if not url:
@@ -69,21 +126,56 @@ def make_engine(settings: Settings, *, serverless: bool = False, url: str | None
     _log_pooler_choice(settings)
 
     pool = settings.db_pool or ("null" if serverless else "queue")
-    pool_args: dict[str, object] = {"poolclass": NullPool}
+    sqlalchemy_args: dict[str, Any] = {"connect_args": connect_args, "pool": pool, "pre_ping": settings.db_pre_ping}
     if pool == "queue":
+        sqlalchemy_args |= {"pool_size": settings.db_pool_size, "pool_timeout": settings.db_pool_timeout}
+    local_ms = int(settings.db_statement_timeout_ms or 0) if local_timeout else 0
+    size = settings.db_pool_size if pool == "queue" else 0
+    config = PoolConfig(
+        libpq_url(url), dict(connect_args), size, settings.db_pool_timeout, settings.db_pre_ping, local_ms
+    )
+    return Engine(sqlalchemy_url(url), LockPools(config), sqlalchemy_args, local_ms)
+
+
+def _scheme_and_rest(url: str) -> tuple[str, str]:
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ConfigurationError("DATABASE_URL must be a URL such as postgresql://user:password@host:5432/database")
+    return scheme.lower(), rest
+
+
+def libpq_url(url: str) -> str:
+    """url as libpq reads it (postgresql://...): the driver name SQLAlchemy needs dropped, the rest untouched."""
+    return "postgresql://" + _scheme_and_rest(url)[1]
+
+
+def sqlalchemy_url(url: str) -> str:
+    """url as SQLAlchemy reads it: postgresql+psycopg://..., psycopg 3 named (Settings spells it so already)."""
+    scheme, rest = _scheme_and_rest(url)
+    return url if "+" in scheme else "postgresql+psycopg://" + rest
+
+
+def _sqlalchemy_engine(url: str, args: dict[str, Any], local_ms: int) -> sa.Engine:
+    # Imported here, not at module level: only migrations, the admin import and tests get this far.
+    import sqlalchemy as sa
+    from sqlalchemy import event
+    from sqlalchemy.pool import NullPool, QueuePool
+
+    pool_args: dict[str, object] = {"poolclass": NullPool}
+    if args["pool"] == "queue":
         pool_args = {
             "poolclass": QueuePool,
-            "pool_size": settings.db_pool_size,
-            "max_overflow": settings.db_pool_size,
-            "pool_timeout": settings.db_pool_timeout,
+            "pool_size": args["pool_size"],
+            "max_overflow": args["pool_size"],
+            "pool_timeout": args["pool_timeout"],
             "pool_recycle": 1800,
         }
     engine = sa.create_engine(
         url,
-        connect_args=connect_args,
-        pool_pre_ping=settings.db_pre_ping,
+        connect_args=args["connect_args"],
+        pool_pre_ping=args["pre_ping"],
         # Every lock operation is one statement: autocommit makes it one round trip
-        # (no BEGIN/COMMIT); `run` opens a transaction where SET LOCAL needs one.
+        # (no BEGIN/COMMIT); a migration or an import opens its own transaction.
         isolation_level="AUTOCOMMIT",
         # An autocommit connection never holds a transaction to roll back on return.
         pool_reset_on_return=None,
@@ -92,48 +184,19 @@ def make_engine(settings: Settings, *, serverless: bool = False, url: str | None
     event.listen(engine, "connect", _utc_timestamps)
     event.listen(engine, "first_connect", schema.on_first_connect)
     event.listen(engine, "checkout", _discard_dead_connection)
-    local_ms = int(settings.db_statement_timeout_ms or 0) if local_timeout else 0
     if local_ms:
 
         @event.listens_for(engine, "begin")
         def _set_local_timeout(conn: sa.Connection) -> None:
             conn.exec_driver_sql(f"SET LOCAL statement_timeout = {local_ms}")
 
-    size = settings.db_pool_size if pool == "queue" else 0
-    conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-    setattr(
-        engine,
-        _POOLS_ATTRIBUTE,
-        LockPools(
-            PoolConfig(
-                conninfo,
-                dict(connect_args),
-                size,
-                settings.db_pool_timeout,
-                settings.db_pre_ping,
-                local_ms,
-            )
-        ),
-    )
-    # dispose() (shutdown, tests) closes the sync pool too.
-    event.listen(engine, "engine_disposed", lambda _engine: _close_sync(_engine))
     return engine
-
-
-# The pools are kept on their engine, so the two are collected together.
-_POOLS_ATTRIBUTE = "_lock_operation_pools"
-
-
-def _close_sync(engine: Engine) -> None:
-    pools: LockPools | None = getattr(engine, _POOLS_ATTRIBUTE, None)
-    if pools is not None:
-        pools.close()
 
 
 def lock_pools(engine: Engine) -> LockPools:
     """Where `run` and `arun` take engine's connections; ConfigurationError for an engine not from make_engine."""
-    pools = getattr(engine, _POOLS_ATTRIBUTE, None)
-    if pools is None:
+    pools = getattr(engine, "pools", None)
+    if not isinstance(pools, LockPools):
         raise ConfigurationError("this engine was not made by app.core.db.make_engine: it has no lock pools")
     return pools
 
@@ -163,33 +226,51 @@ def _discard_dead_connection(dbapi_conn, record, proxy) -> None:  # noqa: ANN001
         try:
             dbapi_conn.execute("SELECT 1")
         except psycopg.Error as err:
+            from sqlalchemy import exc  # loaded already: this is a SQLAlchemy event
+
             raise exc.DisconnectionError("server closed the connection") from err
 
 
 # Raised when the server is down, gone or too slow; connect errors from the pool
 # come unwrapped from the driver.
-UNAVAILABLE = (
-    exc.OperationalError,
-    exc.InterfaceError,
-    exc.TimeoutError,
-    exc.DisconnectionError,
-    psycopg.OperationalError,
-    psycopg.InterfaceError,
-)
-FAILURES = (*UNAVAILABLE, psycopg.Error, exc.DBAPIError)
+UNAVAILABLE: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
+FAILURES: tuple[type[Exception], ...] = (*UNAVAILABLE, psycopg.Error)
+
+
+def _sqlalchemy_errors() -> Any:
+    # SQLAlchemy's exception module if SQLAlchemy was imported, else None: an error of
+    # SQLAlchemy's can only come from a process that imported it, so a request path
+    # that never did need not import it just to tell its errors apart.
+    return sys.modules.get("sqlalchemy.exc")
+
+
+def _unavailable() -> tuple[type[Exception], ...]:
+    exc = _sqlalchemy_errors()
+    if exc is None:
+        return UNAVAILABLE
+    return (*UNAVAILABLE, exc.OperationalError, exc.InterfaceError, exc.TimeoutError, exc.DisconnectionError)
+
+
+def _failures() -> tuple[type[Exception], ...]:
+    exc = _sqlalchemy_errors()
+    return FAILURES if exc is None else (*FAILURES, *_unavailable(), exc.DBAPIError)
 
 
 @contextlib.contextmanager
 def store_errors() -> Iterator[None]:
-    """Turn driver and pool errors into StoreUnavailable / StoreError."""
+    """Turn driver and pool errors into StoreUnavailable / StoreError: psycopg's, and SQLAlchemy's once imported."""
     try:
         yield
-    except FAILURES as err:
-        raise _store_error(err) from err
+    except Exception as err:
+        if isinstance(err, _failures()):
+            raise _store_error(err) from err
+        raise
 
 
 def _store_error(err: Exception) -> StoreError:
-    if isinstance(err, UNAVAILABLE) or (isinstance(err, exc.DBAPIError) and err.connection_invalidated):
+    exc = _sqlalchemy_errors()
+    invalidated = exc is not None and isinstance(err, exc.DBAPIError) and err.connection_invalidated
+    if isinstance(err, _unavailable()) or invalidated:
         return StoreUnavailable(_describe(err))
     return StoreError(_describe(err))
 
@@ -287,10 +368,9 @@ CONFLICT_RETRY: dict[str, Any] = {
 }
 
 
-def _disconnected(engine: Engine, conn: Any, err: psycopg.Error) -> bool:
-    # psycopg.Error is the DB-API (PEP 249) Error of the psycopg dialect, what is_disconnect reads; SQLAlchemy
-    # types that argument as the Error nested in its DBAPIModule protocol, a class no driver's error derives from.
-    return bool(conn.broken or engine.dialect.is_disconnect(cast("DBAPIModule.Error", err), conn, None))
+def _disconnected(conn: psycopg.Connection | psycopg.AsyncConnection) -> bool:
+    # What SQLAlchemy's psycopg dialect counts as a disconnect: the connection is closed or broken.
+    return bool(conn.broken or conn.closed)
 
 
 def _run_direct(pools: LockPools, sql: str, params: dict[str, Any], rows: str) -> Any:
@@ -345,7 +425,7 @@ def _run_once(engine: Engine, pools: LockPools, sql: str, params: dict[str, Any]
             result = _execute(conn, sql, params, rows)
     except psycopg.Error as err:
         pool.putconn(conn)  # psycopg_pool discards a broken or non-idle connection itself
-        if _disconnected(engine, conn, err):
+        if _disconnected(conn):
             pools.failed_at = time.monotonic()
             # What SQLAlchemy does on a disconnect: connections older than this one are not
             # trusted either. Lent ones finish their work and are closed on return.
@@ -392,7 +472,7 @@ async def _arun_once(engine: Engine, pools: LockPools, sql: str, params: dict[st
     except psycopg.Error as err:
         with anyio.CancelScope(shield=True):
             await pool.putconn(conn)
-        if _disconnected(engine, conn, err):
+        if _disconnected(conn):
             pools.failed_at = time.monotonic()
             await pools.adrain()
             engine.dispose(close=False)
@@ -472,7 +552,7 @@ def _describe(err: Exception) -> str:
 
 
 class Database:
-    """Holds the process's engine, created on first use."""
+    """Holds the process's engine (app.core.db.Engine), created on first use."""
 
     def __init__(self, settings: Settings, *, serverless: bool = False, engine: Engine | None = None):
         self.settings = settings

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from sqlalchemy.engine import Engine
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+    from app.core.db import Engine
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -20,15 +25,15 @@ def head_revision() -> str:
     return ScriptDirectory.from_config(alembic_config()).get_current_head() or ""
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
+def upgrade(engine: Engine | sa.Engine, revision: str = "head") -> None:
     _run(engine, command.upgrade, revision)
 
 
-def downgrade(engine: Engine, revision: str = "base") -> None:
+def downgrade(engine: Engine | sa.Engine, revision: str = "base") -> None:
     _run(engine, command.downgrade, revision)
 
 
-def _run(engine: Engine, step, revision: str) -> None:  # noqa: ANN001
+def _run(engine: Engine | sa.Engine, step, revision: str) -> None:  # noqa: ANN001
     from app.core.db import store_errors
 
     cfg = alembic_config()

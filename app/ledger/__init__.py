@@ -16,11 +16,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.engine import Engine
-
 from app import telemetry
 from app.agents import HUMAN, HistoryItem
-from app.core.db import arun
+from app.core.db import Engine, arun
 from app.errors import IdempotencyKeyReused, LeaseLost, RateLimited
 from app.ledger import statements as sql
 from app.sessions import new_session_id

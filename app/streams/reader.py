@@ -18,9 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.engine import Engine
-
-from app.core.db import arun
+from app.core.db import Engine, arun
 from app.streams import statements as sql
 from app.streams.hub import Hub
 from app.streams.protocol import KEEPALIVE, Encoder

@@ -27,10 +27,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
-from sqlalchemy.engine import Engine
 
 from app.agents import AgentReply, StreamEvent
-from app.core.db import arun
+from app.core.db import Engine, arun
 from app.errors import StoreUnavailable
 from app.streams import statements as sql
 from app.streams.hub import Hub

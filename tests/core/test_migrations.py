@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from alembic.script import ScriptDirectory
 
 from app.core import migrate
+from app.core import schema as app_schema
 from tests.utils.postgres import scratch_database
 
 TABLES = {
@@ -211,3 +212,33 @@ def test_0007_stores_every_uuid_device_id_in_the_form_the_routes_use(empty_url):
             assert device_rows(conn)["conversation_states"] == expected
     finally:
         engine.dispose()
+
+
+def test_the_schema_check_reads_the_same_chain_as_alembic():
+    # The health check reads the head from the scripts' text (app/core/schema.py) so that a
+    # request imports no Alembic; that reading must agree with Alembic's on every revision.
+    script = ScriptDirectory.from_config(migrate.alembic_config())
+    chain = app_schema._chain()
+    assert chain is not None, "the migration scripts no longer read as one plain chain: the check falls back"
+    head, known = chain
+    assert head == script.get_current_head() == app_schema.head()
+    assert known == {rev.revision for rev in script.walk_revisions()}
+    assert app_schema.state(head) == "current"
+    assert {app_schema.state(rev) for rev in known - {head}} == {"behind"}
+    assert app_schema.state("ffffffffffff") == "ahead"
+    assert app_schema.state(None) == "missing"
+
+
+def test_an_unexpected_script_spelling_falls_back_to_alembic(tmp_path, monkeypatch):
+    # A second head (two scripts revising the same parent) is not a chain the text reading
+    # trusts: Alembic answers, and the scripts it reads are the repository's.
+    for name, down in (("a.py", "None"), ("b.py", '"0001"'), ("c.py", '"0001"')):
+        rev = name.removesuffix(".py")
+        (tmp_path / name).write_text(f'revision = "{rev if rev != "a" else "0001"}"\ndown_revision = {down}\n')
+    monkeypatch.setattr(app_schema, "VERSIONS", tmp_path)
+    app_schema._chain.cache_clear()
+    try:
+        assert app_schema._chain() is None
+        assert app_schema.head() == migrate.head_revision()
+    finally:
+        app_schema._chain.cache_clear()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy.engine import Engine
 
 from app.core.config import Settings
+from app.core.db import Engine
 from app.main import create_app
 from app.sessions import SessionService
 from tests.conftest import make_settings

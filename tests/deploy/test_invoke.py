@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from sqlalchemy.engine import Engine
 
 from app.core import migrate
+from app.core.db import Engine
 from app.invoke import InvalidEvent, event_kind, run
 from app.sessions import SessionService
 from tests.conftest import make_settings

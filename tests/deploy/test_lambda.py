@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from sqlalchemy.engine import Engine
 
 from app.core import migrate
+from app.core.db import Engine
 from app.sessions import SessionService
 from tests.conftest import make_settings
 from tests.deploy.conftest import CRON_SECRET, ROOT, clean_env, lambda_handler_for, run_python, sample_event

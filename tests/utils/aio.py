@@ -15,10 +15,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
-from sqlalchemy.engine import Engine
 
 from app.core.aio import close_loop
-from app.core.db import lock_pools
+from app.core.db import Engine, lock_pools
 
 T = TypeVar("T")
 

@@ -8,10 +8,9 @@ from collections.abc import Iterator
 from unittest import mock
 
 import psycopg
-from sqlalchemy.engine import Engine
 
 from app.core import schema
-from app.core.db import lock_pools
+from app.core.db import Engine, lock_pools
 
 
 @contextlib.contextmanager

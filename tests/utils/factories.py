@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy.engine import Engine
+from app.core.db import Engine
 
 TABLES = (
     "conversation_states",

@@ -31,14 +31,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import anyio
-from sqlalchemy.engine import Engine
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from app import telemetry, validation
 from app.channels.whatsapp.graph import GraphApi, SendOutcome, message_payload
 from app.channels.whatsapp.inbound import CHANNEL, PHONE_NUMBER_ID, business_tenant, recipient_of
 from app.core.config import Settings
-from app.core.db import arun
+from app.core.db import Engine, arun
 from app.errors import StoreError, StoreUnavailable
 
 logger = logging.getLogger(__name__)
