@@ -45,7 +45,7 @@ def _migrate(settings: Settings) -> None:
     from sqlalchemy import event
 
     from app.core import migrate, schema
-    from app.core.db import make_engine
+    from app.core.engine import make_engine
 
     engine = make_engine(settings, serverless=True)
     # This engine brings the schema up to date: "the schema is behind" would be noise here.
@@ -143,7 +143,8 @@ class NotMigrated(Exception):
 def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
     from app.admin import AdminStore
     from app.core import schema
-    from app.core.db import make_engine, run
+    from app.core.db import run
+    from app.core.engine import make_engine
     from app.errors import InvalidInput, StoreError
 
     engine = make_engine(_resolved(settings), serverless=True)  # reads: no migration

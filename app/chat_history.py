@@ -23,7 +23,8 @@ from typing import Any
 
 from app import validation
 from app.admin.statements import ERASE, HISTORY, KEY
-from app.core.db import Engine, arun, run
+from app.core.db import arun, run
+from app.core.engine import Engine
 from app.erasure import NO_GUARD, ReplayGuard, keep_erased
 from app.sql import live_agent, live_until
 

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 from app import telemetry
 from app.core.aio import call_async
 from app.core.config import Settings
-from app.core.db import Engine, run, run_batches
+from app.core.db import run, run_batches
+from app.core.engine import Engine
 from app.ledger import Answer, Pending
 from app.pipeline import OnReply, Pipeline
 from app.sessions import SessionService

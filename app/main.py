@@ -14,7 +14,7 @@ from app.api import errors
 from app.api.limits import KIB, BodyLimit
 from app.api.routes import chat, cron, docs, health, inbox, metrics, sessions, stats, stream, takeover, web, whatsapp
 from app.core.config import Settings
-from app.core.db import Database, lock_pools
+from app.core.engine import Database, lock_pools
 from app.core.logging import RequestContext, configure_logging
 from app.services import Services, build_services
 from app.streams.signals import Listener

@@ -35,7 +35,7 @@ from app import telemetry, validation
 from app.agents import HUMAN, MANAGER, Registry
 from app.agents.runner import FAILURE_REPLY, AgentRunner, failed, ms, stopped
 from app.core.config import Settings
-from app.core.db import Engine
+from app.core.engine import Engine
 from app.core.logging import device_hash
 from app.errors import LeaseLost, StoreUnavailable
 from app.ledger import Answer, Finished, Lease, Ledger, Outcome, Pending, Turn

@@ -18,7 +18,8 @@ cleanup run deletes windows that are over (app/cleanup.py, DELETE_OVER_WINDOWS).
 from __future__ import annotations
 
 from app import telemetry
-from app.core.db import Engine, run
+from app.core.db import run
+from app.core.engine import Engine
 from app.errors import RateLimited
 
 NEW_DEVICES = "new_devices"  # scope of RATE_LIMIT_NEW_DEVICES, keyed by client address

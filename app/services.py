@@ -12,7 +12,7 @@ from typing import Protocol
 from app.agents import Registry, load_registry
 from app.channels.whatsapp import WhatsAppSender
 from app.core.config import Settings
-from app.core.db import Database, Engine
+from app.core.engine import Database, Engine
 from app.ledger import Ledger
 from app.pipeline import ChannelReplier, Pipeline
 from app.runtime import Runtime

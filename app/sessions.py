@@ -18,7 +18,8 @@ from typing import Any
 
 from app import validation
 from app.context import ContextPatch, normalized
-from app.core.db import Engine, arun, arun_batches, run, run_batches
+from app.core.db import arun, arun_batches, run, run_batches
+from app.core.engine import Engine
 from app.errors import InvalidInput
 from app.sql import fresh_context, live
 

@@ -23,8 +23,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
 from app.core.config import Settings
-from app.core.db import Engine as AppEngine
-from app.core.db import make_engine
+from app.core.engine import Engine as AppEngine
+from app.core.engine import make_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

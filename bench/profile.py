@@ -16,7 +16,8 @@ import sqlalchemy as sa
 
 from app import SessionService, validation
 from app.core import migrate
-from app.core.db import lock_pools, store_errors
+from app.core.db import store_errors
+from app.core.engine import lock_pools
 from app.sessions import GET_LOCK, SET_LOCK
 from bench.common import AGENT, TENANT, TTL, Bench, conninfo, device_sequence, populate_devices, run_for, table
 from tests.utils.postgres import postgres_server, scratch_database

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 
 from app.agents import load_registry
-from app.core.db import lock_pools
+from app.core.engine import lock_pools
 from app.pipeline import Inbound, Pipeline
 from bench.common import Bench, table
 from bench.serve import uvicorn

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from app.core import migrate
 from app.core.config import Settings
-from app.core.db import Engine, make_engine
+from app.core.engine import Engine, make_engine
 from app.sessions import SessionService
 from tests.utils import aio, pgbouncer
 from tests.utils.graph_api import graph_api

@@ -18,7 +18,8 @@ from typing import Any
 
 from app import validation
 from app.agents import HUMAN
-from app.core.db import Engine, arun
+from app.core.db import arun
+from app.core.engine import Engine
 from app.sql import delivery_state, live
 
 PREVIEW_CHARS = 140

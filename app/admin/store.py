@@ -25,7 +25,8 @@ from app.admin.statements import (
     STATS,
 )
 from app.context import ContextPatch, normalized
-from app.core.db import Engine, run
+from app.core.db import run
+from app.core.engine import Engine
 from app.devices import canonical_device_id
 from app.erasure import NO_GUARD, ReplayGuard
 

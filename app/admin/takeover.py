@@ -24,7 +24,8 @@ from typing import Any
 from app import validation
 from app.agents import HUMAN
 from app.channels.whatsapp import WhatsAppSender, replier
-from app.core.db import Engine, arun
+from app.core.db import arun
+from app.core.engine import Engine
 from app.devices import canonical_device_id
 from app.pipeline import OnReply, Pipeline
 from app.sql import human_lock, live_agent

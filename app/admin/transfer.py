@@ -32,7 +32,8 @@ from pydantic import (
 from app import validation
 from app.channels.whatsapp.inbound import ROUTING_KEYS
 from app.core.config import MAX_TTL_SECONDS
-from app.core.db import Engine, run, store_errors
+from app.core.db import run, store_errors
+from app.core.engine import Engine
 from app.devices import canonical_device_id
 from app.errors import ImportConflict
 from app.sql import delivery_state, known_device

@@ -17,7 +17,7 @@ from app.agents import Registry
 from app.channels.whatsapp import WhatsAppSender
 from app.chat_history import ChatHistory
 from app.core.config import Settings
-from app.core.db import Database
+from app.core.engine import Database
 from app.erasure import ReplayGuard
 from app.pipeline import Pipeline
 from app.services import Services

@@ -12,7 +12,7 @@ from alembic.script import ScriptDirectory
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
-    from app.core.db import Engine
+    from app.core.engine import Engine
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -18,7 +18,8 @@ from typing import Any
 
 from app import telemetry
 from app.agents import HUMAN, HistoryItem
-from app.core.db import Engine, arun
+from app.core.db import arun
+from app.core.engine import Engine
 from app.errors import IdempotencyKeyReused, LeaseLost, RateLimited
 from app.ledger import statements as sql
 from app.sessions import new_session_id

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from app.core.db import Engine, arun
+from app.core.db import arun
+from app.core.engine import Engine
 from app.streams import statements as sql
 from app.streams.hub import Hub
 from app.streams.protocol import KEEPALIVE, Encoder

@@ -29,7 +29,8 @@ from typing import Any
 import anyio
 
 from app.agents import AgentReply, StreamEvent
-from app.core.db import Engine, arun
+from app.core.db import arun
+from app.core.engine import Engine
 from app.errors import StoreUnavailable
 from app.streams import statements as sql
 from app.streams.hub import Hub

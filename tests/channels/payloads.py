@@ -8,7 +8,7 @@ import json
 import time
 from typing import Any
 
-from app.core.db import Engine
+from app.core.engine import Engine
 
 SECRET = "app-secret-for-tests"
 VERIFY_TOKEN = "verify-token-for-tests"

@@ -6,7 +6,8 @@ import asyncio
 import threading
 
 from app.core.aio import call_async
-from app.core.db import arun, lock_pools, make_engine
+from app.core.db import arun
+from app.core.engine import lock_pools, make_engine
 from tests.conftest import make_settings
 
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import anyio
 
-from app.core.db import arun, make_engine
+from app.core.db import arun
+from app.core.engine import make_engine
 from tests.conftest import make_settings
 from tests.utils import aio
 

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from app.core.config import Settings
-from app.core.db import make_engine
+from app.core.engine import make_engine
 from app.errors import StoreUnavailable
 from app.sessions import SessionService
 
@@ -29,7 +29,7 @@ def from_environment(monkeypatch: pytest.MonkeyPatch, url: str, env: dict[str, s
 @pytest.mark.parametrize("env", ONE_SETTING, ids=lambda env: ",".join(env))
 def test_one_setting_works_behind_pgbouncer_transaction_mode(pooled_url, direct_url, monkeypatch, env, caplog):
     settings = from_environment(monkeypatch, pooled_url, env)
-    with caplog.at_level(logging.INFO, logger="app.core.db"):
+    with caplog.at_level(logging.INFO, logger="app.core.engine"):
         engine = make_engine(settings, serverless=True)
     try:
         sessions = SessionService(engine)
@@ -39,7 +39,7 @@ def test_one_setting_works_behind_pgbouncer_transaction_mode(pooled_url, direct_
             assert sessions.get_session_lock(DEVICE) == agent
     finally:
         engine.dispose()
-    said = [record.getMessage() for record in caplog.records if record.name == "app.core.db"]
+    said = [record.getMessage() for record in caplog.records if record.name == "app.core.engine"]
     assert any("statement timeout set per transaction (SET LOCAL)" in line for line in said), said
 
 

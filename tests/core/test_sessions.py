@@ -18,7 +18,7 @@ from app import (
     SessionService,
     StoreUnavailable,
 )
-from app.core.db import make_engine
+from app.core.engine import make_engine
 from tests.conftest import make_settings
 from tests.utils.counting import count_statements, work
 from tests.utils.states import expire, insert_locks, row

@@ -6,7 +6,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.core.config import Settings
-from app.core.db import Engine
+from app.core.engine import Engine
 from app.main import create_app
 from app.sessions import SessionService
 from tests.conftest import make_settings

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from app.core import migrate
-from app.core.db import Engine
+from app.core.engine import Engine
 from app.invoke import InvalidEvent, event_kind, run
 from app.sessions import SessionService
 from tests.conftest import make_settings

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from app.core import migrate
-from app.core.db import Engine
+from app.core.engine import Engine
 from app.sessions import SessionService
 from tests.conftest import make_settings
 from tests.deploy.conftest import CRON_SECRET, ROOT, clean_env, lambda_handler_for, run_python, sample_event

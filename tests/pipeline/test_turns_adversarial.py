@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from app.admin import AdminStore
 from app.agents import AgentInput, AgentReply, Handoff
 from app.agents.runner import FAILURE_REPLY
-from app.core.db import make_engine
+from app.core.engine import make_engine
 from app.errors import IdempotencyKeyReused
 from app.pipeline import Inbound
 from tests.conftest import make_settings

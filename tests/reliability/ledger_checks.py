@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
-from app.core.db import Engine
+from app.core.engine import Engine
 from tests.utils.load_agents import expected_agent, expected_lock
 
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from app.cleanup import run_cleanup
-from app.core.db import make_engine
+from app.core.engine import make_engine
 from tests.channels.payloads import (
     ACCESS_TOKEN,
     PATH,

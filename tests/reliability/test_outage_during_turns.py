@@ -10,7 +10,7 @@ import anyio
 import httpx
 import pytest
 
-from app.core.db import make_engine
+from app.core.engine import make_engine
 from app.errors import StoreUnavailable
 from app.pipeline import Inbound, Pipeline
 from tests.conftest import make_settings

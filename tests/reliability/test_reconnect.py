@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from app.core.db import lock_pools
+from app.core.engine import lock_pools
 from tests.utils.agents import wait_for
 from tests.utils.apps import app_client
 

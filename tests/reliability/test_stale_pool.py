@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from app.core.db import lock_pools, make_engine
+from app.core.engine import lock_pools, make_engine
 from app.sessions import SessionService
 from app.streams import signals
 from tests.conftest import make_settings

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from app.agents import load_registry
-from app.core.db import make_engine
+from app.core.engine import make_engine
 from app.pipeline import Inbound, Pipeline
 from tests.sessions.conftest import A, admin_settings
 from tests.utils import aio

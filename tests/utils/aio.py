@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from app.core.aio import close_loop
-from app.core.db import Engine, lock_pools
+from app.core.engine import Engine, lock_pools
 
 T = TypeVar("T")
 

@@ -10,7 +10,7 @@ from unittest import mock
 import psycopg
 
 from app.core import schema
-from app.core.db import Engine, lock_pools
+from app.core.engine import Engine, lock_pools
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from app.core.db import Engine
+from app.core.engine import Engine
 
 TABLES = (
     "conversation_states",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.core.db import Engine
+from app.core.engine import Engine
 
 
 def row(engine: Engine, device_id: str, tenant_id: str = "default") -> dict[str, Any] | None:

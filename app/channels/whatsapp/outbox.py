@@ -37,7 +37,8 @@ from app import telemetry, validation
 from app.channels.whatsapp.graph import GraphApi, SendOutcome, message_payload
 from app.channels.whatsapp.inbound import CHANNEL, PHONE_NUMBER_ID, business_tenant, recipient_of
 from app.core.config import Settings
-from app.core.db import Engine, arun
+from app.core.db import arun
+from app.core.engine import Engine
 from app.errors import StoreError, StoreUnavailable
 
 logger = logging.getLogger(__name__)
