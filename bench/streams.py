@@ -8,14 +8,13 @@
   engine, the statements counted at psycopg's cursor (tests/utils/counting.py); the bound is
   claim + finish + one per STREAM_FLUSH_MS interval of writing.
 - concurrent streams: N clients (one device each) stream at once on one uvicorn process, each
-  reply 10 words over AGENT_SECONDS; /api/health asked every 50 ms meanwhile. Wall time until the
+  reply 10 words over AGENT_SECONDS; /api/health asked every 50 ms meanwhile (bench/health.py). Wall time until the
   last [DONE], /api/health p50/p99, the server's peak RSS.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import time
@@ -23,12 +22,14 @@ import uuid
 from collections import Counter
 from typing import Any
 
+import aiohttp
 import httpx
 
 from app.agents import load_registry
 from app.core.engine import lock_pools
 from app.pipeline import Inbound, Pipeline
 from bench.common import Bench, table
+from bench.health import probing
 from bench.serve import uvicorn
 from bench.slowturns import _peak_rss_mib
 from tests.utils import aio
@@ -200,35 +201,27 @@ def _statements(b: Bench, replies: int, writing_s: float) -> dict[str, Any]:
 
 
 async def _concurrent(url: str, streams: int, seconds: float) -> dict[str, Any]:
-    limits = httpx.Limits(max_connections=streams + 10, max_keepalive_connections=streams + 10)
+    # aiohttp and a health probe of its own (bench/health.py): with httpx, the load generator's own
+    # CPU (more than the server's, slowturns measured) was most of what the probe waited for.
     text = f"{WORDS} {seconds * 1000 / WORDS:g}"
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=300) as client:
-        done = asyncio.Event()
-        health: list[float] = []
-
-        async def probe() -> None:
-            while not done.is_set():
-                started = time.perf_counter()
-                await client.get("/api/health")
-                health.append((time.perf_counter() - started) * 1000)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(done.wait(), 0.05)
+    connector = aiohttp.TCPConnector(limit=streams + 10)
+    async with aiohttp.ClientSession(url, connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as client:
 
         async def one() -> bool:
-            parts, _first = await _stream(client, text)
+            parts: list[dict[str, Any]] = []
+            headers = {"X-Device-ID": str(uuid.uuid4())}
+            async with client.post("/api/chat/stream", json=_body(text), headers=headers) as response:
+                if response.status != 200:
+                    return False
+                async for raw in response.content:
+                    line = raw.decode().rstrip("\r\n")
+                    if line.startswith("data: "):
+                        payload = line[len("data: ") :]
+                        parts.append({"type": "[DONE]"} if payload == "[DONE]" else json.loads(payload))
             return _complete(parts, WORDS)
 
-        started = time.perf_counter()
-        prober = asyncio.create_task(probe())
-        complete = await asyncio.gather(*(one() for _ in range(streams)))
-        wall = time.perf_counter() - started
-        done.set()
-        await prober
-    return {
-        "wall_s": round(wall, 2),
-        "complete": sum(complete),
-        "other": streams - sum(complete),
-        "health_requests": len(health),
-        "health_p50_ms": _pct(health, 0.5),
-        "health_p99_ms": _pct(health, 0.99),
-    }
+        with probing(url) as health:
+            started = time.perf_counter()
+            complete = await asyncio.gather(*(one() for _ in range(streams)))
+            wall = time.perf_counter() - started
+    return {"wall_s": round(wall, 2), "complete": sum(complete), "other": streams - sum(complete), **health}
