@@ -271,24 +271,7 @@ class Settings(BaseSettings):
     @field_validator("web_tenants", mode="before")
     @classmethod
     def _web_tenants(cls, value: object) -> object:
-        from app import validation  # app.validation imports this module
-
-        items = value.split(",") if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple, set, frozenset)):
-            raise ValueError("WEB_TENANTS must be a comma-separated list of tenant ids")
-        tenants = tuple(dict.fromkeys(item.strip() if isinstance(item, str) else item for item in items))
-        tenants = tuple(tenant for tenant in tenants if tenant != "")
-        if not tenants:
-            raise ValueError("WEB_TENANTS must name at least one tenant")
-        for number, tenant in enumerate(tenants, start=1):
-            try:
-                validation.tenant_id(tenant)
-            except ValueError:
-                raise ValueError(
-                    f"WEB_TENANTS entry {number} is not a valid tenant id "
-                    "(1-128 printable characters without whitespace)"
-                ) from None
-        return tenants
+        return _tenant_list(value, "WEB_TENANTS", at_least_one=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -316,15 +299,7 @@ class Settings(BaseSettings):
     @field_validator("whatsapp_profile_name_tenants", mode="before")
     @classmethod
     def _consenting(cls, value: object) -> object:
-        from app import validation
-
-        items = value.split(",") if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple, set, frozenset)):
-            raise ValueError("WHATSAPP_PROFILE_NAME_TENANTS must be a comma-separated list of tenant ids")
-        tenants = tuple(dict.fromkeys(i.strip() for i in items if isinstance(i, str) and i.strip()))
-        for tenant in tenants:
-            validation.tenant_id(tenant)  # ValueError: not a tenant id
-        return tenants
+        return _tenant_list(value, "WHATSAPP_PROFILE_NAME_TENANTS", at_least_one=False)
 
     @field_validator("whatsapp_api_base_url")
     @classmethod
@@ -345,6 +320,29 @@ class Settings(BaseSettings):
                 f"(schemes: {', '.join(sorted(POSTGRES_SCHEMES))})"
             )
         return "postgresql+psycopg://" + rest
+
+
+def _tenant_list(value: object, name: str, *, at_least_one: bool) -> object:
+    """Setting `name`'s tenants, from a comma-separated string or a sequence: a tuple, trimmed, without
+    blanks or repeats, in order. ValueError (naming the setting and the entry's position) for anything
+    else, for an entry that is not a tenant id (app/validation.py), or for none at all if at_least_one."""
+    from app import validation  # app.validation imports this module
+
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple, set, frozenset)):
+        raise ValueError(f"{name} must be a comma-separated list of tenant ids")
+    tenants = tuple(dict.fromkeys(item.strip() if isinstance(item, str) else item for item in items))
+    tenants = tuple(tenant for tenant in tenants if tenant != "")
+    if at_least_one and not tenants:
+        raise ValueError(f"{name} must name at least one tenant")
+    for number, tenant in enumerate(tenants, start=1):
+        try:
+            validation.tenant_id(tenant)
+        except (ValueError, TypeError):
+            raise ValueError(
+                f"{name} entry {number} is not a valid tenant id (1-128 printable characters without whitespace)"
+            ) from None
+    return tenants
 
 
 def parse_admin_keys(raw: SecretStr | str | None) -> list[tuple[str, bytes]]:

@@ -44,3 +44,19 @@ def test_any_other_database_url_is_one_line_that_never_repeats_it(url):
     problem = settings_problem(refused.value)
     assert problem.startswith("invalid settings: DATABASE_URL: must be a PostgreSQL URL") and "\n" not in problem
     assert url not in problem and "secret-pw" not in problem
+
+
+@pytest.mark.parametrize(
+    ("field", "name", "at_least_one"),
+    [("web_tenants", "WEB_TENANTS", True), ("whatsapp_profile_name_tenants", "WHATSAPP_PROFILE_NAME_TENANTS", False)],
+)
+def test_tenant_lists_are_trimmed_deduplicated_and_checked_entry_by_entry(field, name, at_least_one):
+    assert getattr(Settings(_env_file=None, **{field: " acme, globex ,acme,, "}), field) == ("acme", "globex")
+    with pytest.raises(ValidationError) as refused:
+        Settings(_env_file=None, **{field: "acme,bad tenant"})
+    assert f"{name} entry 2 is not a valid tenant id" in settings_problem(refused.value)
+    if at_least_one:
+        with pytest.raises(ValidationError, match=f"{name} must name at least one tenant"):
+            Settings(_env_file=None, **{field: " , "})
+    else:
+        assert getattr(Settings(_env_file=None, **{field: ""}), field) == ()
