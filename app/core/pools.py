@@ -220,57 +220,45 @@ class LockPools:
                 pool = self._sync
         return pool
 
-    def _make_sync(self) -> ConnectionPool:
+    def _pool_args(self, *, kind: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The keyword arguments of either kind of pool ("sync" or "async"): those every pool takes,
+        and those only a sized (not a null) pool takes."""
         c = self.config
+        sync = kind == "sync"
         common: dict[str, Any] = {
             "kwargs": {"autocommit": True, **c.kwargs},
             "timeout": c.timeout,
-            "configure": self._configure,
-            "check": _ping if c.pre_ping else _check,
-            "name": "lock-operations",
-            "open": True,
+            "configure": self._configure if sync else self._aconfigure,
+            "check": (_ping if sync else _aping) if c.pre_ping else (_check if sync else _acheck),
+            "name": "lock-operations" if sync else "lock-operations-async",
             # One connect attempt per need: a failure is reported at once, not retried in the background.
             "reconnect_timeout": 0,
             "reconnect_failed": self._connect_failed,
         }
-        if not c.size:
-            return NullConnectionPool(c.conninfo, max_size=None, **common)
-        return ConnectionPool(
-            c.conninfo,
-            min_size=0,
-            max_size=2 * c.size,
-            max_lifetime=MAX_LIFETIME_SECONDS,
-            max_idle=MAX_IDLE_SECONDS,
-            **common,
-        )
+        sized = {
+            "min_size": 0,
+            "max_size": 2 * c.size,
+            "max_lifetime": MAX_LIFETIME_SECONDS,
+            "max_idle": MAX_IDLE_SECONDS,
+        }
+        return common, sized
+
+    def _make_sync(self) -> ConnectionPool:
+        common, sized = self._pool_args(kind="sync")
+        if not self.config.size:
+            return NullConnectionPool(self.config.conninfo, max_size=None, open=True, **common)
+        return ConnectionPool(self.config.conninfo, open=True, **sized, **common)
 
     async def async_pool(self) -> AsyncConnectionPool:
         """The running loop's async pool, opened on first use in that loop."""
         loop = asyncio.get_running_loop()
         pool = self._async.get(loop)
         if pool is None:
-            c = self.config
-            common: dict[str, Any] = {
-                "kwargs": {"autocommit": True, **c.kwargs},
-                "timeout": c.timeout,
-                "configure": self._aconfigure,
-                "check": _aping if c.pre_ping else _acheck,
-                "name": "lock-operations-async",
-                "open": False,
-                "reconnect_timeout": 0,
-                "reconnect_failed": self._connect_failed,
-            }
-            if not c.size:
-                pool = AsyncNullConnectionPool(c.conninfo, max_size=None, **common)
+            common, sized = self._pool_args(kind="async")
+            if not self.config.size:
+                pool = AsyncNullConnectionPool(self.config.conninfo, max_size=None, open=False, **common)
             else:
-                pool = AsyncConnectionPool(
-                    c.conninfo,
-                    min_size=0,
-                    max_size=2 * c.size,
-                    max_lifetime=MAX_LIFETIME_SECONDS,
-                    max_idle=MAX_IDLE_SECONDS,
-                    **common,
-                )
+                pool = AsyncConnectionPool(self.config.conninfo, open=False, **sized, **common)
             self._async[loop] = pool  # set before the first await: one pool per loop
         if pool.closed:
             await pool.open()
