@@ -206,6 +206,23 @@ async def _arun_direct(pools: LockPools, sql: str, params: dict[str, Any], rows:
 WAIT_SLICE_SECONDS = 0.25
 
 
+def _wait(pools: LockPools, left: float) -> float:
+    # A slice that runs out puts the waiter back behind every later one (psycopg_pool serves
+    # waiters in order): under a burst (a webhook of 200 senders) some would then wait past
+    # the timeout. So slices only once a connect has failed; else one wait, in turn.
+    return max(0.001, min(WAIT_SLICE_SECONDS, left) if pools.failed_at is not None else left)
+
+
+def _statement_error(conn: psycopg.Connection | psycopg.AsyncConnection, err: psycopg.Error) -> StoreError:
+    """What a failed statement raises: _Disconnected (the caller drains the pools), _Conflict
+    (retried once by run/arun), else StoreUnavailable / StoreError as `store_errors` maps it."""
+    if _disconnected(conn):
+        return _Disconnected(_describe(err))
+    if isinstance(err, CONFLICTS):
+        return _Conflict(_describe(err))
+    return _store_error(err)
+
+
 def _run_once(engine: Engine, pools: LockPools, sql: str, params: dict[str, Any], rows: str) -> Any:
     pool = pools.sync_pool()
     deadline = time.monotonic() + pools.config.timeout
@@ -213,11 +230,12 @@ def _run_once(engine: Engine, pools: LockPools, sql: str, params: dict[str, Any]
         if pools.outage():
             return _run_direct(pools, sql, params, rows)
         left = deadline - time.monotonic()
+        wait = _wait(pools, left)
         try:
-            conn = pool.getconn(timeout=max(0.001, min(WAIT_SLICE_SECONDS, left)))
+            conn = pool.getconn(timeout=wait)
             break
         except PoolTimeout as err:
-            if left <= WAIT_SLICE_SECONDS:
+            if left <= wait:
                 raise _store_error(err) from err
         except FAILURES as err:
             raise _store_error(err) from err
@@ -230,16 +248,14 @@ def _run_once(engine: Engine, pools: LockPools, sql: str, params: dict[str, Any]
             result = _execute(conn, sql, params, rows)
     except psycopg.Error as err:
         pool.putconn(conn)  # psycopg_pool discards a broken or non-idle connection itself
-        if _disconnected(conn):
+        failure = _statement_error(conn, err)
+        if isinstance(failure, _Disconnected):
             pools.failed_at = time.monotonic()
             # What SQLAlchemy does on a disconnect: connections older than this one are not
             # trusted either. Lent ones finish their work and are closed on return.
             pools.drain()
             engine.dispose(close=False)
-            raise _Disconnected(_describe(err)) from err
-        if isinstance(err, CONFLICTS):
-            raise _Conflict(_describe(err)) from err
-        raise _store_error(err) from err
+        raise failure from err
     except BaseException:
         conn.close()  # interrupted mid-statement: its state is unknown
         pool.putconn(conn)
@@ -255,12 +271,9 @@ async def _arun_once(engine: Engine, pools: LockPools, sql: str, params: dict[st
         if pools.outage():
             return await _arun_direct(pools, sql, params, rows)
         left = deadline - time.monotonic()
-        # A slice that runs out puts the waiter back behind every later one (psycopg_pool
-        # serves waiters in order): under a burst (a webhook of 200 senders) some would then
-        # wait past the timeout. So slices only once a connect has failed; else one wait, in turn.
-        wait = min(WAIT_SLICE_SECONDS, left) if pools.failed_at is not None else left
+        wait = _wait(pools, left)
         try:
-            conn = await pool.getconn(timeout=max(0.001, wait))
+            conn = await pool.getconn(timeout=wait)
             break
         except PoolTimeout as err:
             if left <= wait:
@@ -277,14 +290,12 @@ async def _arun_once(engine: Engine, pools: LockPools, sql: str, params: dict[st
     except psycopg.Error as err:
         with anyio.CancelScope(shield=True):
             await pool.putconn(conn)
-        if _disconnected(conn):
+        failure = _statement_error(conn, err)
+        if isinstance(failure, _Disconnected):
             pools.failed_at = time.monotonic()
             await pools.adrain()
             engine.dispose(close=False)
-            raise _Disconnected(_describe(err)) from err
-        if isinstance(err, CONFLICTS):
-            raise _Conflict(_describe(err)) from err
-        raise _store_error(err) from err
+        raise failure from err
     except BaseException:
         # Cancelled (a timeout, a stop) or interrupted mid-statement: the connection's state
         # is unknown, so it is closed, never handed to the next caller. Shielded: inside a
