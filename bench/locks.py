@@ -37,6 +37,10 @@ from bench.naive import NaiveStore
 OPS = ("get", "set", "mix")
 SET_SHARE = 0.2
 
+# The ops table's columns (bench/report.py prints the same table as markdown).
+HEADERS = ["op/s", "SessionService", "bare psycopg", "naive ORM", "pgbench"]
+HEADERS += ["svc/bare", "svc/naive", "svc/pgbench", "bare/pgbench", "bare/naive"]
+
 
 def run(b: Bench) -> dict[str, Any]:
     """Measure get, set and an 80/20 mix for each implementation, interleaved round by round."""
@@ -239,23 +243,7 @@ def _print(out: dict[str, Any]) -> None:
                 rat[op]["bare_psycopg/naive_orm"],
             ]
         )
-    print(
-        table(
-            [
-                "op/s",
-                "SessionService",
-                "bare psycopg",
-                "naive ORM",
-                "pgbench",
-                "svc/bare",
-                "svc/naive",
-                "svc/pgbench",
-                "bare/pgbench",
-                "bare/naive",
-            ],
-            rows,
-        )
-    )
+    print(table(HEADERS, rows))
     lat = [
         [op, name, res[op][name]["p50_ms"], res[op][name]["p99_ms"]]
         for op in OPS

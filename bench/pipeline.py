@@ -36,6 +36,10 @@ SHARED_CORES = (
     "its cores with them: its CPU share is reported next to each figure"
 )
 
+# The HTTP table's columns (bench/report.py prints it as markdown, with the per-second spread).
+HEADERS = ["server", "pool", "window s", "messages", "msg/s", "p50 ms", "p99 ms", "non-200", "degraded"]
+HEADERS += ["unexpected", "xact/msg", "client CPU", "server CPU", "PG CPU", "machine busy"]
+
 
 def run(b: Bench) -> dict[str, Any]:
     """Round trips in-process, then HTTP load with 1 and 2 workers, then 2 workers during a lock cleanup."""
@@ -321,28 +325,7 @@ def _print(out: dict[str, Any]) -> None:
                 _pct(c["machine_busy_share"]),
             ]
         )
-    print(
-        table(
-            [
-                "server",
-                "pool",
-                "window s",
-                "messages",
-                "msg/s",
-                "p50 ms",
-                "p99 ms",
-                "non-200",
-                "degraded",
-                "unexpected",
-                "xact/msg",
-                "client CPU",
-                "server CPU",
-                "PG CPU",
-                "machine busy",
-            ],
-            rows,
-        )
-    )
+    print(table(HEADERS, rows))
     if "history_msg_s_ratio" in out:
         print(f"2 workers, msg/s with history 20 / without: {out['history_msg_s_ratio']}")
     if "before_msg_s_ratio" in out:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bench import locks, pipeline
 from bench.common import RESULTS, cell
 
 
@@ -52,23 +53,7 @@ def render(report: dict[str, Any]) -> str:
                     q.get("bare_psycopg/naive_orm"),
                 ]
             )
-        out.append(
-            md(
-                [
-                    "op/s",
-                    "SessionService",
-                    "bare psycopg",
-                    "naive ORM",
-                    "pgbench",
-                    "svc/bare",
-                    "svc/naive",
-                    "svc/pgbench",
-                    "bare/pgbench",
-                    "bare/naive",
-                ],
-                rows,
-            )
-        )
+        out.append(md(locks.HEADERS, rows))
         out.append(
             "\n"
             + md(
@@ -241,24 +226,7 @@ def _pipeline(p: dict[str, Any]) -> str:
         )
     out.append(
         md(
-            [
-                "server",
-                "pool",
-                "window s",
-                "messages",
-                "msg/s",
-                "msg/s min-max per s",
-                "p50 ms",
-                "p99 ms",
-                "non-200",
-                "degraded",
-                "unexpected",
-                "xact/msg",
-                "client CPU",
-                "server CPU",
-                "PG CPU",
-                "machine busy",
-            ],
+            [*pipeline.HEADERS[:5], "msg/s min-max per s", *pipeline.HEADERS[5:]],
             rows,
         )
     )
