@@ -152,28 +152,18 @@ def test_the_cli_without_database_url_uses_the_embedded_default(tmp_path: Path):
     like serve's, stopped when the command ends; stdout stays the handler's result alone."""
     data = tmp_path / "pg"
     env = clean_env(PYTHONPATH=str(ROOT), DATA_DIR=str(data))
-    command = [sys.executable, "-m", "app", "invoke"]
-    http = subprocess.run(
-        [*command, str(EVENTS / "apigw-v2-health.json")],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+
+    def invoke(event: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "app", "invoke", str(EVENTS / event)]
+        return subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+    http = invoke("apigw-v2-health.json")
     assert http.returncode == 0, http.stderr
     result = json.loads(http.stdout)
     assert result["statusCode"] == 200
     assert json.loads(result["body"])["migration"] == migrate.head_revision()
     assert f"using embedded PostgreSQL in {data}" in http.stderr
-    scheduled = subprocess.run(
-        [*command, str(EVENTS / "scheduled-cleanup.json")],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    scheduled = invoke("scheduled-cleanup.json")
     assert scheduled.returncode == 0, scheduled.stderr
     assert set(json.loads(scheduled.stdout)) == {"released", "deleted", "duration_ms"}
     # PostgreSQL removes postmaster.pid when it shuts down cleanly.
