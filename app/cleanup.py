@@ -11,11 +11,14 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import anyio
+
 from app import telemetry
 from app.core.aio import call_async
 from app.core.config import Settings
 from app.core.db import run, run_batches
 from app.core.engine import Engine
+from app.errors import StoreError
 from app.ledger import Answer, Pending
 from app.pipeline import OnReply, Pipeline
 from app.sessions import SessionService
@@ -144,14 +147,9 @@ def run_cleanup(
     return result
 
 
-def scheduled_cleanup(services: Services) -> CleanupResult:
-    """The scheduled run (cron route, Lambda schedule, CLI): release expired locks, apply
-    retention, answer messages a crashed worker left pending, then send again the replies a
-    channel could not deliver in time (with backoff), within what is left of CLEANUP_MAX_SECONDS.
-    """
-    started = time.monotonic()
-    engine, settings = services.database.engine, services.settings
-    pipeline = services.pipeline()
+def channel_replies(services: Services, pipeline: Pipeline) -> OnReply:
+    """The on_reply of a recovery: each answer goes out on the channel its message came from
+    (a web message has none: its page reads the reply from the history)."""
     repliers = {name: channel.replier(pipeline.ledger) for name, channel in services.channels.items()}
 
     async def on_reply(pending: Pending, answer: Answer) -> None:  # the channels' repliers are coroutine functions
@@ -160,7 +158,37 @@ def scheduled_cleanup(services: Services) -> CleanupResult:
         if replier is not None:
             await replier(pending, answer)
 
-    result = run_cleanup(engine, settings, pipeline=pipeline, on_reply=on_reply)
+    return on_reply
+
+
+async def keep_recovering(services: Services) -> None:
+    """A server's own recovery (its lifespan runs this until shutdown): every RECOVERY_INTERVAL_SECONDS,
+    answer the messages a crashed worker left pending once their lease lapsed, as the scheduled
+    cleanup does. So a server with no schedule (`make run`, a container) never leaves such a
+    message waiting for its device's next message. Several processes may run it: each device is
+    taken with its lease, so a message is still answered once."""
+    pipeline = services.pipeline()
+    on_reply = channel_replies(services, pipeline)
+    while True:
+        await anyio.sleep(services.settings.recovery_interval_seconds)
+        try:
+            recovered = await pipeline.recover(on_reply)
+        except StoreError as err:  # the next pass tries again
+            logger.warning("recovery pass failed: %s", err)
+            continue
+        if recovered:
+            logger.info("recovered %s messages a crashed worker left pending", recovered)
+
+
+def scheduled_cleanup(services: Services) -> CleanupResult:
+    """The scheduled run (cron route, Lambda schedule, CLI): release expired locks, apply
+    retention, answer messages a crashed worker left pending, then send again the replies a
+    channel could not deliver in time (with backoff), within what is left of CLEANUP_MAX_SECONDS.
+    """
+    started = time.monotonic()
+    engine, settings = services.database.engine, services.settings
+    pipeline = services.pipeline()
+    result = run_cleanup(engine, settings, pipeline=pipeline, on_reply=channel_replies(services, pipeline))
     budget = settings.cleanup_max_seconds
     deadline = started + budget if budget is not None else time.monotonic() + 60
     for name, channel in services.channels.items():

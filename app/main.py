@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
@@ -13,6 +14,7 @@ from app import telemetry
 from app.api import errors
 from app.api.limits import KIB, BodyLimit
 from app.api.routes import chat, cron, docs, health, inbox, metrics, sessions, stats, stream, takeover, web, whatsapp
+from app.cleanup import keep_recovering
 from app.core.config import Settings
 from app.core.engine import Database, lock_pools
 from app.core.logging import RequestContext, configure_logging
@@ -39,6 +41,18 @@ def listener(services: Services) -> Callable[[], Coroutine[Any, Any, None]] | No
     return listen
 
 
+def lifespan_tasks(services: Services) -> list[Callable[[], Coroutine[Any, Any, None]]]:
+    """What a server runs beside its requests: the listener (where a LISTEN can hold) and the
+    recovery pass (unless RECOVERY_INTERVAL_SECONDS is 0)."""
+    tasks = []
+    listen = listener(services)
+    if listen is not None:
+        tasks.append(listen)
+    if services.settings.recovery_interval_seconds:
+        tasks.append(functools.partial(keep_recovering, services))
+    return tasks
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -59,7 +73,7 @@ def create_app(
         # requests still running): no new turn, that work gets SHUTDOWN_GRACE_SECONDS and is
         # cancelled; uvicorn does not wait for the turns it cancelled, so wait here while they
         # give their leases back (one statement each), then close this loop's HTTP client and pool.
-        async with services.runtime.serve(listen=listener(services)):
+        async with services.runtime.serve(*lifespan_tasks(services)):
             yield
         if not await services.runtime.settle(SETTLE_SECONDS):
             logger.warning("%s leases still held at shutdown: they lapse after LEASE_SECONDS", services.runtime.holders)

@@ -201,16 +201,17 @@ class Runtime:
         self.grace = settings.shutdown_grace_seconds
 
     @contextlib.asynccontextmanager
-    async def serve(self, listen: Callable[[], Coroutine[Any, Any, None]] | None = None) -> AsyncIterator[None]:
+    async def serve(self, *tasks: Callable[[], Coroutine[Any, Any, None]]) -> AsyncIterator[None]:
         """The app's lifespan: background tasks run in its body; at exit no new turn starts,
         running ones get SHUTDOWN_GRACE_SECONDS, then are cancelled.
 
-        listen: a task for the whole lifespan, outside the background count (the
-        listener, app/streams/signals.py), cancelled once the background work is done.
+        tasks: run for the whole lifespan, outside the background count (the listener,
+        app/streams/signals.py; the recovery pass, app/cleanup.py), cancelled once the
+        background work is done.
         """
         async with anyio.create_task_group() as signals:
-            if listen is not None:
-                signals.start_soon(listen)
+            for task in tasks:
+                signals.start_soon(task)
             async with self.background.serve(self.grace):
                 try:
                     yield

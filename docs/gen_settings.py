@@ -38,7 +38,7 @@ GROUPS = [
     ("Database", ("database_url", "db_", "data_dir")),
     ("Sessions and agent turns", ("default_session_ttl", "lease_", "chat_wait", "context_", "agent", "max_conc")),
     ("Sessions and agent turns", ("shutdown_", "burst_", "stream_", "events_stream", "openai_")),
-    ("Cleanup and retention", ("cleanup_", "cron_", "message_retention", "orphan_")),
+    ("Cleanup and retention", ("cleanup_", "recovery_", "cron_", "message_retention", "orphan_")),
     ("WhatsApp", ("whatsapp_", "webhook_")),
     ("Admin API and web clients", ("admin_", "import_", "device_id", "web_tenants", "rate_limit")),
     ("Logs and metrics", ("log_", "metrics")),

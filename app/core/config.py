@@ -128,6 +128,9 @@ class Settings(BaseSettings):
     """Rows per cleanup statement."""
     cleanup_max_seconds: float | None = Field(50.0, gt=0)
     """Seconds one cleanup run may take."""
+    recovery_interval_seconds: float = Field(10.0, ge=0, le=3600)
+    """A server process (not a serverless function) answers, this often, the messages a crashed worker
+    left pending once their lease lapsed, as the scheduled cleanup does; `0` leaves that to the cleanup."""
     cron_secret: SecretStr | None = None
     """Bearer secret of `GET /api/cron/cleanup`; unset refuses every call."""
     message_retention_days: int = Field(0, ge=0)  # 0: keep messages forever
