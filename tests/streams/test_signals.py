@@ -63,7 +63,7 @@ def test_a_turn_never_stopped_looks_at_no_stop_flag(client, gates, database_url)
         gates.open("quiet")
         thread.join(30)
     assert time.monotonic() - held_since >= 1.5
-    assert result["response"].json()["reply"] == "w1 w2"
+    assert (result["response"].json()["reply"], result["response"].json()["stopped"]) == ("w1 w2", False)
     assert [s for s in work(statements) if CHECKS in s] == []
 
 
@@ -133,3 +133,13 @@ def test_a_waiter_on_another_instance_is_woken_by_the_finish_notification(databa
         assert wait_for(lambda: woken == [("default", device)]), woken
     assert first_result["response"].json()["reply"] == "w1 w2"
     assert second_result["response"].json()["reply"] == "and then"
+
+
+def test_a_json_turn_stopped_mid_reply_says_so(client, gates, database_url):
+    device = str(uuid.uuid4())
+    thread, result = held_turn(client, device, "hold never w1 w2")
+    assert wait_for(lambda: draft_text(conninfo_of(database_url), device) == "w1 "), "the first word never came"
+    assert client.post("/api/chat/stop", headers={"X-Device-ID": device}).json()["status"] == "stopping"
+    thread.join(30)
+    body = result["response"].json()
+    assert (body["reply"], body["stopped"]) == ("w1 ", True)

@@ -64,6 +64,7 @@ class ChatResponse(BaseModel):
     device_id: str
     degraded: bool
     merged: bool = Field(description="answered together with other messages of a burst")
+    stopped: bool = Field(False, description="POST /api/chat/stop ended the turn: reply is its partial text")
     choices: list[Choice] = Field(description="answers the agent offers; send one's title with its choice_id")
     lock: LockState
 
@@ -90,6 +91,7 @@ def chat_response(device_id: str, result: Result) -> ChatResponse:
         device_id=device_id,
         degraded=result.degraded,
         merged=result.merged,
+        stopped=result.stopped,
         choices=[Choice(id=choice["id"], title=choice["title"]) for choice in result.choices],
         lock=LockState(agent=result.lock_agent, expires_at=result.lock_expires_at),
     )
