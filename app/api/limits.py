@@ -53,7 +53,8 @@ class BodyLimit:
 
 async def _too_large(send: Send, limit: int) -> None:
     body = json.dumps(
-        {"error": {"code": "payload_too_large", "message": f"request body is larger than {limit} bytes"}}
+        {"error": {"code": "payload_too_large", "message": f"request body is larger than {limit} bytes"}},
+        separators=(",", ":"),  # as every other error body (Starlette's JSONResponse)
     ).encode()
     await send(
         {
