@@ -43,7 +43,11 @@ def listener(services: Services) -> Callable[[], Coroutine[Any, Any, None]] | No
 
 def lifespan_tasks(services: Services) -> list[Callable[[], Coroutine[Any, Any, None]]]:
     """What a server runs beside its requests: the listener (where a LISTEN can hold) and the
-    recovery pass (unless RECOVERY_INTERVAL_SECONDS is 0)."""
+    recovery pass (unless RECOVERY_INTERVAL_SECONDS is 0). None on serverless, should a platform
+    run the lifespan there: a function instance holds no connection between requests, and the
+    scheduled cleanup recovers."""
+    if services.database.serverless:
+        return []
     tasks = []
     listen = listener(services)
     if listen is not None:

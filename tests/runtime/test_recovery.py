@@ -40,3 +40,8 @@ def test_recovery_interval_zero_leaves_it_to_the_cleanup(database_url):
     on = build_services(make_settings(database_url))
     off = build_services(make_settings(database_url, recovery_interval_seconds=0))
     assert len(lifespan_tasks(on)) == len(lifespan_tasks(off)) + 1
+
+
+def test_a_serverless_app_runs_nothing_beside_its_requests(database_url):
+    # No LISTEN connection held by a function instance, no recovery loop: the schedule recovers.
+    assert lifespan_tasks(build_services(make_settings(database_url), serverless=True)) == []
