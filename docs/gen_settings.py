@@ -14,7 +14,9 @@ without the reference following.
 
 from __future__ import annotations
 
+import ast
 import enum
+import inspect
 import sys
 import types
 import typing
@@ -111,11 +113,32 @@ def default_text(field: FieldInfo) -> str | None:
     return str(value)
 
 
-def description(field: FieldInfo) -> str:
-    """The field's docstring on one line; ValueError if it has none (every setting must say what it does)."""
-    if not field.description:
-        raise ValueError("a setting without a docstring")
-    return " ".join(field.description.split())
+def docstrings() -> dict[str, str]:
+    """Each Settings field's docstring (the string literal right under it), read from the source.
+
+    Read here rather than by pydantic's use_attribute_docstrings, which parses the module's
+    source whenever the class is built: that is every cold start of the app.
+    """
+    tree = ast.parse(inspect.getsource(Settings))
+    body = tree.body[0].body if isinstance(tree.body[0], ast.ClassDef) else []
+    found: dict[str, str] = {}
+    for node, after in zip(body, body[1:], strict=False):
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str):
+            found[node.target.id] = inspect.cleandoc(after.value.value)
+    return found
+
+
+DOCSTRINGS = docstrings()
+
+
+def description(name: str) -> str:
+    """Setting name's docstring on one line; ValueError if it has none (every setting must say what it does)."""
+    text = DOCSTRINGS.get(name)
+    if not text:
+        raise ValueError(f"the setting {name} has no docstring")
+    return " ".join(text.split())
 
 
 def cell(text: str) -> str:
@@ -132,7 +155,7 @@ def reference() -> str:
         limits = bounds(field)
         row = (
             f"| `{env_name(name)}` | {cell(kind)}{f' ({limits})' if limits else ''} "
-            f"| {f'`{cell(default)}`' if default is not None else 'unset'} | {cell(description(field))} |"
+            f"| {f'`{cell(default)}`' if default is not None else 'unset'} | {cell(description(name))} |"
         )
         sections.setdefault(group_of(name), []).append(row)
     out = [
@@ -168,7 +191,7 @@ def env_example() -> str:
             group = group_of(name)
             out += ["", f"# --- {group} ---"]
         default = default_text(field)
-        out.append(f"# {description(field)}")
+        out.append(f"# {description(name)}")
         out.append(f"# {env_name(name)}={default if default is not None else ''}")
     return "\n".join(out) + "\n"
 

@@ -36,7 +36,7 @@ class Settings(BaseSettings):
 
     # Each setting's docstring is its description: docs/gen_settings.py writes the settings reference and
     # .env.example from them.
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", use_attribute_docstrings=True)
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
     # Database. Unset locally means "start the embedded PostgreSQL".
     database_url: str | None = None
