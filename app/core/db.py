@@ -206,11 +206,14 @@ async def _arun_direct(pools: LockPools, sql: str, params: dict[str, Any], rows:
 WAIT_SLICE_SECONDS = 0.25
 
 
-def _wait(pools: LockPools, left: float) -> float:
+def _wait(pools: LockPools, left: float, *, burst: bool) -> float:
     # A slice that runs out puts the waiter back behind every later one (psycopg_pool serves
-    # waiters in order): under a burst (a webhook of 200 senders) some would then wait past
-    # the timeout. So slices only once a connect has failed; else one wait, in turn.
-    return max(0.001, min(WAIT_SLICE_SECONDS, left) if pools.failed_at is not None else left)
+    # waiters in order): under a burst (a webhook of 200 senders, on the async path) some would
+    # then wait past the timeout. So there slices only once a connect has failed; else one wait,
+    # in turn. The sync path (admin routes, health, the CLI) sees no bursts and keeps its slices,
+    # so a caller that arrives as the server goes down learns of it within a slice.
+    sliced = not burst or pools.failed_at is not None
+    return max(0.001, min(WAIT_SLICE_SECONDS, left) if sliced else left)
 
 
 def _statement_error(conn: psycopg.Connection | psycopg.AsyncConnection, err: psycopg.Error) -> StoreError:
@@ -230,7 +233,7 @@ def _run_once(engine: Engine, pools: LockPools, sql: str, params: dict[str, Any]
         if pools.outage():
             return _run_direct(pools, sql, params, rows)
         left = deadline - time.monotonic()
-        wait = _wait(pools, left)
+        wait = _wait(pools, left, burst=False)
         try:
             conn = pool.getconn(timeout=wait)
             break
@@ -271,7 +274,7 @@ async def _arun_once(engine: Engine, pools: LockPools, sql: str, params: dict[st
         if pools.outage():
             return await _arun_direct(pools, sql, params, rows)
         left = deadline - time.monotonic()
-        wait = _wait(pools, left)
+        wait = _wait(pools, left, burst=True)
         try:
             conn = await pool.getconn(timeout=wait)
             break
