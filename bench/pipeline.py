@@ -303,28 +303,7 @@ def _print(out: dict[str, Any]) -> None:
         f"HTTP: {out['clients']} client threads (httpx, keep-alive) over {out['devices']:,} devices, "
         f"conversations {' -> '.join(out['script'])}; note: {out['note']}"
     )
-    rows = []
-    for name, h in out["http"].items():
-        w, c = h["window"], h["cpu"]
-        rows.append(
-            [
-                name,
-                h["db_pool_size"],
-                w["seconds"],
-                w["messages"],
-                w["messages_per_s"],
-                w["p50_ms"],
-                w["p99_ms"],
-                h["all_requests"]["non_200"],
-                h["all_requests"]["degraded"],
-                h["all_requests"]["unexpected_replies"],
-                h["server_transactions_per_message"],
-                _pct(c["client_share"]),
-                _pct(c["server_share"]),
-                _pct(c["postgres_share"]),
-                _pct(c["machine_busy_share"]),
-            ]
-        )
+    rows = [http_row(name, h) for name, h in out["http"].items()]
     print(table(HEADERS, rows))
     if "history_msg_s_ratio" in out:
         print(f"2 workers, msg/s with history 20 / without: {out['history_msg_s_ratio']}")
@@ -358,6 +337,30 @@ def _print(out: dict[str, Any]) -> None:
             ]
         )
     print(table(["window", "seconds", "messages", "msg/s", "p50 ms", "p99 ms", "max ms", "non-200", "degraded"], rows))
+
+
+def http_row(name: str, h: dict[str, Any], *, spread: bool = False) -> list[Any]:
+    """One server's row of the HTTP table (HEADERS); spread: with the per-second msg/s min-max after msg/s."""
+    w, c, a = h["window"], h["cpu"], h["all_requests"]
+    extra = [f"{w['per_second_min']}-{w['per_second_max']}"] if spread else []
+    return [
+        name,
+        h["db_pool_size"],
+        w["seconds"],
+        w["messages"],
+        w["messages_per_s"],
+        *extra,
+        w["p50_ms"],
+        w["p99_ms"],
+        a["non_200"],
+        a["degraded"],
+        a["unexpected_replies"],
+        h["server_transactions_per_message"],
+        _pct(c["client_share"]),
+        _pct(c["server_share"]),
+        _pct(c["postgres_share"]),
+        _pct(c["machine_busy_share"]),
+    ]
 
 
 def _pct(share: float | None) -> str:

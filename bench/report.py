@@ -201,29 +201,7 @@ def _pipeline(p: dict[str, Any]) -> str:
         )
     if p.get("history_msg_s_ratio") is not None:
         out.append(f"2 workers, messages/s with agent history 20 / without: {p['history_msg_s_ratio']}.\n")
-    rows = []
-    for name, h in p["http"].items():
-        w, c, a = h["window"], h["cpu"], h["all_requests"]
-        rows.append(
-            [
-                name,
-                h["db_pool_size"],
-                w["seconds"],
-                w["messages"],
-                w["messages_per_s"],
-                f"{w['per_second_min']}-{w['per_second_max']}",
-                w["p50_ms"],
-                w["p99_ms"],
-                a["non_200"],
-                a["degraded"],
-                a["unexpected_replies"],
-                h["server_transactions_per_message"],
-                _pct(c["client_share"]),
-                _pct(c["server_share"]),
-                _pct(c["postgres_share"]),
-                _pct(c["machine_busy_share"]),
-            ]
-        )
+    rows = [pipeline.http_row(name, h, spread=True) for name, h in p["http"].items()]
     out.append(
         md(
             [*pipeline.HEADERS[:5], "msg/s min-max per s", *pipeline.HEADERS[5:]],
