@@ -9,8 +9,10 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.utils.local_http import LocalServer
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,7 @@ class GraphApi:
         self._closing = threading.Event()
         self._ids = itertools.count(1)
         self.given_ids: list[tuple[str, str | None]] = []  # (message id, recipient) of each accepted send
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
+        self._server = LocalServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
 

@@ -99,5 +99,14 @@ class ChatPage:
                 continue
         return self.find(css).text
 
+    def click(self, css: str) -> None:
+        """Click the first element matching css, found again if the page replaced it between find and click."""
+        for _ in range(5):
+            try:
+                return self.find(css).click()
+            except StaleElementReferenceException:
+                continue
+        self.find(css).click()
+
     def device_id(self) -> str | None:
         return self.driver.execute_script("return localStorage.getItem('agent-sessions.device-id')")

@@ -60,7 +60,7 @@ def chat(url: str, tmp: Path, name: str, width: int, height: int) -> None:
         page = ChatPage(driver, url).open()
         for text in ("hi", "I need to book an appointment"):
             page.say(text)
-        page.find("#choices button").click()  # a weekday
+        page.click("#choices button")  # a weekday
         page.wait(lambda: page.replies()[-1].startswith("What time on") and page.idle(), "no reply to the choice")
         page.say("10am")
         page.wait(lambda: bool(page.all("#choices button")), "no choices after the confirmation question")

@@ -23,14 +23,18 @@ if REASON:
 from tests.web.page import ChatPage  # noqa: E402 - needs selenium, checked just above
 
 SIZES = [(1280, 800), (390, 844)]
-# Whether el is on screen and on top near its top and bottom edges, mid-width (nothing sticky covers it).
+# Whether every element the selector matches is on screen and on top near its top and bottom edges,
+# mid-width (nothing sticky covers it). Found and measured in one script: the page may re-render between
+# two WebDriver calls, and an element reference held across them would then be stale.
 IN_VIEW = """
-const el = arguments[0];
-const r = el.getBoundingClientRect();
-if (r.width === 0 || r.height === 0) return false;
-const x0 = r.left + r.width / 2;
-return [[x0, r.top + 3], [x0, r.bottom - 3]].every(([x, y]) =>
-  x >= 0 && y >= 0 && x < window.innerWidth && y < window.innerHeight && el.contains(document.elementFromPoint(x, y)));
+return Array.from(document.querySelectorAll(arguments[0])).every(el => {
+  const r = el.getBoundingClientRect();
+  if (r.width === 0 || r.height === 0) return false;
+  const x0 = r.left + r.width / 2;
+  return [[x0, r.top + 3], [x0, r.bottom - 3]].every(([x, y]) =>
+    x >= 0 && y >= 0 && x < window.innerWidth && y < window.innerHeight
+    && el.contains(document.elementFromPoint(x, y)));
+});
 """
 
 
@@ -52,7 +56,7 @@ def page(served, browser) -> ChatPage:
 
 
 def in_view(page: ChatPage, css: str) -> bool:
-    return all(page.driver.execute_script(IN_VIEW, el) for el in page.all(css))
+    return page.driver.execute_script(IN_VIEW, css)
 
 
 @pytest.mark.parametrize(("width", "height"), SIZES)
@@ -72,7 +76,7 @@ def test_the_newest_reply_and_its_choices_stay_in_view_under_a_fixed_header(
     for text in ("hi", "hi", "hi", "I need to book an appointment"):
         page.say(text)
         check(text, choices=text.startswith("I need"))
-    page.find("#choices button").click()  # a weekday
+    page.click("#choices button")  # a weekday
     page.wait(lambda: page.replies()[-1].startswith("What time on") and page.idle(), "no reply to the choice")
     check("a choice", choices=False)
     assert page.say("10am").startswith("Book")
