@@ -27,6 +27,7 @@ from tenacity import (
 )
 
 from app.core.engine import Engine, lock_pools
+from app.core.placeholders import numbered
 from app.core.pools import LockPools, utc_timestamps
 from app.errors import StoreError, StoreUnavailable
 
@@ -317,15 +318,26 @@ def _row_factory(rows: str) -> BaseRowFactory[Any]:
     return tuple_row if rows == "scalar" else dict_row
 
 
+def _statement(sql: str, params: dict[str, Any]) -> tuple[str, dict[str, Any] | list[Any], bool]:
+    """The text and parameters to send, and whether they go through psycopg's raw cursor
+    (a long statement, converted once: app/core/placeholders.py)."""
+    long = numbered(sql)
+    return (sql, params, False) if long is None else (long.query, long.values(params), True)
+
+
 def _execute(conn: psycopg.Connection, sql: str, params: dict[str, Any], rows: str) -> Any:
-    with conn.cursor(row_factory=_row_factory(rows)) as cursor:
-        cursor.execute(sql, params)
+    text, values, raw = _statement(sql, params)
+    factory = psycopg.RawCursor if raw else conn.cursor_factory
+    with factory(conn, row_factory=_row_factory(rows)) as cursor:
+        cursor.execute(text, values)
         return _fetch(cursor, rows)
 
 
 async def _aexecute(conn: psycopg.AsyncConnection, sql: str, params: dict[str, Any], rows: str) -> Any:
-    async with conn.cursor(row_factory=_row_factory(rows)) as cursor:
-        await cursor.execute(sql, params)
+    text, values, raw = _statement(sql, params)
+    factory = psycopg.AsyncRawCursor if raw else conn.cursor_factory
+    async with factory(conn, row_factory=_row_factory(rows)) as cursor:
+        await cursor.execute(text, values)
         # rownumber is None when the statement returned no result set (cheaper than description).
         if cursor.rownumber is None:
             return [] if rows == "all" else None

@@ -8,7 +8,7 @@ import time
 from app.ledger import statements as sql
 from tests.utils.agents import wait_for
 from tests.utils.apps import app_client, use_registry
-from tests.utils.counting import count_statements
+from tests.utils.counting import count_statements, sent
 from tests.utils.gate import gate
 from tests.utils.slow_agents import Slow
 
@@ -64,5 +64,5 @@ def test_a_waiter_is_woken_by_the_holders_finish_and_polls_about_once_a_second(s
     assert len(polls) <= waited + BACKOFF_POLLS, (len(polls), waited)
     # The holder's finish woke the waiter: its last sleep ended by the wake-up, and one poll read the reply.
     assert wakes[-1] is True, wakes
-    last_finish = max(i for i, s in enumerate(issued) if s == sql.FINISH)
+    last_finish = max(i for i, s in enumerate(issued) if s == sent(sql.FINISH))
     assert [s for s in issued[last_finish + 1 :] if s == sql.POLL] == [sql.POLL]

@@ -11,6 +11,7 @@ import psycopg
 
 from app.core import schema
 from app.core.engine import Engine, lock_pools
+from app.core.placeholders import numbered
 
 
 @contextlib.contextmanager
@@ -64,3 +65,9 @@ def count_statements(engine: Engine, seconds: list[float] | None = None) -> Iter
 def work(statements: list[str]) -> list[str]:
     """The statements that do the work: without the transaction-scoped SET LOCAL timeout a pooler needs."""
     return [s for s in statements if not s.startswith("SET LOCAL statement_timeout")]
+
+
+def sent(sql: str) -> str:
+    """The text a cursor receives for one of the app's statements (a long one with $n placeholders)."""
+    long = numbered(sql)
+    return sql if long is None else long.query
