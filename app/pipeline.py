@@ -355,7 +355,7 @@ class Pipeline:
             if on_reply is not None:
                 try:
                     await _call_hook(on_reply, turn.last, finished.answer)
-                except Exception:  # noqa: BLE001 - delivery problems are the channel's to record
+                except Exception:  # delivery problems are the channel's to record
                     logger.exception("delivering the reply to message %s failed", turn.last.id)
             turn = finished.next or (await self.ledger.next_turn(lease) if finished.kept else None)
             db_ms, started = ms(finish_started), None
@@ -479,7 +479,7 @@ class Pipeline:
         async def call() -> None:
             try:
                 await _call_hook(on_working, turn.last)
-            except Exception:  # noqa: BLE001 - a typing indicator never fails a turn
+            except Exception:  # a typing indicator never fails a turn
                 logger.warning("the working hook failed on message %s", turn.last.id, exc_info=True)
 
         group.start_soon(call)

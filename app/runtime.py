@@ -150,7 +150,7 @@ class Background:
                 var.set(value)
             try:
                 await fn(*args)
-            except Exception:  # noqa: BLE001 - see the docstring
+            except Exception:  # see the docstring
                 logger.exception("background task failed")
             finally:
                 self._count -= 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from app.agents import HUMAN
 
 
@@ -63,7 +65,8 @@ def turn_history(before: str, session: str) -> str:
 
 
 # The delivery states the API shows (README, "Delivery states"); stored 'pending' reads as 'retry'.
-DELIVERY_STATES = ("queued", "retry", "sent", "delivered", "read", "failed", "outside_window")
+DeliveryState = Literal["queued", "retry", "sent", "delivered", "read", "failed", "outside_window"]
+DELIVERY_STATES: tuple[DeliveryState, ...] = get_args(DeliveryState)
 
 
 def delivery_state(alias: str) -> str:

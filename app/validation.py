@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import Any, TypeGuard
 
 from app.core.config import MAX_TTL_SECONDS
 from app.errors import (
@@ -21,7 +21,7 @@ AGENT_KEY = re.compile(r"[a-z][a-z0-9_-]{0,49}")
 MAX_ID_LENGTH = 128
 
 
-def _is_id(value: object) -> bool:
+def _is_id(value: object) -> TypeGuard[str]:
     # isprintable() refuses every control and whitespace character but the plain
     # space, which is refused separately.
     return isinstance(value, str) and 1 <= len(value) <= MAX_ID_LENGTH and value.isprintable() and " " not in value
@@ -31,7 +31,7 @@ def device_id(value: object) -> str:
     """Return value if it is a valid device id, else raise InvalidDeviceId."""
     if not _is_id(value):
         raise InvalidDeviceId("device id must be 1-128 printable characters without whitespace")
-    return value  # type: ignore[return-value]
+    return value
 
 
 # Path segments that URL clients resolve (browsers even when percent-encoded) instead of sending.
@@ -54,7 +54,7 @@ def tenant_id(value: object) -> str:
     """Return value if it is a valid tenant id, else raise InvalidTenantId."""
     if not _is_id(value):
         raise InvalidTenantId("tenant id must be 1-128 printable characters without whitespace")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def agent_key(value: object) -> str:

@@ -87,7 +87,7 @@ def _release(service: SessionService, batch: int | None, expected: int) -> dict[
     }
 
 
-def _traffic(b: Bench, live: list[str], window: float, during) -> dict[str, Any]:  # noqa: ANN001
+def _traffic(b: Bench, live: list[str], window: float, during) -> dict[str, Any]:
     """A second thread does get/set on the live devices; keep the latencies that fall in the window."""
     engine = b.engine()
     service = SessionService(engine)

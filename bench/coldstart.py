@@ -124,7 +124,7 @@ def peak_rss(env: dict[str, str], events: int) -> dict[str, Any]:
     return {key: out[key] for key in keys}
 
 
-def _check(proc, what: str) -> None:  # noqa: ANN001
+def _check(proc, what: str) -> None:
     if proc.returncode:
         raise RuntimeError(f"`{what}` failed with exit {proc.returncode}: {proc.stderr.strip()[-800:]}")
 

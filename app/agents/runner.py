@@ -138,7 +138,7 @@ class AgentRunner:
         try:
             answer = await self.call(self.registry[MANAGER], agent_input(turn, tenant, device, normalized({}), None))
             return answer.reply
-        except Exception:  # noqa: BLE001
+        except Exception:
             logger.exception("manager failed in stateless mode")
             return FAILURE_REPLY
 

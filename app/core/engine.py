@@ -203,11 +203,11 @@ def _log_pooler_choice(settings: Settings) -> None:
     )
 
 
-def _utc_timestamps(dbapi_conn, record) -> None:  # noqa: ANN001
+def _utc_timestamps(dbapi_conn, record) -> None:
     utc_timestamps(dbapi_conn)
 
 
-def _discard_dead_connection(dbapi_conn, record, proxy) -> None:  # noqa: ANN001
+def _discard_dead_connection(dbapi_conn, record, proxy) -> None:
     # The same check as the lock operations' pools, for SQLAlchemy's own checkouts.
     if isinstance(dbapi_conn, psycopg.Connection) and has_input(dbapi_conn):
         try:

@@ -99,7 +99,7 @@ def configure_logging(settings: Settings, *, serverless: bool) -> None:
     if any(getattr(handler, "_agent_sessions", False) for handler in root.handlers):
         return
     handler = logging.StreamHandler()
-    handler._agent_sessions = True  # type: ignore[attr-defined]
+    handler._agent_sessions = True  # type: ignore[attr-defined]  # our mark, so a second call adds no handler
     handler.addFilter(RequestIdFilter())
     use_json = settings.log_format == "json" or (settings.log_format == "auto" and serverless)
     handler.setFormatter(JsonFormatter() if use_json else logging.Formatter(TEXT_FORMAT))

@@ -33,7 +33,7 @@ def downgrade(engine: Engine | sa.Engine, revision: str = "base") -> None:
     _run(engine, command.downgrade, revision)
 
 
-def _run(engine: Engine | sa.Engine, step, revision: str) -> None:  # noqa: ANN001
+def _run(engine: Engine | sa.Engine, step, revision: str) -> None:
     from app.core.db import store_errors
 
     cfg = alembic_config()

@@ -63,12 +63,12 @@ MAX_IDLE_SECONDS = 600.0
 class _UtcTimestamptzLoader(TimestamptzLoader):
     # psycopg returns timestamptz in the session's TimeZone (a role or database may set
     # '+05:30'); the API promises UTC, so convert once here, for every statement.
-    def load(self, data):  # noqa: ANN001, ANN201
+    def load(self, data):
         return super().load(data).astimezone(UTC)
 
 
 class _UtcTimestamptzBinaryLoader(TimestamptzBinaryLoader):
-    def load(self, data):  # noqa: ANN001, ANN201
+    def load(self, data):
         return super().load(data).astimezone(UTC)
 
 

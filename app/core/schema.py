@@ -23,7 +23,7 @@ _ASSIGNMENT = re.compile(r"""^(revision|down_revision) = (?:"([^"]+)"|'([^']+)'|
 
 
 @functools.cache
-def _script():  # noqa: ANN202
+def _script():
     # Parsed on first use, not at import: serverless cold starts that never ask pay nothing.
     from alembic.script import ScriptDirectory
 
@@ -97,7 +97,7 @@ def report(revision: str | None) -> SchemaState:
     return found
 
 
-def on_first_connect(dbapi_conn, record) -> None:  # noqa: ANN001
+def on_first_connect(dbapi_conn, record) -> None:
     """Engine first_connect hook: read the revision and say once if the schema is behind the code."""
     autocommit = getattr(dbapi_conn, "autocommit", True)
     try:
@@ -113,5 +113,5 @@ def on_first_connect(dbapi_conn, record) -> None:  # noqa: ANN001
                 dbapi_conn.rollback()
     try:
         report(revision)
-    except Exception:  # noqa: BLE001 - a check must never break the connection it rides on
+    except Exception:  # a check must never break the connection it rides on
         logger.exception("could not compare the database schema with the code")

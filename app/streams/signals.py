@@ -85,7 +85,7 @@ class Listener:
                 await self._listen()
             except (psycopg.Error, TimeoutError) as err:
                 logger.warning("listener lost its connection (%r): draft writers poll meanwhile", err)
-            except Exception:  # noqa: BLE001 - a fault here must not end the app's lifespan: listen again
+            except Exception:  # a fault here must not end the app's lifespan: listen again
                 logger.exception("listener failed: draft writers poll meanwhile")
                 await anyio.sleep(1.0)
             finally:

@@ -81,7 +81,7 @@ def flush(timeout_ms: int = 2000) -> None:
         if provider is not None:
             try:
                 provider.force_flush(timeout_ms)
-            except Exception:  # noqa: BLE001 - telemetry never fails a request
+            except Exception:  # telemetry never fails a request
                 logger.warning("telemetry flush failed", exc_info=True)
 
 

@@ -140,12 +140,16 @@ class Telemetry:
         return {"agent_sessions.tenant": tenant, "agent_sessions.device.hash": device_hash(settings, device)}
 
     @contextlib.contextmanager
-    def span(self, name: str, attributes: Callable[[], dict[str, Any]]) -> Iterator[Span]:
+    def span(
+        self, name: str, attributes: Callable[[], dict[str, Any]], kind: SpanKind = SpanKind.INTERNAL
+    ) -> Iterator[Span]:
         """A current span; an exception marks it (error.type, error status) and goes on.
 
         attributes is called only when the span records: with telemetry off no hash is computed.
         """
-        with self.tracer.start_as_current_span(name, record_exception=False, set_status_on_exception=False) as span:
+        with self.tracer.start_as_current_span(
+            name, kind=kind, record_exception=False, set_status_on_exception=False
+        ) as span:
             if span.is_recording():
                 span.set_attributes(attributes())
             try:
@@ -259,7 +263,7 @@ class Telemetry:
 
     @contextlib.contextmanager
     def send_span(self) -> Iterator[Callable[[Any], Any]]:
-        with self.span("whatsapp.send", dict) as span:
+        with self.span("whatsapp.send", dict, SpanKind.CLIENT) as span:  # a call to another service
 
             def note(outcome: Any) -> Any:
                 span.set_attribute("agent_sessions.whatsapp.status", outcome.status)

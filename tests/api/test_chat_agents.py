@@ -10,12 +10,12 @@ from tests.utils.apps import app_client, use_registry
 class Named:
     display_name = "Front desk"
 
-    async def handle(self, message):  # noqa: ANN001, ANN201
+    async def handle(self, message):
         return AgentReply("hi")
 
 
 class Plain:
-    async def handle(self, message):  # noqa: ANN001, ANN201
+    async def handle(self, message):
         return AgentReply("hi")
 
 

@@ -1,15 +1,18 @@
-"""A statement the server rolls back to break a deadlock runs once more instead of failing the request."""
+"""A statement the server rolls back to break a deadlock or a serialization conflict runs once more."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import uuid
 
 import psycopg
 import pytest
 
 from app import SessionService
 from app.core.db import arun, run
+from app.core.engine import make_engine
+from tests.conftest import make_settings
 from tests.utils import aio
 from tests.utils.agents import wait_for
 from tests.utils.counting import count_statements, work
@@ -97,3 +100,58 @@ def test_the_deadlock_victim_is_run_again(engine, database_url, caplog, mode):
         assert any("rolled back" in record.getMessage() for record in caplog.records)
         # The blocker's two updates and one run of the statement (the rolled-back one left nothing).
         assert versions(watcher) == [v + 2 for v in before]
+
+
+# Every transaction of the engine under test is SERIALIZABLE, as on a server configured so. The
+# default comes as a startup option (libpq's `options`), which a transaction-mode pooler refuses:
+# this test talks to PostgreSQL directly.
+SERIALIZABLE = "options=-c%20default_transaction_isolation%3Dserializable"
+BUMP = "UPDATE conversation_states SET version = version + 1 WHERE device_id = %(device)s RETURNING version"
+# The statement under test, on the engine's connection, waits for the row the other transaction holds.
+WAITING = (
+    "SELECT count(*) FROM pg_stat_activity"
+    " WHERE datname = current_database() AND wait_event_type = 'Lock' AND application_name = 'agent-sessions'"
+    " AND query LIKE 'UPDATE conversation%'"
+)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_the_serialization_failure_is_run_again(direct_url, caplog, mode):
+    device = str(uuid.uuid4())
+    settings = make_settings(f"{direct_url}?{SERIALIZABLE}", db_statement_timeout_ms=0)  # 0: no `options` of its own
+    serializable = make_engine(settings)
+    conninfo = direct_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    try:
+        SessionService(serializable).set_session_lock(device, "billing")
+        assert run(serializable, "SHOW transaction_isolation", {}, rows="scalar") == "serializable"
+        with psycopg.connect(conninfo, autocommit=True) as watcher, psycopg.connect(conninfo) as other:
+            [before] = watcher.execute(
+                "SELECT version FROM conversation_states WHERE device_id = %s", [device]
+            ).fetchone()
+            other.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+            other.execute("UPDATE conversation_states SET version = version + 1 WHERE device_id = %s", [device])
+            outcome: dict[str, object] = {}
+
+            def statement() -> None:
+                try:
+                    if mode == "sync":
+                        outcome["version"] = run(serializable, BUMP, {"device": device}, rows="scalar")
+                    else:
+                        outcome["version"] = aio.run(arun, serializable, BUMP, {"device": device}, rows="scalar")
+                except Exception as err:  # noqa: BLE001 - the test reports what it was
+                    outcome["error"] = err
+
+            with caplog.at_level(logging.INFO, logger="app.core.db"), count_statements(serializable) as statements:
+                worker = threading.Thread(target=statement)
+                worker.start()
+                assert wait_for(lambda: watcher.execute(WAITING).fetchone()[0] == 1, 10), "never waited for the row"
+                # The statement's snapshot is older than this update: once it commits, the statement
+                # cannot update the row it waited for (SQLSTATE 40001) and is rolled back.
+                other.commit()
+                worker.join(30)
+        assert outcome == {"version": before + 2}
+        assert work(statements) == [BUMP, BUMP]  # the failed run and the second one
+        retried = [record.getMessage() for record in caplog.records if "rolled back" in record.getMessage()]
+        assert len(retried) == 1 and "could not serialize access" in retried[0], retried
+    finally:
+        serializable.dispose()

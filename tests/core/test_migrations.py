@@ -105,7 +105,7 @@ def test_monitoring_views_answer_on_an_empty_schema(empty_url):
 
 
 # Citus distributes a table by one column, and every unique key must contain it.
-DISTRIBUTED = ("conversation_states", "conversation_messages", "conversation_audit")
+DISTRIBUTED = ("conversation_states", "conversation_messages", "conversation_audit", "conversation_drafts")
 
 
 def test_every_unique_key_of_the_device_tables_leads_with_tenant_and_device(empty_url):

@@ -15,6 +15,8 @@ from tests.deploy.conftest import CRON_SECRET, ROOT, clean_env, lambda_handler_f
 from tests.utils.states import expire, row
 
 DEVICE = "lambda-device-1"
+BAD_KEY = "k" * 24
+BAD_DATABASE_URL = "mysql://admin:pw-not-for-logs@db.internal/z"  # not PostgreSQL, and holding a password
 
 
 def with_stage(event: dict, stage: str) -> dict:
@@ -146,8 +148,27 @@ print("ok")
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == "ok"
 
-    def test_bad_settings_are_logged_once_at_cold_start_and_answered_500(self, database_url: str, tmp_path: Path):
-        key = "k" * 24
+    @pytest.mark.parametrize(
+        ("setting", "value", "secret", "problem"),
+        [
+            (
+                "ADMIN_API_KEYS",
+                f"acme {BAD_KEY}",
+                BAD_KEY,
+                "ADMIN_API_KEYS entry 1 is not of the form tenant:key",
+            ),
+            (
+                "DATABASE_URL",
+                BAD_DATABASE_URL,
+                "pw-not-for-logs",
+                "DATABASE_URL: must be a PostgreSQL URL such as postgresql://user:password@host:5432/database "
+                "(schemes: postgres, postgresql, postgresql+psycopg)",
+            ),
+        ],
+    )
+    def test_bad_settings_are_logged_once_at_cold_start_and_answered_500(
+        self, database_url: str, tmp_path: Path, setting: str, value: str, secret: str, problem: str
+    ):
         code = """
 import json, sys
 from app import lambda_handler
@@ -157,7 +178,7 @@ print(json.dumps([lambda_handler.handler(event, None), lambda_handler.handler(ev
 """
         path = tmp_path / "event.json"
         path.write_text(json.dumps(sample_event("apigw-v2-health.json")))
-        env = clean_env(PYTHONPATH=str(ROOT), DATABASE_URL=database_url, ADMIN_API_KEYS=f"acme {key}")
+        env = clean_env(PYTHONPATH=str(ROOT), **({"DATABASE_URL": database_url} | {setting: value}))
         done = run_python(code, str(path), env=env, cwd=tmp_path)
         assert done.returncode == 0, done.stderr
         first, second, scheduled = json.loads(done.stdout.strip().splitlines()[-1])
@@ -169,10 +190,9 @@ print(json.dumps([lambda_handler.handler(event, None), lambda_handler.handler(ev
             }
         assert scheduled["error"]["code"] == "configuration_error"
         refusals = [json.loads(line) for line in done.stderr.splitlines() if "refusing to serve" in line]
-        assert [entry["msg"] for entry in refusals] == [
-            "refusing to serve: invalid settings: ADMIN_API_KEYS entry 1 is not of the form tenant:key"
-        ]
-        assert "Traceback" not in done.stderr and key not in done.stderr + done.stdout
+        assert [entry["msg"] for entry in refusals] == [f"refusing to serve: invalid settings: {problem}"]
+        said = done.stderr + done.stdout
+        assert "Traceback" not in said and value not in said and secret not in said
 
     def test_missing_database_url_is_a_clear_error_not_an_import_crash(self, tmp_path: Path):
         event = sample_event("apigw-v2-cron-cleanup.json")

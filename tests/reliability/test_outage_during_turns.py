@@ -79,7 +79,7 @@ class CutBeforeAnswering:
     def __init__(self, proxy: OutageProxy) -> None:
         self.proxy = proxy
 
-    async def handle(self, message):  # noqa: ANN001, ANN201
+    async def handle(self, message):
         if "cut" in message.text.split():
             await anyio.to_thread.run_sync(self.proxy.down)
         return reply_to(message)
@@ -96,7 +96,7 @@ def test_a_finish_cut_off_by_a_disconnect_is_retried_and_the_next_message_is_not
             failures: list[StoreUnavailable] = []
             finish = pipeline.ledger.finish
 
-            async def finish_then_restore(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            async def finish_then_restore(*args, **kwargs):
                 try:
                     return await finish(*args, **kwargs)
                 except StoreUnavailable as err:  # the first attempt met the outage: the database comes back

@@ -27,7 +27,7 @@ def test_a_waiter_is_woken_by_the_holders_finish_and_polls_about_once_a_second(s
         wakeups = client.services.runtime.wakeups
         wait = wakeups.wait
 
-        async def recorded(key, seconds):  # noqa: ANN001, ANN202
+        async def recorded(key, seconds):
             woken = await wait(key, seconds)
             wakes.append(woken)
             return woken

@@ -16,16 +16,10 @@ from tests.utils.apps import app_client
 from tests.utils.fake_llm import FakeModel, HandTo, Say
 from tests.utils.gates import gate_server
 from tests.utils.sse import DONE, parts
-from tests.utils.telemetry import Recorded, recording
+from tests.utils.telemetry import recording
 
 AGENTS = "tests.utils.stream_agents:registry"  # "hold <gate> <words>" streams one word, then waits on the gate
 TEXT = "my card is 4111 1111 1111 1111"
-
-
-def only(recorded: Recorded, name: str):
-    spans = recorded.spans(name)
-    assert len(spans) == 1, [span.name for span in recorded.spans()]
-    return spans[0]
 
 
 @pytest.fixture
@@ -53,7 +47,7 @@ def test_a_turn_stopped_by_the_person_has_the_outcome_stopped(database_url, engi
             rest = list(items)
         assert [item["data"]["status"] for item in rest if item["type"] == "data-status"] == ["stopped"]
         assert rest[-1] == DONE
-    turn = only(recorded, "invoke_agent manager")
+    turn = recorded.one("invoke_agent manager")
     assert turn.attributes["agent_sessions.turn.outcome"] == "stopped"
     # The person asked for it: not an error of the service.
     assert turn.status.status_code != StatusCode.ERROR
@@ -71,7 +65,7 @@ def test_an_openai_agents_sdk_run_nests_under_its_turn(database_url, engine):
         pipeline = Pipeline(engine, registry, make_settings(database_url, log_hash_key="k"))
         result = aio.run(pipeline.handle, Inbound("default", str(uuid.uuid4()), TEXT))
     assert result.reply == "What is the invoice number?"
-    turn, run = only(recorded, "invoke_agent manager"), only(recorded, "openai_agents.run*")
+    turn, run = recorded.one("invoke_agent manager"), recorded.one("openai_agents.run*")
     assert run.parent is not None and run.parent.span_id == turn.context.span_id
     assert run.context.trace_id == turn.context.trace_id
     assert turn.start_time <= run.start_time and run.end_time <= turn.end_time

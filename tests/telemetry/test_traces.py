@@ -22,21 +22,6 @@ DEVICE = "7e1f0c2a-5b6d-4e8f-9a0b-1c2d3e4f5a6b"
 TEXT = "my phone is +44 7700 900123"
 
 
-def everything(recorded: Recorded) -> str:
-    """Every name, attribute and event of every span and the resource, as one text to search."""
-    parts = []
-    for span in recorded.spans():
-        parts += [span.name, repr(dict(span.attributes)), repr(dict(span.resource.attributes))]
-        parts += [f"{event.name} {dict(event.attributes)}" for event in span.events]
-    return "\n".join(parts)
-
-
-def only(recorded: Recorded, name: str):
-    spans = recorded.spans(name)
-    assert len(spans) == 1, [span.name for span in recorded.spans()]
-    return spans[0]
-
-
 def pipeline_of(engine, database_url, registry, **overrides) -> Pipeline:
     return Pipeline(engine, registry, make_settings(database_url, log_hash_key="k", **overrides))
 
@@ -52,9 +37,9 @@ def test_a_chat_request_is_one_trace_with_claim_turn_and_finish(database_url, en
     request = [span for span in recorded.spans() if span.kind == SpanKind.SERVER]
     assert len(request) == 1 and request[0].name == "POST /api/chat"
     claim, turn, finish = (
-        only(recorded, "agent_sessions.claim"),
-        only(recorded, "invoke_agent*"),
-        only(recorded, "agent_sessions.finish"),
+        recorded.one("agent_sessions.claim"),
+        recorded.one("invoke_agent*"),
+        recorded.one("agent_sessions.finish"),
     )
     for span in (claim, turn, finish):
         assert span.parent.span_id == request[0].context.span_id
@@ -69,7 +54,7 @@ def test_a_chat_request_is_one_trace_with_claim_turn_and_finish(database_url, en
     assert attributes["agent_sessions.turn.messages"] == 1
     assert attributes["agent_sessions.turn.outcome"] == "handoff"
     assert attributes["agent_sessions.device.hash"] == device_hash(settings, DEVICE)
-    text = everything(recorded)
+    text = recorded.text()
     for leak in (DEVICE, DEVICE.replace("-", ""), TEXT, "7700 900123"):
         assert leak not in text
 
@@ -102,7 +87,7 @@ def test_an_agents_own_spans_nest_under_its_turn_async_or_sync(database_url, eng
             pipeline = pipeline_of(engine, database_url, {"manager": kind(recorded)})
             result = aio.run(pipeline.handle, Inbound("default", DEVICE, f"hello {kind.__name__}"))
             assert result.reply == "done"
-            turn, model = only(recorded, "invoke_agent manager"), only(recorded, "chat fake-model")
+            turn, model = recorded.one("invoke_agent manager"), recorded.one("chat fake-model")
             assert model.parent is not None and model.parent.span_id == turn.context.span_id, kind.__name__
             assert model.context.trace_id == turn.context.trace_id
 
@@ -119,7 +104,7 @@ def test_a_timed_out_turn_says_so(database_url, engine):
     with recording() as recorded:
         pipeline = pipeline_of(engine, database_url, {"manager": Stuck()}, agent_timeout_seconds=0.2)
         aio.run(pipeline.handle, Inbound("default", DEVICE, "hello"))
-    turn = only(recorded, "invoke_agent manager")
+    turn = recorded.one("invoke_agent manager")
     assert turn.attributes["agent_sessions.turn.outcome"] == "timed_out"
     assert turn.attributes["error.type"] == "AgentTimeout"
     assert turn.status.status_code == StatusCode.ERROR
@@ -141,7 +126,7 @@ def test_a_message_that_waits_for_the_device_shows_the_wait(database_url, engine
             gate.release.set()
             first.join(30)
         second.join(30)
-    wait = only(recorded, "agent_sessions.wait")
+    wait = recorded.one("agent_sessions.wait")
     assert wait.attributes["agent_sessions.wait.reason"] == "lease_held"
     assert wait.attributes["agent_sessions.wait.queued"] == 1
     assert wait.attributes["agent_sessions.wait.outcome"] == "answered"
@@ -150,3 +135,28 @@ def test_a_message_that_waits_for_the_device_shows_the_wait(database_url, engine
     assert [dict(attributes) for attributes, _ in recorded.points("agent_sessions.wait.duration")] == [
         {"reason": "lease_held", "outcome": "answered"}
     ]
+
+
+def test_a_turn_that_outlasts_a_renewal_interval_has_renewal_events(database_url, engine):
+    # LEASE_SECONDS=1 (its least): the lease is renewed every third of a second while the agent waits.
+    gate = Gate(Scripted("manager"))
+    with recording() as recorded:
+        pipeline = pipeline_of(engine, database_url, {"manager": gate}, lease_seconds=1)
+        turn_thread = threading.Thread(target=aio.run, args=(pipeline.handle, Inbound("default", DEVICE, "hello")))
+        turn_thread.start()
+        try:
+            assert gate.entered.wait(20)
+            assert wait_for(lambda: recorded.points("agent_sessions.lease.renewals"))
+        finally:
+            gate.release.set()
+            turn_thread.join(30)
+    turn = recorded.one("invoke_agent manager")
+    assert turn.attributes["agent_sessions.turn.outcome"] == "answered"
+    renewals = [event for event in turn.events if event.name.startswith("lease ")]
+    assert renewals, [event.name for event in turn.events]
+    # Each renewal is a bare event: its name says the result ("lease renewed", "lease renewal lost" or
+    # "lease renewal failed"); the count by result is the agent_sessions.lease.renewals metric.
+    assert {(event.name, tuple(event.attributes.items())) for event in renewals} == {("lease renewed", ())}
+    assert all(turn.start_time <= event.timestamp <= turn.end_time for event in renewals)
+    [(attributes, count)] = recorded.points("agent_sessions.lease.renewals")
+    assert attributes == {"result": "renewed"} and count == len(renewals)

@@ -29,7 +29,7 @@ def count_statements(engine: Engine, seconds: list[float] | None = None) -> Iter
         owner = getattr(cursor.connection, "_pool", None)
         return owner is not None and pools.owns(owner)
 
-    def note(cursor, query) -> None:  # noqa: ANN001
+    def note(cursor, query) -> None:
         text = query if isinstance(query, str) else query.as_string(cursor)
         # The schema check on an engine's first connection belongs to no operation.
         if ours(cursor) and text != schema.REVISION:
@@ -37,7 +37,7 @@ def count_statements(engine: Engine, seconds: list[float] | None = None) -> Iter
 
     sync_execute, async_execute = psycopg.Cursor.execute, psycopg.AsyncCursor.execute
 
-    def execute(self, query, params=None, **kwargs):  # noqa: ANN001, ANN202
+    def execute(self, query, params=None, **kwargs):
         note(self, query)
         started = time.perf_counter()
         try:
@@ -46,7 +46,7 @@ def count_statements(engine: Engine, seconds: list[float] | None = None) -> Iter
             if seconds is not None:
                 seconds.append(time.perf_counter() - started)
 
-    async def aexecute(self, query, params=None, **kwargs):  # noqa: ANN001, ANN202
+    async def aexecute(self, query, params=None, **kwargs):
         note(self, query)
         started = time.perf_counter()
         try:

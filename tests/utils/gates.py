@@ -26,7 +26,7 @@ def gate_server() -> Iterator[Gates]:
     events: dict[str, threading.Event] = defaultdict(threading.Event)
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:  # http.server's name
             name = self.path.rsplit("/", 1)[-1]
             opened = events[name].wait(WAIT_SECONDS)
             self.send_response(200 if opened else 504)

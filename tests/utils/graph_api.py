@@ -194,7 +194,7 @@ class GraphApi:
 
             do_GET = do_POST = _serve  # noqa: N815 - http.server's handler names
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep test output quiet
+            def log_message(self, format: str, *args: Any) -> None:  # keeps test output quiet
                 pass
 
         return Handler

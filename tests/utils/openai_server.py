@@ -41,7 +41,7 @@ class ChatCompletions:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as the OpenAI client's pool expects
 
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:  # http.server's naming
                 request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with api._lock:
                     api.requests.append({"path": self.path, **request})

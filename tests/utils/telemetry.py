@@ -34,6 +34,21 @@ class Recorded:
             return [span for span in spans if span.name.startswith(name[:-1])]
         return [span for span in spans if span.name == name]
 
+    def one(self, name: str) -> ReadableSpan:
+        """The one finished span with this name (or name prefix + "*"); fails when there are none or several."""
+        spans = self.spans(name)
+        assert len(spans) == 1, [span.name for span in self.spans()]
+        return spans[0]
+
+    def text(self) -> str:
+        """Every name, attribute and event of every span and their resource, as one text to search for a leak."""
+        parts = []
+        for span in self.spans():
+            parts += [span.name, repr(dict(span.attributes)), repr(dict(span.resource.attributes))]
+            parts.append(span.status.description or "")
+            parts += [f"{event.name} {dict(event.attributes)}" for event in span.events]
+        return "\n".join(parts)
+
     def points(self, metric: str) -> list[tuple[dict[str, Any], Any]]:
         """(attributes, value) of each data point of metric: value for sums and gauges, count for histograms."""
         found = []

@@ -1,6 +1,6 @@
-"""The chat page's rough edges (issue 23, item 6): the newest reply and its choices in view at 1280x800 and
-390x844, the header kept, a multi-line input, a message over the limit refused with its count, a merged
-burst's reply shown, and a signed device id on the first request."""
+"""The chat page's rough edges (issue 23, item 6), each at 1280x800 and 390x844: the newest reply and its
+choices in view, the header kept, a multi-line input, a message over the limit refused with its count, a merged
+burst's reply shown; and a signed device id on the first request."""
 
 from __future__ import annotations
 
@@ -50,6 +50,13 @@ def viewport(browser, width: int, height: int) -> None:
     )
 
 
+def sized(page: ChatPage, browser, width: int, height: int) -> None:
+    """Show the open page at width x height, loaded again at that size."""
+    viewport(browser, width, height)
+    page.reload()
+    assert browser.execute_script("return window.innerWidth") == width
+
+
 @pytest.fixture
 def page(served, browser) -> ChatPage:
     return ChatPage(browser, served.url).open()
@@ -63,8 +70,7 @@ def in_view(page: ChatPage, css: str) -> bool:
 def test_the_newest_reply_and_its_choices_stay_in_view_under_a_fixed_header(
     page, browser, width, height, tmp_path: Path
 ):
-    viewport(browser, width, height)
-    page.reload()
+    sized(page, browser, width, height)
 
     def check(what: str, choices: bool) -> None:
         assert in_view(page, "#log > li:last-child"), f"the newest reply is hidden after {what!r}"
@@ -85,7 +91,9 @@ def test_the_newest_reply_and_its_choices_stay_in_view_under_a_fixed_header(
     browser.save_screenshot(str(tmp_path / f"chat-{width}.png"))
 
 
-def test_shift_enter_makes_one_two_line_message(page, engine):
+@pytest.mark.parametrize(("width", "height"), SIZES)
+def test_shift_enter_makes_one_two_line_message(page, browser, engine, width, height):
+    sized(page, browser, width, height)
     page.type_lines(["first line", "second line"])
     page.wait(lambda: len(page.replies()) == 1 and page.idle(), "no reply")
     assert [text for role, _, text in page.log() if role == "user"] == ["first line\nsecond line"]
@@ -97,7 +105,9 @@ def test_shift_enter_makes_one_two_line_message(page, engine):
     assert rows == ["first line\nsecond line"]
 
 
-def test_a_message_over_the_limit_is_refused_with_its_count_and_never_cut(page, browser, engine):
+@pytest.mark.parametrize(("width", "height"), SIZES)
+def test_a_message_over_the_limit_is_refused_with_its_count_and_never_cut(page, browser, engine, width, height):
+    sized(page, browser, width, height)
     box = page.find("#message")
     box.click()
     browser.execute_cdp_cmd("Input.insertText", {"text": "x" * 5000})  # as a paste does
@@ -127,12 +137,15 @@ def test_a_message_over_the_limit_is_refused_with_its_count_and_never_cut(page, 
     )
 
 
-def test_a_merged_bursts_queued_message_shows_its_reply(direct_url, browser, engine):
+@pytest.mark.parametrize(("width", "height"), SIZES)
+def test_a_merged_bursts_queued_message_shows_its_reply(direct_url, browser, engine, width, height):
+    viewport(browser, width, height)  # before the page opens: it loads at this size
     with gate_server() as gates:
         env = app_env(direct_url, agents="tests.utils.stream_agents:registry", burst_mode="merge", chat_wait_seconds=1)
         env["GATE_URL"] = gates.url
         with running_app(env) as server:
             page = ChatPage(browser, server.url).open()
+            assert browser.execute_script("return window.innerWidth") == width
             device = page.device_id()
 
             def other_tab(text: str) -> None:

@@ -55,7 +55,7 @@ def health(database: Db) -> Health | JSONResponse:
     return body if body.status == "ok" else JSONResponse(body.model_dump(by_alias=True), status_code=503)
 
 
-def _revision(database) -> str | None:  # noqa: ANN001
+def _revision(database) -> str | None:
     """The database's migration, None if it was never migrated; StoreUnavailable if it does not answer."""
     try:
         return run(database.engine, schema.REVISION, {}, rows="scalar", read_only=True)

@@ -23,7 +23,7 @@ from app.api.auth import AdminTenant
 from app.api.deps import Agents, AppServices, Db
 from app.api.errors import ErrorBody
 from app.api.events import change_events
-from app.sql import DELIVERY_STATES
+from app.sql import DeliveryState
 
 router = APIRouter(tags=["inbox"])
 
@@ -42,7 +42,7 @@ class LastMessage(BaseModel):
     role: str
     agent: str | None
     preview: str = Field(description="the first 140 characters")
-    delivery: Literal[DELIVERY_STATES] | None = Field(description="a WhatsApp reply's delivery state")  # type: ignore[valid-type]
+    delivery: DeliveryState | None = Field(description="a WhatsApp reply's delivery state")
 
 
 class Conversation(BaseModel):

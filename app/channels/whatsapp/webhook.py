@@ -269,7 +269,7 @@ class _Batch:
                 # refuses would fail again: acknowledge and keep the batch going.
                 logger.error("whatsapp message %s ignored: %s", job.message.id, err)
                 self._set(job, "ignored", done=True)
-            except Exception:  # noqa: BLE001 - the request stores the message itself if need be
+            except Exception:  # the request stores the message itself if need be
                 logger.exception("whatsapp message %s failed", job.message.id)
                 self._set(job, "error", only_from=("running",), done=True)
 
@@ -330,10 +330,10 @@ class _Batch:
         try:
             with self.runtime.slot():
                 # Pipeline.drain only takes a free lease; this one is already ours.
-                await self.pipeline._drain(lease, on_reply, typing)  # noqa: SLF001
+                await self.pipeline._drain(lease, on_reply, typing)
         except Overloaded:
             await self._give_back(lease)
-        except Exception:  # noqa: BLE001 - the lease expires and the cleanup run answers them
+        except Exception:  # the lease expires and the cleanup run answers them
             logger.exception("draining device after the webhook's answer failed")
 
     async def _give_back(self, lease: Lease) -> None:
