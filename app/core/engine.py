@@ -14,6 +14,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from app.core import schema
 from app.core.config import Settings
@@ -109,7 +110,11 @@ def make_engine(settings: Settings, *, serverless: bool = False, url: str | None
     }
     local_timeout = settings.statement_timeout_mode == "local"
     if settings.db_statement_timeout_ms and not local_timeout:
-        connect_args["options"] = f"-c statement_timeout={settings.db_statement_timeout_ms}"
+        timeout = f"-c statement_timeout={settings.db_statement_timeout_ms}"
+        # After the URL's own ?options= (a search_path, an isolation level), which a connect
+        # argument of the same name would otherwise replace.
+        own = _url_options(url)
+        connect_args["options"] = f"{own} {timeout}" if own else timeout
     _log_pooler_choice(settings)
 
     pool = settings.db_pool or ("null" if serverless else "queue")
@@ -122,6 +127,14 @@ def make_engine(settings: Settings, *, serverless: bool = False, url: str | None
         libpq_url(url), dict(connect_args), size, settings.db_pool_timeout, settings.db_pre_ping, local_ms
     )
     return Engine(sqlalchemy_url(url), LockPools(config), sqlalchemy_args, local_ms)
+
+
+def _url_options(url: str) -> str | None:
+    """The libpq `options` the URL carries (?options=...), None without; ConfigurationError if libpq cannot read it."""
+    try:
+        return conninfo_to_dict(libpq_url(url)).get("options") or None
+    except psycopg.ProgrammingError as exc:
+        raise ConfigurationError("DATABASE_URL cannot be read as a PostgreSQL connection URL") from exc
 
 
 def _scheme_and_rest(url: str) -> tuple[str, str]:

@@ -118,12 +118,14 @@ WAITING = (
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_the_serialization_failure_is_run_again(direct_url, caplog, mode):
     device = str(uuid.uuid4())
-    settings = make_settings(f"{direct_url}?{SERIALIZABLE}", db_statement_timeout_ms=0)  # 0: no `options` of its own
+    # With its own statement timeout, which libpq's `options` carry too: the URL's must not be lost.
+    settings = make_settings(f"{direct_url}?{SERIALIZABLE}", db_statement_timeout_ms=4000)
     serializable = make_engine(settings)
     conninfo = direct_url.replace("postgresql+psycopg://", "postgresql://", 1)
     try:
         SessionService(serializable).set_session_lock(device, "billing")
         assert run(serializable, "SHOW transaction_isolation", {}, rows="scalar") == "serializable"
+        assert run(serializable, "SHOW statement_timeout", {}, rows="scalar") == "4s"
         with psycopg.connect(conninfo, autocommit=True) as watcher, psycopg.connect(conninfo) as other:
             [before] = watcher.execute(
                 "SELECT version FROM conversation_states WHERE device_id = %s", [device]
