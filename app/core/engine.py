@@ -132,9 +132,10 @@ def make_engine(settings: Settings, *, serverless: bool = False, url: str | None
 def _url_options(url: str) -> str | None:
     """The libpq `options` the URL carries (?options=...), None without; ConfigurationError if libpq cannot read it."""
     try:
-        return conninfo_to_dict(libpq_url(url)).get("options") or None
+        options = conninfo_to_dict(libpq_url(url)).get("options")
     except psycopg.ProgrammingError as exc:
         raise ConfigurationError("DATABASE_URL cannot be read as a PostgreSQL connection URL") from exc
+    return str(options) if options else None
 
 
 def _scheme_and_rest(url: str) -> tuple[str, str]:
