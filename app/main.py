@@ -11,9 +11,9 @@ from typing import Any
 from fastapi import FastAPI
 
 from app import telemetry
-from app.api import errors
+from app.api import errors, lazy
 from app.api.limits import KIB, BodyLimit
-from app.api.routes import chat, cron, docs, health, inbox, metrics, sessions, stats, stream, takeover, web, whatsapp
+from app.api.routes import docs
 from app.cleanup import keep_recovering
 from app.core.config import Settings
 from app.core.engine import Database, lock_pools
@@ -57,6 +57,24 @@ def lifespan_tasks(services: Services) -> list[Callable[[], Coroutine[Any, Any, 
     return tasks
 
 
+# The route modules, in the order their routes are matched, with the paths each serves (app/api/lazy.py):
+# each is imported by the first request under one of them. A path missing here is a 404 until another
+# area's module has loaded it: tests/api/test_lazy_routes.py checks every route is covered by its area.
+AREAS = (
+    lazy.Area("app.api.routes.health", ("/api/health",)),
+    lazy.Area("app.api.routes.stream", ("/api/chat/stream", "/api/chat/stream/*", "/api/chat/stop")),
+    lazy.Area("app.api.routes.chat", ("/api/chat", "/api/chat/*", "/api/devices")),
+    lazy.Area("app.api.routes.cron", ("/api/cron/*",)),
+    lazy.Area("app.api.routes.whatsapp", ("/api/webhooks/whatsapp",)),
+    lazy.Area("app.api.routes.takeover", ("/api/sessions/*",)),
+    lazy.Area("app.api.routes.inbox", ("/api/inbox", "/api/inbox/*", "/api/agents")),
+    lazy.Area("app.api.routes.sessions", ("/api/sessions", "/api/sessions/*")),
+    lazy.Area("app.api.routes.stats", ("/api/stats",)),
+    lazy.Area("app.api.routes.web", ("/", "/console", "/web/*")),
+    lazy.Area("app.api.routes.metrics", ("/metrics",)),
+)
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -77,6 +95,8 @@ def create_app(
         # requests still running): no new turn, that work gets SHUTDOWN_GRACE_SECONDS and is
         # cancelled; uvicorn does not wait for the turns it cancelled, so wait here while they
         # give their leases back (one statement each), then close this loop's HTTP client and pool.
+        if not services.database.serverless:
+            lazy.load_all(app)  # a server's requests never pay for a route module's import
         async with services.runtime.serve(*lifespan_tasks(services)):
             yield
         if not await services.runtime.settle(SETTLE_SECONDS):
@@ -96,17 +116,14 @@ def create_app(
     }
     app.add_middleware(BodyLimit, limits=limits, default=256 * KIB)
     app.add_middleware(RequestContext)  # outermost: every response and log line gets the request id
-    app.include_router(health.router)
-    app.include_router(chat.router)
-    app.include_router(stream.router)
-    app.include_router(cron.router)
-    app.include_router(whatsapp.router)
-    app.include_router(takeover.router)
-    app.include_router(inbox.router)
-    app.include_router(sessions.router)
-    app.include_router(stats.router)
-    app.include_router(web.router)
-    app.include_router(metrics.router)
+    lazy.install(app, AREAS)
+    schema = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        lazy.load_all(app)  # the schema describes every route, loaded yet or not
+        return schema()
+
+    app.openapi = openapi  # type: ignore[method-assign] # FastAPI's documented way to change the schema
     docs.install(app)
     telemetry.instrument(app)  # a span per request, when traces go somewhere
     return app

@@ -17,6 +17,13 @@ from app.errors import (
     UnaddressableDeviceId,
 )
 
+# Ids and versions are bigints, bounded here to what a JSON number holds exactly (2**53 - 1).
+MAX_ID = 2**53 - 1
+# The schema documents the common case (ASCII ids) so that clients and fuzzers generate values
+# the server accepts; the validators are the real rules (1-128 printable characters without
+# whitespace, any script).
+ID_SCHEMA = {"pattern": r"^[!-~]+$"}
+
 AGENT_KEY = re.compile(r"[a-z][a-z0-9_-]{0,49}")
 MAX_ID_LENGTH = 128
 

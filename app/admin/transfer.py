@@ -37,14 +37,13 @@ from app.core.engine import Engine
 from app.devices import canonical_device_id
 from app.errors import ImportConflict
 from app.sql import delivery_state, known_device
+from app.validation import ID_SCHEMA, MAX_ID
 
 logger = logging.getLogger(__name__)
 
 KIND = "agent-sessions.export"
 FORMAT_VERSION = 1
 INT32 = 2**31 - 1
-# Ids and versions are bigints, bounded here to what a JSON number holds exactly (2**53 - 1).
-MAX_ID = 2**53 - 1
 
 
 # Validation context of an import: its device id must also be one the routes can address.
@@ -74,10 +73,7 @@ def _utc(value: datetime) -> datetime:
         raise ValueError("time is out of range (years 1-9999 in UTC)") from None
 
 
-# The schema documents the common case (ASCII ids, text without NUL) so that clients
-# and fuzzers generate values the server accepts; the validators are the real rules
-# (ids: 1-128 printable characters without whitespace, any script).
-ID_SCHEMA = {"pattern": r"^[!-~]+$"}
+# Text without NUL: documented in the schema as ID_SCHEMA documents ids (app/validation.py).
 TEXT_SCHEMA = {"pattern": r"^[^\u0000]*$"}
 
 AgentKey = Annotated[

@@ -58,6 +58,10 @@ def test_a_health_check_and_a_chat_message_import_none_of_them(database_url: str
     )
     health, chat = out["requests"]
     assert out["import"] == []
+    # Each area's routes are imported by its first request (app/api/lazy.py): /docs's are the only ones at import.
+    assert out["routes"] == ["app.api.routes.docs"]
+    assert health["routes"] == ["app.api.routes.docs", "app.api.routes.health"]
+    assert chat["routes"] == ["app.api.routes.chat", "app.api.routes.docs", "app.api.routes.health"]
     assert health["status"] == 200, health["body"]
     assert json.loads(health["body"])["schema"] == "current"  # the schema check ran, without Alembic
     assert health["loaded"] == []
@@ -99,6 +103,9 @@ def test_the_admin_import_loads_sqlalchemy_and_only_then(database_url: str, engi
     )
     erase, imported, again = second["requests"]
     assert erase["status"] == 204 and erase["loaded"] == []
+    # The admin's routes: imported by its first request (the takeover module, which shares the
+    # /api/sessions/ paths, comes first in the route order and brings the sessions module).
+    assert erase["routes"] == ["app.api.routes.docs", "app.api.routes.sessions", "app.api.routes.takeover"]
     assert imported["status"] == 201, imported["body"]
     assert json.loads(imported["body"])["messages"] == len(document["messages"]) == 2
     assert imported["loaded"] == ["sqlalchemy"]  # what the import truly needs; never Alembic

@@ -23,14 +23,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import AfterValidator, BaseModel, Field
 
 from app import devices, rate_limits
-from app.admin.transfer import ID_SCHEMA, MAX_ID
 from app.agents import HUMAN, display_name
 from app.api.auth import WebDevice, WebTenant
 from app.api.deps import Agents, AppServices, AppSettings, Db, History, Pipe, Sessions
 from app.api.errors import ApiError, ErrorBody
 from app.api.events import change_events
-from app.api.routes.inbox import AgentList, AgentName
+from app.api.models import AgentList, AgentName
 from app.pipeline import Inbound, Result
+from app.validation import ID_SCHEMA, MAX_ID
 
 router = APIRouter(tags=["chat"])
 

@@ -23,6 +23,7 @@ from app.api.auth import AdminTenant
 from app.api.deps import Agents, AppServices, Db
 from app.api.errors import ErrorBody
 from app.api.events import change_events
+from app.api.models import AgentList, AgentName
 from app.sql import DeliveryState
 
 router = APIRouter(tags=["inbox"])
@@ -62,15 +63,6 @@ class Conversation(BaseModel):
 
 class ConversationList(BaseModel):
     items: list[Conversation]
-
-
-class AgentName(BaseModel):
-    key: str
-    display_name: str
-
-
-class AgentList(BaseModel):
-    items: list[AgentName]
 
 
 @router.get("/api/inbox", response_model=ConversationList, responses=ERRORS)

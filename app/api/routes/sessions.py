@@ -37,10 +37,11 @@ from app.admin.schemas import (
     Timings,
     session_id_text,
 )
-from app.admin.transfer import ID_SCHEMA, MAX_ID, ExportDocument, export_device, import_device
+from app.admin.transfer import ExportDocument, export_device, import_device
 from app.api.auth import AdminTenant
 from app.api.deps import Admin, Agents, Db
 from app.api.errors import ApiError, ErrorBody
+from app.validation import ID_SCHEMA, MAX_ID
 
 router = APIRouter(tags=["sessions"])
 
