@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from fastapi import FastAPI
@@ -13,6 +14,7 @@ from mangum import Mangum
 from pydantic import ValidationError
 
 from app import telemetry
+from app.api import lazy
 from app.cleanup import scheduled_cleanup
 from app.core.config import Settings, settings_problem
 from app.core.logging import configure_logging
@@ -20,6 +22,10 @@ from app.main import create_app
 from app.services import Services, build_services
 
 logger = logging.getLogger("app.startup")
+# Lambda's AWS_LAMBDA_INITIALIZATION_TYPE values whose init runs before any request arrives (SnapStart
+# snapshots it; provisioned concurrency runs it ahead): there every route module is imported at init,
+# elsewhere ("on-demand") each on its area's first request (app/api/lazy.py).
+INIT_OFF_THE_REQUEST_PATH = ("snap-start", "provisioned-concurrency")
 CONFIGURATION_ERROR = {"error": {"code": "configuration_error", "message": "the service is not configured correctly"}}
 
 
@@ -58,6 +64,8 @@ def _build() -> tuple[FastAPI, Mangum, Services | None]:
     configure_logging(settings, serverless=True)
     built = build_services(settings, serverless=True)
     web = create_app(services=built)
+    if os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") in INIT_OFF_THE_REQUEST_PATH:
+        lazy.load_all(web)  # imported before the snapshot (or the warm pool), so no request pays for it
     return web, http_handler(web, settings), built
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from app.core import migrate
+from app.main import AREAS
 from tests.deploy.conftest import ROOT, clean_env, run_python
 from tests.utils.cold_probe import HEAVY
 from tests.utils.postgres import scratch_database
@@ -24,9 +25,9 @@ APP = {"AGENTS": "app.agents.demo:registry", "WEB_TENANTS": "default,acme", "ADM
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
-def probe(database_url: str, requests: list[dict[str, Any]], cwd: Path) -> dict[str, Any]:
+def probe(database_url: str, requests: list[dict[str, Any]], cwd: Path, **extra: str) -> dict[str, Any]:
     """What a fresh process that imports the handler and serves requests loads, step by step."""
-    env = clean_env(DATABASE_URL=database_url, **APP)
+    env = clean_env(DATABASE_URL=database_url, **APP, **extra)
     done = subprocess.run(
         [sys.executable, "-m", "tests.utils.cold_probe", json.dumps(requests)],
         env=env | {"PYTHONPATH": str(ROOT)},
@@ -68,6 +69,21 @@ def test_a_health_check_and_a_chat_message_import_none_of_them(database_url: str
     assert chat["status"] == 200, chat["body"]
     assert json.loads(chat["body"])["agent"] == "manager"  # the demo agents answered: a real turn
     assert chat["loaded"] == []
+
+
+def test_a_snapstart_or_provisioned_init_imports_every_route_module(database_url: str, tmp_path: Path):
+    # Lambda says how it initializes: these inits run before any request, so nothing is left for one.
+    everything = probe(
+        database_url,
+        [{"method": "GET", "path": "/api/health"}],
+        tmp_path,
+        AWS_LAMBDA_INITIALIZATION_TYPE="snap-start",
+    )
+    modules = {area.module for area in AREAS} | {"app.api.routes.docs"}
+    assert set(everything["routes"]) == modules
+    assert everything["import"] == []  # still none of the heavy packages
+    on_demand = probe(database_url, [], tmp_path, AWS_LAMBDA_INITIALIZATION_TYPE="on-demand")
+    assert on_demand["routes"] == ["app.api.routes.docs"]
 
 
 def test_the_admin_import_loads_sqlalchemy_and_only_then(database_url: str, engine, tmp_path: Path):
