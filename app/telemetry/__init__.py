@@ -66,6 +66,11 @@ def instrument(app: FastAPI) -> None:
         return
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
+    from app.api import lazy
+
+    # The instrumentation names a request's span by the route it matches when the request
+    # starts: every route must stand in place then, not an area's placeholder (app/api/lazy.py).
+    lazy.load_all(app)
     FastAPIInstrumentor.instrument_app(
         app,
         tracer_provider=telemetry.tracer_provider,
