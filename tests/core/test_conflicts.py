@@ -55,6 +55,24 @@ LOOKING = (
 )
 
 
+def in_background(mode: str, engine, sql: str, params: dict, *, rows: str) -> tuple[threading.Thread, dict]:
+    """Run one statement with run (mode "sync") or arun on a started thread; the dict gets its "result" or "error"."""
+    outcome: dict[str, object] = {}
+
+    def statement() -> None:
+        try:
+            if mode == "sync":
+                outcome["result"] = run(engine, sql, params, rows=rows)
+            else:
+                outcome["result"] = aio.run(arun, engine, sql, params, rows=rows)
+        except Exception as err:  # noqa: BLE001 - the test reports what it was
+            outcome["error"] = err
+
+    worker = threading.Thread(target=statement)
+    worker.start()
+    return worker, outcome
+
+
 def versions(conn: psycopg.Connection) -> list[int]:
     rows = conn.execute(
         "SELECT version FROM conversation_states WHERE device_id = ANY(%s) ORDER BY device_id", [[FIRST, SECOND]]
@@ -74,28 +92,15 @@ def test_the_deadlock_victim_is_run_again(engine, database_url, caplog, mode):
         # The blocker, which waits first, checks for deadlocks late: the statement under test finds the cycle.
         blocker.execute("SET deadlock_timeout = '30s'")
         blocker.execute(f"UPDATE conversation_states SET version = version + 1 WHERE device_id = '{SECOND}'")
-        outcome: dict[str, object] = {}
-
-        def statement() -> None:
-            try:
-                if mode == "sync":
-                    run(engine, statement_sql, {}, rows="all")
-                else:
-                    aio.run(arun, engine, statement_sql, {}, rows="all")
-                outcome["ok"] = True
-            except Exception as err:  # noqa: BLE001 - the test reports what it was
-                outcome["error"] = err
-
         with caplog.at_level(logging.INFO, logger="app.core.db"), count_statements(engine) as statements:
-            worker = threading.Thread(target=statement)
-            worker.start()
+            worker, outcome = in_background(mode, engine, statement_sql, {}, rows="all")
             assert wait_for(lambda: watcher.execute(LOOKING).fetchone()[0] == 1, 10), "never took FIRST's row"
             # Queued on FIRST's row: the statement under test goes on to SECOND's, closing the cycle; it is
             # rolled back, then this update goes through.
             blocker.execute(f"UPDATE conversation_states SET version = version + 1 WHERE device_id = '{FIRST}'")
             blocker.commit()
             worker.join(30)
-        assert outcome == {"ok": True}
+        assert outcome == {"result": []}
         assert len(work(statements)) == 2  # the first run, rolled back, and the second
         assert any("rolled back" in record.getMessage() for record in caplog.records)
         # The blocker's two updates and one run of the statement (the rolled-back one left nothing).
@@ -132,26 +137,14 @@ def test_the_serialization_failure_is_run_again(direct_url, caplog, mode):
             ).fetchone()
             other.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
             other.execute("UPDATE conversation_states SET version = version + 1 WHERE device_id = %s", [device])
-            outcome: dict[str, object] = {}
-
-            def statement() -> None:
-                try:
-                    if mode == "sync":
-                        outcome["version"] = run(serializable, BUMP, {"device": device}, rows="scalar")
-                    else:
-                        outcome["version"] = aio.run(arun, serializable, BUMP, {"device": device}, rows="scalar")
-                except Exception as err:  # noqa: BLE001 - the test reports what it was
-                    outcome["error"] = err
-
             with caplog.at_level(logging.INFO, logger="app.core.db"), count_statements(serializable) as statements:
-                worker = threading.Thread(target=statement)
-                worker.start()
+                worker, outcome = in_background(mode, serializable, BUMP, {"device": device}, rows="scalar")
                 assert wait_for(lambda: watcher.execute(WAITING).fetchone()[0] == 1, 10), "never waited for the row"
                 # The statement's snapshot is older than this update: once it commits, the statement
                 # cannot update the row it waited for (SQLSTATE 40001) and is rolled back.
                 other.commit()
                 worker.join(30)
-        assert outcome == {"version": before + 2}
+        assert outcome == {"result": before + 2}
         assert work(statements) == [BUMP, BUMP]  # the failed run and the second one
         retried = [record.getMessage() for record in caplog.records if "rolled back" in record.getMessage()]
         assert len(retried) == 1 and "could not serialize access" in retried[0], retried
