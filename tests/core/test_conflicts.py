@@ -124,7 +124,9 @@ WAITING = (
 def test_the_serialization_failure_is_run_again(direct_url, caplog, mode):
     device = str(uuid.uuid4())
     # With its own statement timeout, which libpq's `options` carry too: the URL's must not be lost.
-    settings = make_settings(f"{direct_url}?{SERIALIZABLE}", db_statement_timeout_ms=4000)
+    # The URL may have a query already (embedded PostgreSQL's socket: ?host=/tmp/...).
+    joined = f"{direct_url}{'&' if '?' in direct_url else '?'}{SERIALIZABLE}"
+    settings = make_settings(joined, db_statement_timeout_ms=4000)
     serializable = make_engine(settings)
     conninfo = direct_url.replace("postgresql+psycopg://", "postgresql://", 1)
     try:
