@@ -52,6 +52,8 @@ def run(b: Bench) -> dict[str, Any]:
         "lease_seconds": 30,
     }
     with uvicorn(b.url, 1, **settings) as server:
+        with uvicorn(b.url, 1, **settings) as other:  # a second instance, for a stop sent to it
+            results["stop"] = asyncio.run(_stop_across(server.url, other.url, b.pick(20, 3)))
         results["first_delta"] = asyncio.run(_first_delta(server.url, b.pick(300, 30)))
         concurrent = asyncio.run(_concurrent(server.url, streams, seconds))
         concurrent["peak_rss_mib"] = _peak_rss_mib(server.process.pid)
@@ -77,6 +79,12 @@ def run(b: Bench) -> dict[str, Any]:
             ["mean", "max", "draft writes max", "bound", "over bound"],
             [[st["per_reply_mean"], st["per_reply_max"], st["draft_max"], st["bound"], st["over_bound"]]],
         )
+    )
+    stop = results["stop"]
+    print(
+        f"\nstop from another instance ({stop['samples']} streams, {stop['failed']} failed): from sending "
+        f"POST /api/chat/stop to the second instance until the first's stream says stopped: "
+        f"p50 {stop['p50_ms']} ms, max {stop['max_ms']} ms"
     )
     print(f"\n{streams} concurrent streams of {WORDS} words over {seconds:g} s on one uvicorn process")
     print(
@@ -127,6 +135,44 @@ async def _stream(client: httpx.AsyncClient, text: str) -> tuple[list[dict[str, 
                 first = time.time()
             parts.append(part)
     return parts, first
+
+
+async def _stop_across(url: str, other: str, samples: int) -> dict[str, Any]:
+    """Streams on `url` stopped through `other`: ms from sending the stop until the stream's `stopped` status.
+
+    The stop reaches the producing instance by NOTIFY (app/streams/signals.py); the agent
+    writes a word every 20 ms for 20 s, so every stream is still writing when stopped.
+    """
+    took: list[float] = []
+    failed = 0
+    async with (
+        httpx.AsyncClient(base_url=url, timeout=60) as client,
+        httpx.AsyncClient(base_url=other, timeout=60) as stopper,
+    ):
+        for index in range(samples):
+            headers = {"X-Device-ID": str(uuid.uuid4())}
+            sent: float | None = None
+            async with client.stream("POST", "/api/chat/stream", json=_body("1000 20"), headers=headers) as response:
+                async for line in response.aiter_lines():
+                    if not line.startswith("data: {"):
+                        continue
+                    part = json.loads(line[len("data: ") :])
+                    if part["type"] == "text-delta" and sent is None:
+                        sent = time.perf_counter()
+                        answer = await stopper.post("/api/chat/stop", headers=headers)
+                        if answer.json().get("status") != "stopping":
+                            break
+                    elif part["type"] == "data-status" and part["data"].get("status") == "stopped" and sent:
+                        took.append((time.perf_counter() - sent) * 1000)
+                        break
+            if len(took) <= index:  # no stopped status after the stop (or the stop was refused)
+                failed += 1
+    return {
+        "samples": samples,
+        "failed": failed,
+        "p50_ms": _pct(took, 0.5),
+        "max_ms": round(max(took), 2) if took else None,
+    }
 
 
 def _complete(parts: list[dict[str, Any]], words: int) -> bool:

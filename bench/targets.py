@@ -105,6 +105,12 @@ def _streams(streams: dict[str, Any]) -> list[dict[str, Any]]:
             **({} if over is None else {"met": over == 0}),
         },
         _at_most(
+            "streams: a stop sent to another instance ends the stream within 1 s (max over the samples)",
+            (streams.get("stop") or {}).get("max_ms"),
+            1000,
+            " ms",
+        ),
+        _at_most(
             f"streams: /api/health p99 <= 100 ms during {streams.get('streams') or 1000} concurrent streams",
             concurrent.get("health_p99_ms"),
             100,
