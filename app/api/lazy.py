@@ -16,8 +16,10 @@ import importlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI
+from starlette.datastructures import URLPath
 from starlette.routing import BaseRoute, Match, get_route_path
 from starlette.types import Receive, Scope, Send
 
@@ -26,13 +28,18 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Area:
-    """A route module (its `router`) and the paths it serves: exact, or a prefix written with a final `*`."""
+    """A route module (its `router`) and the paths it serves: exact, or `/prefix/*` for the prefix and what is under it.
+
+    `/prefix/*` covers `/prefix` itself too: when no route matches a path, Starlette tries it
+    again with the trailing slash added or removed, and that retry must load the area (and get
+    the area's own answer), not redirect to a path the placeholder merely looked like it served.
+    """
 
     module: str
     paths: tuple[str, ...]
 
     def covers(self, path: str) -> bool:
-        return any(path.startswith(p[:-1]) if p.endswith("*") else path == p for p in self.paths)
+        return any(path == p[:-2] or path.startswith(p[:-1]) if p.endswith("/*") else path == p for p in self.paths)
 
 
 class LazyRouter(BaseRoute):
@@ -51,6 +58,11 @@ class LazyRouter(BaseRoute):
         # request can see the routes half changed. Dispatched again, as if it had just arrived.
         self.load()
         await self.app.router.app(scope, receive, send)
+
+    def url_path_for(self, name: str, /, **path_params: Any) -> URLPath:
+        # Asked for a route by name (app.url_path_for, request.url_for): the area's routes may be it.
+        self.load()
+        return self.app.router.url_path_for(name, **path_params)
 
     def load(self) -> None:
         """Import the module and put its router where this placeholder stands (no-op once done)."""

@@ -14,6 +14,7 @@ import contextvars
 import functools
 import inspect
 import logging
+import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -61,12 +62,14 @@ def use(telemetry: Telemetry) -> Iterator[Telemetry]:
 
 def instrument(app: FastAPI) -> None:
     """A server span per request (FastAPI instrumentation) when traces go somewhere; otherwise nothing."""
+    from app.api import lazy
+
     telemetry = active()
     if telemetry.tracer_provider is None:
+        if _instrumented_elsewhere():
+            lazy.load_all(app)  # for the spans of an instrumentation we did not install (below)
         return
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-
-    from app.api import lazy
 
     # The instrumentation names a request's span by the route it matches when the request
     # starts: every route must stand in place then, not an area's placeholder (app/api/lazy.py).
@@ -77,6 +80,13 @@ def instrument(app: FastAPI) -> None:
         meter_provider=telemetry.meter_provider,
         excluded_urls="/metrics",
     )
+
+
+def _instrumented_elsewhere() -> bool:
+    """Whether FastAPI was instrumented before the app was made (auto-instrumentation, as the ADOT
+    Lambda layer's wrapper runs it): its module is imported then, so nothing is imported to ask."""
+    module = sys.modules.get("opentelemetry.instrumentation.fastapi")
+    return module is not None and bool(module.FastAPIInstrumentor().is_instrumented_by_opentelemetry)
 
 
 def flush(timeout_ms: int = 2000) -> None:
