@@ -95,6 +95,7 @@ def make_engine(settings: Settings, *, serverless: bool = False, url: str | None
     url = url or settings.database_url
     if not url:
         raise ConfigurationError("DATABASE_URL is not set")
+    conninfo = libpq_url(url)
     connect_args: dict[str, object] = {
         "connect_timeout": settings.db_connect_timeout,
         "application_name": "agent-sessions",
@@ -113,7 +114,7 @@ def make_engine(settings: Settings, *, serverless: bool = False, url: str | None
         timeout = f"-c statement_timeout={settings.db_statement_timeout_ms}"
         # After the URL's own ?options= (a search_path, an isolation level), which a connect
         # argument of the same name would otherwise replace.
-        own = _url_options(url)
+        own = _url_options(conninfo)
         connect_args["options"] = f"{own} {timeout}" if own else timeout
     _log_pooler_choice(settings)
 
@@ -123,16 +124,14 @@ def make_engine(settings: Settings, *, serverless: bool = False, url: str | None
         sqlalchemy_args |= {"pool_size": settings.db_pool_size, "pool_timeout": settings.db_pool_timeout}
     local_ms = int(settings.db_statement_timeout_ms or 0) if local_timeout else 0
     size = settings.db_pool_size if pool == "queue" else 0
-    config = PoolConfig(
-        libpq_url(url), dict(connect_args), size, settings.db_pool_timeout, settings.db_pre_ping, local_ms
-    )
+    config = PoolConfig(conninfo, dict(connect_args), size, settings.db_pool_timeout, settings.db_pre_ping, local_ms)
     return Engine(sqlalchemy_url(url), LockPools(config), sqlalchemy_args, local_ms)
 
 
-def _url_options(url: str) -> str | None:
+def _url_options(conninfo: str) -> str | None:
     """The libpq `options` the URL carries (?options=...), None without; ConfigurationError if libpq cannot read it."""
     try:
-        options = conninfo_to_dict(libpq_url(url)).get("options")
+        options = conninfo_to_dict(conninfo).get("options")
     except psycopg.ProgrammingError as exc:
         raise ConfigurationError("DATABASE_URL cannot be read as a PostgreSQL connection URL") from exc
     return str(options) if options else None

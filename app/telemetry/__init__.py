@@ -65,15 +65,16 @@ def instrument(app: FastAPI) -> None:
     from app.api import lazy
 
     telemetry = active()
-    if telemetry.tracer_provider is None:
-        if _instrumented_elsewhere():
-            lazy.load_all(app)  # for the spans of an instrumentation we did not install (below)
+    ours = telemetry.tracer_provider is not None
+    if ours or _instrumented_elsewhere():
+        # An instrumentation, ours or one installed before the app (below), names a request's span
+        # by the route it matches when the request starts: every route must stand in place then,
+        # not an area's placeholder (app/api/lazy.py).
+        lazy.load_all(app)
+    if not ours:
         return
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-    # The instrumentation names a request's span by the route it matches when the request
-    # starts: every route must stand in place then, not an area's placeholder (app/api/lazy.py).
-    lazy.load_all(app)
     FastAPIInstrumentor.instrument_app(
         app,
         tracer_provider=telemetry.tracer_provider,
