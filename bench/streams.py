@@ -20,6 +20,7 @@ import math
 import time
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -118,6 +119,14 @@ def _body(text: str) -> dict[str, Any]:
     return {"id": "bench", "trigger": "submit-message", "messages": [message]}
 
 
+async def _parts(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    """The UI message stream's parts as they arrive; the closing `[DONE]` as {"type": "[DONE]"}."""
+    async for line in response.aiter_lines():
+        if line.startswith("data: "):
+            payload = line[len("data: ") :]
+            yield {"type": "[DONE]"} if payload == "[DONE]" else json.loads(payload)
+
+
 async def _stream(client: httpx.AsyncClient, text: str) -> tuple[list[dict[str, Any]], float | None]:
     """One streamed reply from a new device: its parts, and time.time() when its first text-delta came."""
     parts: list[dict[str, Any]] = []
@@ -126,11 +135,7 @@ async def _stream(client: httpx.AsyncClient, text: str) -> tuple[list[dict[str, 
     async with client.stream("POST", "/api/chat/stream", json=_body(text), headers=headers) as response:
         if response.status_code != 200:
             return [{"type": "http", "status": response.status_code}], None
-        async for line in response.aiter_lines():
-            if not line.startswith("data: "):
-                continue
-            payload = line[len("data: ") :]
-            part = {"type": "[DONE]"} if payload == "[DONE]" else json.loads(payload)
+        async for part in _parts(response):
             if part["type"] == "text-delta" and first is None:
                 first = time.time()
             parts.append(part)
@@ -153,10 +158,7 @@ async def _stop_across(url: str, other: str, samples: int) -> dict[str, Any]:
             headers = {"X-Device-ID": str(uuid.uuid4())}
             sent: float | None = None
             async with client.stream("POST", "/api/chat/stream", json=_body("1000 20"), headers=headers) as response:
-                async for line in response.aiter_lines():
-                    if not line.startswith("data: {"):
-                        continue
-                    part = json.loads(line[len("data: ") :])
+                async for part in _parts(response):
                     if part["type"] == "text-delta" and sent is None:
                         sent = time.perf_counter()
                         answer = await stopper.post("/api/chat/stop", headers=headers)

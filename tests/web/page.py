@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
@@ -11,6 +12,8 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.utils.browser import WAIT_SECONDS
+
+T = TypeVar("T")
 
 
 def vendor_built() -> bool:
@@ -92,21 +95,20 @@ class ChatPage:
 
     def text(self, css: str) -> str:
         """The shown text of the element, found again if the page replaced it between find and read."""
-        for _ in range(5):
-            try:
-                return self.find(css).text
-            except StaleElementReferenceException:
-                continue
-        return self.find(css).text
+        return self._on_fresh(css, lambda element: element.text)
 
     def click(self, css: str) -> None:
         """Click the first element matching css, found again if the page replaced it between find and click."""
+        self._on_fresh(css, lambda element: element.click())
+
+    def _on_fresh(self, css: str, use: Callable[[Any], T]) -> T:
+        # The page re-renders as events arrive: an element found a moment ago may be gone by its use.
         for _ in range(5):
             try:
-                return self.find(css).click()
+                return use(self.find(css))
             except StaleElementReferenceException:
                 continue
-        self.find(css).click()
+        return use(self.find(css))
 
     def device_id(self) -> str | None:
         return self.driver.execute_script("return localStorage.getItem('agent-sessions.device-id')")
