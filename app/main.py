@@ -15,6 +15,7 @@ from app.api import errors, lazy
 from app.api.limits import KIB, BodyLimit
 from app.api.routes import docs
 from app.cleanup import keep_recovering
+from app.core import collector
 from app.core.config import Settings
 from app.core.engine import Database, lock_pools
 from app.core.logging import RequestContext, configure_logging
@@ -97,6 +98,7 @@ def create_app(
         # give their leases back (one statement each), then close this loop's HTTP client and pool.
         if not services.database.serverless:
             lazy.load_all(app)  # a server's requests never pay for a route module's import
+            collector.settle_after_start()
         async with services.runtime.serve(*lifespan_tasks(services)):
             yield
         if not await services.runtime.settle(SETTLE_SECONDS):
