@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from app import telemetry
 from app.api import errors, lazy
+from app.api.admission import Admit
 from app.api.limits import KIB, BodyLimit
 from app.api.routes import docs
 from app.cleanup import keep_recovering
@@ -57,6 +58,9 @@ def lifespan_tasks(services: Services) -> list[Callable[[], Coroutine[Any, Any, 
         tasks.append(functools.partial(keep_recovering, services))
     return tasks
 
+
+# The requests that start a turn, admitted a few at a time (app/api/admission.py).
+TURN_PATHS = ("/api/chat", "/api/chat/stream", "/api/webhooks/whatsapp")
 
 # The route modules, in the order their routes are matched, with the paths each serves (app/api/lazy.py):
 # each is imported by the first request under one of them. A path missing here is a 404 until another
@@ -116,6 +120,8 @@ def create_app(
         "/api/webhooks/": 1024 * KIB,
         "/api/sessions/import": services.settings.import_max_bytes,
     }
+    # Innermost of ours: a turn's request is admitted once BodyLimit has let its body through.
+    app.add_middleware(Admit, admission=services.runtime.admission, paths=TURN_PATHS)
     app.add_middleware(BodyLimit, limits=limits, default=256 * KIB)
     app.add_middleware(RequestContext)  # outermost: every response and log line gets the request id
     lazy.install(app, AREAS)

@@ -4,6 +4,7 @@ One `Runtime` per process (built with the services), shared by every pipeline:
 
 | piece          | what it bounds or does                                                             |
 |----------------|------------------------------------------------------------------------------------|
+| `admission`    | ADMISSION_WIDTH requests starting a turn run their CPU-bound start at once (below)   |
 | `slot()`       | MAX_CONCURRENT_TURNS requests inside the pipeline at once; past it `Overloaded`      |
 | `agent_threads`| AGENT_THREADS sync agents running at once (an async agent takes no thread)           |
 | `wakeups`      | a waiter sleeps until its device's turn finishes in this process, or its poll is due |
@@ -20,6 +21,8 @@ Everything here runs on the one event loop of the process, so plain counters nee
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import contextlib
 import contextvars
 import logging
@@ -185,11 +188,82 @@ class Background:
                 group.cancel_scope.cancel()
 
 
+# The release of the current request's admission (set by Admission.admit, None outside one).
+_admitted: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("admitted", default=None)
+
+
+class Admission:
+    """At most `width` requests that start a turn run their CPU-bound start at once, in arrival order.
+
+    A request's start, from its body read to its first statement (routing, dependencies,
+    validation, the pipeline's set-up), takes about half a millisecond of the event loop
+    and never waits. A burst of a thousand arriving together is read in one pass of the
+    loop, and each then runs its start in the next pass: every other request, a health
+    check or a turn waiting to answer, waited behind all of them (480 ms at p99 for
+    `/api/health` in section 7 of `make bench`). Admitted a few at a time, the loop goes
+    back to its sockets between them.
+
+    A request holds its place from `admit` until `release` (its pipeline calls it before the
+    claim: from there it waits on the database, not the loop) or until its response starts
+    or ends, whichever is first. A place given back is free again only on the loop's next
+    pass, so the requests already queued in this pass wait their turn too.
+    """
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.admitted = 0
+        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def admit(self) -> Callable[[], None]:
+        """Wait for a place (FIFO); returns the release, idempotent, also reachable with `release()`."""
+        if self.admitted >= self.width or self._waiting:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiting.append(waiter)
+            try:
+                await waiter  # the place is handed over with the result: self.admitted already counts it
+            except BaseException:
+                if not waiter.cancelled() and waiter.done():
+                    self._free()  # handed over as this request was cancelled: pass it on
+                else:
+                    with contextlib.suppress(ValueError):  # cancelled while still queued
+                        self._waiting.remove(waiter)
+                raise
+        else:
+            self.admitted += 1
+        held = True
+
+        def release() -> None:
+            nonlocal held
+            if held:
+                held = False
+                # Next pass, not now: the requests queued in this pass find no place free.
+                asyncio.get_running_loop().call_soon(self._free)
+
+        _admitted.set(release)
+        return release
+
+    def _free(self) -> None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the place goes straight to the oldest waiter
+                return
+        self.admitted -= 1
+
+
+def release_admission() -> None:
+    """Give back the current request's place in Admission (nothing outside one, or once given)."""
+    release = _admitted.get()
+    if release is not None:
+        release()
+
+
 class Runtime:
     """The bound on turns, the limiter of sync agents' threads and the wake-ups; see the module doc."""
 
     def __init__(self, settings: Settings):
         self.max_turns = settings.max_concurrent_turns
+        self.admission = Admission(settings.admission_width)
         self.agent_threads = anyio.CapacityLimiter(settings.agent_threads)
         self.wakeups = Wakeups()
         self.streams = Hub()  # the drafts this process's turns write, and the streamed turns' task group

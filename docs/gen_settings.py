@@ -39,7 +39,7 @@ ENV_EXAMPLE = ROOT / ".env.example"
 GROUPS = [
     ("Database", ("database_url", "db_", "data_dir")),
     ("Sessions and agent turns", ("default_session_ttl", "lease_", "chat_wait", "context_", "agent", "max_conc")),
-    ("Sessions and agent turns", ("shutdown_", "burst_", "stream_", "events_stream", "openai_")),
+    ("Sessions and agent turns", ("shutdown_", "burst_", "stream_", "events_stream", "openai_", "admission_")),
     ("Cleanup and retention", ("cleanup_", "recovery_", "cron_", "message_retention", "orphan_")),
     ("WhatsApp", ("whatsapp_", "webhook_")),
     ("Admin API and web clients", ("admin_", "import_", "device_id", "web_tenants", "rate_limit")),
