@@ -103,7 +103,8 @@ class Settings(BaseSettings):
     """Turns one process holds at once; past it `POST /api/chat` answers `503` with `Retry-After`."""
     # Requests starting a turn that run their CPU-bound start at once (app/runtime.py: Admission).
     admission_width: int = Field(8, ge=1, le=10_000)
-    """Requests that start a turn (`POST /api/chat`, `/api/chat/stream`, the WhatsApp webhook) parsed and validated at once per process; the rest wait in arrival order, so health checks and running turns are not held up by a burst."""
+    """Requests starting a turn (`POST /api/chat`, `/api/chat/stream`, the WhatsApp webhook) parsed and validated
+    at once per process; the rest wait in arrival order, so a burst holds up no health check or running turn."""
     agent_threads: int = Field(40, ge=1, le=1000)  # sync agents running at once, each on a worker thread
     """Sync agents (`def handle`) running at once per process, each on a worker thread."""
     # On SIGTERM: running turns get this long to finish, then are cancelled (their messages run again).

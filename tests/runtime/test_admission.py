@@ -9,6 +9,7 @@ import uuid
 
 import anyio
 import httpx
+
 from app.runtime import Admission
 from tests.conftest import make_settings
 from tests.utils import aio
