@@ -46,7 +46,8 @@ class Settings(BaseSettings):
     """`queue` keeps idle connections for reuse; `null` opens a connection for each statement and closes it after
     (pooling left to a pooler). Unset: `queue` for `python -m app serve`, `null` in the serverless entry points."""
     db_pool_size: int = Field(5, ge=1, le=100)
-    """Idle connections kept per process under `DB_POOL=queue`; at most twice as many are open at once."""
+    """Idle connections kept per process under `DB_POOL=queue`; at most twice as many are open at once, plus one
+    of the health check's own."""
     db_pool_timeout: float = Field(5.0, gt=0)
     """Seconds a statement waits for a free pooled connection before it is treated as an outage."""
     db_pre_ping: bool = False

@@ -118,28 +118,35 @@ def run(engine: Engine, sql: str, params: dict[str, Any], *, rows: str = "first"
 
 
 async def arun(
-    engine: Engine, sql: str, params: dict[str, Any], *, rows: str = "first", read_only: bool = False
+    engine: Engine,
+    sql: str,
+    params: dict[str, Any],
+    *,
+    rows: str = "first",
+    read_only: bool = False,
+    probe: bool = False,
 ) -> Any:
     """`run` as a coroutine, on the running loop's async pool: the request path's one-statement operations.
 
     The same shapes, errors and retry rule as `run`; no thread is held while the statement runs.
+    probe: on the health check's own connection (`LockPools.async_pool`), not the turns' pool.
     """
     pools = lock_pools(engine)
     try:
         try:
-            return await _arun_once(engine, pools, sql, params, rows)
+            return await _arun_once(engine, pools, sql, params, rows, probe)
         except _Conflict as first:
             async for attempt in AsyncRetrying(**CONFLICT_RETRY):  # as in run: the first attempt was above
                 with attempt:
                     if attempt.retry_state.attempt_number == 1:
                         raise first
-                    return await _arun_once(engine, pools, sql, params, rows)
+                    return await _arun_once(engine, pools, sql, params, rows, probe)
             raise AssertionError("unreachable: tenacity returns or reraises") from None  # pragma: no cover
     except _Disconnected as err:
         if not read_only:
             raise
         logger.info("retrying a read on a fresh connection after a disconnect: %s", err)
-        return await _arun_once(engine, pools, sql, params, rows)
+        return await _arun_once(engine, pools, sql, params, rows, probe)
 
 
 class _Disconnected(StoreUnavailable):
@@ -268,8 +275,10 @@ def _run_once(engine: Engine, pools: LockPools, sql: str, params: dict[str, Any]
     return result
 
 
-async def _arun_once(engine: Engine, pools: LockPools, sql: str, params: dict[str, Any], rows: str) -> Any:
-    pool = await pools.async_pool()
+async def _arun_once(
+    engine: Engine, pools: LockPools, sql: str, params: dict[str, Any], rows: str, probe: bool = False
+) -> Any:
+    pool = await pools.async_pool(probe=probe)
     deadline = time.monotonic() + pools.config.timeout
     while True:
         if pools.outage():

@@ -150,7 +150,8 @@ async def close_loop_pools() -> None:
 
 @dataclass(eq=False)
 class LockPools:
-    """An engine's psycopg pools: one sync pool, and one async pool per running event loop.
+    """An engine's psycopg pools: one sync pool, and per running event loop an async pool and the
+    health check's (`async_pool(probe=True)`).
 
     An async pool belongs to the loop that opened it (its workers are that loop's
     tasks); a process normally has one loop, tests and the CLI may have several.
@@ -159,6 +160,10 @@ class LockPools:
     config: PoolConfig
     _sync: ConnectionPool | None = None
     _async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncConnectionPool] = field(
+        default_factory=weakref.WeakKeyDictionary
+    )
+    # Per loop, the health check's own connection (at most one): it never queues behind a burst's turns.
+    _probe: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncConnectionPool] = field(
         default_factory=weakref.WeakKeyDictionary
     )
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -221,8 +226,8 @@ class LockPools:
         return pool
 
     def _pool_args(self, *, kind: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The keyword arguments of either kind of pool ("sync" or "async"): those every pool takes,
-        and those only a sized (not a null) pool takes."""
+        """The keyword arguments of each kind of pool ("sync", "async" or "probe", the health check's):
+        those every pool takes, and those only a sized (not a null) pool takes."""
         c = self.config
         sync = kind == "sync"
         common: dict[str, Any] = {
@@ -230,14 +235,14 @@ class LockPools:
             "timeout": c.timeout,
             "configure": self._configure if sync else self._aconfigure,
             "check": (_ping if sync else _aping) if c.pre_ping else (_check if sync else _acheck),
-            "name": "lock-operations" if sync else "lock-operations-async",
+            "name": {"sync": "lock-operations", "async": "lock-operations-async"}.get(kind, "health-probe"),
             # One connect attempt per need: a failure is reported at once, not retried in the background.
             "reconnect_timeout": 0,
             "reconnect_failed": self._connect_failed,
         }
         sized = {
             "min_size": 0,
-            "max_size": 2 * c.size,
+            "max_size": 1 if kind == "probe" else 2 * c.size,
             "max_lifetime": MAX_LIFETIME_SECONDS,
             "max_idle": MAX_IDLE_SECONDS,
         }
@@ -249,17 +254,23 @@ class LockPools:
             return NullConnectionPool(self.config.conninfo, max_size=None, open=True, **common)
         return ConnectionPool(self.config.conninfo, open=True, **sized, **common)
 
-    async def async_pool(self) -> AsyncConnectionPool:
-        """The running loop's async pool, opened on first use in that loop."""
+    async def async_pool(self, *, probe: bool = False) -> AsyncConnectionPool:
+        """The running loop's async pool, opened on first use in that loop.
+
+        probe: the health check's pool instead, of one connection. The turns' pool hands its
+        connections out in request order, so during a burst of a thousand claims a health
+        check waited behind all of them; on its own connection it waits for none.
+        """
         loop = asyncio.get_running_loop()
-        pool = self._async.get(loop)
+        pools = self._probe if probe else self._async
+        pool = pools.get(loop)
         if pool is None:
-            common, sized = self._pool_args(kind="async")
+            common, sized = self._pool_args(kind="probe" if probe else "async")
             if not self.config.size:
                 pool = AsyncNullConnectionPool(self.config.conninfo, max_size=None, open=False, **common)
             else:
                 pool = AsyncConnectionPool(self.config.conninfo, open=False, **sized, **common)
-            self._async[loop] = pool  # set before the first await: one pool per loop
+            pools[loop] = pool  # set before the first await: one pool per loop
         if pool.closed:
             await pool.open()
         return pool
@@ -270,16 +281,18 @@ class LockPools:
             self._sync.drain()
 
     async def adrain(self) -> None:
-        pool = self._async.get(asyncio.get_running_loop())
-        if pool is not None:
-            await pool.drain()
+        loop = asyncio.get_running_loop()
+        for pool in (self._async.get(loop), self._probe.get(loop)):
+            if pool is not None:
+                await pool.drain()
         self.drain()
 
     async def aclose(self) -> None:
         """Close the running loop's async pool (an app's shutdown, in its own loop)."""
-        pool = self._async.pop(asyncio.get_running_loop(), None)
-        if pool is not None:
-            await pool.close()
+        loop = asyncio.get_running_loop()
+        for pool in (self._async.pop(loop, None), self._probe.pop(loop, None)):
+            if pool is not None:
+                await pool.close()
 
     def close(self) -> None:
         """Close the sync pool; async pools of loops that are gone are left to be collected."""
@@ -290,11 +303,11 @@ class LockPools:
 
     def owns(self, pool: object) -> bool:
         """Whether pool is one of these pools (the sync one or a loop's async one)."""
-        return pool is self._sync or any(pool is mine for mine in self._async.values())
+        return pool is self._sync or any(pool is mine for mine in [*self._async.values(), *self._probe.values()])
 
     def idle(self) -> int:
         """Connections waiting for reuse, in the sync pool and every loop's async pool."""
-        pools: list[ConnectionPool | AsyncConnectionPool] = [*self._async.values()]
+        pools: list[ConnectionPool | AsyncConnectionPool] = [*self._async.values(), *self._probe.values()]
         if self._sync is not None:
             pools.append(self._sync)
         return sum(pool.get_stats().get("pool_available", 0) for pool in pools)

@@ -1,4 +1,9 @@
-"""GET /api/health: is the database reachable, and is its schema at the code's migration."""
+"""GET /api/health: is the database reachable, and is its schema at the code's migration.
+
+Async, on the health check's own connection (`arun(..., probe=True)`): a sync route went
+through the thread pool and back, two waits for a busy event loop, and the turns' pool would
+queue it behind every claim of a burst.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from app.api.deps import Db
 from app.core import schema
-from app.core.db import run
+from app.core.db import arun
 from app.errors import SessionError, StoreError
 
 logger = logging.getLogger(__name__)
@@ -30,10 +35,10 @@ class Health(BaseModel):
 
 
 @router.get("/api/health", response_model=Health, responses={503: {"model": Health}})
-def health(database: Db) -> Health | JSONResponse:
+async def health(database: Db) -> Health | JSONResponse:
     """200 when the database answers at the code's migration; 503 when it is unreachable or not migrated."""
     try:
-        revision = _revision(database)
+        revision = await _revision(database)
     except SessionError as err:
         logger.warning("health check failed: %s", err)
         body = Health(
@@ -55,10 +60,10 @@ def health(database: Db) -> Health | JSONResponse:
     return body if body.status == "ok" else JSONResponse(body.model_dump(by_alias=True), status_code=503)
 
 
-def _revision(database) -> str | None:
+async def _revision(database) -> str | None:
     """The database's migration, None if it was never migrated; StoreUnavailable if it does not answer."""
     try:
-        return run(database.engine, schema.REVISION, {}, rows="scalar", read_only=True)
+        return await arun(database.engine, schema.REVISION, {}, rows="scalar", read_only=True, probe=True)
     except StoreError as err:
         if isinstance(err.__cause__, psycopg.errors.UndefinedTable):
             return None
