@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.limits import BodyTooLarge
 from app.runtime import Admission
+
+# scope["state"] key: time.monotonic() once the body had arrived, before any wait for a place
+# (app/api/deps.py: received_at, where a webhook's acknowledgement budget starts).
+ARRIVED = "body_arrived_at"
 
 
 class Admit:
@@ -14,8 +20,9 @@ class Admit:
     The body is read first, outside the admission, so a client that sends it slowly holds
     no place; the app then reads it from here. Inside BodyLimit: an oversized body is cut
     off there, and reaches the app as the same error when it reads (413 as before).
-    The place is given back by the pipeline before its claim, or when the response starts
-    or the request ends.
+    The place is given back by the pipeline before its claim (the WhatsApp webhook: once its
+    delivery is parsed, before its first statement), or when the response starts or the
+    request ends. A client that left before its body was whole takes no place.
     """
 
     def __init__(self, app: ASGIApp, admission: Admission, paths: tuple[str, ...]) -> None:
@@ -32,10 +39,12 @@ class Admit:
         except BodyTooLarge as err:
             await self.app(scope, _raising(err), send)  # the app's body read answers it, as without us
             return
+        if read[-1]["type"] != "http.request":  # the client left before its body was whole: no place for it
+            await self.app(scope, replay_only(read, receive), send)
+            return
+        scope.setdefault("state", {})[ARRIVED] = time.monotonic()  # a budget counted from arrival counts the wait
         release = await self.admission.admit()
-
-        async def replay() -> Message:
-            return read.pop(0) if read else await receive()
+        replay = replay_only(read, receive)
 
         async def send_started(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -46,6 +55,15 @@ class Admit:
             await self.app(scope, replay, send_started)
         finally:
             release()
+
+
+def replay_only(read: list[Message], receive: Receive) -> Receive:
+    """The messages already read, then the client's own."""
+
+    async def replay() -> Message:
+        return read.pop(0) if read else await receive()
+
+    return replay
 
 
 def _raising(err: BodyTooLarge) -> Receive:

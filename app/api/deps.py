@@ -14,6 +14,7 @@ from fastapi import Depends, Request
 from app.admin import AdminStore
 from app.admin.takeover import OperatorChannel
 from app.agents import Registry
+from app.api.admission import ARRIVED
 from app.channels.whatsapp import WhatsAppSender
 from app.chat_history import ChatHistory
 from app.core.config import Settings
@@ -73,9 +74,13 @@ async def get_whatsapp(services: AppServices) -> WhatsAppSender:
     return services.whatsapp
 
 
-async def received_at() -> float:
-    """time.monotonic() when the request was read: the start of a webhook's acknowledgement budget."""
-    return time.monotonic()
+async def received_at(request: Request) -> float:
+    """time.monotonic() when the request was read: the start of a webhook's acknowledgement budget.
+
+    Before any wait for an admission place (app/api/admission.py): that wait counts against the budget.
+    """
+    arrived = request.scope.get("state", {}).get(ARRIVED)
+    return time.monotonic() if arrived is None else arrived
 
 
 WhatsApp = Annotated[WhatsAppSender, Depends(get_whatsapp)]

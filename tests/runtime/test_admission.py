@@ -5,20 +5,32 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 import uuid
 
 import anyio
 import httpx
+import psycopg
+from fastapi import Request
+from sqlalchemy.engine import make_url
 
+from app.api.deps import received_at
 from app.runtime import Admission
+from tests.channels import payloads
+from tests.channels.payloads import whatsapp_settings
 from tests.conftest import make_settings
 from tests.utils import aio
+from tests.utils.agents import wait_for
 from tests.utils.apps import app_client, use_registry
 from tests.utils.gate import gate
 from tests.utils.server import app_env, running_app
 from tests.utils.slow_agents import Slow
 
 WAIT_SECONDS = 60.0  # a bound on the test, never a measure of speed
+
+
+def libpq_url(database_url: str) -> str:
+    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def device() -> dict[str, str]:
@@ -128,3 +140,53 @@ def test_a_body_still_arriving_holds_no_place(database_url):
             # Sent after the stalled body's first bytes, on another connection: answered all the same.
             response = http.post("/api/chat", json={"message": "hello"}, headers=device())
         assert (response.status_code, response.json()["reply"]) == (200, "slow: hello attempt=1")
+
+
+def test_a_webhook_waiting_on_the_database_holds_no_place(database_url, engine, graph):
+    # A delivery's first statement is the erasure guard's lookup, before any device's claim:
+    # blocked there (a slow or locked store), the webhook must not keep the only place.
+    settings = whatsapp_settings(database_url, graph.url, admission_width=1)
+    with app_client(settings) as client, psycopg.connect(libpq_url(database_url), autocommit=False) as blocker:
+        use_registry(client, {"manager": Slow()})
+        blocker.execute("LOCK TABLE erased_channel_messages IN ACCESS EXCLUSIVE MODE")
+        answered: dict[str, httpx.Response] = {}
+        delivery = payloads.delivery([payloads.change([payloads.text("hello", "wamid.admission-1")])])
+        hook = threading.Thread(target=lambda: answered.setdefault("hook", payloads.post(client, delivery)))
+        hook.start()
+        with psycopg.connect(libpq_url(database_url), autocommit=True) as watcher:
+            lock_waits = (
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'erased_channel_messages'::regclass"
+            )
+            assert wait_for(lambda: watcher.execute(lock_waits).fetchone()[0] > 0, WAIT_SECONDS)
+        chat = client.post("/api/chat", json={"message": "meanwhile"}, headers=device())
+        assert hook.is_alive(), "the chat was answered only once the webhook's statement was through"
+        assert (chat.status_code, chat.json()["reply"]) == (200, "slow: meanwhile attempt=1")
+        blocker.rollback()
+        hook.join(WAIT_SECONDS)
+    assert answered["hook"].status_code == 200
+
+
+def test_a_webhooks_budget_starts_when_its_body_arrived_not_when_it_was_admitted(database_url, engine, graph):
+    # WEBHOOK_ACK_SECONDS counts from receipt: a wait for a place is part of it.
+    settings = whatsapp_settings(database_url, graph.url, admission_width=1)
+    with app_client(settings) as client:
+        use_registry(client, {"manager": Slow()})
+        admission = client.services.runtime.admission
+        seen: list[float] = []
+
+        async def recording(request: Request) -> float:
+            seen.append(await received_at(request))
+            return seen[-1]
+
+        client.app.dependency_overrides[received_at] = recording
+        release = client.portal.call(admission.admit)  # the only place, held by the test
+        delivery = payloads.delivery([payloads.change([payloads.text("hello", "wamid.admission-2")])])
+        answered: dict[str, httpx.Response] = {}
+        hook = threading.Thread(target=lambda: answered.setdefault("hook", payloads.post(client, delivery)))
+        hook.start()
+        assert wait_for(lambda: admission.admitted == 1 and len(admission._waiting) == 1, WAIT_SECONDS)
+        queued_by = time.monotonic()  # the webhook's body had arrived: it waits for the place
+        client.portal.call(release)
+        hook.join(WAIT_SECONDS)
+    assert answered["hook"].status_code == 200
+    assert len(seen) == 1 and seen[0] <= queued_by  # read before the wait, not after it
