@@ -204,8 +204,8 @@ class Admission:
     back to its sockets between them.
 
     A request holds its place from `admit` until `release` (its pipeline calls it before the
-    claim: from there it waits on the database, not the loop) or until its response starts
-    or ends, whichever is first. A place given back is free again only on the loop's next
+    claim, the WhatsApp webhook once its delivery is parsed: from there each waits on the
+    database, not the loop) or until its response starts or ends, whichever is first. A place given back is free again only on the loop's next
     pass, so the requests already queued in this pass wait their turn too.
     """
 
