@@ -205,8 +205,9 @@ class Admission:
 
     A request holds its place from `admit` until `release` (its pipeline calls it before the
     claim, the WhatsApp webhook once its delivery is parsed: from there each waits on the
-    database, not the loop) or until its response starts or ends, whichever is first. A place given back is free again only on the loop's next
-    pass, so the requests already queued in this pass wait their turn too.
+    database, not the loop) or until its response starts or ends, whichever is first. A
+    place given back is free again only on the loop's next pass, so the requests already
+    queued in this pass wait their turn too.
     """
 
     def __init__(self, width: int) -> None:
