@@ -39,7 +39,7 @@ from app.core.engine import Engine
 from app.core.logging import device_hash
 from app.errors import LeaseLost, StoreUnavailable
 from app.ledger import Answer, Finished, Lease, Ledger, Outcome, Pending, Turn
-from app.runtime import Runtime, release_admission
+from app.runtime import Runtime
 from app.streams.writer import DraftWriter, interrupt
 
 logger = logging.getLogger(__name__)
@@ -161,7 +161,6 @@ class Pipeline:
         validation.message_text(inbound.text)
         started = time.perf_counter()
         message_id: int | None = None
-        release_admission()  # the request's start is done: from here it waits on the database
         try:
             with telemetry.span("agent_sessions.claim", self.settings, tenant, device):
                 claim = await self.ledger.claim(

@@ -34,6 +34,7 @@ import anyio.abc
 
 from app import telemetry
 from app.core.config import Settings
+from app.core.db import admission_release
 from app.errors import Overloaded
 from app.streams.hub import Hub
 
@@ -188,10 +189,6 @@ class Background:
                 group.cancel_scope.cancel()
 
 
-# The release of the current request's admission (set by Admission.admit, None outside one).
-_admitted: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("admitted", default=None)
-
-
 class Admission:
     """At most `width` requests that start a turn run their CPU-bound start at once, in arrival order.
 
@@ -203,11 +200,10 @@ class Admission:
     `/api/health` in section 7 of `make bench`). Admitted a few at a time, the loop goes
     back to its sockets between them.
 
-    A request holds its place from `admit` until `release` (its pipeline calls it before the
-    claim, the WhatsApp webhook once its delivery is parsed: from there each waits on the
-    database, not the loop) or until its response starts or ends, whichever is first. A
-    place given back is free again only on the loop's next pass, so the requests already
-    queued in this pass wait their turn too.
+    A request holds its place from `admit` until its first statement (app/core/db.py: `arun`
+    calls the release: from there it waits on the database, not the loop), or until its
+    response starts or ends, whichever is first. A place given back is free again only on
+    the loop's next pass, so the requests already queued in this pass wait their turn too.
     """
 
     def __init__(self, width: int) -> None:
@@ -216,7 +212,8 @@ class Admission:
         self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
 
     async def admit(self) -> Callable[[], None]:
-        """Wait for a place (FIFO); returns the release, idempotent, also reachable with `release()`."""
+        """Wait for a place (FIFO); returns the release, idempotent, also set as the request's
+        `admission_release` for its first statement."""
         if self.admitted >= self.width or self._waiting:
             waiter = asyncio.get_running_loop().create_future()
             self._waiting.append(waiter)
@@ -240,7 +237,7 @@ class Admission:
                 # Next pass, not now: the requests queued in this pass find no place free.
                 asyncio.get_running_loop().call_soon(self._free)
 
-        _admitted.set(release)
+        admission_release.set(release)
         return release
 
     def _free(self) -> None:
@@ -250,13 +247,6 @@ class Admission:
                 waiter.set_result(None)  # the place goes straight to the oldest waiter
                 return
         self.admitted -= 1
-
-
-def release_admission() -> None:
-    """Give back the current request's place in Admission (nothing outside one, or once given)."""
-    release = _admitted.get()
-    if release is not None:
-        release()
 
 
 class Runtime:

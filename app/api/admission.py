@@ -20,9 +20,8 @@ class Admit:
     The body is read first, outside the admission, so a client that sends it slowly holds
     no place; the app then reads it from here. Inside BodyLimit: an oversized body is cut
     off there, and reaches the app as the same error when it reads (413 as before).
-    The place is given back by the pipeline before its claim (the WhatsApp webhook: once its
-    delivery is parsed, before its first statement), or when the response starts or the
-    request ends. A client that left before its body was whole takes no place.
+    The place is given back at the request's first statement (app/core/db.py: arun), or when
+    the response starts or the request ends. A client that left before its body was whole takes no place.
     """
 
     def __init__(self, app: ASGIApp, admission: Admission, paths: tuple[str, ...]) -> None:

@@ -7,10 +7,11 @@ never through SQLAlchemy: a cold start pays only for psycopg.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -115,6 +116,14 @@ def run(engine: Engine, sql: str, params: dict[str, Any], *, rows: str = "first"
             raise
         logger.info("retrying a read on a fresh connection after a disconnect: %s", err)
         return _run_once(engine, pools, sql, params, rows)
+
+
+# The release of the current request's admission place (app/runtime.py: Admission sets it),
+# None outside one. Called at each async statement: from its first one, a request waits on the
+# database, not on the event loop, whichever route or channel it came through.
+admission_release: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
+    "admission_release", default=None
+)
 
 
 async def arun(
@@ -278,6 +287,9 @@ def _run_once(engine: Engine, pools: LockPools, sql: str, params: dict[str, Any]
 async def _arun_once(
     engine: Engine, pools: LockPools, sql: str, params: dict[str, Any], rows: str, probe: bool = False
 ) -> Any:
+    release = admission_release.get()
+    if release is not None:
+        release()  # idempotent: only the request's first statement gives its place back
     pool = await pools.async_pool(probe=probe)
     deadline = time.monotonic() + pools.config.timeout
     while True:

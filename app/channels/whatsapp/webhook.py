@@ -48,7 +48,6 @@ from app.erasure import ReplayGuard
 from app.errors import InvalidInput, Overloaded, RateLimited, StoreError, StoreUnavailable
 from app.ledger import Answer, Lease, Ledger, Pending
 from app.pipeline import ChannelReplier, Inbound, OnReply, Pipeline
-from app.runtime import release_admission
 
 logger = logging.getLogger(__name__)
 
@@ -369,9 +368,6 @@ async def handle_delivery(
             ignored += 1
         else:
             jobs.append(_Job(business_tenant(settings.whatsapp_tenants, message.phone_number_id), message))
-    # The delivery is parsed: from here the request waits on the database (the guard below, the
-    # status callbacks) and on its device tasks, so it gives its admission place back now.
-    release_admission()
     # Messages of a device erased since (app/erasure.py): duplicates, as they were before the erasure.
     guard = ReplayGuard.of(settings)
     erased = await guard.erased(pipeline.ledger.engine, [(j.tenant, j.message.external_id) for j in jobs])
