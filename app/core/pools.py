@@ -138,6 +138,9 @@ class PoolConfig:
     local_timeout_ms: int = 0
 
 
+# Each kind of pool's name (psycopg_pool's logs and stats).
+POOL_NAMES = {"sync": "lock-operations", "async": "lock-operations-async", "probe": "health-probe"}
+
 # Every LockPools of the process, so that a loop that ends can close its pools (see close_loop_pools).
 _ALL: weakref.WeakSet[LockPools] = weakref.WeakSet()
 
@@ -235,7 +238,7 @@ class LockPools:
             "timeout": c.timeout,
             "configure": self._configure if sync else self._aconfigure,
             "check": (_ping if sync else _aping) if c.pre_ping else (_check if sync else _acheck),
-            "name": {"sync": "lock-operations", "async": "lock-operations-async"}.get(kind, "health-probe"),
+            "name": POOL_NAMES[kind],
             # One connect attempt per need: a failure is reported at once, not retried in the background.
             "reconnect_timeout": 0,
             "reconnect_failed": self._connect_failed,
