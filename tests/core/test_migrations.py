@@ -242,3 +242,18 @@ def test_an_unexpected_script_spelling_falls_back_to_alembic(tmp_path, monkeypat
         assert app_schema.head() == migrate.head_revision()
     finally:
         app_schema._chain.cache_clear()
+
+
+def test_the_context_merge_is_inlined_into_a_generic_plan(engine):
+    # FINISH runs as a prepared statement under a generic plan: a merge that is not inlined
+    # is set up again on every turn (migration 0012). The merge must still do what it did.
+    with engine.connect() as conn:
+        conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+        conn.exec_driver_sql("PREPARE merge(jsonb, jsonb, integer) AS SELECT cs_merge_context($1, $2, $3)")
+        plan = "\n".join(conn.exec_driver_sql("EXPLAIN (VERBOSE) EXECUTE merge('{}', '{}', 2)").scalars())
+        merged = conn.exec_driver_sql(
+            'EXECUTE merge(\'{"user_preferences": {"a": 1, "b": 2}, "recent_interactions": [1, 2]}\', '
+            '\'{"user_preferences": {"b": null, "c": 3}, "recent_interactions": [3]}\', 2)'
+        ).scalar()
+    assert "cs_merge_context" not in plan, plan
+    assert merged == {"user_preferences": {"a": 1, "c": 3}, "recent_interactions": [2, 3]}
