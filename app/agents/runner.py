@@ -3,7 +3,7 @@
 `AgentRunner.decide` turns one Turn into an Outcome with no database work: it awaits an
 async agent on the loop, runs a sync one on a worker thread under AGENT_THREADS, and
 streams an agent's text through a DraftWriter when the pipeline gives it one. The
-pipeline (app/pipeline.py) bounds the call by AGENT_TIMEOUT_SECONDS and writes the
+pipeline (app/pipeline/turn.py) bounds the call by AGENT_TIMEOUT_SECONDS and writes the
 Outcome; an agent's failure becomes the failure reply, never an error of the request.
 """
 

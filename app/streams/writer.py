@@ -1,6 +1,6 @@
 """The draft writer: a streamed turn's text, in memory for readers here and in PostgreSQL for the rest.
 
-The pipeline makes one per web turn (app/pipeline.py `_run_turn`). The agent's deltas go
+The pipeline makes one per web turn (app/pipeline/turn.py `TurnRunner.run`). The agent's deltas go
 to `add`; readers in this process see them at once (app/streams/hub.py). `run`, a task
 beside the agent, writes what arrived to the draft with one fenced APPEND at most every
 STREAM_FLUSH_MS while text arrives, and none while nothing does; the first write comes

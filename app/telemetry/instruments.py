@@ -40,7 +40,7 @@ from app.core.logging import device_hash
 SCOPE = "agent-sessions"
 SECONDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120]
 COUNTS = [1, 2, 3, 5, 10, 20, 50, 100]
-TIMEOUT_PREFIX = "AgentTimeout"  # app/pipeline.py's error text of a turn cut at AGENT_TIMEOUT_SECONDS
+TIMEOUT_PREFIX = "AgentTimeout"  # app/pipeline/turn.py's error text of a turn cut at AGENT_TIMEOUT_SECONDS
 # Turn outcomes that are faults of the service: the span's status is an error. A turn the person
 # stopped (POST /api/chat/stop) is not one; a cancelled one (shutdown, its task gone) is.
 FAULTS = {"timed_out", "failed", "lease_lost", "cancelled", "error"}

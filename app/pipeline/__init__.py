@@ -15,32 +15,34 @@ sync agent runs on a worker thread under AGENT_THREADS; it cannot be stopped, an
 what it returns after its turn was given up is dropped. A waiter holds no thread:
 it sleeps until a turn of its device finishes in this process (app/runtime.py) or
 its next poll is due.
+
+Here: a message's way through (claim, wait, drain the device's turns, give the lease
+back). A turn and its finish: app/pipeline/turn.py. The inbound message, its result and
+the channels' hooks: app/pipeline/messages.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from collections.abc import Callable
 
 import anyio
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from app import telemetry, validation
 from app.agents import HUMAN, MANAGER, Registry
-from app.agents.runner import FAILURE_REPLY, AgentRunner, failed, ms, stopped
+from app.agents.runner import FAILURE_REPLY, AgentRunner, ms
 from app.core.config import Settings
 from app.core.engine import Engine
 from app.core.logging import device_hash
 from app.errors import LeaseLost, StoreUnavailable
-from app.ledger import Answer, Finished, Lease, Ledger, Outcome, Pending, Turn
+from app.ledger import Answer, Lease, Ledger
+from app.pipeline.messages import ChannelReplier, Inbound, OnReply, OnWorking, Result, answered
+from app.pipeline.turn import TurnRunner, call_hook
 from app.runtime import Runtime
-from app.streams.writer import DraftWriter, interrupt
+from app.streams.writer import interrupt
+
+__all__ = ["ChannelReplier", "Inbound", "OnReply", "OnWorking", "Pipeline", "Result"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,73 +50,6 @@ logger = logging.getLogger(__name__)
 # A waiter polls its message at most this often once its backoff has grown (a finished
 # turn in this process wakes it at once): about one statement per second per waiting request.
 POLL_CAP_SECONDS = 1.0
-
-# Called after each stored reply (a channel pushes it); a coroutine function or a plain
-# function, which then runs on a worker thread so that it never blocks the loop.
-OnReply = Callable[[Pending, Answer], Awaitable[None] | None]
-# A channel's on_reply (app.services.ReplyChannel.replier): always a coroutine function.
-ChannelReplier = Callable[[Pending, Answer], Awaitable[None]]
-# Called when a turn starts on a message and again at each lease renewal while the
-# agent runs (about every LEASE_SECONDS / 3); a channel shows "typing..." with it.
-# It runs beside the turn: a slow channel API never delays a renewal.
-OnWorking = Callable[[Pending], Awaitable[None] | None]
-
-
-@dataclass(frozen=True)
-class Inbound:
-    """A message as a channel hands it over.
-
-    metadata keys the pipeline reads: "channel" ("web", "whatsapp"), "choice_id" (a
-    tapped choice) and "attachments" (a list of {"type", "id", ...} dicts); the rest
-    is stored with the message and handed to the channel with the reply. sent_at is
-    the channel's own timestamp of the message, when it has one.
-    """
-
-    tenant_id: str
-    device_id: str
-    text: str
-    external_id: str | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-    sent_at: datetime | None = None
-
-
-@dataclass(frozen=True)
-class Result:
-    """What became of one inbound message."""
-
-    # "answered", "queued" (stored, answer pending), "held" (stored for the person who took the
-    # conversation over: no reply, agent "human") or "degraded" (store unreachable)
-    status: str
-    reply: str | None = None
-    agent: str | None = None
-    lock_agent: str | None = None
-    lock_expires_at: datetime | None = None
-    message_id: int | None = None
-    duplicate: bool = False
-    merged: bool = False  # answered together with other messages of a burst (BURST_MODE=merge)
-    choices: tuple[dict[str, str], ...] = ()  # {"id", "title"} offered with the reply
-    stopped: bool = False  # POST /api/chat/stop ended the turn: reply is the partial text
-
-    @property
-    def degraded(self) -> bool:
-        return self.status == "degraded"
-
-
-def _answered(answer: Answer, message_id: int | None, *, duplicate: bool = False) -> Result:
-    if answer.held:
-        return Result("held", None, HUMAN, answer.lock_agent, answer.lock_expires_at, message_id, duplicate)
-    return Result(
-        "answered",
-        answer.reply,
-        answer.agent,
-        answer.lock_agent,
-        answer.lock_expires_at,
-        message_id,
-        duplicate,
-        answer.merged,
-        answer.choices,
-        answer.stopped,
-    )
 
 
 class Pipeline:
@@ -135,6 +70,7 @@ class Pipeline:
             max_attempts=settings.agent_max_attempts,
             rate_limit=settings.rate_limit_per_device,
         )
+        self.turns = TurnRunner(settings, self.ledger, self.agents, self.runtime)
 
     async def handle(
         self,
@@ -175,9 +111,9 @@ class Pipeline:
             if on_claimed is not None:
                 on_claimed(claim.message_id or claim.duplicate_of)
             if claim.duplicate is not None:
-                return _answered(claim.duplicate, claim.duplicate_of, duplicate=True)
+                return answered(claim.duplicate, claim.duplicate_of, duplicate=True)
             if claim.held is not None:  # a person holds the conversation: stored for them, no agent runs
-                return _answered(claim.held, claim.message_id)
+                return answered(claim.held, claim.message_id)
             message_id = claim.message_id or claim.duplicate_of
             if claim.lease is None and claim.message_id is not None and self.settings.burst_mode == "interrupt":
                 await interrupt(self.ledger.engine, tenant, device, claim.message_id)  # then answered with the rest
@@ -187,7 +123,7 @@ class Pipeline:
                 )
                 answer = drained.get(message_id) if message_id is not None else None
                 if answer is not None:
-                    return _answered(answer, message_id, duplicate=claim.message_id is None)
+                    return answered(answer, message_id, duplicate=claim.message_id is None)
             if not wait or message_id is None:
                 return Result("queued", message_id=message_id, duplicate=claim.message_id is None)
             with telemetry.waiting(self.settings, tenant, device) as waited:
@@ -228,7 +164,7 @@ class Pipeline:
                 telemetry.lease_taken()
                 answer = (await self._drain(poll.lease, on_reply, on_working, own=message_id)).get(message_id) or answer
             if answer is not None:
-                return _answered(answer, message_id, duplicate=duplicate)
+                return answered(answer, message_id, duplicate=duplicate)
         logger.info("message %s still queued after %ss", message_id, self.settings.chat_wait_seconds)
         return Result("queued", message_id=message_id, duplicate=duplicate)
 
@@ -312,7 +248,7 @@ class Pipeline:
                 continue
             started = started or time.perf_counter()
             with telemetry.turn(self.settings, lease, turn, lock or MANAGER) as traced:
-                outcome = await self._run_turn(lease, turn, lock, context, on_working)
+                outcome = await self.turns.run(lease, turn, lock, context, on_working)
                 traced.outcome(outcome)
             if outcome is None:
                 return
@@ -321,7 +257,7 @@ class Pipeline:
                 with telemetry.span("agent_sessions.finish", self.settings, lease.tenant, lease.device):
                     # Another request's message: it waits for this reply, maybe on another instance.
                     notify = any(message.id != own for message in turn.messages)
-                    finished = await self._finish(
+                    finished = await self.turns.finish(
                         lease, turn, outcome, notify=notify, db_ms=db_ms, total_ms=ms(started)
                     )
             except LeaseLost:
@@ -354,144 +290,11 @@ class Pipeline:
             )
             if on_reply is not None:
                 try:
-                    await _call_hook(on_reply, turn.last, finished.answer)
+                    await call_hook(on_reply, turn.last, finished.answer)
                 except Exception:  # delivery problems are the channel's to record
                     logger.exception("delivering the reply to message %s failed", turn.last.id)
             turn = finished.next or (await self.ledger.next_turn(lease) if finished.kept else None)
             db_ms, started = ms(finish_started), None
-
-    async def _finish(
-        self, lease: Lease, turn: Turn, outcome: Outcome, *, notify: bool, db_ms: int, total_ms: int
-    ) -> Finished:
-        """The fenced finish, retried while the database is unreachable, for at most LEASE_SECONDS.
-
-        A retry is safe: the statement writes only while the lease is ours and the turn's
-        messages are still pending, so one that was applied before its answer was lost
-        finds nothing to do (LeaseLost; the waiter then reads the stored reply).
-        """
-
-        began = time.monotonic()
-        try:
-            # The first attempt outside tenacity: a retry policy costs a turn that needs none
-            # about 1% of a server's CPU (bench/pyspy.py), and nearly every finish goes through.
-            return await self.ledger.finish(lease, turn, outcome, notify=notify, db_ms=db_ms, total_ms=total_ms)
-        except StoreUnavailable as err:
-            logger.warning("finishing the turn on message %s failed, retrying: %s", turn.last.id, err)
-
-        def failed(state: RetryCallState) -> None:
-            logger.warning(
-                "finishing the turn on message %s failed, retrying: %s",
-                turn.last.id,
-                state.outcome.exception() if state.outcome else None,
-            )
-
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(StoreUnavailable),
-            # LEASE_SECONDS from the first attempt, which is spent already
-            stop=stop_after_delay(max(0.0, self.settings.lease_seconds - (time.monotonic() - began))),
-            wait=wait_exponential(multiplier=0.05, max=1.0),
-            before_sleep=failed,
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                return await self.ledger.finish(lease, turn, outcome, notify=notify, db_ms=db_ms, total_ms=total_ms)
-        raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
-
-    async def _run_turn(
-        self, lease: Lease, turn: Turn, lock: str | None, context: dict[str, Any], on_working: OnWorking | None
-    ) -> Outcome | None:
-        """Run a turn's agents beside the lease renewal; None when the lease was lost.
-
-        Past AGENT_TIMEOUT_SECONDS the turn is cancelled and fails for good (a sync agent
-        cannot be stopped: what it returns later is dropped); after AGENT_MAX_ATTEMPTS
-        started turns a message is failed without running it again.
-        """
-        if turn.attempt > self.settings.agent_max_attempts:
-            logger.error("message %s failed: %s attempts started, none finished", turn.last.id, turn.attempt - 1)
-            return failed(lock, f"gave up after {turn.attempt - 1} attempts", 0)
-        started = time.perf_counter()
-        timeout = self.settings.agent_timeout_seconds
-        outcome: Outcome | None = None
-        lost = False
-
-        async def renew(group: anyio.abc.TaskGroup) -> None:
-            nonlocal lost
-            interval = max(self.settings.lease_seconds / 3, 0.05)
-            while True:
-                await anyio.sleep(interval)
-                try:
-                    if not await self.ledger.renew(lease):
-                        telemetry.renewal("lost")
-                        logger.warning("lease lost during the turn on message %s; the turn is cancelled", turn.last.id)
-                        lost = True
-                        group.cancel_scope.cancel()
-                        return
-                except StoreUnavailable as err:  # the fenced finish still refuses a lapsed lease
-                    telemetry.renewal("failed")
-                    logger.warning("lease renewal failed, the turn goes on: %s", err)
-                    continue
-                telemetry.renewal("renewed")
-                self._working(group, on_working, turn)
-
-        # A web turn streams: its draft is written for readers on any instance, and a stop
-        # request (POST /api/chat/stop) cancels the agent through the writer's scope.
-        writer = self._writer(lease, turn)
-        stop_scope = writer.stoppable() if writer is not None else anyio.CancelScope()
-        if writer is not None:
-            self.runtime.streams.publish((lease.tenant, lease.device), writer)
-        try:
-            async with anyio.create_task_group() as group:
-                self._working(group, on_working, turn)
-                group.start_soon(renew, group)
-                if writer is not None:
-                    group.start_soon(writer.run)
-                with anyio.move_on_after(timeout) as limit, stop_scope:
-                    outcome = await self.agents.decide(turn, lease.tenant, lease.device, context, lock, writer=writer)
-                group.cancel_scope.cancel()  # the renewal, the draft writer and any "typing..." call
-        finally:
-            if writer is not None:
-                writer.ended = True
-                self.runtime.streams.retire((lease.tenant, lease.device), writer)
-        if lost:
-            return None
-        if writer is not None and stop_scope.cancelled_caught:
-            return stopped(lock, writer, ms(started))
-        if writer is not None and writer.events and outcome is not None:  # kept with the reply, for readers
-            outcome = dataclasses.replace(outcome, metadata={**outcome.metadata, "stream_events": writer.events})
-        if limit.cancelled_caught or outcome is None:
-            logger.error("agent turn on message %s timed out after %ss", turn.last.id, timeout)
-            return failed(lock, f"AgentTimeout: no answer within {timeout:g} s", ms(started))
-        return outcome
-
-    def _writer(self, lease: Lease, turn: Turn) -> DraftWriter | None:
-        """A draft writer for a web turn (the channels that cannot stream get none)."""
-        if (turn.last.metadata.get("channel") or "web") != "web":
-            return None
-        return DraftWriter(
-            self.ledger.engine,
-            self.runtime.streams,
-            tenant=lease.tenant,
-            device=lease.device,
-            epoch=lease.epoch,
-            attempt=turn.attempt,
-            message_ids=[message.id for message in turn.messages],
-            flush_seconds=self.settings.stream_flush_ms / 1000,
-        )
-
-    @staticmethod
-    def _working(group: anyio.abc.TaskGroup, on_working: OnWorking | None, turn: Turn) -> None:
-        """Start the hook beside the turn: a slow channel API must never delay a lease renewal."""
-        if on_working is None:
-            return
-
-        async def call() -> None:
-            try:
-                await _call_hook(on_working, turn.last)
-            except Exception:  # a typing indicator never fails a turn
-                logger.warning("the working hook failed on message %s", turn.last.id, exc_info=True)
-
-        group.start_soon(call)
 
     async def stateless(self, inbound: Inbound) -> Result:
         """Answer without the store: the manager replies and nothing is kept."""
@@ -499,13 +302,3 @@ class Pipeline:
             reply = await self.agents.answer_alone(inbound.text, inbound.metadata, inbound.tenant_id, inbound.device_id)
             return Result("degraded", reply, MANAGER)
         return Result("degraded", FAILURE_REPLY, MANAGER)
-
-
-async def _call_hook(hook: Callable[..., Any], *args: Any) -> None:
-    """Await a coroutine function hook; run a plain one on a worker thread (it may block)."""
-    if inspect.iscoroutinefunction(hook):
-        await hook(*args)
-        return
-    result = await anyio.to_thread.run_sync(hook, *args)
-    if inspect.isawaitable(result):
-        await result
