@@ -123,6 +123,8 @@ def create_app(
     # Innermost of ours: a turn's request is admitted once BodyLimit has let its body through.
     app.add_middleware(Admit, admission=services.runtime.admission, paths=TURN_PATHS)
     app.add_middleware(BodyLimit, limits=limits, default=256 * KIB)
+    # A request the server cancels at shutdown, waiting for a place or a turn: a typed 503, not a plain 500.
+    app.add_middleware(errors.AnswerInterrupted)
     app.add_middleware(RequestContext)  # outermost: every response and log line gets the request id
     lazy.install(app, AREAS)
     schema = app.openapi

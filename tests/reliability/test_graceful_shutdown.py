@@ -1,5 +1,6 @@
 """SIGTERM to `python -m app serve` during a turn: a short turn finishes and is answered; a turn longer
-than SHUTDOWN_GRACE_SECONDS is cancelled, its lease given back, and the next holder answers it once."""
+than SHUTDOWN_GRACE_SECONDS is cancelled, its client told so (503 `interrupted`), its lease given back,
+and the next holder answers it once."""
 
 from __future__ import annotations
 
@@ -82,6 +83,12 @@ def test_a_turn_longer_than_the_grace_period_gives_its_lease_back_and_is_answere
 
     assert "Cancel 1 running task(s)" in log, log[-3000:]
     assert "response" not in outcome or outcome["response"].status_code != 200  # never answered by this server
+    # Told, in the API's error format, that the message is kept and will be answered; not a plain-text 500.
+    response = outcome.get("response")
+    assert response is not None, outcome
+    assert response.status_code == 503 and response.headers["retry-after"] == "1", response.text
+    error = response.json()["error"]
+    assert error["code"] == "interrupted" and "is kept and will be answered" in error["message"], error
     with engine.begin() as conn:
         status, attempts = conn.exec_driver_sql(
             "SELECT status, attempts FROM conversation_messages WHERE device_id = %(d)s AND role = 'user'",
