@@ -21,6 +21,7 @@ from app.core.config import Settings
 from app.core.engine import Database, lock_pools
 from app.core.logging import RequestContext, configure_logging
 from app.services import Services, build_services
+from app.stopping import on_stop_signals
 from app.streams.signals import Listener
 
 logger = logging.getLogger(__name__)
@@ -103,8 +104,11 @@ def create_app(
         if not services.database.serverless:
             lazy.load_all(app)  # a server's requests never pay for a route module's import
             collector.settle_after_start()
-        async with services.runtime.serve(*lifespan_tasks(services)):
-            yield
+        # SIGTERM reaches the app before the server's wait for open connections (app/stopping.py):
+        # the event streams end then, and only turns hold the grace period.
+        with on_stop_signals(services.runtime.stop):
+            async with services.runtime.serve(*lifespan_tasks(services)):
+                yield
         if not await services.runtime.settle(SETTLE_SECONDS):
             logger.warning("%s leases still held at shutdown: they lapse after LEASE_SECONDS", services.runtime.holders)
         await services.whatsapp.aclose()
