@@ -6,6 +6,7 @@ format, 503 `interrupted`, instead of the ASGI server's plain-text 500.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -54,6 +55,7 @@ TYPED_IN_BODIES = (NonFiniteNumber, UnaddressableDeviceId)
 # scope["state"] key: the id of the message a request stored (app/api/routes/chat.py), so that
 # the answer to a request interrupted after that can say the message is kept.
 STORED = "stored_message_id"
+SEND_SECONDS = 5.0  # at most this long to send an interrupted request its answer
 
 
 class ErrorDetail(BaseModel):
@@ -171,7 +173,9 @@ class AnswerInterrupted:
         except anyio.get_cancelled_exc_class():
             if not started:
                 response = session_error_response(interrupted(scope), scope["method"], scope["path"])
-                with anyio.CancelScope(shield=True):
+                # Shielded from the cancellation being handled, but bounded: a send that cannot finish
+                # must not hold the shutdown. A client already gone is no reason to lose the cancellation.
+                with anyio.move_on_after(SEND_SECONDS, shield=True), contextlib.suppress(Exception):
                     await response(scope, receive, send)
             raise
 
