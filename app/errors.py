@@ -112,6 +112,20 @@ class Overloaded(SessionError):
         self.retry_after = retry_after
 
 
+class Interrupted(SessionError):
+    """The server stopped (SIGTERM, its grace period over) before this request finished.
+
+    A message the request had stored is kept: its lease was given back and the next
+    holder answers it. retry_after: seconds after which a retry is worth it (HTTP Retry-After).
+    """
+
+    code = "interrupted"
+
+    def __init__(self, message: str, *, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class RateLimited(SessionError):
     """Past a rate limit (RATE_LIMIT_PER_DEVICE, RATE_LIMIT_NEW_DEVICES); nothing was stored.
 

@@ -21,6 +21,7 @@ from app.core.config import Settings
 from app.core.engine import Database, lock_pools
 from app.core.logging import RequestContext, configure_logging
 from app.services import Services, build_services
+from app.stopping import on_stop_signals
 from app.streams.signals import Listener
 
 logger = logging.getLogger(__name__)
@@ -103,8 +104,11 @@ def create_app(
         if not services.database.serverless:
             lazy.load_all(app)  # a server's requests never pay for a route module's import
             collector.settle_after_start()
-        async with services.runtime.serve(*lifespan_tasks(services)):
-            yield
+        # SIGTERM reaches the app before the server's wait for open connections (app/stopping.py):
+        # the event streams end then, and only turns hold the grace period.
+        with on_stop_signals(services.runtime.stop):
+            async with services.runtime.serve(*lifespan_tasks(services)):
+                yield
         if not await services.runtime.settle(SETTLE_SECONDS):
             logger.warning("%s leases still held at shutdown: they lapse after LEASE_SECONDS", services.runtime.holders)
         await services.whatsapp.aclose()
@@ -123,6 +127,8 @@ def create_app(
     # Innermost of ours: a turn's request is admitted once BodyLimit has let its body through.
     app.add_middleware(Admit, admission=services.runtime.admission, paths=TURN_PATHS)
     app.add_middleware(BodyLimit, limits=limits, default=256 * KIB)
+    # A request the server cancels at shutdown, waiting for a place or a turn: a typed 503, not a plain 500.
+    app.add_middleware(errors.AnswerInterrupted)
     app.add_middleware(RequestContext)  # outermost: every response and log line gets the request id
     lazy.install(app, AREAS)
     schema = app.openapi

@@ -10,7 +10,9 @@ One `Runtime` per process (built with the services), shared by every pipeline:
 | `wakeups`      | a waiter sleeps until its device's turn finishes in this process, or its poll is due |
 |                | (a finished turn also wakes its tenant's `watch`ers, the consoles' event streams,   |
 |                | and its device's `watch_device`ers, the chat pages' event streams)                  |
-| `closing`      | set at shutdown: no new turn starts                                                  |
+| `stopping`     | set once the server stops accepting (`stop()`: SIGTERM, app/stopping.py): the event  |
+|                | streams that only wait for news end, so they do not hold the shutdown's grace period |
+| `closing`      | set at shutdown (the lifespan's exit): no new turn starts                            |
 | `holding()`    | counts the leases held in this process; `settle()` waits until none is (shutdown)    |
 | `streams`      | the drafts being written here and the task group of streamed turns (app/streams)     |
 | `background`   | work that outlives its request (a webhook's turns after its answer), in a task group |
@@ -86,6 +88,7 @@ class Wakeups:
         self._events: dict[tuple[str, str], _Sleepers] = {}  # a turn's waiters
         self._devices: dict[tuple[str, str], _Sleepers] = {}  # chat pages' event streams
         self._tenants: dict[str, _Sleepers] = {}  # consoles' event streams
+        self.stopped = False  # the server is stopping: the event streams' sleeps end at once
 
     async def wait(self, key: tuple[str, str], seconds: float) -> bool:
         """Sleep until key is notified or seconds pass; True when notified."""
@@ -103,12 +106,20 @@ class Wakeups:
         self.notify_tenant(key[0])
 
     async def watch(self, tenant: str, seconds: float) -> bool:
-        """Sleep until something of tenant changes in this process (notify_tenant) or seconds pass; True when woken."""
-        return await _sleep(self._tenants, tenant, seconds)
+        """Sleep until something of tenant changes in this process (notify_tenant), seconds pass or the
+        server stops (`stop`); True when woken."""
+        return self.stopped or await _sleep(self._tenants, tenant, seconds)
 
     async def watch_device(self, key: tuple[str, str], seconds: float) -> bool:
-        """Sleep until key (tenant, device) changes in this process or seconds pass; True when woken."""
-        return await _sleep(self._devices, key, seconds)
+        """Sleep until key (tenant, device) changes in this process, seconds pass or the server stops; True if woken."""
+        return self.stopped or await _sleep(self._devices, key, seconds)
+
+    def stop(self) -> None:
+        """Wake every event stream, now and from now on (`watch`, `watch_device`); a turn's waiters sleep on."""
+        self.stopped = True
+        for table in (self._devices, self._tenants):
+            for key in list(table):
+                _wake(table, key)
 
     def notify_tenant(self, tenant: str) -> None:
         """Wake every watcher of tenant (a turn finished, an operator acted)."""
@@ -259,6 +270,7 @@ class Runtime:
         self.wakeups = Wakeups()
         self.streams = Hub()  # the drafts this process's turns write, and the streamed turns' task group
         self.active = 0
+        self.stopping = False
         self.closing = False
         self.holders = 0  # leases held by this process's pipelines (a turn, or its give-back)
         self._settled: anyio.Event | None = None
@@ -281,8 +293,22 @@ class Runtime:
                 try:
                     yield
                 finally:
+                    self.stop()  # already, when a signal said so (app/stopping.py)
                     self.closing = True
             signals.cancel_scope.cancel()
+
+    def stop(self) -> None:
+        """The server stops accepting requests (SIGTERM or SIGINT, else the lifespan's exit).
+
+        The event streams that only wait for news end now, and their pages reconnect to
+        another instance (app/api/events.py; app/streams/reader.py for a reply followed from
+        another instance's turn); a stream relaying a turn of this process goes on with it,
+        under the server's grace period. Turns still start until `closing`. Idempotent.
+        """
+        if not self.stopping:
+            self.stopping = True
+            self.wakeups.stop()
+            self.streams.stop()
 
     @contextlib.contextmanager
     def slot(self) -> Iterator[None]:

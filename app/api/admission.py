@@ -7,6 +7,7 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.limits import BodyTooLarge
+from app.api.paths import route_path
 from app.runtime import Admission
 
 # scope["state"] key: time.monotonic() once the body had arrived, before any wait for a place
@@ -15,7 +16,8 @@ ARRIVED = "body_arrived_at"
 
 
 class Admit:
-    """Pure ASGI middleware: a POST to one of `paths` is admitted once its body has arrived.
+    """Pure ASGI middleware: a POST to one of `paths` (route paths: under a root path too) is admitted once
+    its body has arrived.
 
     The body is read first, outside the admission, so a client that sends it slowly holds
     no place; the app then reads it from here. Inside BodyLimit: an oversized body is cut
@@ -28,7 +30,7 @@ class Admit:
         self.app, self.admission, self.paths = app, admission, frozenset(paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.paths:
+        if scope["type"] != "http" or scope["method"] != "POST" or route_path(scope) not in self.paths:
             await self.app(scope, receive, send)
             return
         read: list[Message] = []

@@ -9,7 +9,9 @@ learns of a change without polling:
 - at most one `ask()` (one statement) a second, and one every POLL_SECONDS while nothing
   wakes it; a store that is down keeps the last answer (the next poll asks again);
 - a comment line every HEARTBEAT_SECONDS keeps proxies from closing it;
-- it ends after EVENTS_STREAM_SECONDS, or at shutdown, and the page opens a new one (`retry: 3000`).
+- it ends after EVENTS_STREAM_SECONDS, or as soon as the server stops accepting (Runtime.stop:
+  SIGTERM), with a comment saying so; the page opens a new one (`retry: 3000`), on another
+  instance, and the stream never holds the shutdown's grace period.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def change_events(
         sent = False
         asked, beat = 0.0, time.monotonic()
         end = time.monotonic() + seconds
-        while time.monotonic() < end and not runtime.closing:
+        while time.monotonic() < end and not runtime.stopping:
             pause = MIN_INTERVAL_SECONDS - (time.monotonic() - asked)
             if pause > 0:
                 await anyio.sleep(pause)
@@ -63,6 +65,8 @@ def change_events(
             elif time.monotonic() - beat >= HEARTBEAT_SECONDS:
                 beat = time.monotonic()
                 yield b": keep-alive\n\n"
-            await wake(min(POLL_SECONDS, max(0.0, end - time.monotonic())))
+            await wake(min(POLL_SECONDS, max(0.0, end - time.monotonic())))  # at once once stopping
+        if runtime.stopping:
+            yield b": the server is stopping: reconnect\n\n"
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers=HEADERS)

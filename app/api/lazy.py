@@ -20,8 +20,10 @@ from typing import Any
 
 from fastapi import FastAPI
 from starlette.datastructures import URLPath
-from starlette.routing import BaseRoute, Match, get_route_path
+from starlette.routing import BaseRoute, Match
 from starlette.types import Receive, Scope, Send
+
+from app.api.paths import route_path
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +51,7 @@ class LazyRouter(BaseRoute):
         self.app, self.area = app, area
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        if scope["type"] in ("http", "websocket") and self.area.covers(get_route_path(scope)):
+        if scope["type"] in ("http", "websocket") and self.area.covers(route_path(scope)):
             return Match.FULL, {}
         return Match.NONE, {}
 

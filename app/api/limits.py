@@ -7,6 +7,8 @@ import json
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.paths import route_path
+
 KIB = 1024
 
 
@@ -18,7 +20,10 @@ class BodyTooLarge(HTTPException):
 
 
 class BodyLimit:
-    """Pure ASGI middleware: a byte limit per path prefix, checked on Content-Length and while streaming."""
+    """Pure ASGI middleware: a byte limit per path prefix, checked on Content-Length and while streaming.
+
+    The prefixes are route paths: under a root path (app/api/paths.py) /bot/api/chat has the limit of /api/chat.
+    """
 
     def __init__(self, app: ASGIApp, limits: dict[str, int], default: int):
         self.app = app
@@ -32,7 +37,7 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.limit_for(scope["path"])
+        limit = self.limit_for(route_path(scope))
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > limit):
             await _too_large(send, limit)

@@ -29,6 +29,8 @@ class Hub:
         # Whether this process's Listener is connected (app/streams/signals.py): then the
         # writers wait for a poke instead of polling for stop requests.
         self.listening = False
+        # The server is stopping (Runtime.stop): a reader not following a writer here ends.
+        self.stopped = False
 
     def writer(self, key: Key) -> DraftWriter | None:
         """The writer of the device's turn running in this process, if any."""
@@ -64,6 +66,12 @@ class Hub:
         event = self._events.pop(key, None)
         if event is not None:
             event.set()
+
+    def stop(self) -> None:
+        """The server is stopping: wake every reader here, so that one following no writer here ends."""
+        self.stopped = True
+        for key in list(self._events):
+            self.notify(key)
 
     async def wait(self, key: Key, seconds: float) -> bool:
         """Sleep until the device's stream changes in this process or seconds pass; True when woken."""

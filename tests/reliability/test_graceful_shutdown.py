@@ -1,5 +1,7 @@
 """SIGTERM to `python -m app serve` during a turn: a short turn finishes and is answered; a turn longer
-than SHUTDOWN_GRACE_SECONDS is cancelled, its lease given back, and the next holder answers it once."""
+than SHUTDOWN_GRACE_SECONDS is cancelled, its client told so (503 `interrupted`), its lease given back,
+and the next holder answers it once. An event stream open at SIGTERM ends at once: it does not hold
+the shutdown for the grace period; a stream relaying a turn of the stopping process goes on with it."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from tests.reliability.ledger_checks import stored_messages
 from tests.utils import aio, slow_agents
 from tests.utils.agents import wait_for
 from tests.utils.gate import gate
-from tests.utils.server import app_env, serving
+from tests.utils.server import app_env, running_app, serving
+from tests.utils.sse import DONE, parts, text_of
 
 pytestmark = pytest.mark.slow
 
@@ -24,6 +27,7 @@ SLOW_AGENTS = "tests.utils.slow_agents:registry"
 WAIT_SECONDS = 60.0  # a bound on the test, never a measure of speed
 # uvicorn ends a graceful shutdown by raising the signal it caught again: the process dies of SIGTERM.
 STOPPED = (0, -signal.SIGTERM)
+ADMIN_KEY = "graceful-shutdown-admin-key-5c20e1"
 
 
 def post_in_thread(url: str, text: str) -> tuple[threading.Thread, dict]:
@@ -82,6 +86,12 @@ def test_a_turn_longer_than_the_grace_period_gives_its_lease_back_and_is_answere
 
     assert "Cancel 1 running task(s)" in log, log[-3000:]
     assert "response" not in outcome or outcome["response"].status_code != 200  # never answered by this server
+    # Told, in the API's error format, that the message is kept and will be answered; not a plain-text 500.
+    response = outcome.get("response")
+    assert response is not None, outcome
+    assert response.status_code == 503 and response.headers["retry-after"] == "1", response.text
+    error = response.json()["error"]
+    assert error["code"] == "interrupted" and "is kept and will be answered" in error["message"], error
     with engine.begin() as conn:
         status, attempts = conn.exec_driver_sql(
             "SELECT status, attempts FROM conversation_messages WHERE device_id = %(d)s AND role = 'user'",
@@ -100,3 +110,73 @@ def test_a_turn_longer_than_the_grace_period_gives_its_lease_back_and_is_answere
     assert row.status == "done"
     assert [reply[1] for reply in row.replies] == [f"slow: {text} attempt=2"]
     assert aio.run(pipeline.recover) == 0
+
+
+@pytest.mark.parametrize("launch", [serving, running_app], ids=["python -m app serve", "uvicorn --factory"])
+def test_an_event_stream_open_at_sigterm_ends_at_once_and_holds_no_grace_period(database_url, launch):
+    # SHUTDOWN_GRACE_SECONDS=60 under serve; plain uvicorn (running_app) waits for connections without
+    # any bound. Either way the process exits only once the stream has ended.
+    env = app_env(database_url, admin_api_keys=f"default:{ADMIN_KEY}", shutdown_grace_seconds=60)
+    lines: list[str] = []
+    opened, ended = threading.Event(), threading.Event()
+
+    def follow(url: str) -> None:
+        with httpx.Client(base_url=url, timeout=WAIT_SECONDS) as client:
+            headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+            with client.stream("GET", "/api/inbox/events", headers=headers) as response:
+                for line in response.iter_lines():
+                    lines.append(line)
+                    if line == "event: changed":
+                        opened.set()
+        ended.set()
+
+    with launch(env) as server:
+        reader = threading.Thread(target=follow, args=(server.url,), daemon=True)
+        reader.start()
+        assert opened.wait(WAIT_SECONDS), lines
+        server.process.send_signal(signal.SIGTERM)
+        # A guard, not a measure: without the fix the stream runs on for the 60 s grace (serve) or
+        # EVENTS_STREAM_SECONDS (uvicorn), and the process with it.
+        assert ended.wait(30), "the event stream was still open 30 s after SIGTERM"
+        assert server.process.wait(30) in STOPPED
+        log = server.log()
+
+    assert ": the server is stopping: reconnect" in lines, lines  # ended by the server, saying why
+    assert "Cancel" not in log and "Traceback" not in log, log[-3000:]
+
+
+def test_a_stream_relaying_a_turn_of_this_process_goes_on_after_sigterm_until_the_turn_ends(database_url):
+    with gate() as turn_gate:
+        env = app_env(database_url, agents=SLOW_AGENTS, shutdown_grace_seconds=60)
+        text = f"streamed gate={turn_gate.port}"
+        request = {
+            "id": "chat-1",
+            "messages": [{"id": "ui-1", "role": "user", "parts": [{"type": "text", "text": text}]}],
+        }
+        items: list[dict] = []
+        ended = threading.Event()
+
+        def follow(url: str) -> None:
+            with (
+                httpx.Client(base_url=url, timeout=WAIT_SECONDS) as client,
+                client.stream("POST", "/api/chat/stream", json=request, headers={"X-Device-ID": DEVICE}) as response,
+            ):
+                items.extend(parts(response))
+            ended.set()
+
+        with serving(env) as server:
+            reader = threading.Thread(target=follow, args=(server.url,), daemon=True)
+            reader.start()
+            assert turn_gate.wait_arrived(1)
+            server.process.send_signal(signal.SIGTERM)
+            # uvicorn waits for the stream's connection: the stream goes on while its turn does.
+            assert wait_for(lambda: "Waiting for connections to close" in server.log() or ended.is_set(), WAIT_SECONDS)
+            assert not ended.is_set(), items
+            turn_gate.open()
+            assert ended.wait(WAIT_SECONDS)
+            assert server.process.wait(WAIT_SECONDS) in STOPPED
+            log = server.log()
+
+    statuses = [item["data"]["status"] for item in items if item["type"] == "data-status"]
+    assert statuses == [] and text_of(items) == f"slow: {text} attempt=1" and items[-1] == DONE, items
+    assert "Cancel" not in log and "Traceback" not in log, log[-3000:]

@@ -22,14 +22,16 @@ class AppClient(TestClient):
 
 @contextlib.contextmanager
 def app_client(settings: Settings, **kwargs) -> Iterator[AppClient]:
-    """peer: the (host, port) requests come from, as the ASGI server reports it (default TestClient's)."""
+    """peer: the (host, port) requests come from, as the ASGI server reports it (default TestClient's);
+    root_path: the root path the app is served under (scope["root_path"]; the request paths then start with it)."""
     services = build_services(
         settings, serverless=kwargs.pop("serverless", False), database=kwargs.pop("database", None)
     )
     peer = kwargs.pop("peer", ("testclient", 50000))
+    root_path = kwargs.pop("root_path", "")
     app = create_app(services=services, **kwargs)
     try:
-        with AppClient(app, raise_server_exceptions=False, client=peer) as client:
+        with AppClient(app, raise_server_exceptions=False, client=peer, root_path=root_path) as client:
             client.services = services
             try:
                 yield client

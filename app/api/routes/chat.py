@@ -26,7 +26,7 @@ from app import devices, rate_limits
 from app.agents import HUMAN, display_name
 from app.api.auth import WebDevice, WebTenant
 from app.api.deps import Agents, AppServices, AppSettings, Db, History, Pipe, Sessions
-from app.api.errors import ApiError, ErrorBody
+from app.api.errors import ApiError, ErrorBody, mark_stored
 from app.api.events import change_events
 from app.api.models import AgentList, AgentName
 from app.pipeline import Inbound, Result
@@ -173,6 +173,7 @@ def new_chat(device: WebDevice, sessions: Sessions) -> NewSession:
     responses={202: {"model": Queued}, **_errors(413, 422, 429, 503)},
 )
 async def chat(
+    request: Request,
     body: ChatRequest,
     device: WebDevice,
     pipeline: Pipe,
@@ -182,14 +183,18 @@ async def chat(
 
     429 (with Retry-After, nothing stored) past RATE_LIMIT_PER_DEVICE new messages in the
     device's minute; 503 with Retry-After (nothing stored) when the instance holds
-    MAX_CONCURRENT_TURNS turns.
+    MAX_CONCURRENT_TURNS turns, `overloaded`; 503 `interrupted` with Retry-After when the
+    server stopped before the turn finished (its message, when stored, is kept and answered:
+    retry with the same Idempotency-Key to get the reply).
     """
     external_id = idempotency_external_id(device.device_id, idempotency_key)
     metadata: dict[str, Any] = {"channel": "web"}
     if body.choice_id is not None:
         metadata["choice_id"] = body.choice_id
     with pipeline.runtime.slot():
-        result = await pipeline.handle(Inbound(device.tenant_id, device.device_id, body.message, external_id, metadata))
+        inbound = Inbound(device.tenant_id, device.device_id, body.message, external_id, metadata)
+        # Stored: a shutdown that interrupts the turn says the message is kept (app/api/errors.py).
+        result = await pipeline.handle(inbound, on_claimed=lambda message_id: mark_stored(request.scope, message_id))
     if result.status == "queued":
         queued = Queued(
             device_id=device.device_id,

@@ -211,7 +211,8 @@ async def resume_stream(
         return Response(status_code=204)
 
     def rerun() -> None:
-        if pipeline.runtime.background.running:
+        # Not on an instance that is stopping: the page follows the turn again elsewhere (Follower).
+        if pipeline.runtime.background.running and not pipeline.runtime.stopping:
             pipeline.runtime.background.start(pipeline.drain, device.tenant_id, device.device_id)
 
     follower = Follower(
