@@ -14,6 +14,7 @@ from app.errors import (
     ConfigurationError,
     IdempotencyKeyReused,
     ImportConflict,
+    InvalidCursor,
     InvalidInput,
     LeaseLost,
     NonFiniteNumber,
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 STATUS = [
     (IdempotencyKeyReused, 422),
+    (InvalidCursor, 422),
     (RateLimited, 429),
     (ImportConflict, 409),
     (InvalidInput, 400),
