@@ -40,9 +40,7 @@ def upgrade() -> None:
     # NOT NULL, so the index's order has no NULLs to place; a row stored without a message (a context
     # patch, a new session) starts at its creation, as its last activity does.
     op.alter_column("conversation_states", COLUMN, nullable=False, server_default=sa.func.now())
-    op.create_index(
-        INBOX_INDEX, "conversation_states", ["tenant_id", sa.text(f"{COLUMN} DESC"), "device_id"]
-    )
+    op.create_index(INBOX_INDEX, "conversation_states", ["tenant_id", sa.text(f"{COLUMN} DESC"), "device_id"])
     op.create_index(
         HELD_INDEX,
         "conversation_messages",
