@@ -4,9 +4,10 @@ statement        -> guarantee
 DEVICE_MESSAGES  -> one session of the device only (default: the current one, with its messages still
                     waiting for an answer); found is false for a session the device does not have
 HISTORY (admin)  -> the device's sessions, newest first (the admin API's statement, reused)
-DELETE_SESSION   -> the messages of one session of the device, in one statement; the state row (lock,
-                    context, lease) is not touched; found is false for a session the device does not have;
-                    keyed hashes of its channel message ids stay for the replay window (app/erasure.py)
+DELETE_SESSION   -> the messages of one session of the device, in one statement; of the state row only the
+                    inbox's time (last_message_at: the newest message left) and updated_at change; found
+                    is false for a session the device does not have; keyed hashes of its channel message
+                    ids stay for the replay window (app/erasure.py)
 DEVICE_NOW       -> one row, one statement, by primary keys: the device's newest message id (any session, with
                     messages still waiting) and its live lock; what the chat page's event stream compares
 ERASE (admin)    -> state, messages (with their deduplication ids) and audit of the device, all or nothing;
@@ -77,6 +78,12 @@ WITH cur AS (
     DELETE FROM conversation_messages m WHERE {DEVICE} AND m.session_id = %(session)s
     RETURNING m.external_id, m.created_at, m.sent_at
 ), kept AS ({keep_erased("gone")}
+), moved AS (
+    -- the inbox's time (app/admin/inbox.py) goes back to the newest message left, or the last activity
+    UPDATE conversation_states s SET last_message_at = GREATEST(s.last_activity_at, (
+        SELECT max(m.created_at) FROM conversation_messages m
+        WHERE {DEVICE} AND m.session_id IS DISTINCT FROM %(session)s)), updated_at = now()
+    WHERE {KEY} AND EXISTS (SELECT 1 FROM gone)
 )
 SELECT EXISTS (SELECT 1 FROM cur) OR EXISTS (SELECT 1 FROM gone) AS found, (SELECT count(*) FROM gone) AS messages
 """

@@ -39,6 +39,12 @@ class InvalidTenantId(InvalidInput):
     code = "invalid_tenant_id"
 
 
+class InvalidCursor(InvalidInput):
+    """A page cursor that is not one this server gave for these filters (malformed, altered, or of other filters)."""
+
+    code = "invalid_cursor"
+
+
 class InvalidAgentKey(InvalidInput):
     """Agent key does not match [a-z][a-z0-9_-]{0,49}."""
 

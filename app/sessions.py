@@ -133,6 +133,7 @@ ON CONFLICT (tenant_id, device_id) DO UPDATE SET
     session_id = EXCLUDED.session_id,
     session_started_at = now(),
     last_activity_at = now(),
+    last_message_at = GREATEST(s.last_message_at, now()),  -- the inbox's time is the later of the two
     active_agent = NULL, locked_at = NULL, expires_at = NULL,
     context = {fresh_context("s")},
     version = s.version + 1,

@@ -33,6 +33,7 @@ SECTIONS: dict[str, str | None] = {
     "slowturns": "bench.slowturns",
     "telemetry": "bench.telemetry",
     "streams": "bench.streams",
+    "inbox": "bench.inbox",
 }
 
 

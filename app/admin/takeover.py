@@ -134,7 +134,7 @@ WITH st AS (
                          ELSE %(template)s::jsonb IS NULL END
 ), slid AS (
     UPDATE conversation_states s SET expires_at = now() + make_interval(secs => COALESCE(s.operator_ttl, {DEFAULT_TTL})),
-        version = s.version + 1, updated_at = now()
+        last_message_at = GREATEST(s.last_message_at, now()), version = s.version + 1, updated_at = now()
     FROM ok WHERE {KEY}
     RETURNING s.expires_at
 ), inserted AS (

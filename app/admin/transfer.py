@@ -255,10 +255,13 @@ INSERT = """
 WITH st AS (
     INSERT INTO conversation_states
         (tenant_id, device_id, session_id, session_started_at, last_activity_at, active_agent, locked_at,
-         expires_at, session_ttl, context, version, created_at, updated_at)
+         expires_at, session_ttl, context, version, created_at, updated_at, last_message_at)
     SELECT %(tenant)s, %(device)s, r.session_id, r.session_started_at, r.last_activity_at, r.lock ->> 'agent',
            (r.lock ->> 'locked_at')::timestamptz, (r.lock ->> 'expires_at')::timestamptz, r.session_ttl, r.context,
-           r.version, r.created_at, r.updated_at
+           r.version, r.created_at, r.updated_at,
+           -- the inbox's order (app/admin/inbox.py): the document's newest message, or its last activity
+           GREATEST(r.last_activity_at, (SELECT max((x ->> 'created_at')::timestamptz)
+                                         FROM jsonb_array_elements(%(messages)s::jsonb) x))
     FROM jsonb_to_recordset(%(state)s::jsonb) AS r(
         session_id text, session_started_at timestamptz, last_activity_at timestamptz, lock jsonb,
         session_ttl integer, context jsonb, version bigint, created_at timestamptz, updated_at timestamptz)

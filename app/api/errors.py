@@ -23,6 +23,7 @@ from app.errors import (
     IdempotencyKeyReused,
     ImportConflict,
     Interrupted,
+    InvalidCursor,
     InvalidInput,
     LeaseLost,
     NonFiniteNumber,
@@ -37,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 STATUS = [
     (IdempotencyKeyReused, 422),
+    (InvalidCursor, 422),
     (RateLimited, 429),
     (ImportConflict, 409),
     (InvalidInput, 400),

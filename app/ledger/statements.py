@@ -24,6 +24,9 @@
 |               |                                                   | asked to (another request's message answered), NOTIFY            |
 |               |                                                   | DONE_CHANNEL [tenant, device] at commit                          |
 
+CLAIM and FINISH move the state's last_message_at (the inbox's order, app/admin/inbox.py)
+to the time of the message they store, in the statement that stores it; never back.
+
 Every statement that changes a device's row adds 1 to its version. A claim or
 finish compares the version its snapshot saw with the row it locked: when they
 match, what the snapshot says about the device's messages is exact, and the next
@@ -136,6 +139,8 @@ lease AS (
         session_started_at = CASE WHEN {ROTATE} THEN now() ELSE s.session_started_at END,
         context = CASE WHEN {ROTATE} THEN {fresh_context("s")} ELSE s.context END,
         last_activity_at = CASE WHEN NOT EXISTS (SELECT 1 FROM known) THEN now() ELSE s.last_activity_at END,
+        last_message_at = CASE WHEN NOT EXISTS (SELECT 1 FROM known) THEN GREATEST(s.last_message_at, now())
+                               ELSE s.last_message_at END,
         rate_window_start = CASE WHEN NOT {KNOWN} AND {WINDOW_OVER} THEN now() ELSE s.rate_window_start END,
         rate_count = CASE WHEN {KNOWN} THEN s.rate_count WHEN {WINDOW_OVER} THEN 1 ELSE s.rate_count + 1 END,
         version = s.version + 1,
@@ -262,6 +267,8 @@ st AS (
                           WHEN %(agent_after)s::text IS NULL THEN NULL
                           ELSE now() + make_interval(secs => COALESCE(%(ttl)s::integer, s.session_ttl)) END,
         context = CASE WHEN {HUMAN} THEN s.context ELSE cs_merge_context(s.context, %(patch)s::jsonb, %(cap)s) END,
+        -- the reply below is stored unless a person holds the conversation (the inbox's order, app/admin/inbox.py)
+        last_message_at = CASE WHEN {HUMAN} THEN s.last_message_at ELSE GREATEST(s.last_message_at, now()) END,
         lease_expires_at = CASE WHEN (EXISTS (SELECT 1 FROM nxt) AND NOT {HUMAN})
                                      OR s.version <> (SELECT version FROM snap)
                                 THEN now() + make_interval(secs => %(lease)s) END,

@@ -15,6 +15,9 @@
     failed: "Failed", outside_window: "Not sent: outside the 24-hour window",
   };
 
+  const PAGE = 50; // conversations a page adds
+  const MAX_PAGE = 200; // the most one request lists (the API's limit)
+
   const $ = (id) => document.getElementById(id);
   const ui = {
     error: $("error"), who: $("who"), forget: $("forget-key"), keyForm: $("key-form"), key: $("key"),
@@ -23,7 +26,7 @@
     title: $("detail-title"), device: $("detail-device"), lock: $("detail-lock"), history: $("history"),
     back: $("back"), takeForm: $("takeover-form"), operator: $("operator"), ttl: $("ttl"),
     replyForm: $("reply-form"), reply: $("reply"), releaseForm: $("release-form"), handTo: $("hand-to"),
-    answerHeld: $("answer-held"),
+    answerHeld: $("answer-held"), more: $("load-more"),
   };
 
   let key = sessionStorage.getItem(KEY_STORE);
@@ -31,6 +34,10 @@
   let names = {}; // agent key -> display name
   let running = null; // the refresh in flight
   let again = false; // something changed while it ran
+  let wantMore = false; // the operator reached the end of the list: append the next page
+  let items = []; // the conversations listed, in the inbox's order
+  let nextCursor = null; // the page after the last one listed (null: the end)
+  let listedFor = null; // the filters the listed pages were fetched with
   let stream = null; // AbortController of the event stream
   let fallback = null; // timer of the fallback poll
   let session = 0; // bumped when the key changes: old loops stop
@@ -159,15 +166,46 @@
     return row;
   }
 
-  async function loadList() {
-    const query = new URLSearchParams({ limit: "100" });
+  function filters() {
+    const query = new URLSearchParams();
     if (ui.needs.checked) query.set("needs_person", "true");
     if (ui.channel.value) query.set("channel", ui.channel.value);
     if (ui.agent.value) query.set("agent", ui.agent.value);
+    return query;
+  }
+
+  function showList() {
+    ui.list.replaceChildren(...items.map(conversationItem));
+    ui.empty.hidden = items.length > 0 || nextCursor !== null;
+    ui.more.hidden = nextCursor === null;
+  }
+
+  // Whether a comes after b in the inbox's order (last_at newest first, then device id). last_at is
+  // ISO 8601 in UTC from the server, so its strings compare as its times do.
+  function after(a, b) {
+    return a.last_at < b.last_at || (a.last_at === b.last_at && a.device_id > b.device_id);
+  }
+
+  // The first page again, as long as what is listed (up to MAX_PAGE): a change updates every listed
+  // conversation and moves only those that got a message (to the top). Listed ones after the new
+  // page's end stay as they were, less those the page lists, with the cursor that follows them.
+  // New filters start from one page.
+  async function loadList() {
+    const query = filters();
+    if (String(query) !== listedFor) {
+      items = [];
+      nextCursor = null;
+    }
+    query.set("limit", String(Math.min(MAX_PAGE, Math.max(PAGE, items.length))));
     const data = await api("GET", `api/inbox?${query}`);
-    ui.list.replaceChildren(...data.items.map(conversationItem));
-    ui.empty.hidden = data.items.length > 0;
-    const shown = data.items.find((item) => item.device_id === open);
+    const fresh = new Set(data.items.map((item) => item.device_id));
+    const end = data.items[data.items.length - 1];
+    const tail = end ? items.filter((item) => !fresh.has(item.device_id) && after(item, end)) : [];
+    if (tail.length === 0) nextCursor = data.next_cursor;
+    items = [...data.items, ...tail];
+    listedFor = String(filters());
+    showList();
+    const shown = items.find((item) => item.device_id === open);
     if (shown) {
       ui.title.textContent = shown.name;
       ui.device.textContent = `${shown.channel === "whatsapp" ? "WhatsApp" : "Web"} · ${shown.device_id}`;
@@ -216,23 +254,42 @@
     ui.history.dataset.device = id;
   }
 
-  // Everything shown, fetched again; never two at once.
-  function refresh() {
-    if (running) {
-      again = true;
-      return running;
-    }
+  // The next page after the listed ones, appended (a conversation already listed is not listed twice).
+  async function appendPage() {
+    if (nextCursor === null || String(filters()) !== listedFor) return;
+    const query = filters();
+    query.set("limit", String(PAGE));
+    query.set("cursor", nextCursor);
+    const data = await api("GET", `api/inbox?${query}`);
+    const listed = new Set(items.map((item) => item.device_id));
+    items = [...items, ...data.items.filter((item) => !listed.has(item.device_id))];
+    nextCursor = data.next_cursor;
+    showList();
+    document.body.dataset.pages = String(Number(document.body.dataset.pages || 0) + 1);
+  }
+
+  // Everything shown, fetched again (more: the next page appended instead); never two at once.
+  function refresh(more = false) {
+    if (more) wantMore = true;
+    else again = true;
+    if (running) return running;
     running = (async () => {
       do {
-        again = false;
+        const full = again;
+        if (full) again = false;
+        else wantMore = false;
         try {
-          await loadList();
-          await loadConversation();
-          document.body.dataset.refreshed = String(Number(document.body.dataset.refreshed || 0) + 1);
+          if (full) {
+            await loadList();
+            await loadConversation();
+            document.body.dataset.refreshed = String(Number(document.body.dataset.refreshed || 0) + 1);
+          } else {
+            await appendPage();
+          }
         } catch (error) {
           showError(error);
         }
-      } while (again && key);
+      } while ((again || wantMore) && key);
     })().finally(() => { running = null; });
     return running;
   }
@@ -329,6 +386,13 @@
   ui.filters.addEventListener("change", () => refresh());
   ui.filters.addEventListener("submit", (event) => { event.preventDefault(); refresh(); });
   ui.back.addEventListener("click", () => { document.body.dataset.view = "list"; });
+  ui.more.addEventListener("click", () => refresh(true));
+  // Scrolling to the end of the list loads the next page, as the button does.
+  if ("IntersectionObserver" in window) {
+    new IntersectionObserver((seen) => {
+      if (seen.some((entry) => entry.isIntersecting) && nextCursor !== null && !running) refresh(true);
+    }).observe(ui.more);
+  }
   ui.takeForm.addEventListener("submit", (event) => {
     event.preventDefault();
     const operator = ui.operator.value.trim();

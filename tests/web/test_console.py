@@ -14,6 +14,7 @@ from tests.channels.payloads import ACCESS_TOKEN, SECRET, USER, VERIFY_TOKEN
 from tests.utils.browser import chromium, unavailable
 from tests.utils.factories import scalar
 from tests.utils.graph_api import GraphApi, graph_api
+from tests.utils.inbox_seed import seed
 from tests.utils.server import Server, app_env, running_app
 from tests.web.inbox import SIZES, Inbox, web_chat, whatsapp_message, whatsapp_statuses
 
@@ -196,3 +197,23 @@ def test_one_event_stream_and_no_overlapping_requests_while_the_server_is_slow(
     # Every read of the page (agents, then each refresh's list) waits for the one before.
     for earlier, later in itertools.pairwise(reads):
         assert earlier["end"] is not None and earlier["end"] <= later["start"], (earlier, later)
+
+
+def test_the_list_loads_more_at_its_end_and_a_change_keeps_the_loaded_ones(inbox, server, engine):
+    with engine.begin() as conn:
+        seed(conn, "default", 120)
+    devices = [f"inbox-{i}" for i in range(1, 121)]
+    inbox.open(ADMIN_KEY)
+    inbox.wait(lambda: [i["device"] for i in inbox.items()] == devices[:50], "the first page is not listed")
+    # Scrolling to the end of the list loads the next page; the button loads the one after.
+    inbox.js("document.getElementById('load-more').scrollIntoView()")
+    inbox.wait(lambda: len(inbox.items()) == 100, "scrolling to the end loaded nothing")
+    inbox.js("document.getElementById('load-more').click()")
+    inbox.wait(lambda: len(inbox.items()) == 120, "the button loaded nothing")
+    assert [i["device"] for i in inbox.items()] == devices
+    assert inbox.js("return document.getElementById('load-more').hidden")
+    # A new conversation: the change event refreshes the list, and every loaded one keeps its place.
+    refreshed = inbox.js("return document.body.dataset.refreshed")
+    web, _ = web_chat(server.url, "hi")
+    inbox.wait(lambda: inbox.js("return document.body.dataset.refreshed") != refreshed and len(inbox.items()) == 121)
+    assert [i["device"] for i in inbox.items()] == [web, *devices]

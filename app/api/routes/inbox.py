@@ -17,6 +17,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
+from app.admin.cursor import MAX_CHARS
 from app.admin.inbox import InboxStore
 from app.agents import HUMAN, display_name
 from app.api.auth import AdminTenant
@@ -63,6 +64,10 @@ class Conversation(BaseModel):
 
 class ConversationList(BaseModel):
     items: list[Conversation]
+    next_cursor: str | None = Field(
+        description="pass as `cursor` (with the same filters) for the next page; null on the last page. "
+        "A page filtered by agent or channel may hold fewer than `limit` items, even none, and still have one"
+    )
 
 
 @router.get("/api/inbox", response_model=ConversationList, responses=ERRORS)
@@ -73,11 +78,15 @@ async def inbox(
     needs_person: bool = False,
     agent: Annotated[str | None, Query(max_length=50, pattern=r"^[a-z][a-z0-9_-]{0,49}$")] = None,
     channel: Literal["web", "whatsapp"] | None = None,
+    cursor: Annotated[str | None, Query(min_length=1, max_length=MAX_CHARS)] = None,
 ) -> ConversationList:
-    """The tenant's conversations, newest message first; filters: needs_person, agent (lock holder), channel."""
-    rows = await store.conversations(tenant, limit=limit, needs_person=needs_person, agent=agent, channel=channel)
+    """The tenant's conversations, newest message first, a page at a time; filters: needs_person, agent (lock
+    holder), channel. A cursor not given by this inbox with the same filters is a 422 `invalid_cursor`."""
+    page = await store.conversations(
+        tenant, limit=limit, needs_person=needs_person, agent=agent, channel=channel, cursor=cursor
+    )
     items = []
-    for row in rows:
+    for row in page.items:
         last = None
         if row["last_id"] is not None:
             last = LastMessage(
@@ -106,7 +115,7 @@ async def inbox(
                 last_message=last,
             )
         )
-    return ConversationList(items=items)
+    return ConversationList(items=items, next_cursor=page.next_cursor)
 
 
 @router.get("/api/agents", response_model=AgentList, responses=ERRORS)

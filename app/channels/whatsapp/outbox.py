@@ -134,10 +134,16 @@ WHERE u.tenant_id = %(tenant)s AND u.device_id = %(device)s AND u.role = 'user' 
 ORDER BY u.id DESC LIMIT 1
 """
 
+# The state row's last_message_at (the inbox's order, app/admin/inbox.py) moves with the message it stores.
 INSERT_OUTBOUND = """
+WITH st AS (
+    UPDATE conversation_states SET last_message_at = GREATEST(last_message_at, now()),
+        version = version + 1, updated_at = now()
+    WHERE tenant_id = %(tenant)s AND device_id = %(device)s
+    RETURNING session_id
+)
 INSERT INTO conversation_messages (tenant_id, device_id, role, content, agent, metadata, session_id)
-SELECT %(tenant)s, %(device)s, 'assistant', %(content)s, %(agent)s, %(metadata)s::jsonb,
-       (SELECT session_id FROM conversation_states WHERE tenant_id = %(tenant)s AND device_id = %(device)s)
+SELECT %(tenant)s, %(device)s, 'assistant', %(content)s, %(agent)s, %(metadata)s::jsonb, (SELECT session_id FROM st)
 RETURNING id
 """
 
