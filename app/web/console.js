@@ -387,10 +387,11 @@
   ui.filters.addEventListener("submit", (event) => { event.preventDefault(); refresh(); });
   ui.back.addEventListener("click", () => { document.body.dataset.view = "list"; });
   ui.more.addEventListener("click", () => refresh(true));
-  // Scrolling to the end of the list loads the next page, as the button does.
+  // Scrolling to the end of the list loads the next page, as the button does. During a refresh the
+  // request is queued, not dropped: the end stays in view, so no second intersection would come.
   if ("IntersectionObserver" in window) {
     new IntersectionObserver((seen) => {
-      if (seen.some((entry) => entry.isIntersecting) && nextCursor !== null && !running) refresh(true);
+      if (seen.some((entry) => entry.isIntersecting) && nextCursor !== null) refresh(true);
     }).observe(ui.more);
   }
   ui.takeForm.addEventListener("submit", (event) => {
