@@ -132,6 +132,7 @@ def round_trips(b: Bench, messages: int, history: int) -> dict[str, Any]:
             per_message.append(len(statements) - seen)
             wrong += (result.status, result.agent, result.lock_agent) != ("answered", AGENT, EXPECTED_LOCK[step])
     seconds = time.perf_counter() - started
+    aio.close_pools(engine)  # in the loop that opened it: its workers would be destroyed pending at exit
     engine.dispose()
     db_seconds = [sum(durations)]
     return {
