@@ -9,8 +9,10 @@ that was cut, edited, or made for another tenant or other filters is refused
 
 The check detects changes; it is not a secret (its key is a fixed label, the same on
 every instance, so no setting is needed and cursors outlive restarts). Forging one
-gains nothing: a position only says where to start, every statement is filtered by the
-caller's tenant, and the payload holds only what that tenant's pages already showed.
+gains nothing: a position only says where to start, and every statement is filtered by
+the caller's tenant. So a signed payload is still read as untrusted input: its device id
+must be one a conversation could have (app/validation.py), else InvalidCursor. The
+cursor must also be the exact text issued (no padding, nothing base64 would skip).
 """
 
 from __future__ import annotations
@@ -23,11 +25,15 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from app.errors import InvalidCursor
+from app import validation
+from app.errors import InvalidCursor, InvalidInput
 
 KEY = b"agent-sessions/inbox-cursor/v1"
 CHECK_BYTES = 12
-MAX_CHARS = 400  # a device id is at most 128 characters: 128 * 4/3 plus the rest fits well within
+# The longest cursor: a device id of MAX_ID_LENGTH characters of 4 UTF-8 bytes each (512), the
+# microseconds and the JSON around them (about 30) make 542 bytes, 723 base64url characters; then
+# "." and the check's 16. A cursor this inbox issued is never refused for its length.
+MAX_CHARS = 800
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -64,7 +70,8 @@ def _check(tenant: str, filters: Filters, payload: bytes) -> bytes:
 def encode(tenant: str, filters: Filters, position: Position) -> str:
     """The opaque cursor (ASCII, at most MAX_CHARS) for the page after position."""
     micros = (position.at - EPOCH) // timedelta(microseconds=1)
-    payload = json.dumps([micros, position.device], separators=(",", ":")).encode()
+    # UTF-8 as it is, not \u-escaped: an escape is six bytes for a character of at most four.
+    payload = json.dumps([micros, position.device], separators=(",", ":"), ensure_ascii=False).encode()
     return f"{_b64(payload)}.{_b64(_check(tenant, filters, payload))}"
 
 
@@ -81,13 +88,15 @@ def decode(tenant: str, filters: Filters, cursor: str) -> Position:
         payload, check = _unb64(parts[0]), _unb64(parts[1])
     except (binascii.Error, ValueError):
         raise InvalidCursor("cursor: not a cursor of this inbox") from None
+    if _b64(payload) != parts[0] or _b64(check) != parts[1]:  # padding, or bits base64 ignores
+        raise InvalidCursor("cursor: not a cursor of this inbox")
     if not hmac.compare_digest(check, _check(tenant, filters, payload)):
         raise InvalidCursor("cursor: altered, or made for another tenant or other filters")
     try:
         micros, device = json.loads(payload)
-        if isinstance(micros, bool) or not isinstance(micros, int) or not isinstance(device, str):
+        if isinstance(micros, bool) or not isinstance(micros, int):
             raise ValueError(payload)
-        return Position(EPOCH + timedelta(microseconds=micros), device)
-    except (ValueError, TypeError, OverflowError):
-        # Only a payload this module signed gets here, so only a change of format would.
+        # The check's key is no secret: a payload that passed it may still be anyone's making.
+        return Position(EPOCH + timedelta(microseconds=micros), validation.device_id(device))
+    except (ValueError, TypeError, OverflowError, InvalidInput):
         raise InvalidCursor("cursor: not a cursor of this inbox") from None

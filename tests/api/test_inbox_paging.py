@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 
+from app.admin import cursor as cursor_format
 from app.admin import inbox as inbox_sql
 from app.channels.whatsapp import WhatsAppSender, send_to_device
 from tests.api.test_inbox import TENANT, chat, settings
@@ -117,7 +118,9 @@ class TestPaging:
             (good[:-2], {}),
             (f"{flipped}.{check}", {}),
             (good + "." + check, {}),
-            ("x" * 401, {}),
+            (good + "==", {}),  # base64 would read these as the same bytes: the cursor is not the one given
+            (" " + good, {}),
+            ("x" * 801, {}),
             (good, {"channel": "web"}),  # made for other filters
             (good, {"needs_person": "true"}),
         ]:
@@ -132,6 +135,34 @@ class TestPaging:
             }
         }
         assert snapshot(engine) == before
+
+    def test_a_forged_cursor_whose_device_id_no_conversation_could_have_is_a_422(self, client, engine):
+        # The check's key is no secret: a signed payload may still be anyone's making.
+        seeded(engine, 3)
+        for device in ('"x\\u0000y"', '"\\ud800"', '""', "7"):
+            payload = f"[1,{device}]".encode()
+            check = cursor_format._check(TENANT, cursor_format.Filters(), payload)
+            forged = f"{cursor_format._b64(payload)}.{cursor_format._b64(check)}"
+            response = client.get("/api/inbox", params={"cursor": forged}, headers=A)
+            assert (response.status_code, response.json()["error"]["code"]) == (422, "invalid_cursor"), device
+
+    def test_the_cursor_after_the_longest_device_ids_is_accepted(self, client, engine):
+        # 128 characters of 3 and 4 UTF-8 bytes: the longest cursors this inbox can issue.
+        devices = ["\u4e2d" * 128, "\U0001f600" * 128, "inbox-x"]
+        with engine.begin() as conn:
+            for age, device in enumerate(devices, start=1):
+                conn.exec_driver_sql(
+                    "INSERT INTO conversation_states (tenant_id, device_id, last_activity_at, last_message_at) "
+                    "VALUES (%(t)s, %(d)s, now() - make_interval(secs => %(a)s), now() - make_interval(secs => %(a)s))",
+                    {"t": TENANT, "d": device, "a": age},
+                )
+        cursors = []
+        body = page(client, limit=1)
+        while body["next_cursor"] is not None:
+            cursors.append(body["next_cursor"])
+            body = page(client, limit=1, cursor=body["next_cursor"])
+        assert len(cursors) == 2 and max(map(len, cursors)) <= cursor_format.MAX_CHARS
+        assert [page(client, limit=1, cursor=c)["items"][0]["device_id"] for c in cursors] == devices[1:]
 
     def test_another_tenants_cursor_is_refused(self, client, engine):
         seeded(engine, 5, tenant="acme")
