@@ -209,7 +209,10 @@ class Pipeline:
         its attempt counted, as after a crash, without waiting for the lease to lapse.
         """
         answers: dict[int, Answer] = {}
-        with self.runtime.holding():  # a shutdown waits for the give-back before closing the pool
+        key = (lease.tenant, lease.device)
+        # A shutdown waits for the give-back before closing the pool; a stream reader here follows
+        # the device until its turns are finished (Hub.holds).
+        with self.runtime.holding(), self.runtime.streams.holding(key):
             try:
                 await self._drain_turns(lease, answers, on_reply, on_working, own=own, db_ms=db_ms, started=started)
             except BaseException:

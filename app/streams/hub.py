@@ -10,6 +10,9 @@ and a streaming request is answered as one body.
 
 from __future__ import annotations
 
+import collections
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import anyio
@@ -29,8 +32,26 @@ class Hub:
         # Whether this process's Listener is connected (app/streams/signals.py): then the
         # writers wait for a poke instead of polling for stop requests.
         self.listening = False
-        # The server is stopping (Runtime.stop): a reader not following a writer here ends.
+        # The server is stopping (Runtime.stop): a reader of a device whose lease this process
+        # does not hold ends.
         self.stopped = False
+        # Devices whose lease a pipeline of this process holds (their turns run or finish here).
+        self._held: collections.Counter[Key] = collections.Counter()
+
+    @contextlib.contextmanager
+    def holding(self, key: Key) -> Iterator[None]:
+        """Count the device's lease as held here for the block (Pipeline's drain of its turns)."""
+        self._held[key] += 1
+        try:
+            yield
+        finally:
+            self._held[key] -= 1
+            if not self._held[key]:
+                del self._held[key]
+
+    def holds(self, key: Key) -> bool:
+        """Whether this process holds the device's lease: a turn of it runs, or is being finished, here."""
+        return key in self._held
 
     def writer(self, key: Key) -> DraftWriter | None:
         """The writer of the device's turn running in this process, if any."""
@@ -68,7 +89,7 @@ class Hub:
             event.set()
 
     def stop(self) -> None:
-        """The server is stopping: wake every reader here, so that one following no writer here ends."""
+        """The server is stopping: wake every reader here, so that one of a device whose lease is not held here ends."""
         self.stopped = True
         for key in list(self._events):
             self.notify(key)

@@ -94,8 +94,9 @@ class Follower:
     (no READ needed then); rerun: called (at most once a second) when the message is
     pending and nobody holds the device's lease (its worker died): it takes the lease and
     runs the turn again. deadline: time.monotonic() past which the reader ends with
-    data-status queued. It also ends so once the server is stopping (Hub.stopped) unless the
-    turn's writer is in this process: then it relays the turn to its end (or the grace period's).
+    data-status queued. It also ends so once the server is stopping (Hub.stopped), unless this
+    process holds the device's lease: then it relays the turn to its end and reads its stored
+    reply (or is cut at the grace period's end).
     """
 
     def __init__(
@@ -141,9 +142,10 @@ class Follower:
                 last_output = time.monotonic()
             writer = self.hub.writer(wake)
             local = writer is not None and not writer.ended and self.message_id in writer.message_ids
-            if self.hub.stopped and not local:
-                # The server is stopping and the turn is not written here: end now, as at the deadline;
-                # the page follows it again (the resume route), on an instance that stays.
+            if self.hub.stopped and not self.hub.holds(wake):
+                # The server is stopping and the turn is not run here: end now, as at the deadline; the
+                # page follows it again (the resume route), on an instance that stays. A turn run here
+                # is followed until its finish stored the reply, which comes after its writer retired.
                 yield self._ending(Final("queued"))
                 return
             await self.hub.wait(wake, KEEPALIVE_SECONDS if local else self.poll_seconds)

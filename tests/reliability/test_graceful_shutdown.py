@@ -9,8 +9,10 @@ import signal
 import threading
 
 import httpx
+import psycopg
 import pytest
 
+from app.core.engine import libpq_url
 from app.pipeline import Pipeline
 from tests.conftest import make_settings
 from tests.reliability.ledger_checks import stored_messages
@@ -180,3 +182,52 @@ def test_a_stream_relaying_a_turn_of_this_process_goes_on_after_sigterm_until_th
     statuses = [item["data"]["status"] for item in items if item["type"] == "data-status"]
     assert statuses == [] and text_of(items) == f"slow: {text} attempt=1" and items[-1] == DONE, items
     assert "Cancel" not in log and "Traceback" not in log, log[-3000:]
+
+
+def test_a_stream_whose_turn_is_finishing_at_sigterm_gets_the_stored_reply(database_url, engine):
+    # The turn's writer retires when its agent returns, before the finish stores the reply. Holding the
+    # device's row makes that window as long as the test needs: a reader that ended there, because the
+    # server was stopping and no writer was left, would close the stream with no reply (queued).
+    with gate() as turn_gate:
+        env = app_env(database_url, agents=SLOW_AGENTS, shutdown_grace_seconds=60)
+        text = f"finishing gate={turn_gate.port}"
+        request = {
+            "id": "chat-1",
+            "messages": [{"id": "ui-1", "role": "user", "parts": [{"type": "text", "text": text}]}],
+        }
+        items: list[dict] = []
+        ended = threading.Event()
+
+        def follow(url: str) -> None:
+            with (
+                httpx.Client(base_url=url, timeout=WAIT_SECONDS) as client,
+                client.stream("POST", "/api/chat/stream", json=request, headers={"X-Device-ID": DEVICE}) as response,
+            ):
+                items.extend(parts(response))
+            ended.set()
+
+        with serving(env) as server:
+            reader = threading.Thread(target=follow, args=(server.url,), daemon=True)
+            reader.start()
+            assert turn_gate.wait_arrived(1)
+            server.process.send_signal(signal.SIGTERM)
+            assert wait_for(lambda: "Waiting for connections to close" in server.log(), WAIT_SECONDS)
+            with psycopg.connect(libpq_url(database_url)) as conn:  # a transaction (the engine autocommits)
+                locked = conn.execute("SELECT 1 FROM conversation_states WHERE device_id = %s FOR UPDATE", (DEVICE,))
+                assert locked.fetchone() == (1,)
+                turn_gate.open()  # the agent answers, its writer retires, its finish waits for the row
+                assert wait_for(lambda: waiting_on_a_lock(engine), WAIT_SECONDS)
+            assert ended.wait(WAIT_SECONDS)
+            assert server.process.wait(WAIT_SECONDS) in STOPPED
+
+    statuses = [item["data"]["status"] for item in items if item["type"] == "data-status"]
+    assert statuses == [] and text_of(items) == f"slow: {text} attempt=1" and items[-1] == DONE, items
+
+
+def waiting_on_a_lock(engine) -> bool:
+    with engine.connect() as conn:
+        return bool(
+            conn.exec_driver_sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            ).scalar()
+        )
