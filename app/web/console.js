@@ -180,10 +180,16 @@
     ui.more.hidden = nextCursor === null;
   }
 
-  // Whether a comes after b in the inbox's order (last_at newest first, then device id). last_at is
-  // ISO 8601 in UTC from the server, so its strings compare as its times do.
+  // last_at as the server writes it (ISO 8601, UTC) with its fraction of a second in six digits: the
+  // server leaves out a fraction of zero, and "...:00Z" sorts after "...:00.000006Z" as a string.
+  function instant(iso) {
+    return iso.replace(/(\.\d+)?(Z|[+-]\d\d:\d\d)$/, (_, fraction, zone) => (fraction || ".").padEnd(7, "0") + zone);
+  }
+
+  // Whether a comes after b in the inbox's order (last_at newest first, then device id).
   function after(a, b) {
-    return a.last_at < b.last_at || (a.last_at === b.last_at && a.device_id > b.device_id);
+    const x = instant(a.last_at), y = instant(b.last_at);
+    return x < y || (x === y && a.device_id > b.device_id);
   }
 
   // The first page again, as long as what is listed (up to MAX_PAGE): a change updates every listed

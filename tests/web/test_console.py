@@ -217,3 +217,26 @@ def test_the_list_loads_more_at_its_end_and_a_change_keeps_the_loaded_ones(inbox
     web, _ = web_chat(server.url, "hi")
     inbox.wait(lambda: inbox.js("return document.body.dataset.refreshed") != refreshed and len(inbox.items()) == 121)
     assert [i["device"] for i in inbox.items()] == [web, *devices]
+
+
+def test_a_refresh_keeps_a_conversation_whose_time_has_no_fraction_of_a_second(inbox, server, engine):
+    # More than one refresh's page (200) listed, all in one second; the oldest at a whole second, which
+    # the server writes without a fraction ("...:00Z"), so that as a string it sorts after the others.
+    with engine.begin() as conn:
+        seed(conn, "default", 206)
+        conn.exec_driver_sql(
+            "UPDATE conversation_states SET last_message_at = date_trunc('second', now()) - interval '1 hour'"
+            " + make_interval(secs => (206 - substr(device_id, 7)::integer) / 1e6)"
+        )
+    devices = [f"inbox-{i}" for i in range(1, 207)]
+    inbox.open(ADMIN_KEY)
+    inbox.wait(lambda: len(inbox.items()) == 50, "the first page is not listed")
+    while len(inbox.items()) < 206:
+        listed = len(inbox.items())
+        inbox.js("document.getElementById('load-more').click()")
+        inbox.wait(lambda listed=listed: len(inbox.items()) > listed, "the button loaded nothing")
+    assert [i["device"] for i in inbox.items()] == devices
+    refreshed = inbox.js("return document.body.dataset.refreshed")
+    web, _ = web_chat(server.url, "hi")
+    inbox.wait(lambda: inbox.js("return document.body.dataset.refreshed") != refreshed)
+    assert [i["device"] for i in inbox.items()] == [web, *devices]
