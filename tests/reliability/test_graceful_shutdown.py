@@ -147,28 +147,30 @@ def test_an_event_stream_open_at_sigterm_ends_at_once_and_holds_no_grace_period(
     assert "Cancel" not in log and "Traceback" not in log, log[-3000:]
 
 
+def stream_in_thread(url: str, text: str) -> tuple[list[dict], threading.Event]:
+    """POST /api/chat/stream of the device's message from a thread: its parts as they come, and set once it ended."""
+    request = {"id": "chat-1", "messages": [{"id": "ui-1", "role": "user", "parts": [{"type": "text", "text": text}]}]}
+    items: list[dict] = []
+    ended = threading.Event()
+
+    def follow() -> None:
+        with (
+            httpx.Client(base_url=url, timeout=WAIT_SECONDS) as client,
+            client.stream("POST", "/api/chat/stream", json=request, headers={"X-Device-ID": DEVICE}) as response,
+        ):
+            items.extend(parts(response))
+        ended.set()
+
+    threading.Thread(target=follow, daemon=True).start()
+    return items, ended
+
+
 def test_a_stream_relaying_a_turn_of_this_process_goes_on_after_sigterm_until_the_turn_ends(database_url):
     with gate() as turn_gate:
         env = app_env(database_url, agents=SLOW_AGENTS, shutdown_grace_seconds=60)
         text = f"streamed gate={turn_gate.port}"
-        request = {
-            "id": "chat-1",
-            "messages": [{"id": "ui-1", "role": "user", "parts": [{"type": "text", "text": text}]}],
-        }
-        items: list[dict] = []
-        ended = threading.Event()
-
-        def follow(url: str) -> None:
-            with (
-                httpx.Client(base_url=url, timeout=WAIT_SECONDS) as client,
-                client.stream("POST", "/api/chat/stream", json=request, headers={"X-Device-ID": DEVICE}) as response,
-            ):
-                items.extend(parts(response))
-            ended.set()
-
         with serving(env) as server:
-            reader = threading.Thread(target=follow, args=(server.url,), daemon=True)
-            reader.start()
+            items, ended = stream_in_thread(server.url, text)
             assert turn_gate.wait_arrived(1)
             server.process.send_signal(signal.SIGTERM)
             # uvicorn waits for the stream's connection: the stream goes on while its turn does.
@@ -191,24 +193,8 @@ def test_a_stream_whose_turn_is_finishing_at_sigterm_gets_the_stored_reply(datab
     with gate() as turn_gate:
         env = app_env(database_url, agents=SLOW_AGENTS, shutdown_grace_seconds=60)
         text = f"finishing gate={turn_gate.port}"
-        request = {
-            "id": "chat-1",
-            "messages": [{"id": "ui-1", "role": "user", "parts": [{"type": "text", "text": text}]}],
-        }
-        items: list[dict] = []
-        ended = threading.Event()
-
-        def follow(url: str) -> None:
-            with (
-                httpx.Client(base_url=url, timeout=WAIT_SECONDS) as client,
-                client.stream("POST", "/api/chat/stream", json=request, headers={"X-Device-ID": DEVICE}) as response,
-            ):
-                items.extend(parts(response))
-            ended.set()
-
         with serving(env) as server:
-            reader = threading.Thread(target=follow, args=(server.url,), daemon=True)
-            reader.start()
+            items, ended = stream_in_thread(server.url, text)
             assert turn_gate.wait_arrived(1)
             server.process.send_signal(signal.SIGTERM)
             assert wait_for(lambda: "Waiting for connections to close" in server.log(), WAIT_SECONDS)
