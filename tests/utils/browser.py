@@ -5,8 +5,10 @@ Selenium is given both paths, so it never looks for (or downloads) a browser or 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +74,30 @@ def chromium(profile: Path, *, width: int = 1280, height: int = 900, offline: bo
     driver.set_page_load_timeout(WAIT_SECONDS)
     driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": RECORD_VIOLATIONS})
     return driver
+
+
+@contextlib.contextmanager
+def leaving_the_page(driver: Any) -> Iterator[None]:
+    """At the block's end the browser closes its tab and goes on in a new one, so the page's open
+    requests (its event stream) end.
+
+    For a page of a server started in an enclosing running_app block: uvicorn's graceful shutdown waits
+    for every open request, so with the page still open the server would wait out Server.stop's 10 s
+    and be killed. Going to another address is not enough: the page stays alive (back/forward cache)
+    with its stream open.
+    """
+    try:
+        yield
+    finally:
+        from selenium.common.exceptions import WebDriverException
+
+        with contextlib.suppress(WebDriverException):  # a browser that already failed: the test's error stands
+            page = driver.current_window_handle
+            driver.switch_to.new_window("tab")
+            fresh = driver.current_window_handle
+            driver.switch_to.window(page)
+            driver.close()
+            driver.switch_to.window(fresh)
 
 
 def csp_violations(driver: Any) -> list[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.utils.browser import unavailable
+from tests.utils.browser import leaving_the_page, unavailable
 from tests.utils.factories import scalar
 from tests.utils.gates import gate_server
 from tests.utils.server import app_env, running_app
@@ -143,7 +143,7 @@ def test_a_merged_bursts_queued_message_shows_its_reply(direct_url, browser, eng
     with gate_server() as gates:
         env = app_env(direct_url, agents="tests.utils.stream_agents:registry", burst_mode="merge", chat_wait_seconds=1)
         env["GATE_URL"] = gates.url
-        with running_app(env) as server:
+        with running_app(env) as server, leaving_the_page(browser):
             page = ChatPage(browser, server.url).open()
             assert browser.execute_script("return window.innerWidth") == width
             device = page.device_id()
@@ -215,7 +215,7 @@ def network(browser) -> tuple[list[dict], dict[str, int]]:
 
 def test_with_signed_ids_the_first_request_already_carries_one(direct_url, browser):
     env = app_env(direct_url, device_id_secret="browser-test-device-secret", rate_limit_new_devices=0)
-    with running_app(env) as server:
+    with running_app(env) as server, leaving_the_page(browser):
         page = ChatPage(browser, server.url).open()
         page.say("hi")
         sent, statuses = network(browser)

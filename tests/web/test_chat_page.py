@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.utils.browser import sent_requests, unavailable
+from tests.utils.browser import leaving_the_page, sent_requests, unavailable
 from tests.utils.factories import scalar
 from tests.utils.server import app_env, running_app
 
@@ -169,7 +169,10 @@ class TestKeyboardAndLabels:
 
 class TestSignedIds:
     def test_the_page_asks_the_server_for_a_signed_id(self, direct_url, browser, engine):
-        with running_app(app_env(direct_url, device_id_secret="browser-test-device-secret")) as server:
+        with (
+            running_app(app_env(direct_url, device_id_secret="browser-test-device-secret")) as server,
+            leaving_the_page(browser),
+        ):
             page = ChatPage(browser, server.url).open()
             device = page.device_id()
             device_uuid, dot, tag = device.partition(".")
@@ -188,7 +191,7 @@ class TestWaitingAndErrors:
         release = tmp_path / "release"
         env = app_env(direct_url, agents="tests.web.agents:registry", chat_wait_seconds=1)
         env["WEB_TEST_RELEASE_FILE"] = str(release)
-        with running_app(env) as server, ThreadPoolExecutor(1) as pool:
+        with running_app(env) as server, ThreadPoolExecutor(1) as pool, leaving_the_page(browser):
             page = ChatPage(browser, server.url).open()
             # Another tab of the same device keeps the conversation busy, so the page's message waits.
             busy = pool.submit(
@@ -216,7 +219,11 @@ class TestWaitingAndErrors:
     def test_degraded_replies_are_marked_and_errors_are_readable(self, direct_url, browser, engine):
         from tests.utils.proxy import outage_proxy
 
-        with outage_proxy(direct_url) as proxy, running_app(app_env(proxy.url, db_connect_timeout=2)) as server:
+        with (
+            outage_proxy(direct_url) as proxy,
+            running_app(app_env(proxy.url, db_connect_timeout=2)) as server,
+            leaving_the_page(browser),
+        ):
             page = ChatPage(browser, server.url).open()
             proxy.down()
             reply = page.say("hi")

@@ -16,7 +16,7 @@ import base64
 import hashlib
 import re
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
@@ -54,9 +54,13 @@ def install(app: FastAPI) -> None:
     assets = ASSETS_PATH.lstrip("/")
     openapi_url = (app.openapi_url or "").lstrip("/")
 
+    # The app is read from the request, not closed over: FastAPI keeps each endpoint function in
+    # module-level caches (4096 of each), so a closure over the app would keep every app made in a
+    # process alive with all its routes (the tests make one per test).
     @app.get(DOCS_PATH, include_in_schema=False)
-    def swagger_ui() -> HTMLResponse:
+    def swagger_ui(request: Request) -> HTMLResponse:
         """Swagger UI for the app's OpenAPI document (text/html)."""
+        app = request.app
         page = get_swagger_ui_html(
             openapi_url=openapi_url,
             title=f"{app.title} - Swagger UI",
