@@ -15,8 +15,12 @@ from app.core.placeholders import numbered
 
 
 @contextlib.contextmanager
-def count_statements(engine: Engine, seconds: list[float] | None = None) -> Iterator[list[str]]:
+def count_statements(engine: Engine, seconds: list[float] | None = None, *, when: str = "sent") -> Iterator[list[str]]:
     """Record each statement that engine's lock pools execute while open (seconds: each one's duration).
+
+    when: "sent" records a statement as its execute starts (a statement still running is seen);
+    "done" as it returns, so that the list is in the order PostgreSQL finished them: of two
+    statements started together, the one that read what the other committed comes after it.
 
     The engine's connections are told apart by their pool (psycopg_pool marks each
     connection it lends with `_pool`); statements of other engines in the process, and
@@ -38,20 +42,26 @@ def count_statements(engine: Engine, seconds: list[float] | None = None) -> Iter
     sync_execute, async_execute = psycopg.Cursor.execute, psycopg.AsyncCursor.execute
 
     def execute(self, query, params=None, **kwargs):
-        note(self, query)
+        if when == "sent":
+            note(self, query)
         started = time.perf_counter()
         try:
             return sync_execute(self, query, params, **kwargs)
         finally:
+            if when == "done":
+                note(self, query)
             if seconds is not None:
                 seconds.append(time.perf_counter() - started)
 
     async def aexecute(self, query, params=None, **kwargs):
-        note(self, query)
+        if when == "sent":
+            note(self, query)
         started = time.perf_counter()
         try:
             return await async_execute(self, query, params, **kwargs)
         finally:
+            if when == "done":
+                note(self, query)
             if seconds is not None:
                 seconds.append(time.perf_counter() - started)
 
