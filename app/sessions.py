@@ -21,7 +21,7 @@ from app.context import ContextPatch, normalized
 from app.core.db import arun, arun_batches, run, run_batches
 from app.core.engine import Engine
 from app.errors import InvalidInput
-from app.sql import fresh_context, live
+from app.sql import fresh_context, live, message_stored
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ ON CONFLICT (tenant_id, device_id) DO UPDATE SET
     session_id = EXCLUDED.session_id,
     session_started_at = now(),
     last_activity_at = now(),
-    last_message_at = GREATEST(s.last_message_at, now()),  -- the inbox's time is the later of the two
+    last_message_at = {message_stored("s")},
     active_agent = NULL, locked_at = NULL, expires_at = NULL,
     context = {fresh_context("s")},
     version = s.version + 1,

@@ -39,6 +39,12 @@ def human_lock(alias: str) -> str:
     return f"COALESCE({alias}.active_agent = '{HUMAN}' AND {alias}.expires_at > now(), false)"
 
 
+def message_stored(alias: str) -> str:
+    """A conversation_states row's last_message_at once a message is stored (or a session starts) now:
+    moved forward, never back (the inbox's order, app/admin/inbox.py)."""
+    return f"GREATEST({alias}.last_message_at, now())"
+
+
 def lease_free(alias: str) -> str:
     """True when no worker holds the device's lease."""
     return f"({alias}.lease_expires_at IS NULL OR {alias}.lease_expires_at <= now())"

@@ -28,7 +28,7 @@ from app.core.db import arun
 from app.core.engine import Engine
 from app.devices import canonical_device_id
 from app.pipeline import OnReply, Pipeline
-from app.sql import human_lock, live_agent
+from app.sql import human_lock, live_agent, message_stored
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ WITH st AS (
                          ELSE %(template)s::jsonb IS NULL END
 ), slid AS (
     UPDATE conversation_states s SET expires_at = now() + make_interval(secs => COALESCE(s.operator_ttl, {DEFAULT_TTL})),
-        last_message_at = GREATEST(s.last_message_at, now()), version = s.version + 1, updated_at = now()
+        last_message_at = {message_stored("s")}, version = s.version + 1, updated_at = now()
     FROM ok WHERE {KEY}
     RETURNING s.expires_at
 ), inserted AS (

@@ -36,7 +36,7 @@ claim slipped in between, the holder reads the next turn afresh (NEXT).
 
 from __future__ import annotations
 
-from app.sql import fresh_context, human_lock, lease_free, live_agent, live_until, turn_history
+from app.sql import fresh_context, human_lock, lease_free, live_agent, live_until, message_stored, turn_history
 
 # What FINISH notifies when a turn answered another request's message (a JSON array [tenant, device]);
 # app/streams/signals.py listens and wakes that device's waiters in its process.
@@ -139,7 +139,7 @@ lease AS (
         session_started_at = CASE WHEN {ROTATE} THEN now() ELSE s.session_started_at END,
         context = CASE WHEN {ROTATE} THEN {fresh_context("s")} ELSE s.context END,
         last_activity_at = CASE WHEN NOT EXISTS (SELECT 1 FROM known) THEN now() ELSE s.last_activity_at END,
-        last_message_at = CASE WHEN NOT EXISTS (SELECT 1 FROM known) THEN GREATEST(s.last_message_at, now())
+        last_message_at = CASE WHEN NOT EXISTS (SELECT 1 FROM known) THEN {message_stored("s")}
                                ELSE s.last_message_at END,
         rate_window_start = CASE WHEN NOT {KNOWN} AND {WINDOW_OVER} THEN now() ELSE s.rate_window_start END,
         rate_count = CASE WHEN {KNOWN} THEN s.rate_count WHEN {WINDOW_OVER} THEN 1 ELSE s.rate_count + 1 END,
@@ -268,7 +268,7 @@ st AS (
                           ELSE now() + make_interval(secs => COALESCE(%(ttl)s::integer, s.session_ttl)) END,
         context = CASE WHEN {HUMAN} THEN s.context ELSE cs_merge_context(s.context, %(patch)s::jsonb, %(cap)s) END,
         -- the reply below is stored unless a person holds the conversation (the inbox's order, app/admin/inbox.py)
-        last_message_at = CASE WHEN {HUMAN} THEN s.last_message_at ELSE GREATEST(s.last_message_at, now()) END,
+        last_message_at = CASE WHEN {HUMAN} THEN s.last_message_at ELSE {message_stored("s")} END,
         lease_expires_at = CASE WHEN (EXISTS (SELECT 1 FROM nxt) AND NOT {HUMAN})
                                      OR s.version <> (SELECT version FROM snap)
                                 THEN now() + make_interval(secs => %(lease)s) END,

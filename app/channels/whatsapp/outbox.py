@@ -40,6 +40,7 @@ from app.core.config import Settings
 from app.core.db import arun
 from app.core.engine import Engine
 from app.errors import StoreError, StoreUnavailable
+from app.sql import message_stored
 
 logger = logging.getLogger(__name__)
 
@@ -135,12 +136,12 @@ ORDER BY u.id DESC LIMIT 1
 """
 
 # The state row's last_message_at (the inbox's order, app/admin/inbox.py) moves with the message it stores.
-INSERT_OUTBOUND = """
+INSERT_OUTBOUND = f"""
 WITH st AS (
-    UPDATE conversation_states SET last_message_at = GREATEST(last_message_at, now()),
-        version = version + 1, updated_at = now()
-    WHERE tenant_id = %(tenant)s AND device_id = %(device)s
-    RETURNING session_id
+    UPDATE conversation_states s SET last_message_at = {message_stored("s")},
+        version = s.version + 1, updated_at = now()
+    WHERE s.tenant_id = %(tenant)s AND s.device_id = %(device)s
+    RETURNING s.session_id
 )
 INSERT INTO conversation_messages (tenant_id, device_id, role, content, agent, metadata, session_id)
 SELECT %(tenant)s, %(device)s, 'assistant', %(content)s, %(agent)s, %(metadata)s::jsonb, (SELECT session_id FROM st)
