@@ -326,11 +326,13 @@ class Runtime:
             self.active -= 1
 
     @contextlib.contextmanager
-    def holding(self) -> Iterator[None]:
-        """Count a held lease until its last turn is finished or the lease given back."""
+    def holding(self, key: tuple[str, str]) -> Iterator[None]:
+        """Count the held lease of device key (tenant, device) until its last turn is finished or the
+        lease given back; meanwhile the device's stream readers here follow it (Hub.holds)."""
         self.holders += 1
         try:
-            yield
+            with self.streams.holding(key):
+                yield
         finally:
             self.holders -= 1
             if self.holders == 0 and self._settled is not None:

@@ -212,7 +212,7 @@ class Pipeline:
         key = (lease.tenant, lease.device)
         # A shutdown waits for the give-back before closing the pool; a stream reader here follows
         # the device until its turns are finished (Hub.holds).
-        with self.runtime.holding(), self.runtime.streams.holding(key):
+        with self.runtime.holding(key):
             try:
                 await self._drain_turns(lease, answers, on_reply, on_working, own=own, db_ms=db_ms, started=started)
             except BaseException:
@@ -220,8 +220,8 @@ class Pipeline:
                     await self._give_back(lease)
                 raise
             finally:
-                self.runtime.wakeups.notify((lease.tenant, lease.device))
-                self.runtime.streams.notify((lease.tenant, lease.device))
+                self.runtime.wakeups.notify(key)
+                self.runtime.streams.notify(key)
         return answers
 
     async def _give_back(self, lease: Lease) -> None:

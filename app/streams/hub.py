@@ -40,7 +40,7 @@ class Hub:
 
     @contextlib.contextmanager
     def holding(self, key: Key) -> Iterator[None]:
-        """Count the device's lease as held here for the block (Pipeline's drain of its turns)."""
+        """Count the device's lease as held here for the block (Runtime.holding, around a drain of its turns)."""
         self._held[key] += 1
         try:
             yield
