@@ -20,7 +20,7 @@ from app.admin.inbox import INBOX, INBOX_WAITING, LIVE, MINE, PREVIEW_CHARS, SCA
 from app.agents import HUMAN
 from app.sql import delivery_state
 from bench.common import Bench, table
-from tests.utils.inbox_seed import seed
+from tests.utils.inbox_seed import page_params, seed
 
 TENANT = "bench-inbox"
 LIMIT = 50
@@ -69,17 +69,7 @@ LIMIT %(limit)s
 
 
 def _params(**overrides: Any) -> dict[str, Any]:
-    base = {
-        "tenant": TENANT,
-        "limit": LIMIT,
-        "scan": LIMIT + 1,
-        "needs_person": False,
-        "agent": None,
-        "channel": None,
-        "at": None,
-        "device": None,
-    }
-    return base | overrides
+    return page_params(TENANT, LIMIT, **overrides)
 
 
 def _time(conn: Connection, sql: str, params: dict[str, Any], rounds: int) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from app.admin.inbox import INBOX, INBOX_WAITING
-from tests.utils.inbox_seed import seed
+from tests.utils.inbox_seed import page_params, seed
 
 TENANT = "acme"
 N = 20_000
@@ -24,17 +24,7 @@ def nodes(plan: dict[str, Any]):
 
 
 def explain(engine, sql: str, **overrides: Any) -> list[dict[str, Any]]:
-    params = {
-        "tenant": TENANT,
-        "limit": LIMIT,
-        "scan": LIMIT + 1,
-        "needs_person": False,
-        "agent": None,
-        "channel": None,
-        "at": None,
-        "device": None,
-        **overrides,
-    }
+    params = page_params(TENANT, LIMIT, **overrides)
     with engine.begin() as conn:
         raw = conn.exec_driver_sql(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", params).scalar()
     plan = (raw if isinstance(raw, list) else json.loads(raw))[0]["Plan"]

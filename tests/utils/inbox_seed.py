@@ -6,6 +6,8 @@ statements that keep last_message_at are tested one by one in tests/api/test_inb
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy.engine import Connection
 
 # Conversation i (1-based) is device inbox-<i>, its one inbound message i seconds old (so device 1 is the
@@ -25,6 +27,22 @@ SELECT %(tenant)s, 'inbox-' || i, 'user', 'hello ' || i,
        now() - make_interval(secs => i)
 FROM generate_series(1, %(n)s) i
 """
+
+
+def page_params(tenant: str, limit: int, /, **overrides: Any) -> dict[str, Any]:
+    """The parameters of app/admin/inbox.py's INBOX or INBOX_WAITING: a first page of limit with no filter (its
+    walk limit + 1), then overrides, which may name limit again without moving the walk."""
+    base = {
+        "tenant": tenant,
+        "limit": limit,
+        "scan": limit + 1,
+        "needs_person": False,
+        "agent": None,
+        "channel": None,
+        "at": None,
+        "device": None,
+    }
+    return base | overrides
 
 
 def seed(conn: Connection, tenant: str, n: int, held_every: int = 0) -> None:
