@@ -198,7 +198,8 @@
   // New filters start from one page.
   async function loadList() {
     const query = filters();
-    if (String(query) !== listedFor) {
+    const asked = String(query); // the filters of this request, whatever the form says when it returns
+    if (asked !== listedFor) {
       items = [];
       nextCursor = null;
     }
@@ -209,7 +210,7 @@
     const tail = end ? items.filter((item) => !fresh.has(item.device_id) && after(item, end)) : [];
     if (tail.length === 0) nextCursor = data.next_cursor;
     items = [...data.items, ...tail];
-    listedFor = String(filters());
+    listedFor = asked;
     showList();
     const shown = items.find((item) => item.device_id === open);
     if (shown) {
