@@ -247,7 +247,7 @@ def _run_once(engine: Engine, pools: LockPools, sql: str, params: dict[str, Any]
     pool = pools.sync_pool()
     deadline = time.monotonic() + pools.config.timeout
     while True:
-        if pools.outage():
+        if pools.outage(pool):
             return _run_direct(pools, sql, params, rows)
         left = deadline - time.monotonic()
         wait = _wait(pools, left, burst=False)
@@ -293,7 +293,7 @@ async def _arun_once(
     pool = await pools.async_pool(probe=probe)
     deadline = time.monotonic() + pools.config.timeout
     while True:
-        if pools.outage():
+        if pools.outage(pool):
             return await _arun_direct(pools, sql, params, rows)
         left = deadline - time.monotonic()
         wait = _wait(pools, left, burst=True)

@@ -184,9 +184,14 @@ class LockPools:
     def _connect_failed(self, pool: object) -> None:
         self.failed_at = time.monotonic()
 
-    def outage(self) -> bool:
-        """Whether the server looked down at the last try and no idle connection is left to reuse."""
-        return self.failed_at is not None and self.idle() == 0
+    def outage(self, pool: ConnectionPool | AsyncConnectionPool) -> bool:
+        """Whether the server looked down at the last try and pool (the one the caller is about to
+        wait on) has no idle connection to reuse.
+
+        Only that pool's idle connections count: one idle in another pool (the health check's,
+        the sync pool) cannot serve the caller, who would wait out DB_POOL_TIMEOUT for nothing.
+        """
+        return self.failed_at is not None and pool.get_stats().get("pool_available", 0) == 0
 
     def connect_kwargs(self) -> dict[str, Any]:
         """What a direct connection during an outage is made with (the pools' own connect arguments)."""
@@ -309,7 +314,7 @@ class LockPools:
         return pool is self._sync or any(pool is mine for mine in [*self._async.values(), *self._probe.values()])
 
     def idle(self) -> int:
-        """Connections waiting for reuse, in the sync pool and every loop's async pool."""
+        """Connections waiting for reuse, in the sync pool and every loop's async pools."""
         pools: list[ConnectionPool | AsyncConnectionPool] = [*self._async.values(), *self._probe.values()]
         if self._sync is not None:
             pools.append(self._sync)

@@ -127,6 +127,10 @@ class Follower:
         last_output = time.monotonic()
         wake = (self.tenant, self.device)
         while True:
+            # Whether the lease was held here before the step looked: a finish that stored the reply
+            # after the step's READ, then ended the hold, must not make a stopping server end the stream
+            # as queued. Seen held, the loop reads again at once.
+            held = self.hub.holds(wake)
             out, final = await self._step()
             if out:
                 yield out
@@ -142,12 +146,14 @@ class Follower:
                 last_output = time.monotonic()
             writer = self.hub.writer(wake)
             local = writer is not None and not writer.ended and self.message_id in writer.message_ids
-            if self.hub.stopped and not self.hub.holds(wake):
+            if self.hub.stopped and not held:
                 # The server is stopping and the turn is not run here: end now, as at the deadline; the
                 # page follows it again (the resume route), on an instance that stays. A turn run here
                 # is followed until its finish stored the reply, which comes after its writer retired.
                 yield self._ending(Final("queued"))
                 return
+            if held and not self.hub.holds(wake):
+                continue  # its drain ended during the step: what it stored is there to read now
             await self.hub.wait(wake, KEEPALIVE_SECONDS if local else self.poll_seconds)
 
     async def _step(self) -> tuple[str, Final | None]:

@@ -1,4 +1,5 @@
-"""Pooled connections a middlebox forgot (no FIN; a reset on the next packet) cost at most one request."""
+"""Pooled connections a middlebox forgot (no FIN; a reset on the next packet) cost at most one request, and
+an outage costs the wait for a pooled connection at most once."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+from psycopg_pool import PoolTimeout
 
 from app.core.engine import lock_pools, make_engine
 from app.sessions import SessionService
 from app.streams import signals
 from tests.conftest import make_settings
+from tests.utils import aio
 from tests.utils.agents import wait_for
 from tests.utils.apps import app_client
 from tests.utils.proxy import OutageProxy, outage_proxy
@@ -85,6 +88,37 @@ def test_a_write_is_not_retried(proxy: OutageProxy, engine):
         assert SessionService(stale).set_session_lock(DEVICE, "billing") is True
     finally:
         stale.dispose()
+
+
+def test_in_an_outage_an_idle_connection_of_the_health_check_does_not_make_statements_wait_for_the_pool(
+    proxy: OutageProxy,
+):
+    from app.core.db import arun
+    from app.errors import StoreUnavailable
+
+    # DB_POOL_TIMEOUT is what a statement waits for a pooled connection; none would come.
+    down = make_engine(make_settings(proxy.url, db_pool="queue", db_pool_timeout=1, db_connect_timeout=2))
+
+    async def failure() -> BaseException | None:
+        try:
+            await arun(down, "SELECT 1 AS one", {})
+        except StoreUnavailable as err:
+            return err.__cause__
+        return None
+
+    try:
+        assert aio.run(arun, down, "SELECT 1 AS one", {}, probe=True) == {"one": 1}  # the check keeps its connection
+        proxy.down()
+        # The first statement of the outage waits for the pool: nothing had failed yet.
+        assert isinstance(aio.run(failure), PoolTimeout)
+        # From then on a statement connects by itself and learns of the outage from the refused
+        # connection (PoolTimeout is an OperationalError too); the health check's idle (and dead)
+        # connection could never have served it.
+        cause = aio.run(failure)
+        assert isinstance(cause, psycopg.OperationalError) and not isinstance(cause, PoolTimeout), repr(cause)
+    finally:
+        aio.close_pools(down)
+        down.dispose()
 
 
 def test_connections_carry_tcp_keepalives_from_settings(proxy: OutageProxy):
