@@ -1,1 +1,1 @@
-"""The web chat page's static files (index.html, chat.css, chat.js), served by app.api.routes.web."""
+"""The web pages' static files (index.html and console.html, their CSS and scripts), served by app.api.routes.web."""

@@ -11,6 +11,7 @@ from importlib import resources
 
 import pytest
 
+from app.api.routes.web import ASSETS
 from tests.conftest import make_settings
 from tests.deploy.conftest import ROOT, lambda_handler_for, sample_event
 from tests.utils.apps import app_client
@@ -22,6 +23,12 @@ FILES = [
     ("/web/chat.css", "text/css"),
     ("/web/chat-render.js", "text/javascript"),
     ("/web/chat-stream.js", "text/javascript"),
+    ("/web/chat-shared.js", "text/javascript"),
+    ("/web/chat-api.js", "text/javascript"),
+    ("/web/chat-log.js", "text/javascript"),
+    ("/web/chat-history.js", "text/javascript"),
+    ("/web/chat-events.js", "text/javascript"),
+    ("/web/chat-send.js", "text/javascript"),
     ("/console", "text/html"),
     ("/web/console.js", "text/javascript"),
     ("/web/console.css", "text/css"),
@@ -51,6 +58,12 @@ def test_the_page_loads_nothing_from_outside_the_app():
         "chat.js",
         "chat-render.js",
         "chat-stream.js",
+        "chat-shared.js",
+        "chat-api.js",
+        "chat-log.js",
+        "chat-history.js",
+        "chat-events.js",
+        "chat-send.js",
         "chat.css",
         "console.html",
         "console.js",
@@ -65,6 +78,12 @@ def test_the_page_loads_nothing_from_outside_the_app():
         "web/vendor/purify.min.js",
         "web/chat-render.js",
         "web/chat-stream.js",
+        "web/chat-shared.js",
+        "web/chat-api.js",
+        "web/chat-log.js",
+        "web/chat-history.js",
+        "web/chat-events.js",
+        "web/chat-send.js",
         "web/chat.js",
     ]
     for page_name, scripts in (("index.html", chat), ("console.html", ["web/console.js"])):
@@ -119,7 +138,8 @@ def body_of(response: dict) -> str:
     ("path", "kind", "marker"),
     [
         ("/", "text/html", '<ol id="log"'),
-        ("/web/chat.js", "text/javascript", "api/chat/messages"),
+        ("/web/chat.js", "text/javascript", "api/chat/new"),
+        ("/web/chat-history.js", "text/javascript", "api/chat/messages"),
     ],
 )
 def test_through_the_lambda_handler(database_url, path, kind, marker):
@@ -140,7 +160,7 @@ def test_through_the_lambda_handler_under_a_stage(database_url):
 
 
 def test_every_deploy_target_ships_the_files():
-    names = [f"app/web/{name}" for name in ("index.html", "chat.js", "chat.css")]
+    names = [f"app/web/{name}" for name in ASSETS]  # the pages, their stylesheets and every script they load
     vercel = json.loads((ROOT / "vercel.json").read_text(encoding="utf-8"))
     pattern = vercel["functions"]["api/index.py"]["includeFiles"]
     assert all(fnmatch.fnmatch(name, pattern) for name in names)
