@@ -31,6 +31,9 @@ FILES = [
     ("/web/chat-send.js", "text/javascript"),
     ("/console", "text/html"),
     ("/web/console.js", "text/javascript"),
+    ("/web/console-shared.js", "text/javascript"),
+    ("/web/console-list.js", "text/javascript"),
+    ("/web/console-conversation.js", "text/javascript"),
     ("/web/console.css", "text/css"),
 ]
 
@@ -67,6 +70,9 @@ def test_the_page_loads_nothing_from_outside_the_app():
         "chat.css",
         "console.html",
         "console.js",
+        "console-shared.js",
+        "console-list.js",
+        "console-conversation.js",
         "console.css",
     ):
         text = resources.files("app.web").joinpath(name).read_text(encoding="utf-8")
@@ -86,7 +92,8 @@ def test_the_page_loads_nothing_from_outside_the_app():
         "web/chat-send.js",
         "web/chat.js",
     ]
-    for page_name, scripts in (("index.html", chat), ("console.html", ["web/console.js"])):
+    console = ["web/console-shared.js", "web/console-list.js", "web/console-conversation.js", "web/console.js"]
+    for page_name, scripts in (("index.html", chat), ("console.html", console)):
         page = resources.files("app.web").joinpath(page_name).read_text(encoding="utf-8")
         assert "<style" not in page and "style=" not in page and "onclick" not in page
         assert re.findall(r'<script[^>]*src="([^"]+)"', page) == scripts

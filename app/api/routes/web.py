@@ -37,6 +37,9 @@ ASSETS = {
     "console.html": "text/html; charset=utf-8",
     "console.css": "text/css; charset=utf-8",
     "console.js": "text/javascript; charset=utf-8",
+    "console-shared.js": "text/javascript; charset=utf-8",
+    "console-list.js": "text/javascript; charset=utf-8",
+    "console-conversation.js": "text/javascript; charset=utf-8",
 }
 PAGES = ("index.html", "console.html")
 VENDOR = {name: "text/javascript; charset=utf-8" for name in ("marked.umd.js", "purify.min.js")}
