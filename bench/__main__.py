@@ -34,6 +34,7 @@ SECTIONS: dict[str, str | None] = {
     "telemetry": "bench.telemetry",
     "streams": "bench.streams",
     "inbox": "bench.inbox",
+    "outage": "bench.outage",
 }
 
 
