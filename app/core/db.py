@@ -298,8 +298,10 @@ async def _arun_once(
         left = deadline - time.monotonic()
         wait = _wait(pools, left, burst=True)
         try:
-            conn = await pool.getconn(timeout=wait)
-            break
+            with pools.waiting(pool) as waiting:
+                conn = await pool.getconn(timeout=wait)
+            if not waiting.cancelled_caught:
+                break
         except PoolTimeout as err:
             if left <= wait:
                 raise _store_error(err) from err

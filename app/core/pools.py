@@ -18,11 +18,13 @@ closed on return. A pool is made on first use, never at import or engine creatio
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import select
 import threading
 import time
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
@@ -171,6 +173,8 @@ class LockPools:
     )
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _schema_read: bool = False
+    # Per async pool, the scopes of the statements waiting for one of its connections (`waiting`).
+    _waiters: dict[AsyncConnectionPool, set[anyio.CancelScope]] = field(default_factory=dict)
     # When the last connect failed or a connection broke mid-statement (None after a
     # connect succeeds). psycopg_pool lets a caller wait its whole timeout for a
     # connection while the server is down; during an outage `outage()` lets `run`
@@ -181,8 +185,32 @@ class LockPools:
     def __post_init__(self) -> None:
         _ALL.add(self)
 
-    def _connect_failed(self, pool: object) -> None:
+    def _connect_failed(self, pool: ConnectionPool | AsyncConnectionPool) -> None:
+        """psycopg_pool's reconnect_failed: a connect of pool failed (in its worker: for an async
+        pool, on its loop). When that leaves pool with no connection, none in use nor being
+        made, its waiters are woken: nothing they wait for is coming, and psycopg_pool would let
+        them wait out DB_POOL_TIMEOUT. They then connect by themselves (`outage`)."""
         self.failed_at = time.monotonic()
+        waiters = self._waiters.get(pool) if isinstance(pool, AsyncConnectionPool) else None
+        if waiters and pool.get_stats().get("pool_size", 0) == 0:
+            for scope in list(waiters):
+                scope.cancel()
+
+    @contextlib.contextmanager
+    def waiting(self, pool: AsyncConnectionPool) -> Iterator[anyio.CancelScope]:
+        """Around one wait for a connection of pool: the scope is cancelled when the pool fails to
+        connect and has no connection left (`_connect_failed`); the caller sees `cancelled_caught`
+        and looks again, instead of waiting out DB_POOL_TIMEOUT for nothing."""
+        scope = anyio.CancelScope()
+        waiters = self._waiters.setdefault(pool, set())
+        waiters.add(scope)
+        try:
+            with scope:
+                yield scope
+        finally:
+            waiters.discard(scope)
+            if not waiters and self._waiters.get(pool) is waiters:
+                del self._waiters[pool]
 
     def outage(self, pool: ConnectionPool | AsyncConnectionPool) -> bool:
         """Whether the server looked down at the last try and pool (the one the caller is about to

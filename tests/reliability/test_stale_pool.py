@@ -4,13 +4,17 @@ an outage costs the wait for a pooled connection at most once."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
+import anyio
 import psycopg
 import pytest
 from psycopg_pool import PoolTimeout
 
+from app.core.db import arun
 from app.core.engine import lock_pools, make_engine
+from app.errors import StoreUnavailable
 from app.sessions import SessionService
 from app.streams import signals
 from tests.conftest import make_settings
@@ -76,8 +80,6 @@ def test_a_read_is_retried_once_on_a_fresh_connection(proxy: OutageProxy, engine
 
 
 def test_a_write_is_not_retried(proxy: OutageProxy, engine):
-    from app.errors import StoreUnavailable
-
     stale = make_engine(make_settings(proxy.url, db_pool="queue", db_pool_size=1))
     try:
         fill_pool(stale, 1)
@@ -90,35 +92,93 @@ def test_a_write_is_not_retried(proxy: OutageProxy, engine):
         stale.dispose()
 
 
-def test_in_an_outage_an_idle_connection_of_the_health_check_does_not_make_statements_wait_for_the_pool(
-    proxy: OutageProxy,
-):
-    from app.core.db import arun
-    from app.errors import StoreUnavailable
-
-    # DB_POOL_TIMEOUT is what a statement waits for a pooled connection; none would come.
-    down = make_engine(make_settings(proxy.url, db_pool="queue", db_pool_timeout=1, db_connect_timeout=2))
+def cause_of_failure(engine) -> Callable[[], Awaitable[BaseException | None]]:
+    """A coroutine function: one statement on engine's turns' pool, and what its StoreUnavailable came from."""
 
     async def failure() -> BaseException | None:
         try:
-            await arun(down, "SELECT 1 AS one", {})
+            await arun(engine, "SELECT 1 AS one", {})
         except StoreUnavailable as err:
             return err.__cause__
         return None
 
+    return failure
+
+
+def refused(cause: BaseException | None) -> bool:
+    """Whether a statement failed on a refused connect, not on the wait for a pooled one (PoolTimeout is an
+    OperationalError too)."""
+    return isinstance(cause, psycopg.OperationalError) and not isinstance(cause, PoolTimeout)
+
+
+def test_in_an_outage_no_statement_waits_out_the_pool_timeout_though_the_health_check_keeps_an_idle_connection(
+    proxy: OutageProxy,
+):
+    # DB_POOL_TIMEOUT is what a statement could wait for a pooled connection: none comes in an outage.
+    down = make_engine(make_settings(proxy.url, db_pool="queue", db_pool_timeout=30, db_connect_timeout=2))
+    failure = cause_of_failure(down)
+
+    async def at_once(count: int) -> list[BaseException | None]:
+        causes: list[BaseException | None] = []
+
+        async def one() -> None:
+            causes.append(await failure())
+
+        async with anyio.create_task_group() as group:
+            for _ in range(count):
+                group.start_soon(one)
+        return causes
+
     try:
         assert aio.run(arun, down, "SELECT 1 AS one", {}, probe=True) == {"one": 1}  # the check keeps its connection
         proxy.down()
-        # The first statement of the outage waits for the pool: nothing had failed yet.
-        assert isinstance(aio.run(failure), PoolTimeout)
-        # From then on a statement connects by itself and learns of the outage from the refused
-        # connection (PoolTimeout is an OperationalError too); the health check's idle (and dead)
-        # connection could never have served it.
-        cause = aio.run(failure)
-        assert isinstance(cause, psycopg.OperationalError) and not isinstance(cause, PoolTimeout), repr(cause)
+        # The first statements of the outage wait for the pool to connect; its failed connect wakes them,
+        # and each connects by itself and is refused.
+        assert all(refused(cause) for cause in aio.run(at_once, 5)), "a waiter was left to the pool's timeout"
+        # From then on a statement connects by itself at once: the health check's idle (and dead)
+        # connection, in a pool of its own, could never have served it.
+        assert refused(aio.run(failure))
     finally:
         aio.close_pools(down)
         down.dispose()
+
+
+def test_a_failed_connect_does_not_wake_waiters_while_the_pool_still_has_a_connection_to_hand_back(
+    proxy: OutageProxy, monkeypatch
+):
+    # A burst at max_connections: a new connection is refused, but the ones in use come back.
+    busy = make_engine(make_settings(proxy.url, db_pool="queue", db_pool_size=1, db_pool_timeout=30))
+    pools = lock_pools(busy)
+    connect_failed = pools._connect_failed
+
+    async def burst() -> Any:
+        refused = anyio.Event()
+
+        def seen(pool: Any) -> None:  # the pools' reconnect_failed, on the loop
+            connect_failed(pool)
+            refused.set()
+
+        monkeypatch.setattr(pools, "_connect_failed", seen)  # before the pool that calls it is made
+        pool = await pools.async_pool()
+        held = await pool.getconn()
+        proxy.refuse_new()
+        async with anyio.create_task_group() as group:
+            answers: list[Any] = []
+
+            async def statement() -> None:
+                answers.append(await arun(busy, "SELECT 1 AS one", {}))
+
+            group.start_soon(statement)
+            with anyio.fail_after(20):
+                await refused.wait()  # the growth of the pool for the waiter was refused
+            await pool.putconn(held)  # the waiter gets this one
+        return answers
+
+    try:
+        assert aio.run(burst) == [{"one": 1}]
+    finally:
+        aio.close_pools(busy)
+        busy.dispose()
 
 
 def test_connections_carry_tcp_keepalives_from_settings(proxy: OutageProxy):

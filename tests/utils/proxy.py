@@ -22,7 +22,8 @@ def _target(url: str) -> tuple[int, object]:
 
 
 class OutageProxy:
-    """Forwards 127.0.0.1:<port> to the server until `down()`; `up()` serves again.
+    """Forwards 127.0.0.1:<port> to the server until `down()`; `up()` serves again; `refuse_new()`
+    refuses new connections only.
 
     `drop_silently()` acts like a NAT or firewall that forgot the open connections: the
     client is told nothing (no FIN), and its next packet is answered with a reset.
@@ -55,6 +56,11 @@ class OutageProxy:
                     sock.shutdown(socket.SHUT_RDWR)
                     sock.close()
             self._open.clear()
+
+    def refuse_new(self) -> None:
+        """Refuse new connections and keep the open ones (a server at max_connections, say)."""
+        with self._lock:
+            self._up = False
 
     def drop_silently(self) -> int:
         """Forget every open connection without telling the client; returns how many were dropped."""
