@@ -20,6 +20,7 @@ from typing import Any
 
 from app.core.db import arun
 from app.core.engine import Engine
+from app.errors import StoreUnavailable
 from app.streams import statements as sql
 from app.streams.hub import Hub
 from app.streams.protocol import KEEPALIVE, Encoder
@@ -28,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 KEEPALIVE_SECONDS = 15.0
 RERUN_EVERY_SECONDS = 1.0
+# While the database cannot be reached a reader reads at most this often (each read is a connect attempt).
+OUTAGE_POLL_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,8 @@ class Follower:
     runs the turn again. deadline: time.monotonic() past which the reader ends with
     data-status queued. It also ends so once the server is stopping (Hub.stopped), unless this
     process holds the device's lease: then it relays the turn to its end and reads its stored
-    reply (or is cut at the grace period's end).
+    reply (or is cut at the grace period's end). While the database cannot be reached it keeps
+    following, reading at most once every OUTAGE_POLL_SECONDS, until its deadline.
     """
 
     def __init__(
@@ -121,6 +125,7 @@ class Follower:
         self.text = ""  # the text sent for the current run of the turn
         self.events = 0  # its tool events sent
         self._rerun_at = 0.0
+        self._store_down = False  # the last READ found the database unreachable
 
     async def parts(self) -> AsyncIterator[str]:
         yield self.encoder.start()
@@ -154,7 +159,8 @@ class Follower:
                 return
             if held and not self.hub.holds(wake):
                 continue  # its drain ended during the step: what it stored is there to read now
-            await self.hub.wait(wake, KEEPALIVE_SECONDS if local else self.poll_seconds)
+            poll = max(self.poll_seconds, OUTAGE_POLL_SECONDS) if self._store_down else self.poll_seconds
+            await self.hub.wait(wake, KEEPALIVE_SECONDS if local else poll)
 
     async def _step(self) -> tuple[str, Final | None]:
         """What to send now, and the Final once the message is settled."""
@@ -166,7 +172,18 @@ class Follower:
         if final is not None and final.status != "answered":
             return "", final
         # Answered: the stored reply also holds the tool events and whether it was stopped.
-        row = await read(self.engine, self.tenant, self.device, self.message_id, key=self.key, offset=len(self.text))
+        try:
+            row = await read(
+                self.engine, self.tenant, self.device, self.message_id, key=self.key, offset=len(self.text)
+            )
+        except StoreUnavailable as err:
+            # No news: the turn's finish is retried while its lease lasts, and the reply is read once the
+            # database answers again (or the reader ends queued at its deadline, as for any slow turn).
+            if not self._store_down:
+                logger.warning("a stream reader cannot read message %s: %s", self.message_id, err)
+            self._store_down = True
+            return "", None
+        self._store_down = False
         final = final_of(row)
         if final is not None:
             return "", final

@@ -7,10 +7,14 @@ import time
 
 import anyio
 
+from app.core.engine import make_engine
+from app.streams import reader
 from app.streams.hub import Hub
 from app.streams.reader import Follower
+from tests.conftest import make_settings
 from tests.utils import aio
 from tests.utils.factories import make_message, make_state
+from tests.utils.proxy import outage_proxy
 
 DEVICE = "+15550001111"
 KEY = ("default", DEVICE)
@@ -79,3 +83,47 @@ def test_a_reader_at_shutdown_of_a_device_not_held_here_ends_queued(engine):
 
     items = parts(aio.run(follow))
     assert [item["data"]["status"] for item in items if item["type"] == "data-status"] == ["queued"], items
+
+
+def test_a_reader_keeps_following_through_a_database_outage_and_ends_with_the_stored_reply(
+    engine, database_url, monkeypatch
+):
+    # The turn's finish is retried while its lease lasts; a reader that met the outage ended the
+    # response mid-stream (an unhandled StoreUnavailable), and the page showed an error for a reply
+    # that was then stored.
+    monkeypatch.setattr(reader, "OUTAGE_POLL_SECONDS", 0.05)
+    make_state(engine, DEVICE)
+    asked = make_message(engine, DEVICE, content="hi", status="pending")
+    with outage_proxy(database_url) as proxy:
+        through = make_engine(make_settings(proxy.url, db_connect_timeout=2))
+        proxy.down()
+
+        class ThroughAnOutage(Follower):
+            failed = 0
+
+            async def _step(self):
+                step = await super()._step()
+                if self._store_down and not ThroughAnOutage.failed:
+                    ThroughAnOutage.failed += 1
+                    assert step == ("", None)
+                    await anyio.to_thread.run_sync(answer, engine, asked)  # the finish, retried, got through
+                    proxy.up()
+                return step
+
+        async def follow() -> list[str]:
+            follower = ThroughAnOutage(
+                through, Hub(), "default", DEVICE, asked, poll_seconds=0.01, deadline=time.monotonic() + 60
+            )
+            with anyio.fail_after(20):
+                return [chunk async for chunk in follower.parts()]
+
+        try:
+            items = parts(aio.run(follow))
+        finally:
+            aio.close_pools(through)
+            through.dispose()
+
+    assert ThroughAnOutage.failed == 1
+    text = "".join(item["delta"] for item in items if item["type"] == "text-delta")
+    statuses = [item["data"]["status"] for item in items if item["type"] == "data-status"]
+    assert statuses == [] and text == "the stored reply" and items[-1]["type"] == "finish", items
