@@ -28,6 +28,7 @@ import collections
 import contextlib
 import contextvars
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
@@ -186,16 +187,17 @@ class Background:
         return self._count == 0
 
     @contextlib.asynccontextmanager
-    async def serve(self, grace: float) -> AsyncIterator[None]:
-        """Own the task group for the body's length (the app's lifespan); at exit, wait up to grace
-        seconds for the tasks, then cancel them (a cancelled turn gives its lease back)."""
+    async def serve(self, grace: Callable[[], float]) -> AsyncIterator[None]:
+        """Own the task group for the body's length (the app's lifespan); at exit, wait up to grace()
+        seconds (read then) for the tasks, then cancel them (a cancelled turn gives its lease back)."""
         async with anyio.create_task_group() as group:
             self._group = group
             try:
                 yield
             finally:
-                if not await self.join(grace):
-                    logger.warning("%s background tasks still running after %ss: cancelled", self._count, grace)
+                seconds = grace()
+                if not await self.join(seconds):
+                    logger.warning("%s background tasks still running after %.1fs: cancelled", self._count, seconds)
                 self._group = None
                 group.cancel_scope.cancel()
 
@@ -276,6 +278,8 @@ class Runtime:
         self._settled: anyio.Event | None = None
         self.background = Background()
         self.grace = settings.shutdown_grace_seconds
+        self.clock: Callable[[], float] = time.monotonic  # seconds; the grace period's (tests set their own)
+        self._stopped_at: float | None = None  # clock() at `stop()`
 
     @contextlib.asynccontextmanager
     async def serve(self, *tasks: Callable[[], Coroutine[Any, Any, None]]) -> AsyncIterator[None]:
@@ -289,7 +293,7 @@ class Runtime:
         async with anyio.create_task_group() as signals:
             for task in tasks:
                 signals.start_soon(task)
-            async with self.background.serve(self.grace):
+            async with self.background.serve(self.grace_left):
                 try:
                     yield
                 finally:
@@ -307,8 +311,17 @@ class Runtime:
         """
         if not self.stopping:
             self.stopping = True
+            self._stopped_at = self.clock()
             self.wakeups.stop()
             self.streams.stop()
+
+    def grace_left(self) -> float:
+        """Seconds left of SHUTDOWN_GRACE_SECONDS, counted from `stop()` (SIGTERM), not from the
+        lifespan's exit: the server's own wait for open connections (a streamed reply's) comes
+        between the two, and counting from the exit gave turns the grace period twice."""
+        if self._stopped_at is None:
+            return self.grace
+        return max(0.0, self.grace - (self.clock() - self._stopped_at))
 
     @contextlib.contextmanager
     def slot(self) -> Iterator[None]:

@@ -110,7 +110,8 @@ class Settings(BaseSettings):
     """Sync agents (`def handle`) running at once per process, each on a worker thread."""
     # On SIGTERM: running turns get this long to finish, then are cancelled (their messages run again).
     shutdown_grace_seconds: float = Field(10.0, ge=0, le=900)
-    """On `SIGTERM`, seconds running turns get to finish before they are cancelled (their messages run again)."""
+    """On `SIGTERM`, seconds running turns get to finish, counted from the signal, before they are cancelled (their
+    messages run again)."""
     # merge: one turn answers a device's waiting messages; interrupt: as merge, and a new message first
     # stops the device's streamed turn in flight (its partial reply kept, marked stopped)
     burst_mode: Literal["each", "merge", "interrupt"] = "each"
