@@ -26,6 +26,7 @@ from app import validation
 from app.admin.statements import ERASE, HISTORY, KEY
 from app.core.db import arun, run
 from app.core.engine import Engine
+from app.core.times import utc_text
 from app.erasure import NO_GUARD, ReplayGuard, keep_erased
 from app.sql import live_agent, live_until
 
@@ -120,7 +121,7 @@ class ChatHistory:
         """{"newest": the device's newest message id or None, "lock": {"agent", "expires_at" (ISO 8601)}},
         the lock's fields None when no live lock is held. StoreUnavailable / StoreError as arun."""
         row = await arun(self.engine, DEVICE_NOW, self._key(tenant, device), read_only=True)
-        expires_at = row["expires_at"].isoformat() if row["expires_at"] else None
+        expires_at = utc_text(row["expires_at"]) if row["expires_at"] else None
         return {"newest": row["newest"], "lock": {"agent": row["agent"], "expires_at": expires_at}}
 
     def sessions(self, tenant: str, device: str) -> list[dict[str, Any]]:

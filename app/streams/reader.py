@@ -20,6 +20,7 @@ from typing import Any
 
 from app.core.db import arun
 from app.core.engine import Engine
+from app.core.times import utc_text
 from app.errors import StoreUnavailable
 from app.streams import statements as sql
 from app.streams.hub import Hub
@@ -251,7 +252,7 @@ def ending(enc: Encoder, sent: str, final: Final) -> str:
             out += enc.text(final.reply)
     out += enc.end_text()
     if final.status in ("answered", "held", "degraded"):
-        expires = final.lock_expires_at.isoformat() if final.lock_expires_at else None
+        expires = utc_text(final.lock_expires_at) if final.lock_expires_at else None
         out += enc.data("lock", {"agent": final.lock_agent, "expires_at": expires, "answered_by": final.agent})
     if final.choices:
         out += enc.data("choices", list(final.choices))

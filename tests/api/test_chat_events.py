@@ -39,16 +39,15 @@ def test_the_stream_says_at_once_what_the_page_shows_then_each_change(server, en
     device = devices.issue(SECRET)
     headers = {"X-Device-ID": device}
     with httpx.Client(base_url=server.url, timeout=30) as client:
-        assert (
-            client.post("/api/chat", json={"message": "I need to book an appointment"}, headers=headers).status_code
-            == 200
-        )
+        answer = client.post("/api/chat", json={"message": "I need to book an appointment"}, headers=headers)
+        assert answer.status_code == 200
         with client.stream("GET", "/api/chat/events", headers=headers) as response:
             assert response.status_code == 200
             assert response.headers["content-type"].startswith("text/event-stream")
             seen = events(response)
             first = next(seen)
             assert first["lock"]["agent"] == "scheduling" and first["newest"] > 0
+            assert first["lock"] == answer.json()["lock"]  # the same expiry, in the same text form (a Z)
             uuid = device.split(".")[0]
             assert (
                 client.post(f"/api/sessions/{uuid}/takeover", json={"operator": "Ana"}, headers=ADMIN).status_code
