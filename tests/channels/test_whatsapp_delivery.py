@@ -6,6 +6,8 @@ import threading
 import time
 from datetime import UTC, datetime
 
+import pytest
+
 from app.agents.demo import registry as demo
 from app.channels.whatsapp import WhatsAppSender, send_to_device
 from app.cleanup import scheduled_cleanup
@@ -27,6 +29,7 @@ from tests.sessions.conftest import ADMIN_KEYS, A
 from tests.utils import aio
 from tests.utils.agents import Gate, Offering, Scripted, Viewer, wait_for
 from tests.utils.apps import app_client, join_background, use_registry
+from tests.utils.factories import scalar
 
 HOUR = 3600
 TEMPLATE = {
@@ -261,6 +264,20 @@ class TestAcknowledgement:
         assert response.status_code == 200
         assert response.json() == {"status": "ok", "stored": 1, "duplicates": 0, "ignored": 1}
         assert [s["text"]["body"] for s in graph.sent] == ["manager: fine"]
+
+    @pytest.mark.parametrize(
+        "sender",
+        [{"from": "../../x"}, {"from": "+1555 0100"}, {"from": USER, "from_user_id": "US/../1"}],
+        ids=["path", "not-digits", "unaddressable-bsuid"],
+    )
+    def test_a_message_from_a_malformed_sender_is_skipped_and_stores_nothing(self, client, graph, engine, sender):
+        # Signed by Meta, so rare: but the device would be one no route can address, and `from` is where
+        # the reply would go.
+        bad = {**text("hi", "wamid.Sender"), **sender}
+        response = post(client, delivery([change([bad, text("fine", "wamid.Good")])]))
+        assert response.json() == {"status": "ok", "stored": 1, "duplicates": 0, "ignored": 1}
+        assert [s["to"] for s in graph.sent] == [USER]
+        assert scalar(engine, "SELECT count(DISTINCT device_id) FROM conversation_messages") == 1
 
     def test_the_next_delivery_for_the_device_sends_an_earlier_unsent_reply_first(self, client, graph, engine):
         graph.fail(503, times=3)  # every try of the first reply

@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app import validation
+from app.errors import InvalidDeviceId
 
 logger = logging.getLogger(__name__)
 
@@ -192,6 +193,14 @@ def recipient_of(device_id: str, inbound: dict[str, Any]) -> dict[str, str]:
     return {"recipient": device_id}
 
 
+def _addressable(device: str) -> bool:
+    try:
+        validation.addressable_device_id(device)
+    except InvalidDeviceId:  # UnaddressableDeviceId is one
+        return False
+    return True
+
+
 def _clean(value: str | None) -> str:
     return value.strip() if isinstance(value, str) else ""
 
@@ -251,6 +260,10 @@ def _user_message(raw: Any, contacts: list[Contact], phone_number_id: str) -> Us
     user_id = _clean(message.from_user_id) or _contact_user_id(contacts, phone)
     if not phone and not user_id:
         logger.warning("whatsapp message %r without a sender skipped", message.id)
+        return None
+    if (phone and not WA_ID.fullmatch(phone)) or (user_id and not _addressable(user_id)):
+        # A device no route could address (the console, erasure), and a `to` that is no phone number.
+        logger.warning("whatsapp message %r with a malformed sender skipped", message.id)
         return None
     text, choice_id, description, attachments = _content(message)
     sent_at = None if message.timestamp is None else datetime.fromtimestamp(message.timestamp, UTC)
