@@ -143,3 +143,12 @@ class RateLimited(SessionError):
     def __init__(self, message: str, retry_after: int):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class TooManyStreams(RateLimited):
+    """The device holds EVENT_STREAMS_PER_DEVICE event streams on this instance already; none was opened.
+
+    retry_after: whole seconds after which a page may try again (another tab may have closed).
+    """
+
+    code = "too_many_streams"

@@ -38,7 +38,7 @@ import anyio.abc
 from app import telemetry
 from app.core.config import Settings
 from app.core.db import admission_release
-from app.errors import Overloaded
+from app.errors import Overloaded, TooManyStreams
 from app.streams.hub import Hub
 
 logger = logging.getLogger(__name__)
@@ -278,6 +278,8 @@ class Runtime:
         self._settled: anyio.Event | None = None
         self.background = Background()
         self.grace = settings.shutdown_grace_seconds
+        self.event_streams: collections.Counter[tuple[str, str]] = collections.Counter()  # open, by device
+        self.event_streams_per_device = settings.event_streams_per_device
         self.clock: Callable[[], float] = time.monotonic  # seconds; the grace period's (tests set their own)
         self._stopped_at: float | None = None  # clock() at `stop()`
 
@@ -314,6 +316,30 @@ class Runtime:
             self._stopped_at = self.clock()
             self.wakeups.stop()
             self.streams.stop()
+
+    def check_event_streams(self, key: tuple[str, str]) -> None:
+        """TooManyStreams when device key (tenant, device) holds EVENT_STREAMS_PER_DEVICE event streams here."""
+        if self.event_streams[key] >= self.event_streams_per_device:
+            raise TooManyStreams(
+                f"this device has {self.event_streams_per_device} event streams open here already: "
+                "close a page of it, or retry",
+                retry_after=5,
+            )
+
+    @contextlib.contextmanager
+    def event_stream(self, key: tuple[str, str]) -> Iterator[bool]:
+        """Count an open event stream of device key for the block; yields False (and counts nothing) when the
+        device already holds EVENT_STREAMS_PER_DEVICE: requests checked at once can all pass the check."""
+        if self.event_streams[key] >= self.event_streams_per_device:
+            yield False
+            return
+        self.event_streams[key] += 1
+        try:
+            yield True
+        finally:
+            self.event_streams[key] -= 1
+            if not self.event_streams[key]:
+                del self.event_streams[key]
 
     def grace_left(self) -> float:
         """Seconds left of SHUTDOWN_GRACE_SECONDS, counted from `stop()` (SIGTERM), not from the

@@ -42,7 +42,7 @@ GROUPS = [
     ("Sessions and agent turns", ("shutdown_", "burst_", "stream_", "events_stream", "openai_", "admission_")),
     ("Cleanup and retention", ("cleanup_", "recovery_", "cron_", "message_retention", "orphan_")),
     ("WhatsApp", ("whatsapp_", "webhook_")),
-    ("Admin API and web clients", ("admin_", "import_", "device_id", "web_tenants", "rate_limit")),
+    ("Admin API and web clients", ("admin_", "import_", "device_id", "web_tenants", "rate_limit", "event_streams")),
     ("Logs and metrics", ("log_", "metrics")),
     ("Server and serverless", ("api_gateway", "host", "port")),
 ]

@@ -16,9 +16,11 @@ learns of a change without polling:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import anyio
@@ -39,12 +41,25 @@ def event(name: str, data: Any) -> bytes:
 
 
 def change_events(
-    ask: Callable[[], Awaitable[Any]], wake: Callable[[float], Awaitable[bool]], runtime: Runtime, seconds: float
+    ask: Callable[[], Awaitable[Any]],
+    wake: Callable[[float], Awaitable[bool]],
+    runtime: Runtime,
+    seconds: float,
+    hold: Callable[[], AbstractContextManager[bool]] | None = None,
 ) -> StreamingResponse:
     """The streaming response: `changed` with ask()'s answer (JSON-able) each time it differs, for at most
-    seconds (EVENTS_STREAM_SECONDS); see the module doc."""
+    seconds (EVENTS_STREAM_SECONDS); see the module doc. hold: counts the stream while it runs (Runtime.event_stream);
+    when it yields False the stream ends at once."""
 
     async def stream() -> AsyncIterator[bytes]:
+        with hold() if hold is not None else contextlib.nullcontext(True) as allowed:
+            if not allowed:
+                yield b": too many event streams for this device: closed\n\n"
+                return
+            async for chunk in changes():
+                yield chunk
+
+    async def changes() -> AsyncIterator[bytes]:
         yield b"retry: 3000\n\n"
         seen: Any = None
         sent = False

@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     events_stream_seconds: float = Field(300.0, ge=1, le=3600)
     """An event stream (GET /api/chat/events, /api/inbox/events) ends after this long and the page opens a new
     one: keep it under the host's longest request (a function's maximum duration, a proxy's timeout)."""
+    event_streams_per_device: int = Field(5, ge=1, le=100)
+    """Event streams (GET /api/chat/events: one per open chat page) one device may hold open on one instance; one
+    more is refused with 429 `too_many_streams`. Each asks the database every 2 s while nothing wakes it."""
     # Send OpenAI Agents SDK runs to OpenAI's trace viewer; off so no conversation leaves unasked.
     openai_agents_tracing: bool = False
     """Send OpenAI Agents SDK runs to OpenAI's tracing."""

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import ExitStack
 
 import httpx
 import pytest
 
 from app import devices
+from tests.utils.agents import wait_for
 from tests.utils.server import Server, app_env, running_app
 
 SECRET = "chat-events-device-secret"
@@ -84,3 +86,36 @@ def test_a_stream_ends_after_events_stream_seconds(direct_url, engine):
             assert response.status_code == 200
             changes = list(events(response))  # the body ends: the server closed the stream
     assert changes == [{"newest": None, "lock": {"agent": None, "expires_at": None}}]
+
+
+def test_a_device_past_event_streams_per_device_gets_429_until_one_of_its_streams_closes(direct_url, engine):
+    # Each stream asks the database every 2 s: one device opening hundreds cost 250 transactions a second.
+    device, other = devices.issue(SECRET), devices.issue(SECRET)
+    env = app_env(direct_url, device_id_secret=SECRET, event_streams_per_device=2)
+    with running_app(env) as server, httpx.Client(base_url=server.url, timeout=30) as client, ExitStack() as opened:
+        following: list[Iterator[dict]] = []
+
+        def open_stream(device_id: str) -> httpx.Response:
+            response = opened.enter_context(
+                client.stream("GET", "/api/chat/events", headers={"X-Device-ID": device_id})
+            )
+            if response.status_code == 200:
+                following.append(events(response))  # dropped, the generator would close the response
+                next(following[-1])  # the server runs it (its first event came)
+            return response
+
+        first = open_stream(device)
+        assert open_stream(device).status_code == 200
+        refused = open_stream(device)
+        refused.read()
+        assert (refused.status_code, refused.json()["error"]["code"]) == (429, "too_many_streams")
+        assert refused.headers["Retry-After"] == "5"
+        assert open_stream(other).status_code == 200  # counted by device
+        first.close()  # the page went away: the server sees the disconnect and lets one more in
+
+        def reopened() -> bool:
+            response = open_stream(device)
+            response.read() if response.status_code != 200 else None
+            return response.status_code == 200
+
+        assert wait_for(reopened, 20), "the closed stream was never counted out"

@@ -222,18 +222,21 @@ def my_messages(
     return MessagePage(items=items, next_before=items[-1].id if len(rows) > limit else None)
 
 
-@router.get("/api/chat/events", responses={**_errors(), 200: {"content": {"text/event-stream": {}}}})
+@router.get("/api/chat/events", responses={**_errors(429), 200: {"content": {"text/event-stream": {}}}})
 async def my_events(device: WebDevice, history: History, services: AppServices) -> StreamingResponse:
     """Server-sent events for the chat page: `changed` with {"newest": the device's newest message id or null,
     "lock": {"agent", "expires_at"}}, at once, then whenever either changes (an operator's reply or takeover, a
     queued message's reply): woken in this process by the device's turns and operator actions, else by a poll
-    at most once a second; see app/api/events.py."""
+    at most once a second; see app/api/events.py. 429 `too_many_streams` past EVENT_STREAMS_PER_DEVICE open
+    on this instance."""
     key = (device.tenant_id, device.device_id)
+    services.runtime.check_event_streams(key)  # 429 too_many_streams: EVENT_STREAMS_PER_DEVICE here already
     return change_events(
         lambda: history.now(*key),
         lambda seconds: services.runtime.wakeups.watch_device(key, seconds),
         services.runtime,
         services.settings.events_stream_seconds,
+        hold=lambda: services.runtime.event_stream(key),
     )
 
 
