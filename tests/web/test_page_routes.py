@@ -35,6 +35,7 @@ FILES = [
     ("/web/console-list.js", "text/javascript"),
     ("/web/console-conversation.js", "text/javascript"),
     ("/web/console.css", "text/css"),
+    ("/web/icon.svg", "image/svg+xml"),
 ]
 
 
@@ -74,6 +75,7 @@ def test_the_page_loads_nothing_from_outside_the_app():
         "console-list.js",
         "console-conversation.js",
         "console.css",
+        "icon.svg",
     ):
         text = resources.files("app.web").joinpath(name).read_text(encoding="utf-8")
         # The SVG namespace is a name, never fetched.
@@ -97,6 +99,7 @@ def test_the_page_loads_nothing_from_outside_the_app():
         page = resources.files("app.web").joinpath(page_name).read_text(encoding="utf-8")
         assert "<style" not in page and "style=" not in page and "onclick" not in page
         assert re.findall(r'<script[^>]*src="([^"]+)"', page) == scripts
+        assert re.findall(r'<link rel="icon" href="([^"]+)"', page) == ["web/icon.svg"]  # no request for /favicon.ico
 
 
 def test_the_markdown_renderer_and_sanitizer_are_served_from_the_package(client):

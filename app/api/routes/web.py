@@ -40,6 +40,7 @@ ASSETS = {
     "console-shared.js": "text/javascript; charset=utf-8",
     "console-list.js": "text/javascript; charset=utf-8",
     "console-conversation.js": "text/javascript; charset=utf-8",
+    "icon.svg": "image/svg+xml",  # both pages' icon: without one, browsers ask for /favicon.ico (a 404)
 }
 PAGES = ("index.html", "console.html")
 VENDOR = {name: "text/javascript; charset=utf-8" for name in ("marked.umd.js", "purify.min.js")}
