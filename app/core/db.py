@@ -133,11 +133,14 @@ async def arun(
     *,
     rows: str = "first",
     read_only: bool = False,
+    idempotent: bool = False,
     probe: bool = False,
 ) -> Any:
     """`run` as a coroutine, on the running loop's async pool: the request path's one-statement operations.
 
     The same shapes, errors and retry rule as `run`; no thread is held while the statement runs.
+    idempotent: a write that may run once more after a disconnect, as a read does, because a second
+    run finds what the first stored instead of storing it again (a claim with an idempotency key).
     probe: on the health check's own connection (`LockPools.async_pool`), not the turns' pool.
     """
     pools = lock_pools(engine)
@@ -152,9 +155,9 @@ async def arun(
                     return await _arun_once(engine, pools, sql, params, rows, probe)
             raise AssertionError("unreachable: tenacity returns or reraises") from None  # pragma: no cover
     except _Disconnected as err:
-        if not read_only:
+        if not (read_only or idempotent):
             raise
-        logger.info("retrying a read on a fresh connection after a disconnect: %s", err)
+        logger.info("retrying a %s on a fresh connection after a disconnect: %s", "read" if read_only else "write", err)
         return await _arun_once(engine, pools, sql, params, rows, probe)
 
 

@@ -220,7 +220,7 @@ class Ledger:
         self.max_attempts = max_attempts
         self.rate_limit = rate_limit  # new messages per device per minute; 0: no limit
 
-    async def _row(self, statement: str, params: dict[str, Any]) -> Any:
+    async def _row(self, statement: str, params: dict[str, Any], *, idempotent: bool = False) -> Any:
         params |= {
             "lease": self.lease_seconds,
             "default_ttl": self.default_ttl,
@@ -229,7 +229,7 @@ class Ledger:
             "max_attempts": self.max_attempts,
             "rate_limit": self.rate_limit,
         }
-        return await arun(self.engine, statement, params)
+        return await arun(self.engine, statement, params, idempotent=idempotent)
 
     async def claim(
         self,
@@ -245,6 +245,7 @@ class Ledger:
 
         Raises IdempotencyKeyReused (nothing stored) when external_id is known with another request,
         RateLimited (nothing stored or changed) past rate_limit new messages in the device's minute.
+        A claim with an external_id whose connection turned out dead is run once more on a fresh one.
         """
         digest = request_hash(text, metadata)
         params = {
@@ -256,7 +257,13 @@ class Ledger:
             "hash": digest,
             "sent_at": sent_at,
         }
-        row = await self._row(sql.CLAIM, params | {"token": uuid.uuid4().hex, "new_session": new_session_id()})
+        # With an external id a claim can run again after a disconnect: a first run that was applied is
+        # found (a duplicate, its lease left to lapse), not stored twice. Without one it is not retried.
+        row = await self._row(
+            sql.CLAIM,
+            params | {"token": uuid.uuid4().hex, "new_session": new_session_id()},
+            idempotent=external_id is not None,
+        )
         if row["limited"]:
             telemetry.rate_limited("device")
             raise RateLimited("too many messages from this device; nothing was stored", row["retry_after"])

@@ -15,6 +15,7 @@ from psycopg_pool import PoolTimeout
 from app.core.db import arun
 from app.core.engine import lock_pools, make_engine
 from app.errors import StoreUnavailable
+from app.ledger import Ledger
 from app.sessions import SessionService
 from app.streams import signals
 from tests.conftest import make_settings
@@ -90,6 +91,35 @@ def test_a_write_is_not_retried(proxy: OutageProxy, engine):
         assert SessionService(stale).set_session_lock(DEVICE, "billing") is True
     finally:
         stale.dispose()
+
+
+def test_a_claim_with_an_idempotency_key_is_retried_on_a_fresh_connection_and_one_without_is_not(
+    proxy: OutageProxy, engine
+):
+    # A NAT that forgot the connection: the claim never reached the server. Retried, the message is
+    # stored and answered (no degraded reply that starts the conversation over); a claim that was
+    # applied would be found by its key, not stored again. Without a key a retry could store it twice.
+    stale = make_engine(make_settings(proxy.url, db_pool="queue", db_pool_size=1))
+    ledger = Ledger(stale, lease_seconds=30, default_ttl=86400, context_cap=20)
+    try:
+        aio.run(fill_async_pool, stale, 1)
+        assert proxy.drop_silently() == 1
+        claim = aio.run(ledger.claim, "default", DEVICE, "tomorrow", external_id="ui-message-1", metadata={})
+        assert claim.message_id is not None and claim.lease is not None
+        aio.run(fill_async_pool, stale, 1)
+        assert proxy.drop_silently() >= 1  # every connection of the pool (a drain may have made one more)
+        with pytest.raises(StoreUnavailable):
+            aio.run(ledger.claim, "default", DEVICE, "10am", external_id=None, metadata={})
+        rows = scalar_rows(engine, "SELECT content FROM conversation_messages ORDER BY id")
+        assert rows == [("tomorrow",)]
+    finally:
+        aio.close_pools(stale)
+        stale.dispose()
+
+
+def scalar_rows(engine, sql: str) -> list[tuple]:
+    with engine.connect() as conn:
+        return [tuple(row) for row in conn.exec_driver_sql(sql).all()]
 
 
 def cause_of_failure(engine) -> Callable[[], Awaitable[BaseException | None]]:
