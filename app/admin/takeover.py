@@ -2,8 +2,8 @@
 
 | statement | guarantee |
 | --- | --- |
-| TAKEOVER | the lock becomes `human` (operator, TTL) whatever held it, with a `takeover` audit row naming the agent it took over from, and the device's pending messages are marked `held`, all in one statement on the locked row; the live agent lock it displaces is kept in `resume_lock` (agent, locked_at, seconds it had left; a takeover of a takeover keeps the first one's) |
-| RELEASE | only a live `human` lock is released (`release` audit row naming the lock's new holder, in the same statement); the lock becomes the one the takeover displaced (its agent, locked_at, and the seconds it had left from now; the context is not touched), or the agent the operator chose (for its session_ttl), or none; held messages an operator reply came after are `done`; with answer_held the others become pending again, in their order, for the pipeline to answer |
+| TAKEOVER | the lock becomes `human` (operator, TTL) whatever held it, with a `takeover` audit row naming the agent it took over from, and the device's pending messages are marked `held`, all in one statement on the locked row; a streamed turn in flight is asked to stop (its reply would be dropped); the live agent lock it displaces is kept in `resume_lock` (agent, locked_at, seconds it had left; a takeover of a takeover keeps the first one's) |
+| RELEASE | only a live `human` lock is released (`release` audit row naming the lock's new holder, in the same statement); the lock becomes the one the takeover displaced (its agent, locked_at, and the seconds it had left from now; the context is not touched), or the agent the operator chose (for its session_ttl), or none; held messages an operator reply came after are `done`; with answer_held the others become pending again, in their order, for the pipeline to answer, and a stop the takeover asked for them is withdrawn |
 | REPLY | stored only under a live `human` lock, which it slides by the takeover's TTL; linked to the latest held message; a free-form WhatsApp text outside the 24-hour customer-service window stores nothing |
 
 While the `human` lock is live the pipeline stores the device's messages as `held`
@@ -29,6 +29,7 @@ from app.core.engine import Engine
 from app.devices import canonical_device_id
 from app.pipeline import OnReply, Pipeline
 from app.sql import human_lock, live_agent, message_stored
+from app.streams.statements import STOP_CHANNEL
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +70,25 @@ WITH old AS (
 ), audit AS (
     INSERT INTO conversation_audit (tenant_id, device_id, session_id, event, from_agent, to_agent)
     SELECT %(tenant)s, %(device)s, session_id, 'takeover', previous_agent, active_agent FROM changed
+), in_flight AS (
+    -- The message of the turn running now, read in the statement's snapshot (before parked): messages
+    -- are answered in id order, and a started turn has counted its attempt.
+    SELECT min(m.id) AS id FROM conversation_messages m WHERE {DEVICE} AND m.status = 'pending' AND m.attempts > 0
+), stopped AS (
+    -- That turn is asked to stop, as POST /api/chat/stop asks (app/streams/statements.py: stop): its
+    -- finish drops its reply for the person anyway, so it streams no more text under their lock.
+    INSERT INTO conversation_drafts AS d (tenant_id, device_id, epoch, attempt, message_ids, stop_message_id)
+    SELECT %(tenant)s, %(device)s, COALESCE((SELECT s.lease_epoch FROM conversation_states s WHERE {KEY}), 0), 0,
+           '{{}}', in_flight.id
+    FROM in_flight, changed WHERE in_flight.id IS NOT NULL
+    ON CONFLICT (tenant_id, device_id) DO UPDATE SET stop_message_id = EXCLUDED.stop_message_id, updated_at = now()
+    RETURNING 1
 )
-SELECT changed.*, (SELECT count(*) FROM parked) AS held FROM changed
+SELECT changed.*, (SELECT count(*) FROM parked) AS held,
+       -- delivered at commit to every Listener: the turn's worker, on whichever instance, stops at once
+       CASE WHEN EXISTS (SELECT 1 FROM stopped)
+            THEN pg_notify('{STOP_CHANNEL}', json_build_array(%(tenant)s::text, %(device)s::text)::text) END AS notified
+FROM changed
 """
 
 # %(resume)s: the lock becomes resume_lock; otherwise %(agent)s (NULL: no lock) for the session_ttl.
@@ -103,6 +121,12 @@ WITH old AS (
     UPDATE conversation_messages m SET status = CASE WHEN held.answered THEN 'done' ELSE 'pending' END, attempts = 0
     FROM held WHERE m.id = held.id AND (held.answered OR %(answer_held)s)
     RETURNING held.answered
+), unstopped AS (
+    -- A stop the takeover asked for a turn on a held message (TAKEOVER: stopped) is not for the turn
+    -- that answers it now: kept, it would stop that one at its first write.
+    UPDATE conversation_drafts d SET stop_message_id = NULL
+    FROM changed WHERE d.tenant_id = %(tenant)s AND d.device_id = %(device)s
+      AND d.stop_message_id IN (SELECT id FROM held)
 ), audit AS (
     INSERT INTO conversation_audit (tenant_id, device_id, session_id, event, from_agent, to_agent)
     SELECT tenant_id, device_id, session_id, 'release', '{HUMAN}', agent FROM old WHERE taken

@@ -264,9 +264,19 @@ class Pipeline:
                         lease, turn, outcome, notify=notify, db_ms=db_ms, total_ms=ms(started)
                     )
             except LeaseLost:
+                # The lease lapsed (another holder has the device), or the turn's message is no longer
+                # pending: a person took the conversation over while the agent ran, and it is held for
+                # them. NEXT, fenced by the epoch, tells the two apart: it starts the device's next
+                # turn or frees a lease still ours, and finds nothing when the lease is another's.
+                # Returning at once left a taken-over device's lease to lapse: a release with
+                # answer_held then answered nothing for LEASE_SECONDS.
                 telemetry.lease_lost("finish")
-                logger.warning("lease lost on message %s; the new holder will handle it", turn.last.id)
-                return
+                logger.warning("message %s is no longer this turn's to answer (lease lost or taken over)", turn.last.id)
+                try:
+                    turn, lock = await self.ledger.next_turn(lease), None
+                except StoreUnavailable:
+                    return  # the lease lapses; the next holder handles the device
+                continue
             for message in turn.messages:
                 answers[message.id] = finished.answer
             self.runtime.wakeups.notify((lease.tenant, lease.device))

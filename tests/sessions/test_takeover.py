@@ -144,6 +144,41 @@ class TestTakeover:
             and scalar(engine, "SELECT status FROM conversation_messages WHERE id = %(i)s", i=waiting) == "held"
         )
 
+    def test_a_turn_in_flight_is_asked_to_stop_and_a_release_with_answer_held_withdraws_it(self, bot, engine):
+        # A started turn (its attempt counted) with the draft its writer made: the takeover marks it to stop,
+        # as POST /api/chat/stop would; the release that has the bot answer the message again withdraws
+        # that, or the new turn would stop at its first write.
+        dev = device()
+        make_state(engine, dev, TENANT)
+        running = make_message(engine, dev, TENANT, content="slow question", status="pending")
+        with engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE conversation_messages SET attempts = 1 WHERE id = %(i)s", {"i": running})
+            # The stopped turn still holds the lease (it has yet to finish): the release's drain runs nothing.
+            conn.exec_driver_sql(
+                "UPDATE conversation_states SET lease_epoch = 1, lease_expires_at = now() + interval '10 minutes' "
+                "WHERE device_id = %(d)s",
+                {"d": dev},
+            )
+            conn.exec_driver_sql(
+                "INSERT INTO conversation_drafts (tenant_id, device_id, epoch, attempt, message_ids, text) "
+                "VALUES (%(t)s, %(d)s, 1, 1, ARRAY[%(i)s]::bigint[], 'half a rep')",
+                {"t": TENANT, "d": dev, "i": running},
+            )
+        draft = "SELECT stop_message_id FROM conversation_drafts WHERE device_id = %(d)s"
+        assert take(bot, dev).json()["held"] == 1
+        assert scalar(engine, draft, d=dev) == running
+        released = release(bot, dev, answer_held=True)
+        assert (released.status_code, released.json()["answered"]) == (200, 0)
+        assert scalar(engine, draft, d=dev) is None
+        assert scalar(engine, "SELECT status FROM conversation_messages WHERE id = %(i)s", i=running) == "pending"
+
+    def test_a_takeover_with_no_turn_in_flight_asks_no_stop(self, bot, engine):
+        dev = device()
+        make_state(engine, dev, TENANT)
+        make_message(engine, dev, TENANT, content="waiting", status="pending")  # not started: attempts 0
+        assert take(bot, dev).json()["held"] == 1
+        assert scalar(engine, "SELECT count(*) FROM conversation_drafts WHERE device_id = %(d)s", d=dev) == 0
+
 
 class TestHeldMessages:
     def test_web_messages_are_stored_held_and_no_agent_runs(self, bot, engine, manager):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fastapi.testclient import TestClient
@@ -13,6 +14,7 @@ from app.main import create_app
 from app.services import build_services
 from tests.conftest import make_settings
 from tests.utils import aio
+from tests.utils.agents import wait_for
 from tests.utils.apps import app_client
 from tests.utils.counting import count_statements, work
 from tests.utils.factories import scalar
@@ -170,3 +172,37 @@ def test_without_a_lifespan_the_stream_comes_as_one_valid_body(database_url, eng
         assert text_of(items) == "d0 d1 d2 " and items[-1] == DONE
     finally:
         services.database.dispose()
+
+
+def test_a_takeover_stops_the_streamed_turn_in_flight_and_a_release_answers_its_message_at_once(
+    database_url, engine, gates
+):
+    # The finish drops the reply of a turn taken over while it ran: without a stop the agent went on
+    # (here: waiting on a gate nobody opens) and its text kept streaming under the person's lock.
+    admin = {"Authorization": "Bearer takeover-stops-the-stream-key-1b7f"}
+    settings = make_settings(
+        database_url, agents=AGENTS, admin_api_keys="default:takeover-stops-the-stream-key-1b7f", lease_seconds=600
+    )
+    device = str(uuid.uuid4())
+    headers = {"X-Device-ID": device}
+    with app_client(settings) as client, ThreadPoolExecutor(1) as pool:
+        with client.stream("POST", "/api/chat/stream", json=body("hold never w1 w2 w3"), headers=headers) as r:
+            items = parts(r)
+            assert next(item for item in items if item["type"] == "text-delta")["delta"] == "w1 "
+            took = client.post(f"/api/sessions/{device}/takeover", json={"operator": "Ana"}, headers=admin)
+            assert (took.status_code, took.json()["held"]) == (200, 1)
+            # Bounded well under the gate's own wait (60 s), after which the agent would end by itself.
+            rest = pool.submit(list, items).result(timeout=30)
+        statuses = [item["data"]["status"] for item in rest if item["type"] == "data-status"]
+        assert statuses == ["held"] and rest[-1] == DONE and text_of(rest) == ""
+        assert stored(engine, device) == [("user", "hold never w1 w2 w3", False)]
+        assert scalar(engine, "SELECT status FROM conversation_messages WHERE device_id = %(d)s", d=device) == "held"
+        # Handed back with answer_held: the bot answers the message in full (the stop was for the turn taken
+        # over), now, not once the stopped turn's lease (600 s here) has lapsed.
+        gates.open("never")
+        released = client.request(
+            "DELETE", f"/api/sessions/{device}/takeover", json={"answer_held": True}, headers=admin
+        )
+        assert released.status_code == 200, released.text
+        assert wait_for(lambda: stored(engine, device)[-1][0] == "assistant", 30), stored(engine, device)
+    assert stored(engine, device)[-1] == ("assistant", "w1 w2 w3", False)
